@@ -1,0 +1,205 @@
+"""One declarative record per sensor.
+
+Everything the rest of the code needs to know about a sensor lives here: which Planetary Computer
+collection it is, which assets we read, at what resolution, dtype, scale/offset and nodata, how each
+band is resampled, and which pixels are masked. The synthetic world renders *from* these records and
+the cube reads *through* them, so real and synthetic items take the same code path.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Band:
+    """One asset of a sensor as we use it."""
+
+    key: str  # asset key in the STAC item (the contract with Planetary Computer)
+    resolution: float  # native ground sampling distance, metres (DEM: ~30 m at 1 arc-second)
+    dtype: str  # dtype of the stored raster
+    nodata: float | int | None
+    scale: float = 1.0  # default physical = DN * scale + offset, when the item does not say
+    offset: float = 0.0
+    resampling: str = "bilinear"  # "nearest" for categorical bands
+    categorical: bool = False
+    unit: str = ""
+    role: str = "data"  # "data" feeds features; "mask" only masks
+
+
+@dataclass(frozen=True)
+class Sensor:
+    """A sensor: a STAC collection and the bands we read from it."""
+
+    name: str
+    collection: str
+    bands: tuple[Band, ...]
+    native_crs: str  # "utm" or an EPSG string such as "EPSG:4326"
+    role: str
+    per_acquisition: bool = True  # False for static layers (the DEM): no season, no composite
+    alternatives: Mapping[str, str] = field(default_factory=dict)  # e.g. {"vv": "hh"} for S1 HH/HV scenes
+
+    @property
+    def data_bands(self) -> tuple[Band, ...]:
+        return tuple(b for b in self.bands if b.role == "data")
+
+    @property
+    def mask_band(self) -> Band | None:
+        return next((b for b in self.bands if b.role == "mask"), None)
+
+    def band(self, key: str) -> Band:
+        for b in self.bands:
+            if b.key == key:
+                return b
+        raise KeyError(f"sensor {self.name!r} has no asset {key!r}; it reads {[b.key for b in self.bands]}")
+
+    def asset_keys(self) -> list[str]:
+        return [b.key for b in self.bands]
+
+    def scaling(self, item: Mapping[str, Any] | Any, key: str) -> tuple[float, float]:
+        """(scale, offset) for one asset of one item: the item's `raster:bands` wins over our default.
+
+        Sentinel-2 L2A items on Planetary Computer carry no scale/offset; since processing baseline 04.00
+        (25 Jan 2022) ESA adds 1000 to every DN (BOA_ADD_OFFSET), so reflectance = DN / 10000 - 0.1.
+        """
+        d = _as_dict(item)
+        asset = d.get("assets", {}).get(key, {})
+        rb = (asset.get("raster:bands") or [{}])[0]
+        band = self.band(key)
+        scale = float(rb.get("scale", band.scale))
+        offset = float(rb.get("offset", band.offset))
+        if self.name == "sentinel-2" and "offset" not in rb and not band.categorical:
+            baseline = str(d.get("properties", {}).get("s2:processing_baseline", "00.00"))
+            offset = -0.1 if _baseline_tuple(baseline) >= (4, 0) else 0.0
+        return scale, offset
+
+    def nodata(self, item: Mapping[str, Any] | Any, key: str) -> float | int | None:
+        d = _as_dict(item)
+        rb = (d.get("assets", {}).get(key, {}).get("raster:bands") or [{}])[0]
+        return rb.get("nodata", self.band(key).nodata)
+
+
+def _as_dict(item: Mapping[str, Any] | Any) -> Mapping[str, Any]:
+    return item if isinstance(item, Mapping) else item.to_dict(transform_hrefs=False)
+
+
+def _baseline_tuple(s: str) -> tuple[int, int]:
+    try:
+        major, minor = s.split(".")[:2]
+        return int(major), int(minor)
+    except ValueError:
+        return (0, 0)
+
+
+# Sentinel-2 Scene Classification (SCL) values, ESA L2A product definition.
+SCL = {
+    "no_data": 0,
+    "saturated": 1,
+    "dark_area": 2,  # topographic/dark features; ESA calls it "dark area pixels"
+    "cloud_shadow": 3,
+    "vegetation": 4,
+    "not_vegetated": 5,
+    "water": 6,
+    "unclassified": 7,
+    "cloud_medium": 8,
+    "cloud_high": 9,
+    "thin_cirrus": 10,
+    "snow": 11,
+}
+SCL_INVALID = (0, 1, 3, 8, 9, 10)
+
+# Landsat Collection 2 QA_PIXEL bits we mask (fill, dilated cloud, cirrus, cloud, cloud shadow).
+LANDSAT_QA_BITS = {"fill": 0, "dilated_cloud": 1, "cirrus": 2, "cloud": 3, "cloud_shadow": 4, "snow": 5}
+LANDSAT_QA_INVALID_BITS = (0, 1, 2, 3, 4)
+
+S1_NODATA = -32768.0
+
+SENTINEL2 = Sensor(
+    name="sentinel-2",
+    collection="sentinel-2-l2a",
+    native_crs="utm",
+    role="optical reflectance, NDSI/NDWI/NDVI, cloud/snow mask",
+    bands=(
+        Band("B02", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
+        Band("B03", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
+        Band("B04", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
+        Band("B08", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
+        Band("B11", 20, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
+        Band("B12", 20, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
+        Band("SCL", 20, "uint8", 0, resampling="nearest", categorical=True, role="mask"),
+    ),
+)
+
+SENTINEL1 = Sensor(
+    name="sentinel-1",
+    collection="sentinel-1-rtc",
+    native_crs="utm",
+    role="SAR backscatter: wet snow, debris-covered ice, sea ice",
+    bands=(
+        Band("vv", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
+        Band("vh", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
+    ),
+    alternatives={"vv": "hh", "vh": "hv"},
+)
+
+LANDSAT = Sensor(
+    name="landsat",
+    collection="landsat-c2-l2",
+    native_crs="utm",
+    role="thermal: debris-covered ice is colder than rock",
+    bands=(
+        Band("lwir11", 30, "uint16", 0, 0.00341802, 149.0, unit="kelvin"),
+        Band("qa_pixel", 30, "uint16", 1, resampling="nearest", categorical=True, role="mask"),
+    ),
+)
+
+COPDEM = Sensor(
+    name="copdem",
+    collection="cop-dem-glo-30",
+    native_crs="EPSG:4326",
+    role="elevation, slope, aspect",
+    per_acquisition=False,
+    bands=(Band("data", 30, "float32", -32767.0, unit="metre"),),
+)
+
+SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL2, SENTINEL1, LANDSAT, COPDEM)}
+BY_COLLECTION: dict[str, Sensor] = {s.collection: s for s in SENSORS.values()}
+DEFAULT_SENSORS: tuple[str, ...] = tuple(SENSORS)
+
+
+def get(name: str) -> Sensor:
+    """Look a sensor up by our name or by its STAC collection id."""
+    if name in SENSORS:
+        return SENSORS[name]
+    if name in BY_COLLECTION:
+        return BY_COLLECTION[name]
+    raise ValueError(f"unknown sensor {name!r}; known: {sorted(SENSORS)} (or collections {sorted(BY_COLLECTION)})")
+
+
+def resolve(names: str | list[str] | tuple[str, ...] | None) -> list[Sensor]:
+    """Sensors from a comma-separated string or a list; None means all."""
+    if names is None:
+        return list(SENSORS.values())
+    if isinstance(names, str):
+        names = [n.strip() for n in names.split(",") if n.strip()]
+    if not names:
+        raise ValueError("no sensors given; choose from " + ", ".join(SENSORS))
+    return [get(n) for n in names]
+
+
+def scl_valid(scl: np.ndarray) -> np.ndarray:
+    """True where a Sentinel-2 pixel is usable (not no-data, saturated, cloud, shadow or cirrus)."""
+    return ~np.isin(scl, SCL_INVALID)
+
+
+def landsat_qa_valid(qa: np.ndarray) -> np.ndarray:
+    """True where a Landsat C2 pixel is usable according to QA_PIXEL."""
+    qa = qa.astype(np.uint16)
+    mask = np.zeros(qa.shape, dtype=np.uint16)
+    for bit in LANDSAT_QA_INVALID_BITS:
+        mask |= np.uint16(1 << bit)
+    return (qa & mask) == 0
