@@ -1,0 +1,403 @@
+"""STAC search: AOIs, season windows, conformance-aware filtering, item normalisation, signing.
+
+The same code searches Planetary Computer and the local synthetic catalog. Items are normalised in one
+place (`normalise_item`) so the cube never sees the differences between catalogs (`proj:code` vs
+`proj:epsg`, relative hrefs, bare paths). URLs are signed at read time (`signing.py`), never here, so
+no token is ever stored in an item, a log line, a Zarr attribute or the inventory.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import date
+from pathlib import Path
+from typing import Any
+from urllib.parse import urljoin, urlparse
+
+import pystac
+from odc.geo import geom
+from pystac_client import Client
+from pystac_client.conformance import ConformanceClasses
+from pystac_client.stac_api_io import StacApiIO
+from urllib3.util.retry import Retry
+
+from glacier_stac import sensors as S
+from glacier_stac.grid import utm_crs
+
+log = logging.getLogger(__name__)
+
+PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
+REMOTE_SCHEMES = ("https", "s3", "az", "gs")
+
+# End of the ablation season: least seasonal snow, glacier outlines most visible.
+SEASON_NORTH = (7, 10)
+SEASON_SOUTH = (1, 4)
+
+
+class CatalogError(RuntimeError):
+    """The catalog could not be reached or answered wrongly."""
+
+
+class NoItemsError(LookupError):
+    """A sensor has no items for a year over an AOI."""
+
+
+# --------------------------------------------------------------------------- AOI
+
+
+@dataclass(frozen=True)
+class AOI:
+    """An area of interest in lon/lat, with a name used in every message about it."""
+
+    geometry: geom.Geometry  # EPSG:4326
+    name: str
+
+    @property
+    def bbox(self) -> tuple[float, float, float, float]:
+        b = self.geometry.boundingbox
+        return (b.left, b.bottom, b.right, b.top)
+
+    @property
+    def hemisphere(self) -> str:
+        return "south" if self.geometry.centroid.coords[0][1] < 0 else "north"
+
+    def __str__(self) -> str:
+        b = ", ".join(f"{v:.4f}" for v in self.bbox)
+        return f"AOI {self.name!r} [{b}]"
+
+
+def load_aoi(aoi: Any, name: str | None = None, ids: Iterable[str] | None = None,
+             id_column: str | None = None) -> AOI:
+    """An AOI from a bbox (tuple or "minx,miny,maxx,maxy"), GeoJSON (dict or file), any vector file
+    geopandas reads, a GeoDataFrame, or glacier outlines filtered by ids (e.g. RGI ids)."""
+    import geopandas as gpd
+    import shapely.geometry
+
+    if isinstance(aoi, AOI):
+        return aoi
+    if isinstance(aoi, str) and re.fullmatch(r"\s*-?[\d.]+(\s*,\s*-?[\d.]+){3}\s*", aoi):
+        aoi = tuple(float(v) for v in aoi.split(","))
+    if isinstance(aoi, tuple | list) and len(aoi) == 4 and all(isinstance(v, int | float) for v in aoi):
+        minx, miny, maxx, maxy = map(float, aoi)
+        label = name or "bbox"
+        if minx > maxx:
+            raise ValueError(
+                f"AOI {label} bbox {aoi} crosses the antimeridian (minx > maxx); split it into two AOIs, "
+                "one each side of 180°, so each maps onto its own UTM zone"
+            )
+        if miny >= maxy or minx == maxx:
+            raise ValueError(f"AOI {label} bbox {aoi} is empty or reversed (need minx < maxx, miny < maxy)")
+        if not (-180 <= minx <= 180 and -180 <= maxx <= 180 and -90 <= miny <= 90 and -90 <= maxy <= 90):
+            raise ValueError(f"AOI {label} bbox {aoi} is not in lon/lat degrees (EPSG:4326)")
+        return _checked(AOI(geom.box(minx, miny, maxx, maxy, "EPSG:4326"), label))
+    if isinstance(aoi, Mapping):
+        g = aoi.get("geometry", aoi) if aoi.get("type") == "Feature" else aoi
+        if g.get("type") == "FeatureCollection":
+            gdf = gpd.GeoDataFrame.from_features(g["features"], crs="EPSG:4326")
+            return _from_frame(gdf, name or "geojson", ids, id_column)
+        return _checked(AOI(geom.Geometry(shapely.geometry.shape(g), "EPSG:4326"), name or "geojson"))
+    if isinstance(aoi, gpd.GeoDataFrame):
+        return _from_frame(aoi, name or "outlines", ids, id_column)
+    if isinstance(aoi, str | Path):
+        path = Path(aoi)
+        if not path.exists():
+            raise FileNotFoundError(f"AOI file {path} does not exist (give a bbox 'minx,miny,maxx,maxy' "
+                                    "or a vector file)")
+        try:
+            gdf = gpd.read_file(path)
+        except Exception as e:  # noqa: BLE001 - any driver error means the same to the user
+            raise ValueError(f"AOI file {path} could not be read as a vector file: {e}") from None
+        return _from_frame(gdf, name or path.stem, ids, id_column)
+    raise TypeError(f"cannot make an AOI from {type(aoi).__name__}; give a bbox, GeoJSON or a vector file")
+
+
+def _from_frame(gdf, name: str, ids: Iterable[str] | None, id_column: str | None) -> AOI:
+    if gdf.crs is None:
+        raise ValueError(f"AOI {name!r} has no CRS; set one (RGI/GLIMS files are EPSG:4326)")
+    if ids is not None:
+        ids = list(ids)
+        col = id_column or next((c for c in ("rgi_id", "RGIId", "glac_id", "id", "glacier_id")
+                                 if c in gdf.columns), None)
+        if col is None:
+            raise ValueError(f"AOI {name!r}: no id column to select glacier ids from; columns: {list(gdf.columns)}")
+        missing = sorted(set(ids) - set(gdf[col].astype(str)))
+        if missing:
+            raise ValueError(f"AOI {name!r}: glacier ids not found in column {col!r}: {missing[:10]}")
+        gdf = gdf[gdf[col].astype(str).isin(ids)]
+    if gdf.empty:
+        raise ValueError(f"AOI {name!r} has no geometries")
+    union = gdf.to_crs("EPSG:4326").geometry.union_all()
+    return _checked(AOI(geom.Geometry(union, "EPSG:4326"), name))
+
+
+def _checked(aoi: AOI) -> AOI:
+    g = aoi.geometry
+    if g.is_empty or not g.geom.is_valid:
+        raise ValueError(f"{aoi} geometry is empty or invalid")
+    minx, miny, maxx, maxy = aoi.bbox
+    if maxx - minx > 180:
+        raise ValueError(f"{aoi} spans more than 180° of longitude: it probably crosses the antimeridian; "
+                         "split it into two AOIs, one each side of 180°")
+    utm_crs((minx + maxx) / 2, miny)  # polar AOIs are refused with a message naming the latitude
+    utm_crs((minx + maxx) / 2, maxy)
+    return aoi
+
+
+# --------------------------------------------------------------------------- seasons
+
+
+def season(year: int, hemisphere: str = "north", months: tuple[int, int] | None = None) -> tuple[str, str]:
+    """The acquisition window of a year: end of the ablation season by default.
+
+    North: July-October; south: January-April of the same calendar year. `months` overrides
+    (start, end), inclusive; start > end wraps into the next year (e.g. (11, 2)).
+    """
+    if hemisphere not in ("north", "south"):
+        raise ValueError(f"hemisphere must be 'north' or 'south', got {hemisphere!r}")
+    m0, m1 = months or (SEASON_NORTH if hemisphere == "north" else SEASON_SOUTH)
+    if not (1 <= m0 <= 12 and 1 <= m1 <= 12):
+        raise ValueError(f"season months must be 1..12, got {(m0, m1)}")
+    y1 = year + 1 if m1 < m0 else year
+    end = date(y1 + (m1 == 12), m1 % 12 + 1, 1).toordinal() - 1
+    return f"{year}-{m0:02d}-01T00:00:00Z", f"{date.fromordinal(end).isoformat()}T23:59:59Z"
+
+
+def check_years(years: Iterable[int]) -> list[int]:
+    ys = list(years)
+    if not ys:
+        raise ValueError("no years given")
+    if any(not isinstance(y, int) or y < 1972 or y > 2100 for y in ys):
+        raise ValueError(f"years must be integers between 1972 and 2100, got {ys}")
+    if ys != sorted(set(ys)):
+        raise ValueError(f"years must be increasing and distinct, got {ys}")
+    return ys
+
+
+# --------------------------------------------------------------------------- items
+
+
+def href_allowed(href: str, allow_local: bool) -> None:
+    """Refuse hrefs a remote catalog must not make us read (local files, link-local, metadata)."""
+    u = urlparse(href)
+    scheme = u.scheme or "file"
+    if scheme == "file":
+        if not allow_local:
+            raise PermissionError(f"asset href {redact(href)} is a local file, but the catalog is remote; "
+                                  "pass allow_local=True to read local files")
+        return
+    if scheme == "http" and not allow_local:
+        raise PermissionError(f"asset href {redact(href)} is plain http; remote assets must be "
+                              f"{'/'.join(REMOTE_SCHEMES)}")
+    if scheme not in (*REMOTE_SCHEMES, "http"):
+        raise PermissionError(f"asset href {redact(href)} has scheme {scheme!r}; allowed: {REMOTE_SCHEMES}")
+    host = (u.hostname or "").lower()
+    if host in ("metadata.google.internal", "metadata", "169.254.169.254", "fd00:ec2::254"):
+        raise PermissionError(f"asset href {redact(href)} points at a cloud metadata service")
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return
+    if ip.is_link_local or (not allow_local and (ip.is_loopback or ip.is_private)):
+        raise PermissionError(f"asset href {redact(href)} points at a link-local/private address")
+
+
+def redact(url: str) -> str:
+    """A URL without its query string (SAS tokens live there)."""
+    u = urlparse(url)
+    return u._replace(query="", fragment="").geturl() if u.query else url
+
+
+def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = False) -> pystac.Item:
+    """One normal form for items from any catalog (the only place that knows their differences).
+
+    - `proj:epsg` and `proj:code` both present (stackstac reads `proj:epsg` only);
+    - asset hrefs absolute URLs (relative ones resolved against the item's self link, bare paths
+      made `file://`), checked against `href_allowed`;
+    - `raster:bands` scale/offset/nodata filled from the sensor record where the item has none, so
+      reflectance is decoded the same way for real and synthetic items.
+    """
+    d = json.loads(json.dumps(item.to_dict(transform_hrefs=False) if isinstance(item, pystac.Item) else item))
+    props = d.setdefault("properties", {})
+    base = next((ln["href"] for ln in d.get("links", []) if ln.get("rel") == "self"), None)
+    _normalise_proj(props, where=f"item {d.get('id')}")
+    sensor = S.BY_COLLECTION.get(d.get("collection", ""))
+    for key, asset in d.get("assets", {}).items():
+        _normalise_proj(asset, where=f"item {d.get('id')} asset {key}", inherit=props)
+        asset["href"] = _absolute(asset["href"], base)
+        if sensor is not None and key in sensor.asset_keys():
+            href_allowed(asset["href"], allow_local)
+            band = sensor.band(key)
+            rb = dict((asset.get("raster:bands") or [{}])[0])
+            scale, offset = sensor.scaling(d, key)
+            rb.setdefault("nodata", band.nodata)
+            if not band.categorical:
+                rb["scale"], rb["offset"] = scale, offset
+            asset["raster:bands"] = [rb]
+    if "datetime" not in props or props["datetime"] is None:
+        props["datetime"] = props.get("start_datetime")
+    return pystac.Item.from_dict(d, preserve_dict=False)
+
+
+def _normalise_proj(obj: dict, where: str, inherit: Mapping[str, Any] | None = None) -> None:
+    code = obj.get("proj:code")
+    epsg = obj.get("proj:epsg")
+    if epsg is None and isinstance(code, str):
+        if code.upper().startswith("EPSG:"):
+            obj["proj:epsg"] = int(code.split(":")[1])
+        else:
+            raise ValueError(f"{where}: proj:code {code!r} is not an EPSG code; stackstac needs EPSG")
+    elif epsg is not None and code is None:
+        obj["proj:code"] = f"EPSG:{int(epsg)}"
+
+
+def _absolute(href: str, base: str | None) -> str:
+    u = urlparse(href)
+    if u.scheme:
+        return href
+    if base is not None and urlparse(base).scheme:
+        return urljoin(base, href)
+    p = Path(href)
+    if not p.is_absolute():
+        if base is not None:
+            p = Path(base).parent / p
+        else:
+            raise ValueError(f"asset href {href!r} is relative and the item has no self link to resolve it")
+    return p.resolve().as_uri()
+
+
+# --------------------------------------------------------------------------- the catalog
+
+
+@dataclass
+class Catalog:
+    """An open STAC API and what it can do."""
+
+    url: str
+    client: Client
+    local: bool
+    supports_query: bool
+    supports_filter: bool
+    signer: str | None  # "planetary-computer" or None; applied at read time
+
+    @property
+    def name(self) -> str:
+        return "Planetary Computer" if self.url.rstrip("/") == PLANETARY_COMPUTER else redact(self.url)
+
+
+def is_loopback_url(url: str) -> bool:
+    host = urlparse(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def open_catalog(url: str = PLANETARY_COMPUTER, *, timeout: float = 30.0, retries: int = 5,
+                 signer: str | None = "auto") -> Catalog:
+    """Open a STAC API with retries (429/5xx, backoff) and read its conformance classes."""
+    retry = Retry(total=retries, backoff_factor=0.5, status_forcelist=(429, 500, 502, 503, 504),
+                  allowed_methods=None, raise_on_status=False)
+    io = StacApiIO(timeout=timeout, max_retries=retry)
+    try:
+        client = Client.open(url, stac_io=io, timeout=timeout)
+    except Exception as e:  # noqa: BLE001 - requests/pystac raise many kinds; the message is what matters
+        raise CatalogError(f"STAC API {redact(url)} is unreachable or not a STAC API: "
+                           f"{type(e).__name__}: {_short(e)}") from None
+    if signer == "auto":
+        signer = "planetary-computer" if "planetarycomputer" in url else None
+    cat = Catalog(
+        url=url, client=client, local=is_loopback_url(url),
+        supports_query=client.conforms_to(ConformanceClasses.QUERY),
+        supports_filter=client.conforms_to(ConformanceClasses.FILTER),
+        signer=signer,
+    )
+    log.info("opened %s (query=%s, filter=%s)", cat.name, cat.supports_query, cat.supports_filter)
+    return cat
+
+
+def _short(e: Exception) -> str:
+    s = str(e).splitlines()[0] if str(e) else ""
+    return redact(s)[:300]
+
+
+@dataclass
+class SearchResult:
+    """Items per sensor and year for one AOI, and the (sensor, year) pairs that had none."""
+
+    aoi: AOI
+    catalog: str
+    items: dict[str, dict[int, list[pystac.Item]]] = field(default_factory=dict)
+    gaps: list[tuple[str, int]] = field(default_factory=list)
+
+    def for_year(self, year: int) -> dict[str, list[pystac.Item]]:
+        """Items per sensor for a year; static sensors (the DEM) are the same every year."""
+        return {s: by_year.get(year, by_year.get(0, [])) for s, by_year in self.items.items()}
+
+    def summary(self) -> list[dict[str, Any]]:
+        return [dict(sensor=s, year=y, items=len(v)) for s, by in self.items.items() for y, v in sorted(by.items())]
+
+
+def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog | str | None = None, *,
+           max_cloud: float | None = 80.0, season_months: tuple[int, int] | None = None,
+           missing: str = "raise", allow_local: bool | None = None, limit: int = 100) -> SearchResult:
+    """Search a STAC API for every sensor and year over an AOI.
+
+    Cloud cover is filtered by the server only when it advertises `query` or CQL2 `filter`;
+    otherwise here, after the search. `missing="raise"` raises `NoItemsError` naming sensor, year
+    and AOI when one has no items; `missing="record"` records the gap and goes on.
+    """
+    if missing not in ("raise", "record"):
+        raise ValueError(f"missing must be 'raise' or 'record', got {missing!r}")
+    area = load_aoi(aoi)
+    ys = check_years(years)
+    sens = S.resolve(sensors)
+    cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog or PLANETARY_COMPUTER)
+    local_ok = cat.local if allow_local is None else allow_local
+    result = SearchResult(aoi=area, catalog=cat.name)
+    intersects = area.geometry.json
+    for sensor in sens:
+        result.items[sensor.name] = {}
+        windows = [(0, None)] if not sensor.per_acquisition else [
+            (y, season(y, area.hemisphere, season_months)) for y in ys]
+        for year, window in windows:
+            kw: dict[str, Any] = dict(collections=[sensor.collection], intersects=intersects, limit=limit)
+            if window is not None:
+                kw["datetime"] = f"{window[0]}/{window[1]}"
+            cloud_server = False
+            if max_cloud is not None and sensor.name in ("sentinel-2", "landsat"):
+                if cat.supports_filter:
+                    kw["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
+                    kw["filter_lang"] = "cql2-json"
+                    cloud_server = True
+                elif cat.supports_query:
+                    kw["query"] = {"eo:cloud_cover": {"lte": max_cloud}}
+                    cloud_server = True
+            try:
+                found = list(cat.client.search(**kw).items())
+            except Exception as e:  # noqa: BLE001
+                raise CatalogError(f"search of {sensor.collection} for {year or 'static'} over {area} on "
+                                   f"{cat.name} failed: {type(e).__name__}: {_short(e)}") from None
+            if max_cloud is not None and not cloud_server and sensor.name in ("sentinel-2", "landsat"):
+                # Never rely on a server silently ignoring a filter: check every item here too.
+                found = [i for i in found if (i.properties.get("eo:cloud_cover") or 0) <= max_cloud]
+            if sensor.name == "landsat":
+                found = [i for i in found if "lwir11" in i.assets]  # L2SR scenes have no thermal band
+            items = [normalise_item(i, allow_local=local_ok) for i in found]
+            items.sort(key=lambda i: (i.datetime or i.properties.get("start_datetime"), i.id))
+            if not items:
+                what = f"{sensor.name} ({sensor.collection})"
+                when = f"year {year} ({window[0][:10]}..{window[1][:10]})" if window else "any date"
+                if missing == "raise":
+                    raise NoItemsError(f"no {what} items for {when} over {area} on {cat.name}")
+                log.warning("gap: no %s items for %s over %s", what, when, area)
+                result.gaps.append((sensor.name, year))
+            result.items[sensor.name][year] = items
+            log.info("%s %s: %d items", sensor.name, year or "static", len(items))
+    return result

@@ -1,0 +1,164 @@
+"""The one grid type (odc-geo `GeoBox`), the fixed global tile grid, and halo windows.
+
+Every cube, prediction and store is on a `GeoBox` in the UTM zone of its AOI at 10 m whose pixel edges
+sit on multiples of the resolution counted from the UTM origin (x = 0, y = 0). Tiles are fixed blocks
+of that pixel lattice (`GridSpec` anchored at the origin), so the same place always falls in the same
+tile and pixel, whichever AOI asked for it; Dask chunks are cut on tile edges.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+from odc.geo import XY, geom
+from odc.geo.crs import CRS
+from odc.geo.geobox import GeoBox
+from odc.geo.gridspec import GridSpec
+
+RESOLUTION = 10.0
+TILE_PX = 1024
+
+
+def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS84 UTM zone of a point (EPSG:326zz north, 327zz south)."""
+    if not (-80.0 <= lat <= 84.0):
+        raise ValueError(
+            f"latitude {lat:.3f} is outside the UTM domain (80°S-84°N); polar AOIs need a polar "
+            "stereographic grid, which glacier_stac does not support yet"
+        )
+    zone = min(int((lon + 180.0) // 6.0) + 1, 60)
+    return CRS(f"EPSG:{(32600 if lat >= 0 else 32700) + zone}")
+
+
+def is_south(crs: CRS) -> bool:
+    epsg = crs.epsg or 0
+    return 32701 <= epsg <= 32760
+
+
+def tile_grid(crs: CRS | str, resolution: float = RESOLUTION, tile_px: int = TILE_PX) -> GridSpec:
+    """The global tile grid of one CRS: `tile_px` square tiles anchored at the CRS origin."""
+    return GridSpec(CRS(crs) if isinstance(crs, str) else crs, tile_shape=(tile_px, tile_px),
+                    resolution=resolution, origin=XY(0.0, 0.0))
+
+
+def geobox_for(
+    aoi: geom.Geometry, resolution: float = RESOLUTION, crs: CRS | None = None
+) -> GeoBox:
+    """The GeoBox covering an AOI in its UTM zone, pixel edges snapped to the global lattice.
+
+    `aoi` may be in any CRS; the zone is that of the AOI's centroid in lon/lat unless `crs` is given.
+    """
+    if aoi.is_empty:
+        raise ValueError("AOI geometry is empty")
+    if crs is None:
+        c = aoi.to_crs("EPSG:4326").centroid.coords[0]
+        crs = utm_crs(c[0], c[1])
+    area = aoi.to_crs(crs)
+    # from_bbox with an anchor at 0 snaps edges to whole pixels of the global lattice.
+    return GeoBox.from_bbox(area.boundingbox, crs=crs, resolution=resolution, anchor=XY(0.0, 0.0))
+
+
+def global_origin(geobox: GeoBox) -> tuple[int, int]:
+    """(row, col) of the geobox's top-left pixel in the global lattice (rows grow southwards)."""
+    a = geobox.affine
+    res = a.a
+    col = round(a.c / res)
+    row = round(-a.f / res)
+    if not (math.isclose(a.c / res, col, abs_tol=1e-6) and math.isclose(-a.f / res, row, abs_tol=1e-6)):
+        raise ValueError(f"geobox {a} is not on the global {res} m lattice; build it with grid.geobox_for")
+    return row, col
+
+
+def _aligned_chunks(start: int, size: int, tile_px: int) -> tuple[int, ...]:
+    """Chunk sizes along one axis so that boundaries fall on multiples of `tile_px` (global)."""
+    chunks = []
+    pos = start
+    end = start + size
+    while pos < end:
+        nxt = min((pos // tile_px + 1) * tile_px, end)
+        chunks.append(nxt - pos)
+        pos = nxt
+    return tuple(chunks)
+
+
+def tile_chunks(geobox: GeoBox, tile_px: int = TILE_PX) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """(y chunks, x chunks) of a geobox cut on the global tile edges (chunk = tile where inside)."""
+    row, col = global_origin(geobox)
+    h, w = geobox.shape
+    return _aligned_chunks(row, h, tile_px), _aligned_chunks(col, w, tile_px)
+
+
+def halo_geobox(geobox: GeoBox, halo: int) -> GeoBox:
+    """The geobox grown by `halo` pixels on every side (the window a chunk reads for its halo)."""
+    return geobox.pad(halo)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile of the global grid."""
+
+    crs: str
+    ix: int
+    iy: int
+    geobox: GeoBox
+
+    @property
+    def id(self) -> str:
+        return f"{self.crs.replace('EPSG:', 'E')}_{self.ix:+05d}_{self.iy:+05d}"
+
+
+def tiles_for(aoi: geom.Geometry, crs: CRS | None = None, tile_px: int = TILE_PX,
+              resolution: float = RESOLUTION) -> list[Tile]:
+    """The global-grid tiles an AOI touches, in its UTM zone."""
+    if crs is None:
+        crs = geobox_for(aoi, resolution).crs
+    gs = tile_grid(crs, resolution, tile_px)
+    return [Tile(str(crs), ix, iy, gb) for (ix, iy), gb in gs.tiles_from_geopolygon(aoi.to_crs(crs))]
+
+
+def plan_tiles(outlines, buffer_m: float = 500.0, tile_px: int = TILE_PX,
+               resolution: float = RESOLUTION) -> pd.DataFrame:
+    """Tiles intersecting buffered glacier outlines (e.g. RGI 7.0), with pixel counts.
+
+    Each glacier is handled in the UTM zone of its centroid, so a global inventory yields tiles in
+    many zones. Returns one row per tile: crs, ix, iy, tile_id, glaciers, glacier_px, buffered_px.
+    """
+    import geopandas as gpd
+    from rasterio.features import rasterize
+
+    if not isinstance(outlines, gpd.GeoDataFrame):
+        raise TypeError("plan_tiles needs a GeoDataFrame of glacier outlines")
+    if outlines.empty:
+        raise ValueError("no glacier outlines given to plan tiles for")
+    if outlines.crs is None:
+        raise ValueError("glacier outlines have no CRS; set one (RGI files are EPSG:4326)")
+    ll = outlines.to_crs("EPSG:4326")
+    cent = ll.geometry.representative_point()
+    zones = [str(utm_crs(p.x, p.y)) for p in cent]
+    rows = []
+    for zone, group in ll.groupby(pd.Series(zones, index=ll.index)):
+        local = group.to_crs(zone)
+        buffered = local.buffer(buffer_m)
+        union = geom.Geometry(buffered.union_all(), crs=zone)
+        for tile in tiles_for(union, crs=CRS(zone), tile_px=tile_px, resolution=resolution):
+            gb = tile.geobox
+            box = gb.extent.geom
+            hit = local[local.intersects(box)]
+            hitb = buffered[buffered.intersects(box)]
+            if hitb.empty:
+                continue
+            glacier_px = int(rasterize(hit.geometry, out_shape=gb.shape, transform=gb.affine).sum()) \
+                if not hit.empty else 0
+            buffered_px = int(rasterize(hitb.geometry, out_shape=gb.shape, transform=gb.affine).sum())
+            rows.append(dict(crs=zone, ix=tile.ix, iy=tile.iy, tile_id=tile.id, glaciers=len(hit),
+                             glacier_px=glacier_px, buffered_px=buffered_px))
+    return pd.DataFrame(rows).sort_values(["crs", "iy", "ix"], ignore_index=True)
+
+
+def pixel_centres(geobox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
+    """(y, x) pixel-centre coordinates, as xarray/rioxarray expect them."""
+    c = geobox.coordinates
+    return c["y"].values, c["x"].values
