@@ -206,10 +206,12 @@ def href_allowed(href: str, allow_local: bool) -> None:
         raise PermissionError(f"asset href {redact(href)} points at a link-local/private address")
 
 
-def redact(url: str) -> str:
-    """A URL without its query string (SAS tokens live there)."""
-    u = urlparse(url)
-    return u._replace(query="", fragment="").geturl() if u.query else url
+_QUERY = re.compile(r"([a-zA-Z][\w+.-]*://[^\s'\"?#]+)\?[^\s'\"]*")
+
+
+def redact(text: str) -> str:
+    """A URL, or any message holding URLs, without query strings (SAS tokens live there)."""
+    return _QUERY.sub(r"\1", text)
 
 
 def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = False) -> pystac.Item:
@@ -240,7 +242,8 @@ def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = Fa
             asset["raster:bands"] = [rb]
     if "datetime" not in props or props["datetime"] is None:
         props["datetime"] = props.get("start_datetime")
-    return pystac.Item.from_dict(d, preserve_dict=False)
+    # migrate=False: pystac's migration would drop proj:epsg again (projection v2 keeps proj:code only)
+    return pystac.Item.from_dict(d, preserve_dict=False, migrate=False)
 
 
 def _normalise_proj(obj: dict, where: str, inherit: Mapping[str, Any] | None = None) -> None:
@@ -333,6 +336,7 @@ class SearchResult:
 
     aoi: AOI
     catalog: str
+    signer: str | None = None  # applied at read time by the cube's reader
     items: dict[str, dict[int, list[pystac.Item]]] = field(default_factory=dict)
     gaps: list[tuple[str, int]] = field(default_factory=list)
 
@@ -360,7 +364,7 @@ def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog
     sens = S.resolve(sensors)
     cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog or PLANETARY_COMPUTER)
     local_ok = cat.local if allow_local is None else allow_local
-    result = SearchResult(aoi=area, catalog=cat.name)
+    result = SearchResult(aoi=area, catalog=cat.name, signer=cat.signer)
     intersects = area.geometry.json
     for sensor in sens:
         result.items[sensor.name] = {}

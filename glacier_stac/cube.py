@@ -1,0 +1,248 @@
+"""Lazy multi-sensor datacubes on one GeoBox: one (feature, y, x) DataArray per year.
+
+Each sensor is a stackstac stack onto the same GeoBox (float32, per-band resampling), masked with its
+quality band, reduced to a seasonal median composite plus a count of valid observations, and turned
+into derived features. The per-chunk maths are pure NumPy functions (`composite`, `spectral_indices`,
+`terrain`); `build` does the Dask wiring, in one place. Nothing is read until compute.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import warnings
+from collections.abc import Mapping, Sequence
+
+import dask.array as da
+import numpy as np
+import pystac
+import rioxarray  # noqa: F401 - registers the .rio accessor
+import stackstac
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from rasterio.enums import Resampling
+
+from glacier_stac import sensors as S
+from glacier_stac.catalog import SearchResult
+from glacier_stac.grid import TILE_PX, global_origin, pixel_centres, tile_chunks
+from glacier_stac.reader import GDAL_ENV, SigningReader
+
+log = logging.getLogger(__name__)
+
+SENSOR_FEATURES: dict[str, tuple[str, ...]] = {
+    "sentinel-2": ("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count"),
+    "sentinel-1": ("vv_db", "vh_db", "s1_count"),
+    "landsat": ("lwir11", "landsat_count"),
+    "copdem": ("elevation", "slope", "aspect_sin", "aspect_cos", "hillshade"),
+}
+FEATURES: tuple[str, ...] = tuple(f for fs in SENSOR_FEATURES.values() for f in fs)
+COUNT_FEATURES = ("s2_count", "s1_count", "landsat_count")
+NAN = np.float32(np.nan)
+
+
+# --------------------------------------------------------------------------- pure functions on arrays
+
+
+def composite(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Median of valid observations per band, and their count.
+
+    values: (time, band, y, x) float; valid: (time, y, x) bool. Returns (band + 1, y, x) float32, the
+    last plane the count. Pixels with no valid observation are NaN (never zero).
+    """
+    ok = valid & np.all(np.isfinite(values), axis=1)
+    masked = np.where(ok[:, None], values, np.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN slices are expected
+        med = np.nanmedian(masked, axis=0) if masked.shape[0] else np.full(values.shape[1:], np.nan)
+    count = ok.sum(axis=0, dtype=np.float32)[None]
+    return np.concatenate([med.astype(np.float32), count], axis=0)
+
+
+def decode(dn: np.ndarray, scaling: np.ndarray) -> np.ndarray:
+    """Physical values from stored numbers: per item and band, value = DN * scale + offset.
+
+    dn: (time, band, y, x) with NaN for no-data; scaling: (time, band, 2) of (scale, offset).
+    """
+    return (dn * scaling[:, :, 0, None, None] + scaling[:, :, 1, None, None]).astype(np.float32)
+
+
+def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ((a - b) / (a + b)).astype(np.float32)
+
+
+def spectral_indices(refl: np.ndarray) -> np.ndarray:
+    """NDSI, NDWI, NDVI from (B02, B03, B04, B08, B11, B12) reflectance, (3, y, x)."""
+    _, b03, b04, b08, b11, _ = refl
+    return np.stack([_ratio(b03, b11), _ratio(b03, b08), _ratio(b08, b04)])
+
+
+def to_db(power: np.ndarray) -> np.ndarray:
+    """Backscatter in decibels; non-positive power (no signal) becomes NaN."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(power > 0, 10 * np.log10(power), np.nan).astype(np.float32)
+
+
+def terrain(elev: np.ndarray, res: float, sun_azimuth: float = 315.0, sun_elevation: float = 45.0) -> np.ndarray:
+    """Slope (degrees), aspect as sin/cos, and hillshade (0..1) from elevation (Horn's method).
+
+    `elev` carries a one-pixel halo on every side; the result is for the interior.
+    """
+    z = elev.astype(np.float64)
+    dzdx = ((z[:-2, 2:] + 2 * z[1:-1, 2:] + z[2:, 2:]) - (z[:-2, :-2] + 2 * z[1:-1, :-2] + z[2:, :-2])) / (8 * res)
+    dzdy = ((z[2:, :-2] + 2 * z[2:, 1:-1] + z[2:, 2:]) - (z[:-2, :-2] + 2 * z[:-2, 1:-1] + z[:-2, 2:])) / (8 * res)
+    # rows grow southwards: north-facing gradient is -dzdy
+    slope = np.arctan(np.hypot(dzdx, dzdy))
+    aspect = np.arctan2(-dzdx, dzdy)  # downslope direction, clockwise from north
+    az, zen = np.radians(sun_azimuth), np.radians(90.0 - sun_elevation)
+    shade = np.cos(zen) * np.cos(slope) + np.sin(zen) * np.sin(slope) * np.cos(az - aspect)
+    flat = slope < 1e-9
+    sin_a = np.where(flat, 0.0, np.sin(aspect))
+    cos_a = np.where(flat, 0.0, np.cos(aspect))
+    out = np.stack([np.degrees(slope), sin_a, cos_a, np.clip(shade, 0, 1)]).astype(np.float32)
+    return np.where(np.isfinite(z[1:-1, 1:-1]), out, np.nan).astype(np.float32)
+
+
+def _optical_block(refl: np.ndarray, scl: np.ndarray, scaling: np.ndarray) -> np.ndarray:
+    refl = decode(refl, scaling)
+    valid = S.scl_valid(np.nan_to_num(scl[:, 0], nan=0).astype(np.uint8))
+    comp = composite(refl, valid)
+    return np.concatenate([comp[:6], spectral_indices(comp[:6]), comp[6:]])
+
+
+def _sar_block(power: np.ndarray) -> np.ndarray:
+    valid = np.all(power > 0, axis=1)
+    comp = composite(power, valid)
+    return np.concatenate([to_db(comp[:2]), comp[2:]])
+
+
+def _thermal_block(lwir: np.ndarray, qa: np.ndarray, scaling: np.ndarray) -> np.ndarray:
+    lwir = decode(lwir, scaling)
+    qa_int = np.where(np.isfinite(qa[:, 0]), qa[:, 0], 1).astype(np.uint16)  # outside the scene = fill
+    return composite(lwir, S.landsat_qa_valid(qa_int))
+
+
+# --------------------------------------------------------------------------- the Dask wiring
+
+
+def _stack(items: Sequence[pystac.Item], keys: list[str], geobox: GeoBox, chunks, resampling: str,
+           signer: str | None) -> xr.DataArray:
+    """One stackstac stack of some assets of some items, exactly on `geobox`, float32, NaN fill."""
+    b = geobox.boundingbox
+    arr = stackstac.stack(
+        [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
+        resolution=abs(geobox.resolution.x),
+        bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False, xy_coords="center",
+        resampling=Resampling[resampling], chunksize=chunks, dtype=np.dtype("float32"), fill_value=NAN,
+        rescale=False, sortby_date=False, properties=False, band_coords=False,
+        reader=functools.partial(SigningReader, signer=signer), gdal_env=GDAL_ENV,
+    )
+    if arr.shape[-2:] != geobox.shape:
+        raise RuntimeError(f"stack shape {arr.shape[-2:]} does not match the grid {tuple(geobox.shape)}")
+    return arr
+
+
+def _scaling(sensor: S.Sensor, items: Sequence[pystac.Item], keys: Sequence[str]) -> np.ndarray:
+    """(time, band, 2) scale/offset per item and asset, from the item (or the sensor's default)."""
+    return np.array([[sensor.scaling(it, k) for k in keys] for it in items], dtype=np.float64)
+
+
+def _full_time(arr: xr.DataArray) -> da.Array:
+    return arr.data.rechunk({0: -1, 1: -1})
+
+
+def _sensor_features(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: GeoBox, chunks,
+                     signer: str | None) -> da.Array:
+    """(k, y, x) dask array of one sensor's features."""
+    res = abs(geobox.resolution.x)
+    out_chunks = ((len(SENSOR_FEATURES[sensor.name]),), *chunks)
+    if sensor.name == "sentinel-2":
+        refl = _stack(items, [b.key for b in sensor.data_bands], geobox, chunks, "bilinear", signer)
+        scl = _stack(items, ["SCL"], geobox, chunks, "nearest", signer)
+        block = functools.partial(_optical_block, scaling=_scaling(sensor, items, refl.band.values))
+        return da.map_blocks(block, _full_time(refl), _full_time(scl), drop_axis=[0],
+                             chunks=out_chunks, dtype=np.float32, name="s2-composite")
+    if sensor.name == "sentinel-1":
+        power = _stack(items, ["vv", "vh"], geobox, chunks, "bilinear", signer)
+        return da.map_blocks(_sar_block, _full_time(power), drop_axis=[0], chunks=out_chunks,
+                             dtype=np.float32, name="s1-composite")
+    if sensor.name == "landsat":
+        lwir = _stack(items, ["lwir11"], geobox, chunks, "bilinear", signer)
+        qa = _stack(items, ["qa_pixel"], geobox, chunks, "nearest", signer)
+        block = functools.partial(_thermal_block, scaling=_scaling(sensor, items, ["lwir11"]))
+        return da.map_blocks(block, _full_time(lwir), _full_time(qa), drop_axis=[0],
+                             chunks=out_chunks, dtype=np.float32, name="landsat-composite")
+    if sensor.name == "copdem":
+        dem = _stack(items, ["data"], geobox, chunks, "bilinear", signer)
+        elev = stackstac.mosaic(dem, dim="time").sel(band="data").data  # DEM tiles: first valid wins
+        feats = da.map_overlap(lambda z: terrain(z, res), elev, depth=1, boundary=np.nan, trim=False,
+                               new_axis=[0], chunks=((4,), *chunks), dtype=np.float32, name="terrain",
+                               allow_rechunk=False)
+        return da.concatenate([elev[None], feats], axis=0)
+    raise ValueError(f"no feature recipe for sensor {sensor.name!r}")
+
+
+def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
+          sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | None = None) -> xr.DataArray:
+    """A lazy (feature, y, x) float32 cube for one year on `geobox`, chunked on the global tile grid.
+
+    `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
+    chosen. A sensor without items gives NaN features and a zero count, and is listed in the
+    `missing_sensors` attribute. Reads no pixels.
+    """
+    global_origin(geobox)  # refuses a geobox off the global lattice
+    if isinstance(items, SearchResult):
+        if year is None:
+            raise ValueError("build(SearchResult, ...) needs the year to build")
+        signer = signer or items.signer
+        by_sensor = items.for_year(year)
+    else:
+        by_sensor = dict(items)
+    wanted = S.resolve(list(sensors) if sensors is not None else list(SENSOR_FEATURES))
+    for name in by_sensor:
+        S.get(name)
+    chunks = tile_chunks(geobox, tile_px)
+    blocks, missing, provenance = [], [], {}
+    for sensor in wanted:
+        its = list(by_sensor.get(sensor.name, []))
+        k = len(SENSOR_FEATURES[sensor.name])
+        if not its:
+            missing.append(sensor.name)
+            arr = da.full((k, *geobox.shape), NAN, chunks=((k,), *chunks), dtype=np.float32)
+            if sensor.name != "copdem":
+                arr = da.concatenate([arr[:-1], da.zeros((1, *geobox.shape), chunks=((1,), *chunks),
+                                                         dtype=np.float32)])
+            blocks.append(arr)
+            continue
+        _check_items(sensor, its, year)
+        blocks.append(_sensor_features(sensor, its, geobox, chunks, signer))
+        provenance[sensor.name] = [i.id for i in its]
+    data = da.concatenate(blocks, axis=0).rechunk({0: -1})
+    names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
+    y, x = pixel_centres(geobox)
+    cube = xr.DataArray(
+        data, dims=("feature", "y", "x"), coords={"feature": names, "y": y, "x": x}, name="features",
+        attrs={
+            "year": -1 if year is None else int(year),
+            "sensors": [s.name for s in wanted if s.name not in missing],
+            "missing_sensors": missing,
+            "items": {k: ",".join(v) for k, v in provenance.items()},  # ids, never URLs
+            "tile_px": tile_px,
+        },
+    )
+    cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)
+    if missing:
+        log.warning("cube %s: no items for %s; their features are NaN and counts 0", year, ", ".join(missing))
+    return cube
+
+
+def _check_items(sensor: S.Sensor, items: Sequence[pystac.Item], year: int | None) -> None:
+    for it in items:
+        absent = [k for k in sensor.asset_keys() if k not in it.assets]
+        if absent:
+            raise ValueError(f"{sensor.name} item {it.id} (year {year}) lacks asset(s) {absent}; "
+                             f"it has {sorted(it.assets)}")
+        first = it.assets[sensor.asset_keys()[0]].extra_fields
+        if it.properties.get("proj:epsg") is None and first.get("proj:epsg") is None:
+            raise ValueError(f"{sensor.name} item {it.id} has no proj:epsg/proj:code; normalise it with "
+                             "catalog.normalise_item first")
