@@ -34,8 +34,8 @@ GDAL_CLOUD = {
     "GDAL_HTTP_VERSION": "2",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "TRUE",
-    "VSI_CACHE_SIZE": str(64 * 2**20),
-    "GDAL_CACHEMAX": "256",
+    "VSI_CACHE_SIZE": 64 * 2**20,
+    "GDAL_CACHEMAX": 256,  # MB; rasterio wants an int here
     "GDAL_NUM_THREADS": "1",  # parallelism comes from Dask
 }
 GDAL_ENV: LayeredEnv = DEFAULT_GDAL_ENV.updated(always=GDAL_CLOUD)

@@ -1,0 +1,143 @@
+"""The read seam: an expired token is re-signed and the read succeeds; unreadable assets are recorded.
+
+A real HTTP server on loopback (with Range support, as blob storage has) serves a real COG and
+refuses requests whose token has expired, the way Azure answers a stale SAS token (HTTP 403).
+"""
+
+from __future__ import annotations
+
+import http.server
+import threading
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import numpy as np
+import pytest
+import rasterio
+from rasterio.transform import from_origin
+from rasterio.windows import Window
+from stackstac.raster_spec import RasterSpec
+
+from glacier_stac import reader
+from glacier_stac.catalog import redact
+
+VALID_TOKENS: set[str] = set()
+ISSUED: list[str] = []
+
+
+def test_signer(url: str, refresh: bool = False) -> str:
+    """Issues an already-expired token first; a fresh one only when asked to refresh."""
+    token = f"tok{len(ISSUED)}" + ("-fresh" if refresh else "-stale")
+    ISSUED.append(token)
+    if refresh:
+        VALID_TOKENS.add(token)
+    return f"{redact(url)}?sig={token}"
+
+
+test_signer.__test__ = False  # not a pytest test
+
+
+class RangeHandler(http.server.SimpleHTTPRequestHandler):
+    root: Path
+
+    def log_message(self, *a):  # keep test output quiet
+        pass
+
+    def do_HEAD(self):
+        self._serve(head=True)
+
+    def do_GET(self):
+        self._serve(head=False)
+
+    def _serve(self, head: bool):
+        u = urlparse(self.path)
+        token = parse_qs(u.query).get("sig", [""])[0]
+        if token not in VALID_TOKENS:
+            self.send_response(403)
+            body = b"<Error><Code>AuthenticationFailed</Code><Message>Signature expired</Message></Error>"
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            if not head:
+                self.wfile.write(body)
+            return
+        data = (self.root / u.path.lstrip("/")).read_bytes()
+        rng = self.headers.get("Range")
+        if rng:
+            a, b = rng.split("=")[1].split("-")
+            a, b = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            chunk = data[a:b + 1]
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
+        else:
+            chunk = data
+            self.send_response(200)
+        self.send_header("Accept-Ranges", "bytes")
+        self.send_header("Content-Length", str(len(chunk)))
+        self.end_headers()
+        if not head:
+            self.wfile.write(chunk)
+
+
+@pytest.fixture()
+def blob_server(tmp_path):
+    arr = (np.arange(64 * 64, dtype=np.uint16).reshape(64, 64) % 5000) + 1
+    with rasterio.open(tmp_path / "B02.tif", "w", driver="GTiff", width=64, height=64, count=1, dtype="uint16",
+                       crs="EPSG:32606", transform=from_origin(500000, 6800000, 10, 10), nodata=0,
+                       tiled=True, blockxsize=32, blockysize=32) as dst:
+        dst.write(arr, 1)
+    handler = type("H", (RangeHandler,), {"root": tmp_path})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    yield f"http://127.0.0.1:{srv.server_address[1]}/B02.tif", arr
+    srv.shutdown()
+
+
+def make_reader(url: str, signer: str | None) -> reader.SigningReader:
+    spec = RasterSpec(epsg=32606, bounds=(500000, 6799360, 500640, 6800000), resolutions_xy=(10, 10))
+    return reader.SigningReader(url=url, signer=signer, spec=spec, resampling=rasterio.enums.Resampling.nearest,
+                                dtype=np.dtype("float32"), fill_value=np.float32(np.nan), scale_offset=(1, 0))
+
+
+def test_expired_token_is_resigned_and_read_succeeds(blob_server):
+    url, arr = blob_server
+    reader.register_signer("test-expiring", test_signer)
+    r = make_reader(url, "test-expiring")
+    assert "stale" in r.url  # first signature is already expired: the server answers 403
+    out = r.read(Window(0, 0, 64, 64))
+    np.testing.assert_array_equal(out, arr.astype(np.float32))
+    assert any(t.endswith("-fresh") for t in ISSUED)
+    # pickling the reader (as Dask does) never carries a token
+    state = r.__getstate__()
+    assert "sig=" not in state["url"]
+
+
+def test_unreadable_asset_becomes_recorded_nodata(blob_server):
+    url, _ = blob_server
+    reader.READ_ERRORS.clear()
+    r = make_reader(url.replace("B02.tif", "missing.tif") + "?sig=SECRET", signer=None)
+    out = r.read(Window(0, 0, 16, 16))
+    assert np.isnan(out).all()
+    errs = reader.read_errors()
+    assert len(errs) == 1 and errs[0]["asset"].endswith("missing.tif")
+    assert "SECRET" not in str(errs)  # tokens never reach the record
+
+
+def test_strict_reader_raises_without_token(blob_server):
+    url, _ = blob_server
+    r = make_reader(url + "?sig=SECRET", signer=None)
+    r.record_errors = False
+    with pytest.raises(RuntimeError) as e:
+        r.read(Window(0, 0, 16, 16))
+    assert "SECRET" not in str(e.value) and "B02.tif" in str(e.value)
+
+
+def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
+    url, _ = blob_server
+    r = make_reader(url, None)
+    state = r.__getstate__()
+    clone = reader.SigningReader.__new__(reader.SigningReader)
+    clone.__setstate__(state)
+    assert clone.gdal_env.always.options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+    assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5" and "sig=" not in state["url"]
+
