@@ -46,5 +46,35 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+
+@catalog_app.command("serve")
+def catalog_serve(
+    world_dir: Path = typer.Argument(..., help="A generated world directory (with world.json)."),
+    port: int = typer.Option(0, "--port", "-p", min=0, max=65535, help="Port on 127.0.0.1; 0 picks a free one."),
+) -> None:
+    """Serve a generated world as a STAC API on 127.0.0.1 with `rustac serve` until Ctrl-C."""
+    import signal
+    import sys
+
+    from glacier_stac import stac_server
+
+    def _terminate(signum: int, frame: object) -> None:  # SIGTERM stops as cleanly as Ctrl-C
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _terminate)
+    try:
+        with stac_server.serve(world_dir, port=port) as url:
+            typer.echo(url)
+            sys.stdout.flush()
+            conf = stac_server.conformance(url)
+            typer.echo(f"serving {world_dir} ({conf.summary()}); Ctrl-C stops", err=True)
+            try:
+                while True:
+                    signal.pause()
+            except KeyboardInterrupt:
+                typer.echo("stopping", err=True)
+    except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
+        fail(str(e))
+
 if __name__ == "__main__":  # pragma: no cover
     app()
