@@ -12,12 +12,16 @@ tests pin the exact behaviour), so callers must read `/conformance` and filter c
 pgstac advertises `query`, `filter` (CQL2), `sort`, `fields` and more, and applies them.
 
 Every server runs in its own process group and is stopped (SIGTERM, then SIGKILL) when its context
-exits, also on exceptions, so no process outlives the `with` block.
+exits, also on exceptions, so no process outlives the `with` block; on Linux the API servers also
+die with their parent if it is killed outright. The PostgreSQL cluster is daemonised by pg_ctl and
+stopped by `PG.stop()` (a context manager too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import json
 import logging
 import os
@@ -131,6 +135,13 @@ def _stop_group(proc: subprocess.Popen, name: str, grace_s: float = 10.0) -> Non
         os.killpg(proc.pid, signal.SIGKILL)
 
 
+def _die_with_parent() -> None:
+    """Runs in the child before exec: ask Linux to SIGTERM it when its parent dies, even by SIGKILL."""
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
 @contextlib.contextmanager
 def _http_server(
     name: str,
@@ -156,6 +167,7 @@ def _http_server(
             proc = subprocess.Popen(
                 make_cmd(p), stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=env, cwd=cwd, start_new_session=True,
+                preexec_fn=_die_with_parent if sys.platform == "linux" else None,
             )  # fmt: skip
             try:
                 _wait_ready(name, proc, url, out, timeout_s)

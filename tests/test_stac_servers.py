@@ -265,6 +265,25 @@ def test_server_process_gone_after_exit_and_on_error(world_dir: Path) -> None:
     assert _pids_with(f"127.0.0.1:{url2.rsplit(':', 1)[1]}") == []
 
 
+def test_rustac_dies_with_a_killed_parent(world_dir: Path) -> None:
+    """Even a SIGKILLed parent (no cleanup code runs) leaves no rustac behind (Linux PDEATHSIG)."""
+    code = ("import sys, time; from glacier_stac.stac_server import serve\n"
+            "with serve(sys.argv[1]) as url:\n    print(url, flush=True); time.sleep(120)\n")  # fmt: skip
+    proc = subprocess.Popen([sys.executable, "-c", code, str(world_dir)], stdout=subprocess.PIPE, text=True)
+    try:
+        url = proc.stdout.readline().strip()  # type: ignore[union-attr]
+        assert url.startswith("http://127.0.0.1:") and _listening(url)
+    finally:
+        proc.kill()
+        proc.wait()
+    port = url.rsplit(":", 1)[1]
+    deadline = time.monotonic() + 10
+    while _pids_with(f"127.0.0.1:{port}") and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert _pids_with(f"127.0.0.1:{port}") == []
+    assert not _listening(url)
+
+
 def test_cli_catalog_serve_stops_on_sigint(world_dir: Path) -> None:
     port = stac_server.free_port()
     proc = subprocess.Popen(
