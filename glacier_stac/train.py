@@ -1,0 +1,274 @@
+"""Training: labels on the cube's grid, patch sampling, the training loop, per-epoch validation.
+
+Regions are whole scenes (a cube computed into memory and its label raster). Validation is always on
+other regions, or on a spatially separate block of the same scene with a gap wider than a patch,
+never on random pixels of a scene the model trains on. Patches are drawn more often along glacier
+edges and on debris-covered ice, where mapping is hard; flips and rotations augment them.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+import xarray as xr
+from odc.geo.geobox import GeoBox
+from rasterio.enums import Resampling
+from rasterio.features import rasterize
+from rasterio.warp import reproject
+from scipy import ndimage
+from torch import nn
+
+from glacier_stac import cube as cubes
+from glacier_stac import metrics
+from glacier_stac.models import get_model
+from glacier_stac.models.checkpoint import Checkpoint
+from glacier_stac.synthetic.world import Label
+
+log = logging.getLogger(__name__)
+IGNORE = 255
+
+OPTICAL_FEATURES = ("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count")
+
+
+@dataclass
+class Region:
+    """One scene to learn from or score on: features in memory and the truth on the same grid."""
+
+    name: str
+    features: xr.DataArray  # (feature, y, x) float32, computed
+    labels: np.ndarray  # (y, x) uint8 Label codes, IGNORE where unknown
+
+    def crop(self, ys: slice, xs: slice, name: str) -> Region:
+        return Region(name, self.features.isel(y=ys, x=xs), self.labels[ys, xs])
+
+
+# --------------------------------------------------------------------------- labels
+
+
+def labels_from_raster(path: str | Path, geobox: GeoBox) -> np.ndarray:
+    """A label raster (e.g. the synthetic truth) resampled onto `geobox` with nearest neighbour."""
+    out = np.full(geobox.shape, IGNORE, dtype=np.uint8)
+    with rasterio.open(path) as src:
+        reproject(rasterio.band(src, 1), out, dst_transform=geobox.affine, dst_crs=geobox.crs.to_wkt(),
+                  resampling=Resampling.nearest, dst_nodata=IGNORE)
+    return out
+
+
+def labels_from_outlines(outlines, geobox: GeoBox, class_column: str | None = None) -> np.ndarray:
+    """Rasterise RGI/GLIMS-style glacier outlines onto `geobox`.
+
+    Without `class_column` every polygon is clean ice; with it, values "debris"/"debris-covered"/2
+    mark debris-covered ice and "water"/3 water. Background elsewhere.
+    """
+    if outlines.crs is None:
+        raise ValueError("glacier outlines have no CRS")
+    g = outlines.to_crs(geobox.crs.to_wkt())
+    codes = np.full(len(g), int(Label.CLEAN_ICE))
+    if class_column is not None:
+        if class_column not in g.columns:
+            raise ValueError(f"outlines have no column {class_column!r}; columns: {list(g.columns)}")
+        v = g[class_column].astype(str).str.lower()
+        codes[v.str.startswith("debris").to_numpy() | (v == "2").to_numpy()] = Label.DEBRIS_ICE
+        codes[(v == "water").to_numpy() | (v == "3").to_numpy()] = Label.WATER
+    order = np.argsort(codes, kind="stable")  # debris and water drawn over clean ice
+    shapes = [(g.geometry.iloc[i], int(codes[i])) for i in order if g.geometry.iloc[i] is not None]
+    if not shapes:
+        return np.zeros(geobox.shape, np.uint8)
+    return rasterize(shapes, out_shape=geobox.shape, transform=geobox.affine, fill=0, dtype="uint8")
+
+
+# --------------------------------------------------------------------------- sampling
+
+
+def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: float = 4.0) -> np.ndarray:
+    """Per-pixel sampling weight: more on glacier edges and debris-covered ice."""
+    ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
+    edge = ndimage.binary_dilation(metrics.edges(ice), iterations=3)
+    w = 1.0 + edge_weight * edge + debris_weight * (labels == Label.DEBRIS_ICE)
+    return np.where(labels == IGNORE, 0.0, w)
+
+
+def sample_patches(labels: np.ndarray, n: int, patch: int, rng: np.random.Generator, **kw) -> np.ndarray:
+    """(n, 2) top-left corners of patches whose centres are drawn by `sample_weights`."""
+    h, w = labels.shape
+    if h < patch or w < patch:
+        raise ValueError(f"region of {h}x{w} px is smaller than the {patch} px training patch")
+    wts = sample_weights(labels, **kw)[patch // 2: h - patch + patch // 2 + 1, patch // 2: w - patch + patch // 2 + 1]
+    p = wts.ravel() / wts.sum()
+    idx = rng.choice(p.size, size=n, p=p)
+    return np.stack(np.unravel_index(idx, wts.shape), axis=1)
+
+
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Random flips and 90° rotations (aspect is not rotated with them: it is a weak feature here)."""
+    k = int(rng.integers(4))
+    x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    if rng.random() < 0.5:
+        x, y = x[..., ::-1], y[..., ::-1]
+    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+# --------------------------------------------------------------------------- normalisation and batches
+
+
+def normalisation(regions: Sequence[Region], features: Sequence[str]) -> tuple[list[float], list[float]]:
+    """Per-feature mean and std over all valid pixels of the training regions."""
+    means, stds = [], []
+    for f in features:
+        v = np.concatenate([r.features.sel(feature=f).values.ravel() for r in regions])
+        v = v[np.isfinite(v)]
+        m, s = (float(v.mean()), float(v.std())) if v.size else (0.0, 1.0)
+        means.append(m)
+        stds.append(s if s > 1e-6 else 1.0)
+    return means, stds
+
+
+def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], fill: float = 0.0) -> np.ndarray:
+    """(F, ...) features to zero mean, unit variance; missing inputs to `fill`."""
+    m = np.asarray(mean, np.float32).reshape(-1, *([1] * (x.ndim - 1)))
+    s = np.asarray(std, np.float32).reshape(-1, *([1] * (x.ndim - 1)))
+    out = (x - m) / s
+    return np.where(np.isfinite(out), out, np.float32(fill)).astype(np.float32)
+
+
+def class_weights(regions: Sequence[Region], n_classes: int) -> torch.Tensor:
+    """Inverse square-root class frequency, mean 1 over present classes; absent classes 0."""
+    counts = np.zeros(n_classes)
+    for r in regions:
+        lab = r.labels[r.labels != IGNORE]
+        counts += np.bincount(lab.ravel(), minlength=n_classes)[:n_classes]
+    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    w = w / w[w > 0].mean()
+    return torch.tensor(w, dtype=torch.float32)
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def pick_device(device: str | None = None) -> torch.device:
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, model: str = "unet",
+          features: Sequence[str] | None = None, required: Sequence[str] | None = None, epochs: int = 10,
+          steps_per_epoch: int = 40, batch_size: int = 8, patch: int = 128, lr: float = 2e-3, seed: int = 0,
+          model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
+          progress: bool = True) -> tuple[Checkpoint, list[dict]]:
+    """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history."""
+    if not train_regions:
+        raise ValueError("no training regions")
+    if not val_regions:
+        raise ValueError("no validation regions: validate on other regions (see spatial_split)")
+    feats = list(features or cubes.FEATURES)
+    for r in (*train_regions, *val_regions):
+        missing = [f for f in feats if f not in r.features.feature.values]
+        if missing:
+            raise ValueError(f"region {r.name} lacks features {missing}")
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    dev = pick_device(device)
+    kw = dict(model_kwargs or {})
+    net = get_model(model, len(feats), len(Label), **kw)
+    if patch % net.divisor:
+        raise ValueError(f"patch {patch} px is not a multiple of {model}'s divisor {net.divisor}")
+    net.to(dev)
+    mean, std = normalisation(train_regions, feats)
+    arrays = [normalise(r.features.sel(feature=feats).values, mean, std) for r in train_regions]
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_regions, len(Label)).to(dev), ignore_index=IGNORE)
+    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
+    history: list[dict] = []
+    best: tuple[float, Checkpoint] | None = None
+    for epoch in range(1, epochs + 1):
+        net.train()
+        t0, losses = time.perf_counter(), []
+        for _ in range(steps_per_epoch):
+            xs, ys = [], []
+            for _ in range(batch_size):
+                ri = int(rng.integers(len(arrays)))
+                (y0, x0), = sample_patches(train_regions[ri].labels, 1, patch, rng)
+                x, y = augment(arrays[ri][:, y0:y0 + patch, x0:x0 + patch],
+                               train_regions[ri].labels[y0:y0 + patch, x0:x0 + patch], rng)
+                xs.append(x)
+                ys.append(y)
+            xb = torch.from_numpy(np.stack(xs)).to(dev)
+            yb = torch.from_numpy(np.stack(ys).astype(np.int64)).to(dev)
+            opt.zero_grad(set_to_none=True)
+            loss = loss_fn(net(xb), yb)
+            loss.backward()
+            opt.step()
+            sched.step()
+            losses.append(float(loss))
+        ckpt = Checkpoint.from_model(
+            net.cpu(), model, feats, mean, std, model_kwargs=kw, patch_size=patch,
+            required_features=list(required) if required else None, data=data, seed=seed, command=command)
+        net.to(dev)
+        scores = [metrics.summary(score(ckpt, r)) for r in val_regions]
+        val = {k: float(np.nanmean([s[k] for s in scores])) for k in scores[0]}
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, **val}
+        history.append(rec)
+        if progress:
+            log.info("epoch %d/%d loss %.4f val IoU %.3f (debris %.3f) boundary %.1f m [%.1fs]", epoch, epochs,
+                     rec["loss"], val["iou_overall"], val["iou_debris"], val["boundary_m"], rec["seconds"])
+        key = val["iou_overall"] + val["iou_debris"]
+        if best is None or key > best[0]:
+            ckpt.metrics = {"validation": val, "epoch": epoch}
+            best = (key, ckpt)
+    assert best is not None
+    best[1].metrics["history"] = history
+    return best[1], history
+
+
+def predict_labels(ckpt: Checkpoint, features: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:
+    """(class map, valid mask) of a checkpoint over an in-memory cube, through the real inference path."""
+    from glacier_stac.infer import predict
+
+    data = features
+    if data.chunks is None:
+        data = data.chunk({"feature": -1, "y": 512, "x": 512})
+    out = predict(data, ckpt).compute(scheduler="threads")
+    return out["klass"].values, out["valid"].values
+
+
+def score(ckpt: Checkpoint, region: Region) -> dict:
+    """Full metrics of a checkpoint on a region (pixels without truth or inputs are not scored)."""
+    klass, valid = predict_labels(ckpt, region.features)
+    res = abs(float(region.features.x[1] - region.features.x[0]))
+    return metrics.evaluate(klass, region.labels, valid & (region.labels != IGNORE), res=res)
+
+
+def spatial_split(region: Region, fraction: float = 0.3, gap: int = 64) -> tuple[Region, Region]:
+    """Train on the west, validate on the east, with `gap` pixels between so no patch straddles both."""
+    w = region.labels.shape[1]
+    cut = int(w * (1 - fraction))
+    if cut - gap < 64 or w - cut < 64:
+        raise ValueError(f"region {region.name} ({w} px wide) is too narrow to split for validation")
+    return (region.crop(slice(None), slice(0, cut - gap), f"{region.name}-west"),
+            region.crop(slice(None), slice(cut, w), f"{region.name}-east"))
+
+
+def write_model_card(ckpt: Checkpoint, path: Path) -> Path:
+    """A short model card next to a checkpoint: command, seed, data, metrics."""
+    val = ckpt.metrics.get("validation", {})
+    lines = [
+        f"# Model card: `{path.stem}`", "",
+        f"- model: `{ckpt.model}` {json.dumps(ckpt.model_kwargs)}; receptive field {ckpt.receptive_field} px",
+        f"- features ({len(ckpt.features)}): {', '.join(ckpt.features)}",
+        f"- required inputs: {', '.join(ckpt.required)}",
+        f"- trained by: `{ckpt.command}`", f"- seed: {ckpt.seed}", f"- data: {ckpt.data}",
+        f"- created: {ckpt.created}, glacier_stac {ckpt.version}", "",
+        "## Validation (held-out regions)", "",
+        "| metric | value |", "|---|---|",
+        *[f"| {k} | {v:.3f} |" for k, v in val.items()], "",
+        "Synthetic worlds only: expect lower scores on real imagery until fine-tuned on real labels.",
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
