@@ -232,8 +232,7 @@ def serve(world_dir: str | os.PathLike[str], host: str = "127.0.0.1", port: int 
     def cmd(p: int) -> list[str]:
         return [*exe, "serve", "--addr", f"{host}:{p}", *hrefs]
 
-    with _http_server("rustac serve", cmd, host, port) as url:
-        log.info("rustac serves world %s at %s", catalog.world_dir, url)
+    with _http_server(f"rustac serve {catalog.world_dir}", cmd, host, port) as url:
         yield url
 
 
