@@ -1,0 +1,131 @@
+"""Read throughput: computing a cube vs plain rasterio windowed reads of the same COGs, same threads.
+
+    python benchmarks/read_throughput.py [--quick] [--threads N]
+
+Both sides read every asset the cube needs for one year over the world's grid, tile by tile, with
+the same number of threads; megapixels are counted on the output grid (assets x tile pixels), so the
+rates compare directly. Writes benchmarks/results/read_throughput.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import dask
+import numpy as np
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from glacier_stac import catalog, cube, grid, stac_server
+from glacier_stac.reader import GDAL_CLOUD
+from glacier_stac.synthetic.world import WorldConfig
+from glacier_stac.synthetic.writer import generate
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def world_aoi(world_dir: Path) -> tuple[catalog.AOI, object]:
+    """The world's AOI and its 10 m geobox (from the truth raster of the world's grid)."""
+    from odc.geo.geobox import GeoBox
+
+    label = sorted((world_dir / "truth").glob("labels_*.tif"))[0]
+    with rasterio.open(label) as src:
+        gb = GeoBox.from_rio(src)
+    return catalog.load_aoi(gb.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=world_dir.name), gb
+
+
+def rasterio_reads(jobs: list[tuple[str, Resampling]], geobox, tile_px: int, threads: int) -> float:
+    """Plain rasterio: each asset through a WarpedVRT onto the grid, read tile by tile, in a thread pool."""
+    ych, xch = grid.tile_chunks(geobox, tile_px)
+    windows = []
+    y = 0
+    for h in ych:
+        x = 0
+        for w in xch:
+            windows.append(Window(x, y, w, h))
+            x += w
+        y += h
+
+    def read_asset(job: tuple[str, Resampling]) -> int:
+        href, resampling = job
+        n = 0
+        with rasterio.Env(**GDAL_CLOUD), rasterio.open(href) as src, WarpedVRT(
+                src, crs=geobox.crs.to_wkt(), transform=geobox.affine, width=geobox.shape[1],
+                height=geobox.shape[0], resampling=resampling) as vrt:
+            for win in windows:
+                n += int(vrt.read(1, window=win, out_dtype="float32").size)
+        return n
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        total = sum(pool.map(read_asset, jobs))
+    dt = time.perf_counter() - t0
+    assert total == len(jobs) * geobox.shape[0] * geobox.shape[1]
+    return dt
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="a small world (CI-sized)")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--repeat", type=int, default=3, help="runs per side; the best is kept")
+    ap.add_argument("--world", type=Path, default=Path(".cache/benchmarks"))
+    args = ap.parse_args()
+
+    cfg = WorldConfig(seed=501, size_km=6 if args.quick else 20, years=(2022,))
+    world_dir = generate(cfg, args.world / f"read-{cfg.seed}-{int(cfg.size_km)}km")
+    aoi, geobox = world_aoi(world_dir)
+    year = cfg.years[-1]
+    with stac_server.serve(world_dir) as url:
+        found = catalog.search(aoi, [year], catalog=catalog.open_catalog(url), max_cloud=None)
+    data = cube.build(found, geobox, year)
+
+    jobs: list[tuple[str, Resampling]] = []
+    for name, items in found.for_year(year).items():
+        stacks = {"sentinel-2": [("B02", "B03", "B04", "B08", "B11", "B12"), ("SCL",)],
+                  "sentinel-1": [("vv", "vh")], "landsat": [("lwir11",), ("qa_pixel",)],
+                  "copdem": [("data",)]}[name]
+        for keys in stacks:
+            rs = Resampling.nearest if keys in (("SCL",), ("qa_pixel",)) else Resampling.bilinear
+            jobs += [(it.assets[k].href, rs) for it in items for k in keys]
+    mpx = len(jobs) * geobox.shape[0] * geobox.shape[1] / 1e6
+
+    cube_times, rio_times = [], []
+    for _ in range(args.repeat):  # interleave so both sides see the same machine state
+        t0 = time.perf_counter()
+        with dask.config.set(scheduler="threads", num_workers=args.threads):
+            values = data.compute()
+        cube_times.append(time.perf_counter() - t0)
+        rio_times.append(rasterio_reads(jobs, geobox, data.attrs["tile_px"], args.threads))
+    assert np.isfinite(values.sel(feature="elevation").values).mean() > 0.9, "cube read no DEM pixels"
+    t_cube, t_rio = min(cube_times), min(rio_times)
+    res = {
+        "world": {"seed": cfg.seed, "size_km": cfg.size_km, "year": year, "grid": list(geobox.shape)},
+        "assets_read": len(jobs), "megapixels": mpx, "threads": args.threads,
+        "cube_seconds": t_cube, "rasterio_seconds": t_rio,
+        "cube_mpx_per_s": mpx / t_cube, "rasterio_mpx_per_s": mpx / t_rio,
+        "ratio_vs_rasterio": t_rio / t_cube, "target_ratio": 1.0,
+        "cube_seconds_all": cube_times, "rasterio_seconds_all": rio_times,
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "quick": args.quick,
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "read_throughput.json").write_text(json.dumps(res, indent=2) + "\n")
+    print(f"| side | seconds (best of {args.repeat}) | Mpx/s |")
+    print("|---|---|---|")
+    print(f"| cube (stackstac + composite + features) | {t_cube:.2f} | {mpx / t_cube:.1f} |")
+    print(f"| rasterio windowed reads (WarpedVRT) | {t_rio:.2f} | {mpx / t_rio:.1f} |")
+    print(f"\nratio vs rasterio: **{t_rio / t_cube:.2f}** (target >= 1.0); {len(jobs)} assets, {mpx:.0f} Mpx, "
+          f"{args.threads} threads")
+
+
+if __name__ == "__main__":
+    main()
