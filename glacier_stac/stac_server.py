@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import importlib.metadata
 import json
 import logging
 import os
@@ -211,11 +212,22 @@ def _wait_ready(name: str, proc: subprocess.Popen, url: str, out, timeout_s: flo
 
 
 def rustac_command() -> list[str]:
-    """The pinned `rustac` console script of this interpreter (not a shim), or a clear error."""
+    """The `rustac` console script of this interpreter's rustac package (not a PATH shim if avoidable).
+
+    `rustac.main` parses the process's own argv, so it must run as the console script, not `python -c`.
+    """
+    try:
+        version = importlib.metadata.version("rustac")
+    except importlib.metadata.PackageNotFoundError:
+        raise FileNotFoundError(
+            f"the rustac package is not installed; install it with `pip install rustac=={RUSTAC_VERSION}`"
+        ) from None
+    if version != RUSTAC_VERSION:
+        log.warning("rustac %s is installed; glacier_stac is tested with %s", version, RUSTAC_VERSION)
     here = Path(sys.executable).parent / "rustac"
     exe = str(here) if here.is_file() else shutil.which("rustac")
     if not exe:
-        raise FileNotFoundError(f"`rustac` not found; install it with `pip install rustac=={RUSTAC_VERSION}`")
+        raise FileNotFoundError(f"the `rustac` console script is not on PATH (rustac {version} is installed)")
     return [exe]
 
 
