@@ -1,0 +1,472 @@
+"""Halo-overlap inference over a lazy (feature, y, x) cube: seam-free and independent of the chunking.
+
+The patch grid is anchored to the GLOBAL pixel lattice (the one `grid.py` anchors at UTM x=0, y=0):
+tile cores are `stride` x `stride` squares starting at multiples of `stride` in global pixel
+coordinates, and each patch the model sees is a tile core plus `margin` pixels of context on every
+side. Because a tile's input depends only on where it is on Earth, never on which chunk asked for it,
+two chunkings of the same cube compute the same patches from the same pixels and give the same
+probabilities (up to float rounding inside the convolutions).
+
+Overlapping patches are blended with a separable cosine (Hann) taper of width `blend` centred on
+the tile edges, and the weights are normalised by their sum. With `margin >= receptive_field // 2`
+and patch origins on multiples of the model's `divisor`, overlapping patches of a local model agree
+exactly where they overlap, so the default `blend=0` (plain overlap-tile, each pixel from the patch
+whose core holds it) is already seam-free and computes each output pixel about once:
+(stride + 2 * margin)^2 / stride^2 <= 1.3 for 1024 px chunks. `blend > 0` smooths models that are not
+exactly local, at the cost of computing neighbouring patches too.
+
+The Dask wiring lives in `predict` only; the per-block work is `predict_block`, a pure function of
+NumPy arrays. The model is loaded once per worker process (`_runner`, a module-level cache keyed by
+the checkpoint path and mtime, or by the in-memory checkpoint's digest).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+
+from glacier_stac.models.checkpoint import Checkpoint
+from glacier_stac.models.checkpoint import load as load_checkpoint
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STRIDE = 1024  # tile core side; with the production 1024/2048 px chunks a tile never straddles chunks
+NODATA_CLASS = 255
+COST_TARGET = 1.3
+
+
+# --------------------------------------------------------------------------- the patch grid
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+@dataclass(frozen=True)
+class PatchGrid:
+    """Tiles of the global lattice: core [k*stride, (k+1)*stride) plus `margin` context each side."""
+
+    stride: int
+    margin: int
+    blend: int = 0
+
+    def __post_init__(self) -> None:
+        if self.stride < 1 or self.margin < 0 or self.blend < 0:
+            raise ValueError(f"bad patch grid {self}: stride >= 1, margin >= 0, blend >= 0")
+        if self.blend > self.stride:
+            raise ValueError(f"blend {self.blend} px is wider than the patch stride {self.stride} px")
+        if self.blend // 2 + self.blend % 2 > self.margin:
+            raise ValueError(f"blend {self.blend} px needs a margin of at least {math.ceil(self.blend / 2)} px, "
+                             f"got {self.margin}")
+
+    @property
+    def patch(self) -> int:
+        return self.stride + 2 * self.margin
+
+    @property
+    def _lo(self) -> int:  # how far a tile's weights reach before its core
+        return math.ceil(self.blend / 2)
+
+    @property
+    def _hi(self) -> int:  # how far a tile's weights reach after its core
+        return self.blend // 2
+
+    def tiles(self, g0: int, g1: int) -> range:
+        """Tile indices whose weights touch global pixels [g0, g1)."""
+        s = self.stride
+        return range((g0 - self._hi) // s, (g1 - 1 + self._lo) // s + 1)
+
+    def reach(self, g0: int, g1: int) -> tuple[int, int]:
+        """Pixels of input needed before g0 and after g1 to compute every tile touching [g0, g1)."""
+        t = self.tiles(g0, g1)
+        return g0 - (t.start * self.stride - self.margin), (t.stop - 1) * self.stride + self.stride + self.margin - g1
+
+    def window(self) -> np.ndarray:
+        """1-D blending weights over a patch: 1 on the core, cosine tapers across its edges, 0 beyond.
+
+        The taper of tile k and the one of tile k+1 are cos^2 and sin^2 of the same angle, so they
+        sum to one (a partition of unity); `predict_block` normalises by the sum anyway.
+        """
+        m, s, b = self.margin, self.stride, self.blend
+        w = np.zeros(self.patch, dtype=np.float64)
+        w[m:m + s] = 1.0
+        if b:
+            theta = 0.5 * np.pi * (np.arange(b) + 0.5) / b
+            w[m - self._lo:m - self._lo + b] = np.sin(theta) ** 2
+            w[m + s - self._lo:m + s - self._lo + b] = np.cos(theta) ** 2
+        return w
+
+
+def make_grid(ckpt: Checkpoint, patch: int | None = None, margin: int | None = None, blend: int = 0) -> PatchGrid:
+    """The patch grid for a checkpoint: margins cover the receptive field, sizes respect `divisor`."""
+    d = max(1, int(ckpt.divisor))
+    radius = ckpt.receptive_field // 2
+    if margin is None:
+        margin = _round_up(max(radius, math.ceil(blend / 2)), d)
+    if margin < radius:
+        raise ValueError(f"patch margin {margin} px is smaller than the model's receptive-field radius "
+                         f"{radius} px (receptive field {ckpt.receptive_field} px): patches would disagree")
+    if margin % d:
+        raise ValueError(f"patch margin {margin} px must be a multiple of the model divisor {d}")
+    stride = DEFAULT_STRIDE if patch is None else patch - 2 * margin
+    if stride < 1 or stride % d:
+        raise ValueError(f"patch {patch} px minus 2 x margin {margin} px gives a stride of {stride} px; it must be "
+                         f"positive and a multiple of the model divisor {d} (e.g. patch={2 * margin + 8 * d})")
+    return PatchGrid(stride, margin, blend)
+
+
+# --------------------------------------------------------------------------- global pixel indices
+
+
+def _resolution(cube: xr.DataArray, dim: str) -> float:
+    c = np.asarray(cube[dim].values, dtype=np.float64)
+    if c.size >= 2:
+        step = np.diff(c)
+        if not np.allclose(step, step[0], rtol=0, atol=1e-6 * abs(step[0])):
+            raise ValueError(f"cube coordinate {dim!r} is not regularly spaced")
+        return float(abs(step[0]))
+    try:
+        rx, ry = cube.rio.resolution()
+        return float(abs(rx if dim == "x" else ry))
+    except Exception as e:
+        raise ValueError(f"cannot tell the cube's {dim} resolution from one pixel and no transform: {e}") from e
+
+
+def global_start(cube: xr.DataArray, dim: str) -> int:
+    """Global lattice index of the cube's first pixel along `dim` (x: columns east; y: rows south).
+
+    The global index of a pixel is floor(edge / res) with the edge on the side of increasing index,
+    i.e. round(x / res - 0.5) for columns and round(-y / res - 0.5) for north-up rows.
+    """
+    c = np.asarray(cube[dim].values, dtype=np.float64)
+    res = _resolution(cube, dim)
+    sign = 1.0
+    if dim == "y" and (c.size < 2 or c[1] < c[0]):
+        sign = -1.0  # north-up: rows grow southwards
+    g = sign * c / res - 0.5
+    gi = np.round(g)
+    if not np.allclose(g, gi, atol=1e-3):
+        raise ValueError(f"cube {dim} coordinates are not pixel centres on the global {res} m lattice "
+                         f"(first {c[0]!r}); build the cube on a grid.geobox_for GeoBox")
+    return int(gi[0])
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Everything `predict` decides before building the graph; cheap, reads no pixels."""
+
+    grid: PatchGrid
+    halo: tuple[int, int]  # (y, x) pixels read around each chunk
+    chunks: tuple[tuple[int, ...], tuple[int, ...]]  # (y, x) core chunks the blocks run on
+    start: tuple[int, int]  # global (row, col) of the cube's first pixel
+    computed_px: int  # pixels pushed through the model
+    output_px: int
+
+    @property
+    def computed_over_output(self) -> float:
+        return self.computed_px / self.output_px
+
+
+def _axis_need(chunks: Sequence[int], g0: int, grid: PatchGrid) -> tuple[int, int]:
+    """(halo needed, pixels computed along this axis) for one axis of chunks."""
+    need, computed, pos = 0, 0, g0
+    for c in chunks:
+        lo, hi = grid.reach(pos, pos + c)
+        need = max(need, lo, hi)
+        computed += len(grid.tiles(pos, pos + c)) * grid.patch
+        pos += c
+    return need, computed
+
+
+def aligned_chunks(g0: int, n: int, stride: int) -> tuple[int, ...]:
+    """Chunks of an axis cut at multiples of `stride` in global pixel coordinates."""
+    out, pos = [], g0
+    while pos < g0 + n:
+        nxt = min((pos // stride + 1) * stride, g0 + n)
+        out.append(nxt - pos)
+        pos = nxt
+    return tuple(out)
+
+
+def plan(cube: xr.DataArray, ckpt: Checkpoint, *, halo: int | None = None, patch: int | None = None,
+         margin: int | None = None, blend: int = 0) -> Plan:
+    """Patch grid, halo and chunks for inference of `ckpt` over `cube`; refuses a too-small halo."""
+    grid = make_grid(ckpt, patch, margin, blend)
+    start = (global_start(cube, "y"), global_start(cube, "x"))
+    chunks = [tuple(cube.chunks[cube.get_axis_num(d)]) for d in ("y", "x")]
+    needs, computed = [], []
+    for i in range(2):
+        need, comp = _axis_need(chunks[i], start[i], grid)
+        if need > min(chunks[i]):
+            # dask cannot borrow a halo wider than a neighbouring chunk: cut on the tile grid instead
+            chunks[i] = aligned_chunks(start[i], sum(chunks[i]), grid.stride)
+            need, comp = _axis_need(chunks[i], start[i], grid)
+        needs.append(need)
+        computed.append(comp)
+    radius = ckpt.receptive_field // 2
+    if halo is not None:
+        if halo < radius:
+            raise ValueError(f"halo {halo} px is smaller than the model's receptive-field radius {radius} px "
+                             f"(receptive field {ckpt.receptive_field} px of model {ckpt.model!r})")
+        if halo < max(needs):
+            raise ValueError(f"halo {halo} px is smaller than the {max(needs)} px the patch grid needs "
+                             f"(patch {grid.patch} px = stride {grid.stride} + 2 x margin {grid.margin}, "
+                             f"blend {grid.blend}, chunks y={chunks[0][:3]}.. x={chunks[1][:3]}..)")
+        needs = [halo, halo]
+    shape = cube.sizes["y"] * cube.sizes["x"]
+    return Plan(grid, (needs[0], needs[1]), (chunks[0], chunks[1]), start, computed[0] * computed[1], shape)
+
+
+def computed_over_output(chunk_px: int, ckpt: Checkpoint, *, patch: int | None = None,
+                         margin: int | None = None, blend: int = 0) -> float:
+    """Model pixels computed per output pixel for square chunks of `chunk_px` on the global tile grid."""
+    grid = make_grid(ckpt, patch, margin, blend)
+    _, comp = _axis_need([chunk_px], 0, grid)
+    return (comp / chunk_px) ** 2
+
+
+# --------------------------------------------------------------------------- model cache and device
+
+
+_CACHE: dict[tuple, tuple[torch.nn.Module, Checkpoint, torch.device]] = {}
+_CACHE_LOCK = threading.Lock()
+_RUN_LOCK = threading.Lock()  # one forward at a time per process: torch already uses every core
+_THREADS_SET = False
+
+
+def pick_device(device: str | torch.device | None = None) -> torch.device:
+    """CUDA when available (and not told otherwise), else CPU."""
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _configure_threads() -> None:
+    """Inside a Dask worker with N threads, give torch its share of the cores, once per process."""
+    global _THREADS_SET
+    if _THREADS_SET:
+        return
+    _THREADS_SET = True
+    try:
+        from distributed import get_worker
+
+        nthreads = get_worker().state.nthreads
+    except (ImportError, ValueError, AttributeError):
+        return  # not in a distributed worker: keep torch's default (all cores), forwards are serialised
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, nthreads)))
+
+
+def _runner(ref: str | tuple[str, Checkpoint], device: str | None) -> tuple[torch.nn.Module, Checkpoint, torch.device]:
+    """The model for a checkpoint, built once per process and device."""
+    if isinstance(ref, tuple):
+        key, ckpt = ("mem", ref[0], device), ref[1]
+    else:
+        st = os.stat(ref)
+        key, ckpt = ("file", os.path.abspath(ref), st.st_mtime_ns, st.st_size, device), None
+    with _CACHE_LOCK:
+        hit = _CACHE.get(key)
+        if hit is None:
+            _configure_threads()
+            ckpt = ckpt if ckpt is not None else load_checkpoint(ref)
+            dev = pick_device(device)
+            model = ckpt.build_model().to(dev)
+            hit = _CACHE[key] = (model, ckpt, dev)
+    return hit
+
+
+def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> np.ndarray:
+    """Softmax class probabilities for a (B, F, P, P) float32 batch of normalised inputs."""
+    with _RUN_LOCK, torch.inference_mode():
+        x = torch.from_numpy(batch).to(device, non_blocking=True)
+        if device.type == "cuda":
+            with torch.autocast("cuda", dtype=torch.float16):
+                logits = model(x)
+        else:
+            logits = model(x)
+        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+
+
+# --------------------------------------------------------------------------- the per-block work
+
+
+def normalise(x: np.ndarray, ckpt: Checkpoint) -> np.ndarray:
+    """(x - mean) / std per feature, missing values set to the checkpoint's fill (normalised units)."""
+    mean = np.asarray(ckpt.mean, dtype=np.float32)[:, None, None]
+    std = np.asarray(ckpt.std, dtype=np.float32)[:, None, None]
+    z = (x.astype(np.float32, copy=False) - mean) / std
+    z[~np.isfinite(z)] = ckpt.nan_fill
+    return z
+
+
+def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int],
+                  grid: PatchGrid, ckpt: Checkpoint,
+                  forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 4) -> np.ndarray:
+    """Class probabilities (n_classes, h, w) for the core of one haloed block; NaN where invalid.
+
+    block: (n_features, H, W) raw features in checkpoint order, NaN = missing; origin: global
+    (row, col) of block[:, 0, 0]; core: (row0, col0, h, w) of the output inside the block;
+    forward: (B, F, P, P) normalised inputs -> (B, C, P, P) probabilities.
+    """
+    r0, c0, h, w = core
+    req = [ckpt.features.index(f) for f in ckpt.required]
+    valid = np.all(np.isfinite(block[req, r0:r0 + h, c0:c0 + w]), axis=0)
+    n_cls = len(ckpt.classes)
+    out = np.full((n_cls, h, w), np.nan, dtype=np.float32)
+    if not valid.any():
+        return out
+    z = normalise(block, ckpt)
+    gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel
+    win = grid.window()
+    s, m, p = grid.stride, grid.margin, grid.patch
+    acc = np.zeros((n_cls, h, w), dtype=np.float64)
+    wsum = np.zeros((h, w), dtype=np.float64)
+    todo = []
+    for ky in grid.tiles(gy0, gy0 + h):
+        for kx in grid.tiles(gx0, gx0 + w):
+            py, px = ky * s - m - origin[0], kx * s - m - origin[1]  # patch origin inside the block
+            if py < 0 or px < 0 or py + p > block.shape[1] or px + p > block.shape[2]:
+                raise ValueError(f"halo too small: tile ({ky}, {kx}) reaches outside the block")
+            # the part of the core this tile's weights cover
+            y0, y1 = max(0, py + m - grid._lo - r0), min(h, py + m + s + grid._hi - r0)
+            x0, x1 = max(0, px + m - grid._lo - c0), min(w, px + m + s + grid._hi - c0)
+            if y1 > y0 and x1 > x0 and valid[y0:y1, x0:x1].any():  # all-missing tiles are skipped
+                todo.append((py, px, y0, y1, x0, x1))
+    for i in range(0, len(todo), batch_size):
+        part = todo[i:i + batch_size]
+        batch = np.stack([z[:, py:py + p, px:px + p] for py, px, *_ in part])
+        prob = forward(batch)
+        for (py, px, y0, y1, x0, x1), pr in zip(part, prob, strict=True):
+            wy = win[y0 + r0 - py:y1 + r0 - py]
+            wx = win[x0 + c0 - px:x1 + c0 - px]
+            wt = wy[:, None] * wx[None, :]
+            acc[:, y0:y1, x0:x1] += pr[:, y0 + r0 - py:y1 + r0 - py, x0 + c0 - px:x1 + c0 - px] * wt
+            wsum[y0:y1, x0:x1] += wt
+    with np.errstate(invalid="ignore", divide="ignore"):
+        res = (acc / wsum).astype(np.float32)
+    res[:, ~valid] = np.nan
+    return res
+
+
+def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, halo: tuple[int, int],
+                starts: tuple[np.ndarray, np.ndarray], batch_size: int, block_id=None) -> np.ndarray:
+    """Dask task: global position of this block from its id, then `predict_block` with the cached model."""
+    model, ckpt, dev = _runner(ref, device)
+    iy, ix = block_id[1], block_id[2]
+    h, w = block.shape[1] - 2 * halo[0], block.shape[2] - 2 * halo[1]
+    origin = (int(starts[0][iy]) - halo[0], int(starts[1][ix]) - halo[1])
+    return predict_block(block, origin, (halo[0], halo[1], h, w), grid, ckpt,
+                         lambda b: forward_probabilities(model, b, dev), batch_size)
+
+
+def classes_from_probability(prob: np.ndarray) -> np.ndarray:
+    """uint8 class of highest probability; NODATA_CLASS (255) where the probability is NaN."""
+    ok = np.isfinite(prob[0])
+    k = np.argmax(np.where(np.isfinite(prob), prob, -1.0), axis=0).astype(np.uint8)
+    k[~ok] = NODATA_CLASS
+    return k
+
+
+# --------------------------------------------------------------------------- the Dask wiring
+
+
+def _gpu_cluster() -> bool:
+    """True when a connected distributed cluster has workers offering a GPU resource."""
+    try:
+        from distributed import get_client
+
+        client = get_client()
+    except (ImportError, ValueError):
+        return False
+    workers = client.scheduler_info().get("workers", {})
+    return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
+
+
+def _check_cube(cube: xr.DataArray) -> None:
+    if not isinstance(cube, xr.DataArray):
+        raise ValueError(f"cube must be an xarray.DataArray, got {type(cube).__name__}")
+    if set(cube.dims) != {"feature", "y", "x"}:
+        raise ValueError(f"cube dims must be ('feature', 'y', 'x'), got {cube.dims}")
+    if "feature" not in cube.coords:
+        raise ValueError("cube has no 'feature' coordinate naming its features")
+
+
+def _resolve(checkpoint: Checkpoint | str | Path) -> tuple[Checkpoint, object]:
+    """(checkpoint, reference shipped to tasks): a path for files, a keyed Delayed for in-memory ones."""
+    if isinstance(checkpoint, Checkpoint):
+        key = checkpoint.digest()
+        return checkpoint, dask.delayed((key, checkpoint), name=f"checkpoint-{key}", traverse=False)
+    path = Path(checkpoint)
+    return load_checkpoint(path), str(path.resolve())
+
+
+def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: int | None = None,
+            patch: int | None = None, batch_size: int = 4, device: str | None = None, blend: int = 0,
+            margin: int | None = None) -> xr.Dataset:
+    """Lazy class probabilities for a (feature, y, x) cube.
+
+    Returns a Dataset with `probability` (class, y, x) float32 (NaN where invalid),
+    `glacier_probability` (y, x) = P(clean ice) + P(debris ice), `klass` (y, x) uint8 (255 where
+    invalid) and `valid` (y, x) bool, on the cube's coordinates and CRS. Nothing is computed here.
+    The checkpoint's features are picked from the cube by name; a missing one is an error.
+    """
+    _check_cube(cube)
+    ckpt, ref = _resolve(checkpoint)
+    idx = ckpt.check_features(cube["feature"].values)
+    cube = cube.transpose("feature", "y", "x")
+    if cube.chunks is None:
+        cube = cube.chunk({"feature": -1, "y": DEFAULT_STRIDE, "x": DEFAULT_STRIDE})
+    pl = plan(cube, ckpt, halo=halo, patch=patch, margin=margin, blend=blend)
+    data = cube.data[idx] if idx != list(range(cube.sizes["feature"])) else cube.data
+    data = data.astype(np.float32).rechunk({0: -1, 1: pl.chunks[0], 2: pl.chunks[1]})
+    hy, hx = pl.halo
+    ov = da.overlap.overlap(data, depth={0: 0, 1: hy, 2: hx}, boundary={0: "none", 1: np.nan, 2: np.nan})
+    core = (tuple(c - 2 * hy for c in ov.chunks[1]), tuple(c - 2 * hx for c in ov.chunks[2]))
+    starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(pl.start, core, strict=True))
+    n_cls = len(ckpt.classes)
+    annotations = {"resources": {"GPU": 1}} if _gpu_cluster() else {}
+    log.info("predict %s: patch %d (stride %d, margin %d, blend %d), halo %s, %.3f px computed per output px",
+             ckpt.model, pl.grid.patch, pl.grid.stride, pl.grid.margin, pl.grid.blend, pl.halo,
+             pl.computed_over_output)
+    with dask.annotate(**annotations):
+        prob = da.map_blocks(
+            _block_task, ov, ref, device, pl.grid, pl.halo, starts, batch_size,
+            dtype=np.float32, chunks=((n_cls,), *core), name=f"predict-{ckpt.model}",
+            meta=np.empty((0, 0, 0), dtype=np.float32),
+        )
+    orig = cube.chunks
+    if core != (orig[1], orig[2]):
+        prob = prob.rechunk({1: orig[1], 2: orig[2]})
+    klass = da.map_blocks(classes_from_probability, prob, drop_axis=0, dtype=np.uint8)
+    valid = da.isfinite(prob[0])
+    coords = {k: v for k, v in cube.coords.items() if "feature" not in v.dims}
+    names = list(ckpt.classes)
+    ds = xr.Dataset(
+        {
+            "probability": (("class", "y", "x"), prob),
+            "klass": (("y", "x"), klass, {"nodata": NODATA_CLASS, "flag_values": list(range(n_cls)),
+                                          "flag_meanings": " ".join(names)}),
+            "valid": (("y", "x"), valid),
+        },
+        coords={**coords, "class": names},
+        attrs={"model": ckpt.model, "checkpoint_created": ckpt.created, "patch": pl.grid.patch,
+               "stride": pl.grid.stride, "margin": pl.grid.margin, "blend": pl.grid.blend,
+               "halo_y": hy, "halo_x": hx, "computed_over_output": pl.computed_over_output},
+    )
+    glacier = [c for c in ("clean_ice", "debris_ice") if c in names]
+    if glacier:
+        ds["glacier_probability"] = ds["probability"].sel({"class": glacier}).sum("class", skipna=False)
+    return ds
