@@ -3,7 +3,7 @@
 `world_dir` is the one place that decides which world the tests see (see `_make_world`): a tiny
 generated world once `glacier_stac.synthetic.writer.generate` exists, else a hand-made world of real
 Planetary Computer item JSON from tests/fixtures (metadata only, no pixels). Set
-GLACIER_TEST_WORLD=fixture or =generated to force one.
+GLACIER_TEST_WORLD=fixture or =generated to force one. `fixture_world_dir` is always the latter.
 
 The STAC servers are session-scoped and shared: `rustac_url` (rustac serve, memory backend) and
 `pgstac_url` (PostgreSQL + PostGIS + pgstac + stac-fastapi-pgstac). Without PostgreSQL the pgstac
@@ -13,6 +13,7 @@ tests skip on a developer machine but FAIL in CI (CI=1/true), so CI cannot go gr
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import os
 import time
@@ -81,19 +82,20 @@ def build_fixture_world(out: Path) -> Path:
 
 
 def _make_world(out: Path) -> Path:
-    """The single switch between the generated world and the fixture world."""
-    choice = os.environ.get("GLACIER_TEST_WORLD", "auto")
-    if choice in ("auto", "generated"):
-        try:
-            from glacier_stac.synthetic.writer import generate
-        except ImportError:
-            if choice == "generated":
-                raise
-        else:
-            from glacier_stac.synthetic.world import WorldConfig
+    """The single switch between the generated world and the fixture world.
 
-            generate(WorldConfig(**GENERATED_WORLD), out)
-            return out
+    `auto` generates when the writer module exists (a broken writer then fails loudly, it does not
+    fall back silently) and uses the fixture world otherwise.
+    """
+    choice = os.environ.get("GLACIER_TEST_WORLD", "auto")
+    if choice not in ("auto", "generated", "fixture"):
+        raise ValueError(f"GLACIER_TEST_WORLD={choice!r}: choose auto, generated or fixture")
+    has_writer = importlib.util.find_spec("glacier_stac.synthetic.writer") is not None
+    if choice == "generated" or (choice == "auto" and has_writer):
+        from glacier_stac.synthetic.world import WorldConfig
+        from glacier_stac.synthetic.writer import generate
+
+        return Path(generate(WorldConfig(**GENERATED_WORLD), out) or out)
     return build_fixture_world(out)
 
 
