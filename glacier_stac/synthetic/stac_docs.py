@@ -1,0 +1,287 @@
+"""STAC Items and Collections for synthetic scenes, shaped like Planetary Computer's documents.
+
+Same collection ids, asset keys, roles, media type, `eo:bands`, `raster:bands`, `proj:*` and the
+properties the real items carry (`s2:mgrs_tile`, `s2:processing_baseline`, `sat:orbit_state`,
+`sar:polarizations`, ...), so code that reads Planetary Computer reads these unchanged.
+Sentinel-2 assets carry no scale/offset, exactly as on Planetary Computer: the baseline decides.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from glacier_stac import sensors
+from glacier_stac.synthetic import render as R
+from glacier_stac.synthetic.user import utm_epsg
+
+COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
+STAC_VERSION = "1.1.0"
+EXT = {
+    "eo": "https://stac-extensions.github.io/eo/v1.1.0/schema.json",
+    "raster": "https://stac-extensions.github.io/raster/v1.1.0/schema.json",
+    "proj": "https://stac-extensions.github.io/projection/v2.0.0/schema.json",
+    "sat": "https://stac-extensions.github.io/sat/v1.0.0/schema.json",
+    "sar": "https://stac-extensions.github.io/sar/v1.0.0/schema.json",
+    "view": "https://stac-extensions.github.io/view/v1.0.0/schema.json",
+    "item_assets": "https://stac-extensions.github.io/item-assets/v1.0.0/schema.json",
+}
+
+S2_EO = {
+    "B02": ("blue", "Band 2 - Blue", 0.49, 0.098),
+    "B03": ("green", "Band 3 - Green", 0.56, 0.045),
+    "B04": ("red", "Band 4 - Red", 0.665, 0.038),
+    "B08": ("nir", "Band 8 - NIR", 0.842, 0.145),
+    "B11": ("swir16", "Band 11 - SWIR (1.6)", 1.61, 0.143),
+    "B12": ("swir22", "Band 12 - SWIR (2.2)", 2.19, 0.242),
+}
+TITLES = {
+    "SCL": "Scene classfication map (SCL)",  # sic, as on Planetary Computer
+    "vv": "VV: vertical transmit, vertical receive",
+    "vh": "VH: vertical transmit, horizontal receive",
+    "lwir11": "Surface Temperature Band",
+    "qa_pixel": "Pixel Quality Assessment Band",
+    "data": "Copernicus DEM GLO-30",
+}
+ROLES = {"lwir11": ["data", "temperature"], "qa_pixel": ["cloud", "cloud-shadow", "snow-ice", "water-mask"]}
+COLLECTION_META = {
+    "sentinel-2-l2a": ("Sentinel-2 Level-2A", "proprietary", ["Sentinel", "Copernicus", "ESA", "Reflectance"]),
+    "sentinel-1-rtc": ("Sentinel 1 Radiometrically Terrain Corrected (RTC)", "CC-BY-4.0", ["Sentinel", "SAR", "RTC"]),
+    "landsat-c2-l2": ("Landsat Collection 2 Level-2", "proprietary", ["Landsat", "USGS", "Temperature"]),
+    "cop-dem-glo-30": ("Copernicus DEM GLO-30", "proprietary", ["Copernicus", "DEM", "DSM", "Elevation"]),
+}
+
+
+def mgrs_tile(lon: float, lat: float) -> str:
+    """MGRS 100 km tile of a point, e.g. '06VVN' (the Sentinel-2 tiling)."""
+    from pyproj import Transformer
+
+    epsg = utm_epsg(lon, lat)
+    zone = epsg % 100
+    band = "CDEFGHJKLMNPQRSTUVWXX"[max(0, min(20, int((lat + 80) // 8)))]
+    e, n = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)
+    cols = ("ABCDEFGH", "JKLMNPQR", "STUVWXYZ")[(zone - 1) % 3]
+    col = cols[max(0, min(7, int(e // 100000) - 1))]
+    rows = "ABCDEFGHJKLMNPQRSTUV"
+    row = rows[(int(n // 100000) + (5 if zone % 2 == 0 else 0)) % 20]
+    return f"{zone:02d}{band}{col}{row}"
+
+
+@dataclass(frozen=True)
+class ItemIds:
+    """Realistic item ids for scenes over one place."""
+
+    lon: float
+    lat: float
+
+    def item_id(self, acq: R.Acquisition) -> str:
+        t = acq.datetime
+        if acq.sensor == "sentinel-2":
+            made = t + timedelta(days=2, hours=3, minutes=17)
+            return (
+                f"S2{acq.platform[-1]}_MSIL2A_{t:%Y%m%dT%H%M%S}_R{acq.relative_orbit:03d}_"
+                f"T{mgrs_tile(self.lon, self.lat)}_{made:%Y%m%dT%H%M%S}"
+            )
+        if acq.sensor == "sentinel-1":
+            end = t + timedelta(seconds=25)
+            orbit = self.s1_absolute_orbit(acq)
+            return (
+                f"S1{acq.platform[-1]}_IW_GRDH_1SDV_{t:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}_{orbit:06d}_"
+                f"{(orbit * 7) & 0xFFFFFF:06X}_rtc"
+            )
+        if acq.sensor == "landsat":
+            path, row = self.wrs2()
+            return f"LC0{acq.platform[-1]}_L2SP_{path:03d}{row:03d}_{t:%Y%m%d}_02_T1"
+        raise ValueError(f"no item id scheme for sensor {acq.sensor!r}")
+
+    def s1_absolute_orbit(self, acq: R.Acquisition) -> int:
+        launch = datetime(2014, 4, 3, tzinfo=UTC) if acq.platform.endswith("A") else datetime(2016, 4, 25, tzinfo=UTC)
+        return int((acq.datetime - launch).total_seconds() / 86400 * 175 / 12) + 1
+
+    def wrs2(self) -> tuple[int, int]:
+        """Approximate WRS-2 (path, row) of a daytime descending pass."""
+        path = int(((-self.lon + 180.0 - 64.6) % 360.0) / 360.0 * 233) + 1
+        row = max(1, min(248, int(round(60 - self.lat / 1.45))))
+        return path, row
+
+    def dem_id(self) -> str:
+        la, lo = math.floor(self.lat), math.floor(self.lon)
+        ns, ew = ("N" if la >= 0 else "S"), ("E" if lo >= 0 else "W")
+        return f"Copernicus_DSM_COG_10_{ns}{abs(la):02d}_00_{ew}{abs(lo):03d}_00_DEM"
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+def properties(acq: R.Acquisition, scene: R.Scene, ids: ItemIds) -> dict[str, Any]:
+    """Item properties as Planetary Computer writes them for this sensor."""
+    p: dict[str, Any] = {"datetime": _iso(acq.datetime), "platform": acq.platform}
+    if acq.sensor == "sentinel-2":
+        base = scene.properties["s2:processing_baseline"]
+        p.update(
+            {
+                "constellation": "Sentinel 2",
+                "instruments": ["msi"],
+                "s2:mgrs_tile": mgrs_tile(ids.lon, ids.lat),
+                "s2:product_type": "S2MSI2A",
+                "sat:orbit_state": acq.orbit_state,
+                "sat:relative_orbit": acq.relative_orbit,
+                "s2:datatake_type": "INS-NOBS",
+                **scene.properties,
+                "s2:processing_baseline": base,
+            }
+        )
+    elif acq.sensor == "sentinel-1":
+        p.update(
+            {
+                "constellation": "Sentinel-1",
+                "sar:instrument_mode": "IW",
+                "sar:frequency_band": "C",
+                "sar:center_frequency": 5.405,
+                "sar:product_type": "GRD",
+                "sar:polarizations": ["VV", "VH"],
+                "sar:observation_direction": "right",
+                "sar:looks_equivalent_number": R.S1_LOOKS,
+                "sat:orbit_state": acq.orbit_state,
+                "sat:relative_orbit": acq.relative_orbit,
+                "sat:absolute_orbit": ids.s1_absolute_orbit(acq),
+                "s1:processing_level": "1",
+                "s1:resolution": "high",
+                **{k: v for k, v in scene.properties.items() if k != "sar:polarizations"},
+            }
+        )
+    elif acq.sensor == "landsat":
+        path, row = ids.wrs2()
+        p.update(
+            {
+                "gsd": 30,
+                "instruments": ["oli", "tirs"],
+                "description": "Landsat Collection 2 Level-2",
+                "landsat:wrs_path": f"{path:03d}",
+                "landsat:wrs_row": f"{row:03d}",
+                "landsat:wrs_type": "2",
+                "landsat:correction": "L2SP",
+                "landsat:collection_number": "02",
+                "landsat:collection_category": "T1",
+                "sat:orbit_state": acq.orbit_state,
+                "view:off_nadir": 0,
+                **scene.properties,
+            }
+        )
+    return p
+
+
+def asset(sensor: sensors.Sensor, key: str, href: str, raster: R.Raster) -> dict[str, Any]:
+    """One asset: href, media type, roles, eo:bands, raster:bands and proj:shape/transform/bbox."""
+    band = sensor.band(key)
+    h, w = raster.data.shape
+    t = raster.transform
+    gsd = band.resolution if sensor.name != "copdem" else 30
+    rb: dict[str, Any] = {"nodata": raster.nodata, "data_type": raster.data.dtype.name, "spatial_resolution": gsd}
+    if raster.nodata is None:
+        del rb["nodata"]
+    if sensor.name == "landsat" and key == "lwir11":
+        rb.update(unit="kelvin", scale=band.scale, offset=band.offset)
+    if sensor.name == "landsat" and key == "qa_pixel":
+        rb["unit"] = "bit index"
+    if sensor.name == "copdem":
+        rb["unit"] = "metre"
+    a: dict[str, Any] = {
+        "href": href,
+        "type": COG_TYPE,
+        "title": TITLES.get(key, f"{S2_EO[key][1]} - {int(band.resolution)}m" if key in S2_EO else key),
+        "roles": ROLES.get(key, ["data"]),
+        "gsd": gsd,
+    }
+    if key in S2_EO:
+        common, desc, cw, fwhm = S2_EO[key]
+        a["eo:bands"] = [
+            {
+                "name": key,
+                "common_name": common,
+                "description": desc,
+                "center_wavelength": cw,
+                "full_width_half_max": fwhm,
+            }
+        ]
+    if sensor.name == "landsat" and key == "lwir11":
+        a["eo:bands"] = [
+            {
+                "name": "TIRS_B10",
+                "common_name": "lwir11",
+                "description": "Long-wave infrared",
+                "center_wavelength": 10.9,
+                "full_width_half_max": 0.59,
+            }
+        ]
+    a["raster:bands"] = [rb]
+    a["proj:shape"] = [h, w]
+    a["proj:transform"] = [t.a, t.b, t.c, t.d, t.e, t.f]
+    a["proj:bbox"] = [t.c, t.f + h * t.e, t.c + w * t.a, t.f]
+    return a
+
+
+def item(
+    sensor: sensors.Sensor,
+    item_id: str,
+    crs: str,
+    props: dict[str, Any],
+    geometry: dict,
+    bbox: list[float],
+    assets: dict[str, dict],
+) -> dict[str, Any]:
+    """A STAC Item dict (links are filled in by whoever serves it)."""
+    exts = [EXT["eo"], EXT["raster"], EXT["proj"]]
+    if sensor.name in ("sentinel-2", "sentinel-1", "landsat"):
+        exts.append(EXT["sat"])
+    if sensor.name == "sentinel-1":
+        exts.append(EXT["sar"])
+    if sensor.name == "landsat":
+        exts.append(EXT["view"])
+    return {
+        "type": "Feature",
+        "stac_version": STAC_VERSION,
+        "stac_extensions": exts,
+        "id": item_id,
+        "collection": sensor.collection,
+        "geometry": geometry,
+        "bbox": bbox,
+        "properties": {**props, "proj:code": crs},
+        "links": [],
+        "assets": assets,
+    }
+
+
+def collection(sensor: sensors.Sensor, items: list[dict[str, Any]]) -> dict[str, Any]:
+    """The Collection for these items: extent from the items, item_assets from the first item."""
+    title, lic, keywords = COLLECTION_META[sensor.collection]
+    times = sorted(i["properties"]["datetime"] for i in items)
+    bboxes = [i["bbox"] for i in items]
+    bbox = [min(b[0] for b in bboxes), min(b[1] for b in bboxes), max(b[2] for b in bboxes), max(b[3] for b in bboxes)]
+    first = items[0]["assets"]
+    item_assets = {
+        k: {kk: vv for kk, vv in a.items() if kk in ("type", "title", "roles", "gsd", "eo:bands")}
+        | {"raster:bands": [{kk: vv for kk, vv in a["raster:bands"][0].items() if kk != "spatial_resolution"}]}
+        for k, a in first.items()
+    }
+    summaries: dict[str, Any] = {"platform": sorted({i["properties"].get("platform", "") for i in items})}
+    if sensor.name == "sentinel-1":
+        summaries["sar:polarizations"] = [["VV", "VH"]]
+    return {
+        "type": "Collection",
+        "id": sensor.collection,
+        "stac_version": STAC_VERSION,
+        "stac_extensions": [EXT["item_assets"], EXT["eo"], EXT["raster"], EXT["proj"]],
+        "title": f"{title} (synthetic)",
+        "description": f"Synthetic {title} scenes rendered by glacier_stac over a synthetic world "
+        f"({sensor.role}). Same collection id and asset keys as Planetary Computer.",
+        "license": lic,
+        "keywords": keywords + ["synthetic"],
+        "extent": {"spatial": {"bbox": [bbox]}, "temporal": {"interval": [[times[0], times[-1]]]}},
+        "summaries": summaries,
+        "item_assets": item_assets,
+        "links": [],
+    }
