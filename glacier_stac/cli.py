@@ -68,11 +68,10 @@ def catalog_serve(
             sys.stdout.flush()
             conf = stac_server.conformance(url)
             typer.echo(f"serving {world_dir} ({conf.summary()}); Ctrl-C stops", err=True)
-            try:
-                while True:
-                    signal.pause()
-            except KeyboardInterrupt:
-                typer.echo("stopping", err=True)
+            while True:
+                signal.pause()
+    except KeyboardInterrupt:  # at any moment, even while starting: the server is already stopped here
+        typer.echo("stopped", err=True)
     except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
         fail(str(e))
 
