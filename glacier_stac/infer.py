@@ -156,7 +156,7 @@ def global_start(cube: xr.DataArray, dim: str) -> int:
         sign = -1.0  # north-up: rows grow southwards
     g = sign * c / res - 0.5
     gi = np.round(g)
-    if not np.allclose(g, gi, atol=1e-3):
+    if not np.allclose(g, gi, rtol=0, atol=1e-3):
         raise ValueError(f"cube {dim} coordinates are not pixel centres on the global {res} m lattice "
                          f"(first {c[0]!r}); build the cube on a grid.geobox_for GeoBox")
     return int(gi[0])
@@ -433,9 +433,15 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     data = cube.data[idx] if idx != list(range(cube.sizes["feature"])) else cube.data
     data = data.astype(np.float32).rechunk({0: -1, 1: pl.chunks[0], 2: pl.chunks[1]})
     hy, hx = pl.halo
+    # dask cannot borrow a halo wider than the whole array: pad tiny cubes with no-data (cheap: blocks
+    # with no valid pixel return at once) and cut the padding off the result
+    pad = (hy if data.shape[1] <= hy else 0, hx if data.shape[2] <= hx else 0)
+    if any(pad):
+        data = da.pad(data, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1])), constant_values=np.nan)
     ov = da.overlap.overlap(data, depth={0: 0, 1: hy, 2: hx}, boundary={0: "none", 1: np.nan, 2: np.nan})
     core = (tuple(c - 2 * hy for c in ov.chunks[1]), tuple(c - 2 * hx for c in ov.chunks[2]))
-    starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(pl.start, core, strict=True))
+    first = (pl.start[0] - pad[0], pl.start[1] - pad[1])
+    starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(first, core, strict=True))
     n_cls = len(ckpt.classes)
     annotations = {"resources": {"GPU": 1}} if _gpu_cluster() else {}
     log.info("predict %s: patch %d (stride %d, margin %d, blend %d), halo %s, %.3f px computed per output px",
@@ -447,8 +453,10 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
             dtype=np.float32, chunks=((n_cls,), *core), name=f"predict-{ckpt.model}",
             meta=np.empty((0, 0, 0), dtype=np.float32),
         )
+    if any(pad):
+        prob = prob[:, pad[0]:prob.shape[1] - pad[0], pad[1]:prob.shape[2] - pad[1]]
     orig = cube.chunks
-    if core != (orig[1], orig[2]):
+    if prob.chunks[1:] != (orig[1], orig[2]):
         prob = prob.rechunk({1: orig[1], 2: orig[2]})
     klass = da.map_blocks(classes_from_probability, prob, drop_axis=0, dtype=np.uint8)
     valid = da.isfinite(prob[0])
