@@ -46,6 +46,90 @@ def fail(message: str) -> None:
     raise typer.Exit(code=2)
 
 
+# ------------------------------------------------------------------------------ synthetic worlds
+
+
+def _parse_years(text: str) -> tuple[int, ...]:
+    """'2019-2023' or '2019,2021,2023' -> years; reversed or empty ranges are errors."""
+    text = text.strip()
+    try:
+        if "-" in text.lstrip("-"):
+            a, b = (int(v) for v in text.split("-", 1))
+            if b < a:
+                raise ValueError(f"years range {text!r} is reversed; write it as {b}-{a}")
+            return tuple(range(a, b + 1))
+        years = tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as e:
+        if "reversed" in str(e):
+            raise
+        raise ValueError(f"cannot read years {text!r}; write e.g. 2019-2023 or 2019,2021") from None
+    if not years:
+        raise ValueError("years are empty; write e.g. 2019-2023")
+    return years
+
+
+@synthetic_app.command("generate")
+def synthetic_generate(
+    out: Path | None = typer.Option(None, "--out", "-o", help="World directory (default: a cache dir per config)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    size_km: float = typer.Option(20.0, "--size-km", help="Side of the square world, km."),
+    years: str = typer.Option("2019-2023", "--years", help="Years, e.g. 2019-2023 or 2019,2021."),
+    difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
+    force: bool = typer.Option(False, "--force", help="Rewrite even if the directory holds this world already."),
+    quicklooks: bool = typer.Option(False, "--quicklook", help="Also write PNG quicklooks."),
+) -> None:
+    """Generate a synthetic glacier world: COGs + STAC + truth (reused if already complete)."""
+    from glacier_stac.synthetic.world import WorldConfig
+    from glacier_stac.synthetic.writer import generate
+
+    try:
+        config = WorldConfig(seed=seed, size_km=size_km, years=_parse_years(years), difficulty=difficulty)
+        ys = config.years
+        out = out or DEFAULT_WORLD_DIR / f"seed{seed}-{size_km:g}km-{ys[0]}-{ys[-1]}-{difficulty}"
+        path = generate(config, out, force=force)
+        if quicklooks:
+            from glacier_stac.synthetic.quicklook import quicklook
+
+            quicklook(path)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        fail(str(e))
+    typer.echo(str(path))
+
+
+@synthetic_app.command("render")
+def synthetic_render(
+    dem: Path = typer.Option(..., "--dem", help="DEM GeoTIFF (any CRS)."),
+    outlines: Path = typer.Option(..., "--outlines", help="Glacier outlines (any vector file geopandas reads)."),
+    out: Path = typer.Option(..., "--out", "-o", help="World directory to write."),
+    years: str = typer.Option("2019-2023", "--years", help="Years, e.g. 2019-2023 or 2019,2021."),
+    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
+) -> None:
+    """Render the sensors over your own DEM and glacier outlines (glaciers retreat year by year)."""
+    from glacier_stac.synthetic.user import from_user
+    from glacier_stac.synthetic.writer import write_world
+
+    try:
+        world = from_user(dem, outlines, _parse_years(years), seed=seed, difficulty=difficulty)
+        path = write_world(world, out, source=f"user: dem={dem} outlines={outlines}")
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    typer.echo(str(path))
+
+
+@synthetic_app.command("quicklook")
+def synthetic_quicklook(world_dir: Path = typer.Argument(..., help="A world directory (with world.json).")) -> None:
+    """Write PNG quicklooks (S2 false colour, S1, Landsat thermal, DEM hillshade) with truth outlines."""
+    from glacier_stac.synthetic.quicklook import quicklook
+
+    try:
+        paths = quicklook(world_dir)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    for p in paths:
+        typer.echo(str(p))
+
+
 
 @catalog_app.command("serve")
 def catalog_serve(

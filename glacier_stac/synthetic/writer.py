@@ -228,6 +228,7 @@ def write_world(world: World, out_dir: str | Path, progress: bool = True, source
     """Write all sensors, STAC, truth and quicklook-free summary for `world`; returns the directory."""
     t0 = time.perf_counter()
     root = Path(out_dir).expanduser().resolve()
+    check_output_dir(root)
     root.mkdir(parents=True, exist_ok=True)
     _clear(root)
     prep = R.prepare(world)
@@ -303,6 +304,20 @@ def read_world_json(out_dir: str | Path) -> dict | None:
         return None
 
 
+def check_output_dir(root: Path) -> None:
+    """Refuse to write a world over a file or over a directory holding anything but a world."""
+    if root.exists() and not root.is_dir():
+        raise ValueError(f"output path {root} exists and is not a directory")
+    if root.is_dir():
+        ours = (*OUR_SUBDIRS, "world.json")
+        foreign = [p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".world.json")]
+        if foreign:
+            raise ValueError(
+                f"output directory {root} holds files that are not a synthetic world "
+                f"({', '.join(sorted(foreign)[:5])}); choose an empty or new directory"
+            )
+
+
 def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, progress: bool = True) -> Path:
     """Build the world for `config` and write it, unless `out_dir` already holds that exact world."""
     root = Path(out_dir).expanduser().resolve()
@@ -310,15 +325,7 @@ def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, prog
     if not force and meta is not None and meta.get("config") == _jsonable(config.to_dict()):
         log.info("reusing complete world in %s (same config)", root)
         return root
-    if root.exists() and not root.is_dir():
-        raise ValueError(f"output path {root} exists and is not a directory")
-    if root.is_dir():
-        foreign = [p.name for p in root.iterdir() if p.name not in (*OUR_SUBDIRS, "world.json")]
-        if foreign:
-            raise ValueError(
-                f"output directory {root} holds files that are not a synthetic world "
-                f"({', '.join(sorted(foreign)[:5])}); choose an empty or new directory"
-            )
+    check_output_dir(root)
     try:
         from glacier_stac.synthetic.world import build_world  # the physics engineer's entry point
     except ImportError as e:
