@@ -1,0 +1,572 @@
+"""Glaciers that follow the terrain: mass balance, ice routed down the flow network, yearly retreat.
+
+On the coarse terrain grid a linear mass-balance profile b(z) = gradient * (z - ELA), capped in the
+accumulation area, is routed downstream along the flow network: a cell passes ice on only while the
+flux arriving from above exceeds its own ablation (ablation counted over the glacier's width, and a
+water-depth calving loss in the fjord). Ice therefore only exists above the ELA or on tongues fed
+from an accumulation area. Thickness comes from the shallow-ice flux law; the ice surface of each
+flowline cell fills the U-shaped valley sideways up to the glacier's width, which turns D8 lines into
+valley and cirque glaciers. Glacier ids are drainage basins of ice: every ice cell belongs to the
+terminus its ice flows to.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from glacier_stac.synthetic.terrain import Routing, Terrain
+
+SECONDS_PER_YEAR = 365.25 * 86400
+GLEN_A = 2.4e-24  # Pa^-3 s^-1, temperate ice
+RHO_G = 917.0 * 9.81
+
+
+@dataclass(frozen=True)
+class MassBalance:
+    """Mass-balance profile parameters (metres of ice per year)."""
+
+    ela: np.ndarray  # (ny, nx) equilibrium-line altitude, metres (maritime: lower near the coast)
+    gradient: float = 0.007  # m ice / yr per metre of elevation
+    b_max: float = 3.0  # cap in the accumulation area, m / yr
+    calving: float = 0.03  # extra loss per metre of water depth, m / yr (fjord termini)
+
+
+@dataclass
+class IceState:
+    """Coarse-grid glacier state for one climate."""
+
+    flux: np.ndarray  # m^3 ice / yr leaving each flowline cell (<= 0: no ice passed on)
+    active: np.ndarray  # bool, flowline cells carrying ice
+    surface: np.ndarray  # ice surface of the nearest flowline cell, metres (everywhere)
+    depth: np.ndarray  # signed ice depth: > 0 inside the glacier, < 0 outside (smooth across the margin)
+    terminus: np.ndarray  # int64 flat index of the terminus each cell's ice flows to (nearest flowline)
+    width: np.ndarray  # glacier width at the nearest flowline cell, metres
+
+
+def glacier_width(flux: np.ndarray | float, dx: float) -> np.ndarray | float:
+    """Valley-glacier width from ice flux: ~1.2 km at 1e7 m^3/yr, never narrower than a cell."""
+    return np.clip(0.38 * np.sqrt(np.maximum(flux, 0.0)), dx, 3000.0)
+
+
+def route_ice(bed: np.ndarray, routing: Routing, mb: MassBalance, dx: float,
+              balance_elev: np.ndarray | None = None) -> np.ndarray:
+    """Ice flux leaving each cell (m^3/yr): accumulate the balance downstream, pass on only surpluses."""
+    z = bed if balance_elev is None else balance_elev
+    b = mb.gradient * (np.maximum(z, 0.0) - mb.ela)
+    b = np.minimum(b, mb.b_max) - mb.calving * np.maximum(-bed, 0.0)
+    bl = b.ravel().tolist()
+    dist = np.maximum(routing.distance, dx).ravel().tolist()
+    rec = routing.receiver.tolist()
+    q_in = [0.0] * len(bl)
+    q_out = [0.0] * len(bl)
+    cell = dx * dx
+    for c in reversed(routing.order.tolist()):
+        qi = q_in[c]
+        bc = bl[c]
+        if bc >= 0:
+            q = qi + bc * cell
+        else:  # a tongue ablates over its whole width, not over one cell
+            w = 0.38 * qi**0.5 if qi > 0 else dx
+            q = qi + bc * dist[c] * min(max(w, dx), 3000.0)
+        q_out[c] = q
+        r = rec[c]
+        if q > 0 and r >= 0:
+            q_in[r] += q
+    return np.asarray(q_out).reshape(bed.shape)
+
+
+def ice_state(terrain: Terrain, mb: MassBalance, flat_slope: np.ndarray | None = None) -> IceState:
+    """Flux, thickness, lateral extent and glacier basins for one mass-balance profile."""
+    bed, dx, routing = terrain.bed, terrain.dx, terrain.routing
+    flux = route_ice(bed, routing, mb, dx, terrain.balance_elev)
+    slope = flat_slope if flat_slope is not None else smoothed_slope(bed, dx)
+    # Ice does not stay on cliffs: flux crosses them (avalanches, icefalls) but only big flux sticks.
+    steep = (slope > 50.0) & (flux < 2e5)
+    active = (flux > 0) & ~steep
+    width = glacier_width(flux, dx)
+    q = np.maximum(flux, 0.0) / width / SECONDS_PER_YEAR  # m^2/s per unit width
+    sin_a = np.clip(np.sin(np.radians(slope)), 0.03, 1.0)
+    thick = (5.0 * q / (2.0 * GLEN_A * (RHO_G * sin_a) ** 3)) ** 0.2
+    thick = np.clip(thick, 0.0, 700.0)
+
+    term = np.arange(bed.size, dtype=np.int64)
+    rec = routing.receiver
+    act = active.ravel()
+    tl = term.tolist()
+    rl = rec.tolist()
+    al = act.tolist()
+    for c in routing.order.tolist():
+        r = rl[c]
+        if r >= 0 and al[c] and al[r]:
+            tl[c] = tl[r]
+    term = np.asarray(tl, dtype=np.int64).reshape(bed.shape)
+
+    if not active.any():
+        neg = np.full(bed.shape, -1e3)
+        return IceState(flux, active, bed.copy(), neg, np.full(bed.shape, -1), np.full(bed.shape, dx))
+    d, (iy, ix) = ndimage.distance_transform_edt(~active, sampling=dx, return_indices=True)
+    surf_line = bed + thick
+    surface = surf_line[iy, ix]
+    w_near = width[iy, ix]
+    lateral = np.minimum(surface - bed, 0.4 * (w_near / 2.0 - d) + 1.0)
+    depth = np.where(active, thick, np.where(d > 0, lateral, thick))
+    depth = np.where(steep, np.minimum(depth, -5.0), depth)
+    return IceState(flux, active, surface, depth, term[iy, ix], w_near)
+
+
+def smoothed_slope(bed: np.ndarray, dx: float) -> np.ndarray:
+    """Surface slope the ice feels (degrees): bed slope smoothed over a few ice thicknesses."""
+    gy, gx = np.gradient(ndimage.gaussian_filter(bed, 1.5), dx)
+    return np.degrees(np.arctan(np.hypot(gx, gy)))
+
+
+def ela_field(terrain: Terrain, ela0: float) -> np.ndarray:
+    """Maritime ELA: lowest at the coast, rising inland (snowfall comes from the sea)."""
+    rise = 0.25 * terrain.zmax * terrain.coast_dist / terrain.coast_dist.max()
+    return ela0 + rise
+
+
+def coverage_ela(terrain: Terrain, target: float, iters: int = 14) -> float:
+    """Base ELA at which glaciers cover `target` of the land (a regional, Chugach-like ice cover)."""
+    land = terrain.bed >= 0
+    lo, hi = 0.0, terrain.zmax
+    slope = smoothed_slope(terrain.bed, terrain.dx)
+    for _ in range(iters):
+        mid = 0.5 * (lo + hi)
+        st = ice_state(terrain, MassBalance(ela_field(terrain, mid)), slope)
+        frac = ((st.depth > 0) & land).sum() / max(land.sum(), 1)
+        if frac > target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
+
+
+def glacier_basins(terrain: Terrain, st: IceState, min_area: float) -> np.ndarray:
+    """Glacier id (1..N, largest first) per coarse cell of ice, 0 elsewhere.
+
+    Ice basins (cells sharing a terminus) that spill over a cliff onto another glacier join it, as
+    an icefall-fed tributary does; what is left smaller than `min_area` (m^2) is dropped.
+    """
+    ice = st.depth > 0
+    rec = terrain.routing.receiver.tolist()
+    act = st.active.ravel().tolist()
+    term = st.terminus.ravel()
+    tl = term.tolist()
+    # The glacier that each cell's flow meets first downstream (-1: none).
+    down = [-1] * len(rec)
+    for c in terrain.routing.order.tolist():
+        r = rec[c]
+        if r >= 0:
+            down[c] = tl[r] if act[r] else down[r]
+    parent: dict[int, int] = {}
+    for t in np.unique(term[ice.ravel()]).tolist():
+        d = down[t]
+        if d >= 0 and d != t:
+            parent[t] = d
+
+    def root(t: int) -> int:
+        seen = 0
+        while t in parent and seen < 10000:
+            t = parent[t]
+            seen += 1
+        return t
+
+    basin = np.where(ice.ravel(), term, -1)
+    roots = {t: root(t) for t in np.unique(basin[basin >= 0]).tolist()}
+    lut_keys = np.array(list(roots), dtype=np.int64)
+    lut_vals = np.array([roots[k] for k in roots], dtype=np.int64)
+    merged = np.full(basin.shape, -1, dtype=np.int64)
+    if lut_keys.size:
+        pos = np.searchsorted(lut_keys, basin.clip(0))
+        pos = pos.clip(0, lut_keys.size - 1)
+        ok = (basin >= 0) & (lut_keys[pos] == basin)
+        merged[ok] = lut_vals[pos[ok]]
+    ids, counts = np.unique(merged[merged >= 0], return_counts=True)
+    keep = counts * terrain.dx**2 >= min_area
+    ids, counts = ids[keep], counts[keep]
+    rank = ids[np.argsort(-counts, kind="stable")]
+    out = np.zeros(basin.shape, dtype=np.int32)
+    for new, old in enumerate(rank.tolist(), start=1):
+        out[merged == old] = new
+    return out.reshape(terrain.shape)
+
+
+def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float) -> tuple[Terrain, int]:
+    """Cut a fjord below sea level from the lower tongue of the biggest south-draining glacier.
+
+    The valley below that glacier's terminus, and the lowest part of its tongue, sink under the sea
+    (relative sea level is a free choice), so the glacier ends in deep water. The mass balance keeps
+    seeing the old valley floor, so the ice flux is unchanged except for the calving loss.
+    Returns the new terrain and the id of the tidewater glacier.
+    """
+    nx = terrain.shape[1]
+    rec = terrain.routing.receiver
+    ice = gid.ravel() > 0
+    best, best_area, best_path = 0, 0.0, None
+    for g in range(1, int(gid.max()) + 1):
+        cells = np.nonzero(gid.ravel() == g)[0]
+        act = cells[st.active.ravel()[cells]]
+        if act.size == 0:
+            continue
+        t = int(act[np.argmin(terrain.bed.ravel()[act])])  # lowest flowline cell: the terminus
+        path = [t]
+        c = t
+        while rec[c] >= 0:
+            c = int(rec[c])
+            path.append(c)
+        if c // nx != terrain.shape[0] - 1:
+            continue  # drains off another edge
+        if any(ice[p] and gid.ravel()[p] != g for p in path):
+            continue  # runs into another glacier
+        if cells.size > best_area:
+            best, best_area, best_path = g, float(cells.size), path
+    if best_path is None:  # nothing drains south: run a fjord due south from the lowest terminus
+        best = int(gid.ravel()[np.argmax(np.where(gid.ravel() > 0, terrain.coast_dist.ravel() * -1.0, -np.inf))])
+        cells = np.nonzero((gid.ravel() == best) & st.active.ravel())[0]
+        cells = cells if cells.size else np.nonzero(gid.ravel() == best)[0]
+        t = int(cells[np.argmax(cells // nx)])
+        best_area = float((gid == best).sum())
+        best_path = [t + k * nx for k in range(terrain.shape[0] - t // nx)]
+    # Extend the fjord up-glacier along the main flowline for part of the tongue.
+    area = terrain.area.ravel()
+    donors: dict[int, list[int]] = {}
+    for i, r in enumerate(rec.tolist()):
+        if r >= 0 and gid.ravel()[i] == best and st.active.ravel()[i]:
+            donors.setdefault(r, []).append(i)
+    up = []
+    c = best_path[0]
+    tongue_len = 0.35 * np.sqrt(best_area) * terrain.dx
+    dist = 0.0
+    while donors.get(c) and dist < tongue_len:
+        c = max(donors[c], key=lambda i: area[i])
+        dist += terrain.routing.distance.ravel()[c]
+        up.append(c)
+    path = np.array(up[::-1] + best_path, dtype=np.int64)
+    steps = terrain.routing.distance.ravel()[path]
+    s = np.concatenate([[0.0], np.cumsum(steps[1:])])
+    frac = s / max(s[-1], 1.0)
+    floor = -30.0 - depth * np.sqrt(frac)  # deepening towards the mouth
+    line = np.zeros(terrain.bed.size, dtype=bool)
+    line[path] = True
+    fl = np.full(terrain.bed.size, np.inf)
+    fl[path] = floor
+    d, (iy, ix) = ndimage.distance_transform_edt(~line.reshape(terrain.shape), sampling=terrain.dx,
+                                                 return_indices=True)
+    half = 0.5 * glacier_width(st.flux.ravel()[path].max(), terrain.dx)
+    near = fl.reshape(terrain.shape)[iy, ix]
+    prof = np.where(d < half, near + 0.5 * half * (d / half) ** 2, near + 0.5 * half + 0.9 * (d - half))
+    bed = np.minimum(terrain.bed, prof)
+    new = Terrain(bed=bed, dx=terrain.dx, routing=terrain.routing, area=terrain.area, zmax=terrain.zmax,
+                  coast_dist=terrain.coast_dist, balance_elev=np.maximum(terrain.balance_elev, 0.0))
+    return new, best
+
+
+def debris_index(terrain: Terrain, st: IceState, ela: np.ndarray) -> np.ndarray:
+    """Where rockfall from steep headwalls melts out on the tongue, 0..~1 (grows downstream).
+
+    Steep ice-free slopes next to a glacier shed rock onto it; the load travels with the ice
+    (accumulated down the flow network) and emerges below the ELA as melt concentrates it.
+    """
+    slope = smoothed_slope(terrain.bed, terrain.dx)
+    ice = st.depth > 0
+    near_ice = ndimage.binary_dilation(ice, iterations=3)
+    supply = ((slope > 33.0) & ~ice & near_ice).astype(np.float64) * (slope / 45.0)
+    load = np.zeros(terrain.bed.size)
+    # Rock enters the glacier where the slope meets the ice: route it along the flow network.
+    from glacier_stac.synthetic.terrain import accumulate
+
+    load = accumulate(supply, terrain.routing)
+    d, (iy, ix) = ndimage.distance_transform_edt(~st.active, return_indices=True)
+    load_ice = load[iy, ix]
+    ref = np.quantile(load_ice[ice], 0.9) if ice.any() else 1.0
+    emerge = np.clip((ela - terrain.balance_elev) / (0.2 * terrain.zmax), 0.0, 1.0)
+    return np.sqrt(load_ice / max(ref, 1e-9)) * emerge
+
+
+# --- The world on the fine grid, year by year --------------------------------------------------
+
+DEBRIS_THRESHOLD = {"easy": 1.1, "normal": 0.9, "hard": 0.75}  # lower: more debris cover
+COVERAGE = 0.45  # fraction of the land under ice in the first year
+ELA_RISE = 0.008  # per year, as a fraction of the relief: climate warming drives the retreat
+
+
+@dataclass
+class Simulation:
+    """Everything the simulation knows, for tests and the world builder."""
+
+    terrain: Terrain
+    bed: np.ndarray  # fine bed, metres
+    ela0: float
+    ela_rise: float  # metres per year
+    tidewater: int  # glacier id cut into the fjord
+    debris_glacier: int  # glacier with a largely debris-covered tongue (0: none)
+    lake_glaciers: tuple[int, ...]
+    ice: dict[int, np.ndarray]  # year -> bool
+    ids: dict[int, np.ndarray]  # year -> int32
+    thickness: dict[int, np.ndarray]  # year -> float32
+    surface: dict[int, np.ndarray]  # year -> uint8 Surface
+    ela: dict[int, np.ndarray]  # year -> fine ELA field (metres)
+    area_loss: dict[int, float]  # year -> fraction of the previous year's ice area lost
+
+
+def _fine_ela(terrain: Terrain, ela0: float, n: int) -> np.ndarray:
+    from glacier_stac.synthetic.terrain import upsample
+
+    return upsample(ela_field(terrain, ela0), n)
+
+
+def _warped_nearest(a: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Nearest-neighbour upsampling through a smooth random warp, so coarse borders look natural."""
+    from glacier_stac.synthetic.terrain import spectral_noise
+
+    nc = a.shape[0]
+    scale = nc / n
+    warp_y = 0.7 * spectral_noise(rng, (n, n), 3.5)
+    warp_x = 0.7 * spectral_noise(rng, (n, n), 3.5)
+    idx = (np.arange(n) + 0.5) * scale - 0.5
+    yy = np.clip(np.rint(idx[:, None] + warp_y), 0, nc - 1).astype(np.intp)
+    xx = np.clip(np.rint(idx[None, :] + warp_x), 0, nc - 1).astype(np.intp)
+    return a[yy, xx]
+
+
+def _remove_specks(ice: np.ndarray, min_px: int, elev: np.ndarray | None = None,
+                   ela: np.ndarray | None = None) -> np.ndarray:
+    """Drop ice bodies under `min_px` pixels and, given `elev`/`ela`, dead ice cut off below the ELA."""
+    lab, nlab = ndimage.label(ice, structure=np.ones((3, 3), bool))
+    if nlab == 0:
+        return ice
+    drop = np.bincount(lab.ravel()) < min_px
+    if elev is not None and ela is not None:
+        top = ndimage.maximum(elev - ela, lab, index=np.arange(nlab + 1))
+        drop |= np.asarray(top) < 0
+    drop[0] = False
+    return ice & ~drop[lab]
+
+
+def _retreat(ice_prev: np.ndarray, depth: np.ndarray, loss_range: tuple[float, float],
+             rng: np.random.Generator, min_px: int, elev: np.ndarray, ela: np.ndarray,
+             ) -> tuple[np.ndarray, float]:
+    """Next year's ice: the thinnest ice under the warmer climate melts away first.
+
+    `depth` is the signed ice depth of the new steady state; the cut-off is chosen (quantile, then
+    corrected) so the area lost lies in `loss_range`, which makes the yearly change exact and known.
+    """
+    lo, hi = loss_range
+    n_prev = int(ice_prev.sum())
+    if hi <= 0 or n_prev == 0:
+        return ice_prev.copy(), 0.0
+    target = rng.uniform(lo + 0.3 * (hi - lo), hi - 0.3 * (hi - lo))
+    vals = depth[ice_prev]
+    f = target
+    best = ice_prev.copy()
+    loss = 0.0
+    for _ in range(8):
+        cut = np.quantile(vals, min(max(f, 0.0), 0.99))
+        ice = _remove_specks(ice_prev & (depth > cut), min_px, elev, ela)
+        loss = 1.0 - ice.sum() / n_prev
+        best = ice
+        if lo <= loss <= hi:
+            break
+        f -= loss - target  # specks removed on top of the cut: aim lower
+    return best, float(loss)
+
+
+def _carve_lakes(bed: np.ndarray, ice: np.ndarray, ids: np.ndarray, candidates: list[int], radius_px: int,
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, list[int]]:
+    """Overdeepened basins at glacier termini that fill with water as the ice retreats."""
+    n = bed.shape[0]
+    region = np.zeros(bed.shape, dtype=bool)
+    level = np.full(bed.shape, np.nan)
+    chosen = []
+    yy, xx = np.ogrid[-radius_px:radius_px + 1, -radius_px:radius_px + 1]
+    disc = (yy**2 + xx**2) / float(radius_px**2)
+    for g in candidates:
+        cells = np.nonzero((ids == g) & ice)
+        if cells[0].size == 0:
+            continue
+        k = int(np.argmin(bed[cells]))
+        ty, tx = int(cells[0][k]), int(cells[1][k])
+        if min(ty, tx, n - 1 - ty, n - 1 - tx) <= radius_px:
+            continue
+        sl = (slice(ty - radius_px, ty + radius_px + 1), slice(tx - radius_px, tx + radius_px + 1))
+        zt = float(bed[ty, tx])
+        if zt < 20.0:
+            continue
+        lz = zt + 4.0
+        inside = (disc < 1.0) & (bed[sl] < zt + 30.0) & ~region[sl]
+        own = ids[sl]
+        inside &= (own == g) | ~ice[sl]  # never flood another glacier
+        carved = lz - 25.0 * (1.0 - disc)
+        bed[sl] = np.where(inside, np.minimum(bed[sl], carved), bed[sl])
+        region[sl] |= inside
+        level[sl] = np.where(inside, lz, level[sl])
+        chosen.append(g)
+        if len(chosen) == 2:
+            break
+    return bed, region, level, chosen
+
+
+def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: np.ndarray,
+              snowline: np.ndarray, debris: np.ndarray, lake: np.ndarray, calving_ice: np.ndarray,
+              static: dict[str, np.ndarray], deglaciated: np.ndarray, melange_px: int,
+              rng: np.random.Generator) -> np.ndarray:
+    from glacier_stac.synthetic.terrain import sea_mask
+    from glacier_stac.synthetic.world import Surface
+
+    s = np.full(ice.shape, Surface.ROCK, dtype=np.uint8)
+    s[static["scree"]] = Surface.SCREE
+    s[static["vegetation"]] = Surface.VEGETATION
+    s[deglaciated & ~static["scree"]] = Surface.ROCK
+    sea = sea_mask(sim_bed, blocked=ice)
+    s[lake & ~sea] = Surface.LAKE
+    s[(sim_bed < 0) & ~ice & ~sea] = Surface.LAKE  # below sea level but cut off: a lagoon
+    s[sea] = Surface.SEA
+    if calving_ice.any():
+        ys, xs = np.nonzero(ndimage.binary_dilation(calving_ice) & sea)
+        if ys.size:
+            m = 4 * melange_px
+            y0, y1 = max(ys.min() - m, 0), min(ys.max() + m + 1, ice.shape[0])
+            x0, x1 = max(xs.min() - m, 0), min(xs.max() + m + 1, ice.shape[1])
+            sub = (slice(y0, y1), slice(x0, x1))
+            d = ndimage.distance_transform_edt(~calving_ice[sub])
+            wob = static["wobble"][sub]
+            melange = sea[sub] & (d < melange_px * (0.75 + 0.35 * wob))
+            # Icebergs: scattered blocks drifting down-fjord, fewer further out.
+            far = sea[sub] & ~melange & (d < m)
+            p = far * np.exp(-d / (1.5 * melange_px)) * 0.04
+            bergs = rng.random(p.shape) < p
+            bergs = ndimage.binary_dilation(bergs, iterations=1) & sea[sub]
+            s[sub][melange | bergs] = Surface.SEA_ICE
+    s[ice] = Surface.ICE
+    s[ice & debris] = Surface.DEBRIS
+    s[ice & (surf_elev >= snowline)] = Surface.SNOW
+    return s
+
+
+def simulate(config) -> Simulation:
+    """Terrain, glaciers and their yearly retreat for a `WorldConfig` (deterministic by seed)."""
+    from glacier_stac.synthetic.terrain import (
+        fine_relief,
+        make_terrain,
+        slope_deg,
+        spectral_noise,
+        upsample,
+        world_geobox,
+    )
+
+    rng = np.random.default_rng(config.seed)
+    geobox = world_geobox(config.size_km, config.resolution, config.center_lon, config.center_lat)
+    n = geobox.shape[0]
+    res = float(config.resolution)
+    length = n * res
+    terrain = make_terrain(config.size_km, n, rng)
+    min_area = 0.0025 * length**2  # 1 km^2 in a 20 km world
+
+    # First year: a regional ice cover, then one glacier cut into a fjord so it calves.
+    ela0 = coverage_ela(terrain, COVERAGE)
+    st = ice_state(terrain, MassBalance(ela_field(terrain, ela0)))
+    gid = glacier_basins(terrain, st, min_area)
+    if gid.max() == 0:
+        raise RuntimeError(f"no glaciers formed in a {config.size_km} km world (seed {config.seed})")
+    terrain, _ = drown_fjord(terrain, st, gid, 0.1 * terrain.zmax)
+    slope_c = smoothed_slope(terrain.bed, terrain.dx)
+    st0 = ice_state(terrain, MassBalance(ela_field(terrain, ela0)), slope_c)
+    gid = glacier_basins(terrain, st0, min_area)
+    ice_c = gid > 0
+    d, (iy, ix) = ndimage.distance_transform_edt(~ice_c, return_indices=True)
+    ids_f = _warped_nearest(gid[iy, ix], n, rng).astype(np.int32)
+
+    bed = fine_relief(terrain, n, res, rng)
+    margin_noise = 6.0 * spectral_noise(rng, (n, n), 2.8)
+    depth0 = upsample(st0.depth, n) + margin_noise
+    min_px = max(10, int(0.0001 * length**2 / res**2))
+    ela_f0 = _fine_ela(terrain, ela0, n)
+    ice0 = _remove_specks((depth0 > 0) & (ids_f > 0), min_px, bed + np.maximum(depth0, 0.0), ela_f0)
+    # Drop glaciers that end up too small on the fine grid; renumber 1..N, largest first.
+    counts = np.bincount(ids_f[ice0], minlength=int(ids_f.max()) + 1)
+    counts[0] = 0
+    keep = np.nonzero(counts * res**2 >= min_area)[0]
+    keep = keep[np.argsort(-counts[keep], kind="stable")]
+    lut = np.zeros(int(ids_f.max()) + 1, dtype=np.int32)
+    lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
+    ids_f = lut[ids_f]
+    ice0 &= ids_f > 0
+
+    # Which glacier calves: the one whose ice meets the sea.
+    from glacier_stac.synthetic.terrain import sea_mask
+
+    sea0 = sea_mask(bed, blocked=ice0)
+    touching = ice0 & ndimage.binary_dilation(sea0)
+    tide_ids = np.unique(ids_f[touching])
+    tide_ids = tide_ids[tide_ids > 0]
+    if tide_ids.size == 0:
+        raise RuntimeError(f"no glacier reaches the sea in this world (seed {config.seed}); try another seed")
+    tidewater = int(tide_ids[np.argmax(np.bincount(ids_f[touching])[tide_ids])])
+
+    # Debris: rockfall index from the coarse model, strongest on one land-terminating tongue.
+    didx = upsample(debris_index(terrain, st0, ela_field(terrain, ela0)), n)
+    didx += 0.08 * spectral_noise(rng, (n, n), 2.4)
+    snow_noise = 40.0 * spectral_noise(rng, (n, n), 3.0)
+    below = ice0 & (bed + np.maximum(depth0, 1.0) < ela_f0 + snow_noise - 30.0)
+    nglac = int(ids_f.max())
+    thr = np.full(nglac + 1, DEBRIS_THRESHOLD[config.difficulty])
+    abl = np.bincount(ids_f[below], minlength=nglac + 1)
+    mean_idx = np.bincount(ids_f[below], weights=didx[below], minlength=nglac + 1) / np.maximum(abl, 1)
+    cand = [g for g in range(1, nglac + 1) if g != tidewater and abl[g] * res**2 >= 0.2 * min_area]
+    debris_glacier = 0
+    if cand:
+        debris_glacier = max(cand, key=lambda g: mean_idx[g] * np.sqrt(abl[g]))
+        vals = didx[below & (ids_f == debris_glacier)]
+        thr[debris_glacier] = float(np.quantile(vals, 0.2))  # ~80% of its tongue is debris
+
+    # Proglacial lakes at one or two land-terminating termini.
+    lake_cand = [g for g in range(1, nglac + 1) if g not in (tidewater, debris_glacier)]
+    radius_px = max(4, int(0.02 * length / res))
+    bed, lake_region, lake_level, lake_glaciers = _carve_lakes(bed, ice0, ids_f, lake_cand, radius_px)
+
+    # Static ground classes.
+    slope_b = slope_deg(bed, res)
+    steep = slope_b > 40.0
+    scree_px = max(2, int(round(40.0 / res)))
+    wobble = spectral_noise(rng, (n, n), 3.0)
+    scree = ndimage.binary_dilation(steep, iterations=scree_px) & ~steep & (slope_b > 12.0)
+    scree &= wobble > -0.6
+    treeline = 0.17 * terrain.zmax + 60.0 * wobble
+    vegetation = (bed < treeline) & (slope_b < 32.0) & ~scree & (bed >= 0)
+    static = {"scree": scree, "vegetation": vegetation, "wobble": np.clip(wobble, -1, 1)}
+    melange_px = max(3, int(0.015 * length / res))
+
+    rise = ELA_RISE * terrain.zmax
+    sim = Simulation(terrain, bed, ela0, rise, tidewater, debris_glacier, tuple(lake_glaciers),
+                     {}, {}, {}, {}, {}, {})
+    ice_prev = None
+    for k, year in enumerate(config.years):
+        ela_k = ela0 + k * rise
+        if k == 0:
+            ice, depth, loss = ice0, depth0, 0.0
+        else:
+            st_k = ice_state(terrain, MassBalance(ela_field(terrain, ela_k)), slope_c)
+            depth = upsample(st_k.depth, n) + margin_noise
+            ela_now = ela_f0 + k * rise
+            ice, loss = _retreat(ice_prev, depth, config.area_loss_per_year, rng, min_px,
+                                 bed + np.maximum(depth, 0.0), ela_now)
+        ids = np.where(ice, ids_f, 0).astype(np.int32)
+        thick = np.where(ice, np.maximum(depth, 1.0), 0.0)
+        thick = np.where(ice & (bed < 0), np.maximum(thick, 1.12 * -bed + 8.0), thick)
+        surf_elev = bed + thick
+        snowline = ela_f0 + k * rise + snow_noise
+        debris = didx > thr[ids] * (1.0 - 0.04 * k)  # debris spreads up-glacier as ice thins
+        debris &= surf_elev < snowline - 30.0
+        lake = lake_region & ~ice & (bed < lake_level)
+        calving_ice = ice & (ids == tidewater)
+        degl = ice0 & ~ice
+        s = _surfaces(bed, surf_elev, ice, ids, snowline, debris, lake, calving_ice, static, degl,
+                      melange_px, rng)
+        sim.ice[year], sim.ids[year], sim.thickness[year] = ice, ids, thick.astype(np.float32)
+        sim.surface[year], sim.ela[year], sim.area_loss[year] = s, ela_f0 + k * rise, loss
+        ice_prev = ice
+    return sim

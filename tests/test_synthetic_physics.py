@@ -1,0 +1,174 @@
+"""The synthetic world is physically plausible, deterministic and its yearly change is known exactly."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from glacier_stac.synthetic import truth
+from glacier_stac.synthetic.terrain import slope_deg
+from glacier_stac.synthetic.world import Surface, World, WorldConfig, build_world
+
+YEARS = (2019, 2020, 2021, 2022)
+LOSS = (0.02, 0.04)
+
+
+@pytest.fixture(scope="module")
+def world() -> World:
+    return build_world(WorldConfig(seed=1, size_km=5.0, years=YEARS, area_loss_per_year=LOSS))
+
+
+def test_geobox_is_snapped_utm(world: World) -> None:
+    gb = world.geobox
+    assert gb.crs.epsg == 32606  # -147 E, 61.2 N
+    assert gb.shape == (500, 500)
+    assert gb.resolution.x == 10 and gb.resolution.y == -10
+    assert gb.affine.c % 10 == 0 and gb.affine.f % 10 == 0
+    for y in world.years:
+        assert world.surface[y].shape == gb.shape and world.surface[y].dtype == np.uint8
+        assert world.glacier_id[y].dtype == np.int32
+        assert world.ice_thickness[y].dtype == np.float32
+    assert world.elevation.dtype == np.float32 and world.elevation.shape == gb.shape
+
+
+def test_same_seed_same_world_other_seed_other_world(world: World) -> None:
+    again = build_world(WorldConfig(seed=1, size_km=5.0, years=YEARS, area_loss_per_year=LOSS))
+    np.testing.assert_array_equal(again.elevation, world.elevation)
+    for y in YEARS:
+        np.testing.assert_array_equal(again.surface[y], world.surface[y])
+        np.testing.assert_array_equal(again.glacier_id[y], world.glacier_id[y])
+        np.testing.assert_array_equal(again.ice_thickness[y], world.ice_thickness[y])
+    other = build_world(WorldConfig(seed=2, size_km=5.0, years=YEARS[:1]))
+    assert np.abs(other.elevation - world.elevation).mean() > 50.0
+
+
+def test_relief_and_slopes_are_mountainous(world: World) -> None:
+    z = world.elevation
+    assert z.min() < -50.0  # a fjord
+    assert 1000.0 < z.max() < 2500.0  # a 5 km world: lower summits than the 20 km default
+    land = world.bed >= 0
+    s = slope_deg(world.bed.astype(np.float64), 10.0)[land]
+    assert 15.0 < np.median(s) < 40.0
+    assert np.mean(s > 45.0) < 0.25  # mostly below 45 degrees ...
+    assert np.mean(s > 50.0) > 0.005  # ... with cliffs and headwalls
+
+
+def test_sea_is_on_the_south_edge(world: World) -> None:
+    sea = world.surface[YEARS[0]] == Surface.SEA
+    assert sea[-1, :].any() and not sea[0, :].any()
+    assert (world.elevation[sea] < 0).all()
+
+
+def test_glaciers_have_accumulation_areas(world: World) -> None:
+    """Ice below the ELA only as tongues of glaciers that reach above it: no ice on low isolated spots."""
+    for y in YEARS:
+        ice = world.glacier_id[y] > 0
+        surf = world.bed + world.ice_thickness[y]
+        lab, n = ndimage.label(ice, structure=np.ones((3, 3), bool))
+        top = np.asarray(ndimage.maximum(surf - world.ela[y], lab, index=np.arange(1, n + 1)))
+        assert (top >= 0).all(), f"{y}: ice body entirely below the ELA"
+        for g in np.unique(world.glacier_id[y][ice]):
+            assert (surf - world.ela[y])[world.glacier_id[y] == g].max() >= 0
+        assert ((world.surface[y] == Surface.SNOW) == (ice & (world.surface[y] == Surface.SNOW))).all()
+
+
+def test_several_distinct_glaciers(world: World) -> None:
+    ids = np.unique(world.glacier_id[YEARS[0]])
+    assert 4 <= ids[ids > 0].size <= 25
+
+
+def test_debris_on_lower_tongues(world: World) -> None:
+    y = YEARS[0]
+    ids, s = world.glacier_id[y], world.surface[y]
+    surf = world.bed + world.ice_thickness[y]
+    debris = s == Surface.DEBRIS
+    assert debris.sum() > 100
+    assert (ids[debris] > 0).all()
+    assert np.mean(surf[debris] < world.ela[y][debris]) > 0.9
+    # One tongue is largely debris-covered.
+    below = (ids > 0) & (surf < world.ela[y])
+    frac = [debris[below & (ids == g)].mean() for g in np.unique(ids[below]) if (below & (ids == g)).sum() > 200]
+    assert max(frac) > 0.5
+
+
+def test_calving_front_meets_sea_and_sea_ice(world: World) -> None:
+    assert world.calving_ids
+    g = world.calving_ids[0]
+    for y in YEARS:
+        s, ids = world.surface[y], world.glacier_id[y]
+        front = ndimage.binary_dilation(ids == g, structure=np.ones((3, 3), bool)) & ~(ids == g)
+        assert (s[front] == Surface.SEA).any() or (s[front] == Surface.SEA_ICE).any(), y
+        sea_ice = s == Surface.SEA_ICE
+        assert sea_ice.sum() > 10
+        near = ndimage.binary_dilation(ids == g, iterations=10)
+        assert (sea_ice & near).any(), f"{y}: no melange at the calving front"
+        assert (world.bed[ids == g] < 0).any()  # grounded below sea level
+
+
+def test_all_surface_classes_present(world: World) -> None:
+    seen = set()
+    for y in YEARS:
+        seen |= set(np.unique(world.surface[y]).tolist())
+    assert seen == {int(c) for c in Surface}
+
+
+def test_proglacial_lake_at_a_terminus(world: World) -> None:
+    y = YEARS[-1]
+    lake = world.surface[y] == Surface.LAKE
+    assert lake.sum() > 20
+    ice = world.glacier_id[y] > 0
+    assert (ndimage.binary_dilation(lake, iterations=2) & ice).any()
+
+
+def test_area_loss_each_year_in_range_and_ids_stable(world: World) -> None:
+    for a, b in zip(YEARS, YEARS[1:], strict=False):
+        ia, ib = world.glacier_id[a], world.glacier_id[b]
+        loss = 1.0 - (ib > 0).sum() / (ia > 0).sum()
+        assert LOSS[0] <= loss <= LOSS[1], (b, loss)
+        # Retreat only: this year's ice lies in last year's, with the same glacier id.
+        assert ((ib > 0) <= (ia > 0)).all()
+        assert (ib[ib > 0] == ia[ib > 0]).all()
+        # Every glacier thins or keeps its thickness.
+        assert (world.ice_thickness[b][ib > 0] <= world.ice_thickness[a][ib > 0] + 1e-3).mean() > 0.95
+
+
+def test_outlines_match_pixels(world: World) -> None:
+    gdf = truth.outlines_all_years(world)
+    assert list(gdf.columns) == truth.COLUMNS
+    assert gdf.crs.to_epsg() == 32606
+    assert gdf.geometry.is_valid.all()
+    px = 100.0
+    for y in YEARS:
+        ids = world.glacier_id[y]
+        rows = gdf[gdf.year == y]
+        assert sorted(rows.glacier_id) == sorted(np.unique(ids[ids > 0]).tolist())
+        for r in rows.itertuples():
+            n = int((ids == r.glacier_id).sum())
+            assert r.area_m2 == n * px
+            assert abs(r.geometry.area - r.area_m2) < 1e-6 * r.area_m2
+            assert r.clean_area_m2 + r.debris_area_m2 == r.area_m2
+        assert rows.calving.sum() >= 1
+    # Per-glacier change is known: summing per glacier gives the total change.
+    per = gdf.pivot_table(index="glacier_id", columns="year", values="area_m2", aggfunc="sum").fillna(0)
+    total = per.sum(axis=0)
+    assert (total.diff().dropna() < 0).all()
+
+
+def test_outlines_bad_year(world: World) -> None:
+    with pytest.raises(ValueError, match="year 1999"):
+        truth.outlines(world, 1999)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"size_km": -1.0}, "size_km"),
+        ({"area_loss_per_year": (0.05, 0.01)}, "area_loss_per_year"),
+        ({"years": (2021, 2020)}, "increasing"),
+        ({"difficulty": "extreme"}, "difficulty"),
+    ],
+)
+def test_bad_config_raises(kwargs: dict, match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        build_world(WorldConfig(**kwargs))
