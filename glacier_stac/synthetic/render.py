@@ -343,7 +343,7 @@ def render_sentinel2(world: World, acq: Acquisition, prep: Prepared | None = Non
         refl[key] = (1.0 - opacity) * refl[key] * shade + opacity * spectra.CLOUD[b]
     baseline = processing_baseline(acq.datetime)
     a10 = world.geobox.affine
-    a20 = a10 * Affine.scale(2)
+    a20 = a10 @ Affine.scale(2)
     assets: dict[str, Raster] = {}
     for key in spectra.S2_BANDS:
         r = refl[key] if key in ("B02", "B03", "B04", "B08") else block_mean(refl[key], 2)
@@ -467,7 +467,7 @@ def render_landsat(world: World, acq: Acquisition, prep: Prepared | None = None)
     cls30 = block_pick(classes, 3)
     dn = np.clip(np.rint((t30 - LWIR_OFFSET) / LWIR_SCALE), 1, 65535).astype(np.uint16)
     qa = landsat_qa(cls30, op30, sh30)
-    a30 = world.geobox.affine * Affine.scale(3)
+    a30 = world.geobox.affine @ Affine.scale(3)
     cloud = (qa & (1 << 3)) > 0
     props = {
         "eo:cloud_cover": round(100.0 * float(cloud.mean()), 2),
@@ -517,7 +517,7 @@ def render_copdem(world: World) -> Scene:
     transform, shape = dem_grid(world)
     pad = 8  # extend the source by its edge so bilinear never runs out of data at the world's border
     src = np.pad(np.clip(world.elevation, 0, None).astype(np.float32), pad, mode="edge")
-    src_tf = world.geobox.affine * Affine.translation(-pad, -pad)
+    src_tf = world.geobox.affine @ Affine.translation(-pad, -pad)
     dst = np.full(shape, sensors.COPDEM.band("data").nodata, dtype=np.float32)
     reproject(
         src,
