@@ -1,0 +1,193 @@
+"""Inference throughput: `infer.predict` over an in-memory cube vs the bare model over the same pixels.
+
+    python benchmarks/inference_throughput.py [--quick] [--model unet] [--size 4096]
+
+Reports, and writes to benchmarks/results/inference_throughput.json:
+- pipeline_mpx_per_s: output megapixels per second of predict(...).compute() (probability, klass, valid);
+- model_only_mpx_per_s: the bare model's forward over the same patches the pipeline pushes through it
+  (same inputs, batch size and threads), counted in the same output pixels;
+- ratio_vs_model_only = pipeline / model-only (target >= 0.8): what the Dask wiring, normalisation,
+  blending and class maps cost on top of the model;
+- computed_over_output_pixels (target <= 1.3): patch pixels through the model per output pixel, the
+  price of the context margins (it is inside both timings above, so it does not lower the ratio);
+- plain_model_mpx_per_s: the model over the output pixels as non-overlapping tiles with no context
+  margins, for the full picture (pipeline / plain = ratio_vs_model_only / computed_over_output);
+- chunk_invariance_max_abs_diff (target <= 1e-5): the same cube chunked another way;
+- model_gflops_per_s (FLOPs of the forward counted by torch's FlopCounterMode) vs matmul_gflops_per_s,
+  a large fp32 matmul on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import dask
+import dask.array as da
+import numpy as np
+import torch
+import xarray as xr
+from torch.utils.flop_counter import FlopCounterMode
+
+from glacier_stac import __version__, infer
+from glacier_stac.models import get_model
+from glacier_stac.models.checkpoint import Checkpoint
+
+FEATURES = ["B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count", "vv_db", "vh_db",
+            "s1_count", "lwir11", "landsat_count", "elevation", "slope", "aspect_sin", "aspect_cos", "hillshade"]
+RESULTS = Path(__file__).parent / "results" / "inference_throughput.json"
+
+
+def make_cube(size: int, chunk: int, seed: int = 0) -> xr.DataArray:
+    """An in-memory cube on the global lattice (origin on a 1024 px tile corner), 2 % of it missing."""
+    rng = np.random.default_rng(seed)
+    a = rng.normal(size=(len(FEATURES), size, size)).astype(np.float32)
+    a[:, : size // 50, :] = np.nan
+    col0, row0 = 500 * 1024, -6632 * 1024
+    x = (col0 + 0.5 + np.arange(size)) * 10.0
+    y = -(row0 + 0.5 + np.arange(size)) * 10.0
+    return xr.DataArray(da.from_array(a, chunks=(-1, chunk, chunk)), dims=("feature", "y", "x"),
+                        coords={"feature": FEATURES, "y": y, "x": x})
+
+
+def make_checkpoint(name: str) -> Checkpoint:
+    torch.manual_seed(0)
+    model = get_model(name, len(FEATURES), 4)
+    return Checkpoint.from_model(model, name, FEATURES, [0.0] * len(FEATURES), [1.0] * len(FEATURES),
+                                 data="random weights (benchmark)", seed=0,
+                                 command="benchmarks/inference_throughput.py")
+
+
+def model_only(cube: xr.DataArray, ckpt: Checkpoint, pl: infer.Plan, batch_size: int) -> tuple[float, int, float]:
+    """Seconds for the bare model over the pipeline's patches, how many patches, and their FLOPs each."""
+    model = ckpt.build_model()
+    g = pl.grid
+    z = infer.normalise(cube.values, ckpt)
+    z = np.pad(z, ((0, 0), (g.margin, g.margin), (g.margin, g.margin)), constant_values=ckpt.nan_fill)
+    origins = [(ty * g.stride, tx * g.stride) for ty in range(-(-cube.sizes["y"] // g.stride))
+               for tx in range(-(-cube.sizes["x"] // g.stride))]
+    with FlopCounterMode(display=False) as fc, torch.inference_mode():
+        model(torch.zeros(1, len(ckpt.features), g.patch, g.patch))
+    flops = fc.get_total_flops()
+    dev = infer.pick_device()
+    model = model.to(dev)
+    t0 = time.perf_counter()
+    for i in range(0, len(origins), batch_size):
+        batch = np.stack([np.ascontiguousarray(z[:, r:r + g.patch, c:c + g.patch])
+                          for r, c in origins[i:i + batch_size]])
+        infer.forward_probabilities(model, batch, dev)
+    return time.perf_counter() - t0, len(origins), flops
+
+
+def plain_model(cube: xr.DataArray, ckpt: Checkpoint, tile: int) -> float:
+    """Seconds for the bare model over the output pixels as non-overlapping tiles, no context."""
+    model = ckpt.build_model()
+    z = infer.normalise(cube.values, ckpt)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        for r in range(0, z.shape[1], tile):
+            for c in range(0, z.shape[2], tile):
+                model(torch.from_numpy(np.ascontiguousarray(z[None, :, r:r + tile, c:c + tile])))
+    return time.perf_counter() - t0
+
+
+def matmul_gflops(n: int = 2048, reps: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best / 1e9
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="2048 px cube instead of 4096")
+    ap.add_argument("--model", default="unet")
+    ap.add_argument("--size", type=int, default=None)
+    ap.add_argument("--chunk", type=int, default=1024)
+    ap.add_argument("--batch-size", type=int, default=1)
+    args = ap.parse_args()
+    size = args.size or (2048 if args.quick else 4096)
+
+    ckpt = make_checkpoint(args.model)
+    cube = make_cube(size, args.chunk)
+    cube = cube.copy(data=cube.data.persist())
+    pl = infer.plan(cube, ckpt)
+    out_px = size * size
+
+    # warm-up: the model cache and torch's kernels, on one chunk
+    with dask.config.set(scheduler="threads"):
+        infer.predict(cube[:, : args.chunk, : args.chunk], ckpt, batch_size=args.batch_size).compute()
+
+        t0 = time.perf_counter()
+        ds = infer.predict(cube, ckpt, batch_size=args.batch_size).compute()
+        t_pipe = time.perf_counter() - t0
+
+        # another chunking that keeps its own blocks (chunks much smaller than the patch stride would
+        # be re-cut on the tile grid by `plan`, which would make this comparison trivial)
+        other = cube.chunk({"y": 2 * args.chunk, "x": -1})
+        assert infer.plan(other, ckpt).chunks != pl.chunks
+        t0 = time.perf_counter()
+        ds2 = infer.predict(other, ckpt, batch_size=args.batch_size).compute()
+        t_other = time.perf_counter() - t0
+    diff = float(np.nanmax(np.abs(ds.probability.values - ds2.probability.values)))
+    same_nan = bool((np.isnan(ds.probability.values) == np.isnan(ds2.probability.values)).all())
+
+    t_model, n_patches, flops = model_only(cube, ckpt, pl, args.batch_size)
+    t_plain = plain_model(cube, ckpt, pl.grid.stride)
+    mm = matmul_gflops()
+
+    res = {
+        "model": args.model,
+        "cube_px": [size, size],
+        "features": len(FEATURES),
+        "chunk_px": args.chunk,
+        "patch_px": pl.grid.patch,
+        "stride_px": pl.grid.stride,
+        "margin_px": pl.grid.margin,
+        "receptive_field_px": ckpt.receptive_field,
+        "halo_px": list(pl.halo),
+        "batch_size": args.batch_size,
+        "patches": n_patches,
+        "pipeline_s": round(t_pipe, 3),
+        "model_only_s": round(t_model, 3),
+        "pipeline_mpx_per_s": round(out_px / t_pipe / 1e6, 4),
+        "model_only_mpx_per_s": round(out_px / t_model / 1e6, 4),
+        "ratio_vs_model_only": round(t_model / t_pipe, 4),
+        "plain_model_mpx_per_s": round(out_px / t_plain / 1e6, 4),
+        "computed_over_output_pixels": round(pl.computed_over_output, 4),
+        "computed_over_output_chunk_2048": round(infer.computed_over_output(2048, ckpt), 4),
+        "chunk_invariance_max_abs_diff": diff,
+        "chunk_invariance_same_valid": same_nan,
+        "other_chunking_s": round(t_other, 3),
+        "model_gflop_per_patch": round(flops / 1e9, 3),
+        "model_gflops_per_s": round(flops * n_patches / t_model / 1e9, 2),
+        "matmul_gflops_per_s": round(mm, 2),
+        "model_fraction_of_matmul": round(flops * n_patches / t_model / 1e9 / mm, 3),
+        "device": str(infer.pick_device()),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "machine": platform.machine(),
+        "glacier_stac": __version__,
+        "quick": args.quick,
+    }
+    targets = {"ratio_vs_model_only": (">=", 0.8), "computed_over_output_pixels": ("<=", 1.3),
+               "chunk_invariance_max_abs_diff": ("<=", 1e-5)}
+    print("| metric | value | target |\n|---|---|---|")
+    for k, v in res.items():
+        op, tv = targets.get(k, ("", ""))
+        ok = "" if not op else (" ok" if (v >= tv if op == ">=" else v <= tv) else " MISSED")
+        print(f"| {k} | {v} | {op} {tv}{ok} |")
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"\nwrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
