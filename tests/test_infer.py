@@ -197,3 +197,37 @@ def test_model_is_loaded_once_per_process(tmp_path):
     with dask.config.set(scheduler="threads"):
         infer.predict(make_cube(chunk=32), path, patch=64).probability.compute()
     assert len(infer._CACHE) == before + 1
+
+
+def test_crs_and_coords_carried_over():
+    import rioxarray  # noqa: F401
+
+    cube = make_cube().rio.write_crs("EPSG:32606")
+    ds = infer.predict(cube, make_ckpt("cnn5"), patch=64)
+    assert ds.rio.crs.to_epsg() == 32606
+    np.testing.assert_array_equal(ds.x.values, cube.x.values)
+    np.testing.assert_array_equal(ds.y.values, cube.y.values)
+    assert ds.probability.dtype == np.float32 and ds.klass.dtype == np.uint8 and ds.valid.dtype == bool
+    assert list(ds["class"].values) == ["background", "clean_ice", "debris_ice", "water"]
+    in_memory = infer.predict(cube.compute(), make_ckpt("cnn5"), patch=64)  # numpy-backed cubes work too
+    assert isinstance(in_memory.klass.data, da.Array)
+    np.testing.assert_array_equal(in_memory.probability.values, ds.probability.values)
+
+
+def test_distributed_gpu_annotation_and_shipped_checkpoint():
+    """On a cluster whose workers offer a GPU resource the tasks ask for it; in-memory checkpoints ship once."""
+    distributed = pytest.importorskip("distributed")
+    ck = make_ckpt("cnn5", seed=7)
+    cube = make_cube(chunk=100)
+    local = infer.predict(cube, ck, patch=64).probability.values
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1},
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        ds = infer.predict(cube, ck, patch=64)
+        layers = ds.probability.data.__dask_graph__().layers.values()
+        assert any((lay.annotations or {}).get("resources") == {"GPU": 1} for lay in layers)
+        np.testing.assert_array_equal(ds.probability.values, local)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, distributed.Client(cluster):
+        ds = infer.predict(cube, ck, patch=64)
+        layers = ds.probability.data.__dask_graph__().layers.values()
+        assert not any((lay.annotations or {}).get("resources") for lay in layers)
