@@ -157,6 +157,9 @@ def acquisitions(config: WorldConfig, lon: float | None = None, lat: float | Non
             rng = np.random.default_rng(_seed(config.seed, sensor, year, "dates"))
             start, end = season(year, lat)
             span = (end - start).days
+            # A place is seen from a few fixed relative orbits (S1: one ascending, one descending).
+            orbit_rng = np.random.default_rng(_seed(config.seed, sensor, "orbits"))
+            orbits = [1 + int(v) for v in orbit_rng.integers(0, 143 if sensor == "sentinel-2" else 175, 2)]
             covers = rng.uniform(0, 1, n) ** 1.4 * MAX_CLOUD[config.difficulty]
             covers[0] = min(covers[0], 0.05)  # every year has one nearly clear scene
             for k in range(n):
@@ -166,7 +169,7 @@ def acquisitions(config: WorldConfig, lon: float | None = None, lat: float | Non
                 utc_hours = (hour - lon / 15.0 + rng.uniform(-0.1, 0.1)) % 24
                 when = start + timedelta(days=min(max(day, 0), span), hours=utc_hours)
                 when = when.replace(microsecond=0)
-                orbit = 1 + int(rng.integers(0, 143 if sensor == "sentinel-2" else 175))
+                orbit = orbits[k % len(orbits)]
                 out.append(
                     Acquisition(
                         sensor=sensor,
@@ -277,7 +280,8 @@ def scene_classes(world: World, acq: Acquisition) -> np.ndarray:
     if not land.any():
         return classes
     z = world.elevation
-    snowline = float(np.quantile(z[land][:: max(1, int(land.sum()) // 50000)], rng.uniform(0.55, 0.9)))
+    lo = 0.6 if acq.index == 0 else 0.75  # the first (earliest) scene of a season is the snowiest
+    snowline = float(np.quantile(z[land][:: max(1, int(land.sum()) // 50000)], rng.uniform(lo, 0.95)))
     ragged = z + 60.0 * fractal_noise(z.shape, rng, beta=2.0, coarse=4)
     classes[land & (ragged > snowline)] = Surface.SNOW
     return classes
@@ -292,6 +296,14 @@ def _crs(world: World) -> str:
     return f"EPSG:{epsg}" if epsg else str(world.geobox.crs)
 
 
+def sun(world: World, acq: Acquisition, prep: Prepared) -> tuple[float, float, np.ndarray]:
+    """(zenith, azimuth, cos incidence) for an optical/thermal acquisition; 0 in cast terrain shadow."""
+    zen, az = spectra.solar_position(acq.datetime, prep.lat, prep.lon)
+    cos_i = spectra.cos_incidence(prep.normals, zen, az)
+    cast = spectra.cast_shadow(world.elevation, _res(world), zen, az)
+    return zen, az, np.where(cast, np.minimum(cos_i, 0.0), cos_i).astype(np.float32)
+
+
 # ------------------------------------------------------------------------------------- Sentinel-2
 
 
@@ -301,11 +313,12 @@ def s2_encode(reflectance: np.ndarray, baseline: str) -> np.ndarray:
     return np.clip(np.rint(reflectance * 10000.0 + add), 1, 65535).astype(np.uint16)
 
 
-def s2_reflectance(world: World, acq: Acquisition, prep: Prepared, classes: np.ndarray) -> dict[str, np.ndarray]:
+def s2_reflectance(
+    world: World, acq: Acquisition, prep: Prepared, classes: np.ndarray, zen: float, cos_i: np.ndarray
+) -> dict[str, np.ndarray]:
     """Clear-sky 10 m reflectance per band with terrain illumination, texture and sensor noise."""
     rng = rng_for(world.config.seed, acq, "s2-noise")
-    zen, az = spectra.solar_position(acq.datetime, prep.lat, prep.lon)
-    illum = spectra.illumination_factor(spectra.cos_incidence(prep.normals, zen, az), zen)
+    illum = spectra.illumination_factor(cos_i, zen)
     bright = illum * prep.texture
     table = spectra.reflectance_table()
     z = world.elevation
@@ -332,9 +345,8 @@ def render_sentinel2(world: World, acq: Acquisition, prep: Prepared | None = Non
     prep = prep or prepare(world)
     res = _res(world)
     classes = scene_classes(world, acq)
-    refl = s2_reflectance(world, acq, prep, classes)
-    zen, az = spectra.solar_position(acq.datetime, prep.lat, prep.lon)
-    cos_i = spectra.cos_incidence(prep.normals, zen, az)
+    zen, az, cos_i = sun(world, acq, prep)
+    refl = s2_reflectance(world, acq, prep, classes, zen, cos_i)
     rng = rng_for(world.config.seed, acq, "clouds")
     opacity = cloud_field(classes.shape, rng, acq.cloud_target)
     shadow = cloud_shadow(opacity, zen, az, res, float(rng.uniform(1500, 3500)))
@@ -456,8 +468,7 @@ def render_landsat(world: World, acq: Acquisition, prep: Prepared | None = None)
     res = _res(world)
     classes = scene_classes(world, acq)
     rng = rng_for(world.config.seed, acq, "landsat")
-    zen, az = spectra.solar_position(acq.datetime, prep.lat, prep.lon)
-    cos_i = spectra.cos_incidence(prep.normals, zen, az)
+    zen, az, cos_i = sun(world, acq, prep)
     t = spectra.surface_temperature(classes, world.elevation, cos_i, prep.debris_field)
     opacity = cloud_field(classes.shape, rng_for(world.config.seed, acq, "clouds"), acq.cloud_target)
     shadow = cloud_shadow(opacity, zen, az, res, float(rng.uniform(1500, 3500)))

@@ -133,3 +133,39 @@ def surface_temperature(
     t[classes == Surface.LAKE] = 277.0
     t[classes == Surface.SEA] = 279.0
     return t
+
+
+def cast_shadow(
+    elevation: np.ndarray, resolution: float, zenith: float, azimuth: float, coarse: int = 4, max_steps: int = 64
+) -> np.ndarray:
+    """Pixels hidden from the sun by terrain in the sun's direction (a horizon march on a coarser DEM).
+
+    Self-shadow (cos i <= 0) is handled by `cos_incidence`; this adds the shadows that ridges cast
+    across valley floors, which are what darken real glacier tongues in the morning.
+    """
+    h, w = elevation.shape
+    z = elevation[::coarse, ::coarse].astype(np.float32)
+    res = resolution * coarse
+    tan_elev = math.tan(math.radians(max(90.0 - zenith, 1.0)))
+    relief = float(z.max() - z.min())
+    reach = min(relief / tan_elev / res, float(max(z.shape)))
+    if reach < 1:
+        return np.zeros((h, w), dtype=bool)
+    a = math.radians(azimuth)
+    dcol, drow = math.sin(a), -math.cos(a)  # towards the sun; rows grow southwards
+    dists = np.unique(np.round(np.geomspace(1.0, reach, num=max_steps)).astype(int))
+    shadow = np.zeros(z.shape, dtype=bool)
+    zh, zw = z.shape
+    for d in dists:
+        r, c = int(round(d * drow)), int(round(d * dcol))
+        if abs(r) >= zh or abs(c) >= zw:
+            break
+        # horizon[p] = z[p + (r, c)] where that lies inside the grid
+        rows_dst = slice(max(0, -r), zh - max(0, r))
+        cols_dst = slice(max(0, -c), zw - max(0, c))
+        rows_src = slice(max(0, r), zh - max(0, -r))
+        cols_src = slice(max(0, c), zw - max(0, -c))
+        blocked = z[rows_src, cols_src] - z[rows_dst, cols_dst] > d * res * tan_elev
+        shadow[rows_dst, cols_dst] |= blocked
+    full = np.repeat(np.repeat(shadow, coarse, axis=0), coarse, axis=1)
+    return full[:h, :w]
