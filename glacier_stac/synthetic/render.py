@@ -478,13 +478,19 @@ def render_landsat(world: World, acq: Acquisition, prep: Prepared | None = None)
     cls30 = block_pick(classes, 3)
     dn = np.clip(np.rint((t30 - LWIR_OFFSET) / LWIR_SCALE), 1, 65535).astype(np.uint16)
     qa = landsat_qa(cls30, op30, sh30)
+    fill = np.zeros(qa.shape, dtype=bool)
+    if rng.uniform() < 0.3:  # the world sits at a scene corner: the tilted footprint's fill cuts across it
+        h, w = qa.shape
+        rows, cols = np.mgrid[0:h, 0:w]
+        edge = cols + 0.2 * rows if rng.uniform() < 0.5 else (w - cols) + 0.2 * (h - rows)
+        fill = edge < rng.uniform(0.05, 0.2) * w
+    dn[fill], qa[fill] = 0, 1  # lwir11 nodata 0; QA_PIXEL fill bit
     a30 = world.geobox.affine @ Affine.scale(3)
-    cloud = (qa & (1 << 3)) > 0
+    cloud = ((qa & (1 << 3)) > 0)[~fill]
+    land = ~np.isin(cls30, WATER)[~fill]
     props = {
-        "eo:cloud_cover": round(100.0 * float(cloud.mean()), 2),
-        "landsat:cloud_cover_land": round(100.0 * float(cloud[~np.isin(cls30, WATER)].mean()), 2)
-        if (~np.isin(cls30, WATER)).any()
-        else 0.0,
+        "eo:cloud_cover": round(100.0 * float(cloud.mean()), 2) if cloud.size else 0.0,
+        "landsat:cloud_cover_land": round(100.0 * float(cloud[land].mean()), 2) if land.any() else 0.0,
         "view:sun_azimuth": round(az, 8),
         "view:sun_elevation": round(90.0 - zen, 8),
     }
