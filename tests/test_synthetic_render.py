@@ -339,6 +339,35 @@ def test_world_json_absent_when_writing_is_interrupted(world, world_dir, tmp_pat
     assert not list(out.rglob("*.part")) or all(p.name.startswith(".") for p in out.rglob("*.part"))
 
 
+def test_world_json_absent_when_the_writer_is_killed(inputs, tmp_path):
+    """A real SIGKILL in the middle of writing leaves no completion marker behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    dem, outlines = inputs
+    out = tmp_path / "killed"
+    code = (
+        "from glacier_stac.synthetic.user import from_user; from glacier_stac.synthetic.writer import write_world; "
+        f"write_world(from_user({str(dem)!r}, {str(outlines)!r}, range(2013, 2025)), {str(out)!r}, progress=False)"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code])
+    try:
+        deadline = time.monotonic() + 60
+        while not ((out / "cogs").exists() and any((out / "cogs").rglob("*.tif"))):
+            assert proc.poll() is None, "writer ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+    assert list((out / "cogs").rglob("*.tif"))
+    assert not (out / "world.json").exists()
+    assert writer.read_world_json(out) is None
+
+
 def test_generate_reuses_a_complete_world(world, tmp_path, monkeypatch):
     import glacier_stac.synthetic.world as world_mod
 
