@@ -332,7 +332,28 @@ class PG:
 
     @property
     def dsn(self) -> str:
-        return f"postgresql://{self.user}@{self.host}:{self.port}/{self.dbname}"
+        """The default database (created with PostGIS by `start_postgres`)."""
+        return self.dsn_for(self.dbname)
+
+    def dsn_for(self, dbname: str) -> str:
+        return f"postgresql://{self.user}@{self.host}:{self.port}/{dbname}"
+
+    def create_database(self, dbname: str) -> str:
+        """Create a database with PostGIS (one cluster can hold several pgstac catalogs); return its DSN."""
+        import psycopg
+
+        if not dbname.replace("_", "").isalnum():
+            raise ValueError(f"database name {dbname!r}: use letters, digits and _ only")
+        with psycopg.connect(self.dsn_for("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{dbname}"')
+        with psycopg.connect(self.dsn_for(dbname), autocommit=True) as conn:
+            try:
+                conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
+            except psycopg.Error as e:
+                raise RuntimeError(
+                    f"PostGIS is not available in this PostgreSQL ({e}); install `postgresql-15-postgis-3`"
+                ) from e
+        return self.dsn_for(dbname)
 
     def stop(self) -> None:
         """Stop the server (fast shutdown) and delete the cluster if we created its directory."""
@@ -397,7 +418,7 @@ def start_postgres(tmpdir: str | os.PathLike[str], run_as: str = "postgres") -> 
             logtail = _tail(datadir / "server.log")
             if attempt == 2 or "in use" not in logtail:
                 raise RuntimeError(f"pg_ctl start failed (exit {r.returncode}):\n{r.stdout}{r.stderr}\n{logtail}")
-        _create_db(pg)
+        pg.create_database(pg.dbname)
         log.info("postgres at %s ready in %.2f s", pg.dsn, time.perf_counter() - t0)
         return pg
     except BaseException:
@@ -410,21 +431,6 @@ def _tail(path: Path, n: int = 3000) -> str:
         return path.read_text(errors="replace")[-n:]
     except OSError:
         return ""
-
-
-def _create_db(pg: PG) -> None:
-    import psycopg
-
-    admin = f"postgresql://{pg.user}@{pg.host}:{pg.port}/postgres"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{pg.dbname}"')
-    with psycopg.connect(pg.dsn, autocommit=True) as conn:
-        try:
-            conn.execute("CREATE EXTENSION IF NOT EXISTS postgis")
-        except psycopg.Error as e:
-            raise RuntimeError(
-                f"PostGIS is not available in this PostgreSQL ({e}); install `postgresql-15-postgis-3`"
-            ) from e
 
 
 def migrate_pgstac(dsn: str) -> str:

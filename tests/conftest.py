@@ -6,12 +6,15 @@ Planetary Computer item JSON from tests/fixtures (metadata only, no pixels). Set
 GLACIER_TEST_WORLD=fixture or =generated to force one. `fixture_world_dir` is always the latter.
 
 The STAC servers are session-scoped and shared: `rustac_url` (rustac serve, memory backend) and
-`pgstac_url` (PostgreSQL + PostGIS + pgstac + stac-fastapi-pgstac). Without PostgreSQL the pgstac
-tests skip on a developer machine but FAIL in CI (CI=1/true), so CI cannot go green without them.
+`pgstac_url` (PostgreSQL + PostGIS + pgstac + stac-fastapi-pgstac) over `world_dir`, and
+`fixture_rustac_url` / `fixture_pgstac_url` over `fixture_world_dir`; `postgres` is the one cluster.
+Without PostgreSQL the pgstac tests skip on a developer machine but FAIL in CI (CI=1/true), so CI
+cannot go green without them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.util
 import json
@@ -21,6 +24,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+from glacier_stac.stac_server import PG
 
 FIXTURES = Path(__file__).parent / "fixtures" / "planetary-computer"
 
@@ -114,33 +119,54 @@ def fixture_world_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_fixture_world(tmp_path_factory.mktemp("fixture-world") / "world")
 
 
-@pytest.fixture(scope="session")
-def world_items(world_dir: Path) -> dict[str, dict]:
-    """Every item of `world_dir` by id, read straight from its items.json files (the expected answers)."""
+def read_items(world: Path) -> dict[str, dict]:
+    """Every item of a world by id, read straight from its items.json files (the expected answers)."""
     items: dict[str, dict] = {}
-    for path in sorted((world_dir / "stac").glob("*/items.json")):
+    for path in sorted((world / "stac").glob("*/items.json")):
         for feature in json.loads(path.read_text())["features"]:
             items[feature["id"]] = feature
     return items
 
 
+@pytest.fixture(scope="session")
+def world_items(world_dir: Path) -> dict[str, dict]:
+    return read_items(world_dir)
+
+
+@pytest.fixture(scope="session")
+def fixture_world_items(fixture_world_dir: Path) -> dict[str, dict]:
+    return read_items(fixture_world_dir)
+
+
 # --------------------------------------------------------------------------- servers
+
+
+@contextlib.contextmanager
+def _rustac(world: Path, label: str) -> Iterator[str]:
+    from glacier_stac.stac_server import serve
+
+    t0 = time.perf_counter()
+    with serve(world) as url:
+        SERVER_REPORT.append(f"rustac serve ({label}): ready in {time.perf_counter() - t0:.2f} s at {url}")
+        yield url
 
 
 @pytest.fixture(scope="session")
 def rustac_url(world_dir: Path) -> Iterator[str]:
     """`rustac serve` (memory backend) over `world_dir` on 127.0.0.1, stopped at session end."""
-    from glacier_stac.stac_server import serve
-
-    t0 = time.perf_counter()
-    with serve(world_dir) as url:
-        SERVER_REPORT.append(f"rustac serve: ready in {time.perf_counter() - t0:.2f} s at {url}")
+    with _rustac(world_dir, "world") as url:
         yield url
 
 
 @pytest.fixture(scope="session")
-def pgstac_url(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """PostgreSQL + PostGIS + pgstac + stac-fastapi-pgstac over `world_dir`, torn down at session end."""
+def fixture_rustac_url(fixture_world_dir: Path) -> Iterator[str]:
+    with _rustac(fixture_world_dir, "fixture world") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PG]:
+    """One throwaway PostgreSQL + PostGIS cluster for the session (each world gets its own database)."""
     from glacier_stac import stac_server as ss
 
     t0 = time.perf_counter()
@@ -150,20 +176,40 @@ def pgstac_url(world_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
         if in_ci():
             pytest.fail(f"PostgreSQL/PostGIS is required in CI but could not start: {e}", pytrace=False)
         pytest.skip(f"PostgreSQL/PostGIS unavailable: {e}")
+    SERVER_REPORT.append(f"postgres: initdb + start + PostGIS in {time.perf_counter() - t0:.2f} s")
     with pg:
-        t_pg = time.perf_counter()
-        version = ss.migrate_pgstac(pg.dsn)
-        t_mig = time.perf_counter()
-        counts = ss.load_pgstac(pg.dsn, world_dir)
-        t_load = time.perf_counter()
-        with ss.serve_pgstac(pg.dsn) as url:
-            t_api = time.perf_counter()
-            SERVER_REPORT.append(
-                f"pgstac {version}: postgres {t_pg - t0:.2f} s, migrate {t_mig - t_pg:.2f} s, "
-                f"load {sum(counts.values())} items {t_load - t_mig:.2f} s, "
-                f"stac-fastapi-pgstac ready {t_api - t_load:.2f} s at {url}"
-            )
-            yield url
+        yield pg
+
+
+@contextlib.contextmanager
+def _pgstac(pg: PG, dbname: str, world: Path, label: str) -> Iterator[str]:
+    from glacier_stac import stac_server as ss
+
+    t0 = time.perf_counter()
+    dsn = pg.dsn if dbname == pg.dbname else pg.create_database(dbname)
+    version = ss.migrate_pgstac(dsn)
+    t_mig = time.perf_counter()
+    counts = ss.load_pgstac(dsn, world)
+    t_load = time.perf_counter()
+    with ss.serve_pgstac(dsn) as url:
+        SERVER_REPORT.append(
+            f"pgstac {version} ({label}): migrate {t_mig - t0:.2f} s, load {sum(counts.values())} items "
+            f"{t_load - t_mig:.2f} s, stac-fastapi-pgstac ready {time.perf_counter() - t_load:.2f} s at {url}"
+        )
+        yield url
+
+
+@pytest.fixture(scope="session")
+def pgstac_url(postgres: PG, world_dir: Path) -> Iterator[str]:
+    """stac-fastapi-pgstac over `world_dir` (pgstac in the session's PostgreSQL), stopped at session end."""
+    with _pgstac(postgres, postgres.dbname, world_dir, "world") as url:
+        yield url
+
+
+@pytest.fixture(scope="session")
+def fixture_pgstac_url(postgres: PG, fixture_world_dir: Path) -> Iterator[str]:
+    with _pgstac(postgres, "fixture_world", fixture_world_dir, "fixture world") as url:
+        yield url
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001
