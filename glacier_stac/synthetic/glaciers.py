@@ -31,7 +31,7 @@ class MassBalance:
     ela: np.ndarray  # (ny, nx) equilibrium-line altitude, metres (maritime: lower near the coast)
     gradient: float = 0.007  # m ice / yr per metre of elevation
     b_max: float = 3.0  # cap in the accumulation area, m / yr
-    calving: float = 0.03  # extra loss per metre of water depth, m / yr (fjord termini)
+    calving: float = 0.005  # extra loss per metre of water depth, m / yr (fjord termini)
 
 
 @dataclass
@@ -48,7 +48,7 @@ class IceState:
 
 def glacier_width(flux: np.ndarray | float, dx: float) -> np.ndarray | float:
     """Valley-glacier width from ice flux: ~1.2 km at 1e7 m^3/yr, never narrower than a cell."""
-    return np.clip(0.38 * np.sqrt(np.maximum(flux, 0.0)), dx, 3000.0)
+    return np.clip(0.3 * np.sqrt(np.maximum(flux, 0.0)), dx, 2000.0)
 
 
 def route_ice(bed: np.ndarray, routing: Routing, mb: MassBalance, dx: float,
@@ -69,8 +69,8 @@ def route_ice(bed: np.ndarray, routing: Routing, mb: MassBalance, dx: float,
         if bc >= 0:
             q = qi + bc * cell
         else:  # a tongue ablates over its whole width, not over one cell
-            w = 0.38 * qi**0.5 if qi > 0 else dx
-            q = qi + bc * dist[c] * min(max(w, dx), 3000.0)
+            w = 0.3 * qi**0.5 if qi > 0 else dx
+            q = qi + bc * dist[c] * min(max(w, dx), 2000.0)
         q_out[c] = q
         r = rec[c]
         if q > 0 and r >= 0:
@@ -109,10 +109,11 @@ def ice_state(terrain: Terrain, mb: MassBalance, flat_slope: np.ndarray | None =
         return IceState(flux, active, bed.copy(), neg, np.full(bed.shape, -1), np.full(bed.shape, dx))
     d, (iy, ix) = ndimage.distance_transform_edt(~active, sampling=dx, return_indices=True)
     surf_line = bed + thick
-    surface = surf_line[iy, ix]
+    # Ice flows as a sheet, not along D8 lines: smooth its surface over a few ice thicknesses.
+    surface = ndimage.gaussian_filter(surf_line[iy, ix], 1.5)
     w_near = width[iy, ix]
-    lateral = np.minimum(surface - bed, 0.4 * (w_near / 2.0 - d) + 1.0)
-    depth = np.where(active, thick, np.where(d > 0, lateral, thick))
+    taper = np.where(d > 0, 0.4 * (w_near / 2.0 - d) + 1.0, np.inf)
+    depth = np.minimum(surface - bed, taper)
     depth = np.where(steep, np.minimum(depth, -5.0), depth)
     return IceState(flux, active, surface, depth, term[iy, ix], w_near)
 
@@ -239,7 +240,7 @@ def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float) -
             donors.setdefault(r, []).append(i)
     up = []
     c = best_path[0]
-    tongue_len = 0.35 * np.sqrt(best_area) * terrain.dx
+    tongue_len = 0.8 * np.sqrt(best_area) * terrain.dx
     dist = 0.0
     while donors.get(c) and dist < tongue_len:
         c = max(donors[c], key=lambda i: area[i])
@@ -284,7 +285,7 @@ def debris_index(terrain: Terrain, st: IceState, ela: np.ndarray) -> np.ndarray:
     load_ice = load[iy, ix]
     ref = np.quantile(load_ice[ice], 0.9) if ice.any() else 1.0
     emerge = np.clip((ela - terrain.balance_elev) / (0.2 * terrain.zmax), 0.0, 1.0)
-    return np.sqrt(load_ice / max(ref, 1e-9)) * emerge
+    return ndimage.gaussian_filter(np.sqrt(load_ice / max(ref, 1e-9)) * emerge, 1.0)
 
 
 # --- The world on the fine grid, year by year --------------------------------------------------
@@ -442,8 +443,8 @@ def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: 
             bergs = ndimage.binary_dilation(bergs, iterations=1) & sea[sub]
             s[sub][melange | bergs] = Surface.SEA_ICE
     s[ice] = Surface.ICE
-    s[ice & debris] = Surface.DEBRIS
     s[ice & (surf_elev >= snowline)] = Surface.SNOW
+    s[ice & debris] = Surface.DEBRIS  # debris is only below the ELA: it wins over a noisy snowline
     return s
 
 
@@ -511,7 +512,7 @@ def simulate(config) -> Simulation:
     didx = upsample(debris_index(terrain, st0, ela_field(terrain, ela0)), n)
     didx += 0.08 * spectral_noise(rng, (n, n), 2.4)
     snow_noise = 40.0 * spectral_noise(rng, (n, n), 3.0)
-    below = ice0 & (bed + np.maximum(depth0, 1.0) < ela_f0 + snow_noise - 30.0)
+    below = ice0 & (bed + np.maximum(depth0, 1.0) < ela_f0 - 10.0)
     nglac = int(ids_f.max())
     thr = np.full(nglac + 1, DEBRIS_THRESHOLD[config.difficulty])
     abl = np.bincount(ids_f[below], minlength=nglac + 1)
@@ -519,7 +520,7 @@ def simulate(config) -> Simulation:
     cand = [g for g in range(1, nglac + 1) if g != tidewater and abl[g] * res**2 >= 0.2 * min_area]
     debris_glacier = 0
     if cand:
-        debris_glacier = max(cand, key=lambda g: mean_idx[g] * np.sqrt(abl[g]))
+        debris_glacier = max(cand, key=lambda g: (0.5 + mean_idx[g]) * abl[g])
         vals = didx[below & (ids_f == debris_glacier)]
         thr[debris_glacier] = float(np.quantile(vals, 0.2))  # ~80% of its tongue is debris
 
@@ -548,23 +549,27 @@ def simulate(config) -> Simulation:
         ela_k = ela0 + k * rise
         if k == 0:
             ice, depth, loss = ice0, depth0, 0.0
+            ice_top = upsample(st0.surface, n)
         else:
             st_k = ice_state(terrain, MassBalance(ela_field(terrain, ela_k)), slope_c)
             depth = upsample(st_k.depth, n) + margin_noise
+            ice_top = upsample(st_k.surface, n)
             ela_now = ela_f0 + k * rise
-            ice, loss = _retreat(ice_prev, depth, config.area_loss_per_year, rng, min_px,
+            # Grounded ice in the fjord is at least as thick as the water is deep: it goes last.
+            rank = depth + 2.0 * np.maximum(-bed, 0.0)
+            ice, loss = _retreat(ice_prev, rank, config.area_loss_per_year, rng, min_px,
                                  bed + np.maximum(depth, 0.0), ela_now)
         ids = np.where(ice, ids_f, 0).astype(np.int32)
         thick = np.where(ice, np.maximum(depth, 1.0), 0.0)
         thick = np.where(ice & (bed < 0), np.maximum(thick, 1.12 * -bed + 8.0), thick)
-        surf_elev = bed + thick
         snowline = ela_f0 + k * rise + snow_noise
         debris = didx > thr[ids] * (1.0 - 0.04 * k)  # debris spreads up-glacier as ice thins
-        debris &= surf_elev < snowline - 30.0
+        debris &= bed + thick < ela_f0 + k * rise - 10.0  # rock melts out below the ELA only
         lake = lake_region & ~ice & (bed < lake_level)
-        calving_ice = ice & (ids == tidewater)
+        sea_now = sea_mask(bed, blocked=ice)
+        calving_ice = ice & np.isin(ids, np.unique(ids[ice & ndimage.binary_dilation(sea_now)]))
         degl = ice0 & ~ice
-        s = _surfaces(bed, surf_elev, ice, ids, snowline, debris, lake, calving_ice, static, degl,
+        s = _surfaces(bed, ice_top, ice, ids, snowline, debris, lake, calving_ice, static, degl,
                       melange_px, rng)
         sim.ice[year], sim.ids[year], sim.thickness[year] = ice, ids, thick.astype(np.float32)
         sim.surface[year], sim.ela[year], sim.area_loss[year] = s, ela_f0 + k * rise, loss

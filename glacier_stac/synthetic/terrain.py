@@ -222,33 +222,53 @@ def make_terrain(size_km: float, n_fine: int, rng: np.random.Generator) -> Terra
     step = s_ref * (area / a_ref) ** (-theta) * routing.distance
     z_ch = upstream_integrate(start, step, routing)
 
-    # U-shaped valleys: parabolic floor of half-width w, then walls at a bounded slope, one family
-    # of valleys per channel size class; the terrain is the lowest of the surfaces.
-    wall = 0.85 + 0.1 * spectral_noise(rng, (nc, nc), 3.0)
-    z = z0.copy()
+    # U-shaped valleys: parabolic floor of half-width w, then walls at a bounded slope. The land is
+    # the lower envelope of every channel cell's valley profile, so walls of neighbouring valleys
+    # meet in sharp ridges (aretes) and no cliff appears where the nearest channel changes.
+    wall = np.clip(0.7 + 0.22 * spectral_noise(rng, (nc, nc), 3.0), 0.45, 1.3)
+    z0 = np.minimum(z0 + 0.5 * zmax, 1.1 * zmax)  # the walls shape the land; z0 only caps the summits
     a_c = 1.5 * a_ref
     w0 = 0.011 * length
-    for k, mult in enumerate((1.0, 8.0, 60.0)):
-        chan = area >= a_c * mult
-        if not chan.any():
-            continue
-        d, (iy, ix) = ndimage.distance_transform_edt(~chan, sampling=dx, return_indices=True)
-        floor = z_ch[iy, ix]
-        w = w0 * 2.0**k * (area[iy, ix] / (a_c * mult)) ** 0.15
-        h = wall * w / 2.0
-        prof = np.where(d < w, floor + h * (d / w) ** 2, floor + h + wall * (d - w))
-        z = np.minimum(z, prof)
+    z = valley_envelope(z0, z_ch, area, wall, a_c, w0, dx, reach=1.0 * zmax)
     z = ndimage.gaussian_filter(z, 0.7)
-    # Re-route on the carved surface: the glaciers flow along the valleys we just cut.
-    routing = flow_routing(z, outlet, dx)
+    # Re-route on the carved surface, smoothed over a few hundred metres as an ice surface is: ice
+    # flowing off broad slopes converges into the valleys instead of along parallel D8 lines.
+    routing = flow_routing(ndimage.gaussian_filter(z, 250.0 / dx + 1.0), outlet, dx)
     area = accumulate(np.full((nc, nc), cell), routing)
     return Terrain(bed=z, dx=dx, routing=routing, area=area, zmax=zmax, coast_dist=coast_dist,
                    balance_elev=z.copy())
 
 
+def valley_envelope(cap: np.ndarray, floor: np.ndarray, area: np.ndarray, wall: np.ndarray, a_c: float,
+                    w0: float, dx: float, reach: float) -> np.ndarray:
+    """Lower envelope of U-shaped valley profiles around every channel cell (area >= a_c).
+
+    Each channel cell c lowers the land around it to floor_c + h (d/w)^2 inside its half-width w and
+    floor_c + h + wall (d - w) beyond (h = wall w / 2, so the slope is continuous); `reach` metres of
+    wall height bound the window. Brute force over windows is cheap on the coarse grid.
+    """
+    z = cap.copy()
+    ny, nx = z.shape
+    ys, xs = np.nonzero(area >= a_c)
+    if ys.size == 0:
+        return z
+    w_all = np.clip(w0 * (area[ys, xs] / a_c) ** 0.3, w0, 6.0 * w0)
+    r = int(np.ceil((reach / 0.6 + w_all.max()) / dx))
+    oy, ox = np.mgrid[-r:r + 1, -r:r + 1]
+    dist = np.hypot(oy, ox) * dx
+    for y, x, w in zip(ys.tolist(), xs.tolist(), w_all.tolist(), strict=True):
+        y0, y1, x0, x1 = max(y - r, 0), min(y + r + 1, ny), max(x - r, 0), min(x + r + 1, nx)
+        d = dist[y0 - y + r:y1 - y + r, x0 - x + r:x1 - x + r]
+        s = wall[y, x] * (1.0 + 0.5 * min(1.0, a_c / area[y, x]))  # cirque headwalls are steepest
+        h = s * w / 2.0
+        prof = np.where(d < w, floor[y, x] + h * (d / w) ** 2, floor[y, x] + h + s * (d - w))
+        np.minimum(z[y0:y1, x0:x1], prof, out=z[y0:y1, x0:x1])
+    return z
+
+
 def fine_relief(terrain: Terrain, n: int, resolution: float, rng: np.random.Generator) -> np.ndarray:
     """The coarse bed upsampled to the world grid plus metre-scale roughness (rougher where steep)."""
-    z = upsample(terrain.bed, n)
+    z = upsample(terrain.bed, n, order=3)
     rough = spectral_noise(rng, (n, n), 2.6)
     steep = np.clip(slope_deg(z, resolution) / 40.0, 0.0, 1.5)
     amp = (3.0 + 6.0 * steep) * min(1.0, resolution / 10.0) ** 0.5
