@@ -128,6 +128,21 @@ def test_ndsi_separates_snow_and_ice_from_debris_and_rock(world, world_dir):
     assert counts["snowice"] > 1000 and counts["bare"] > 1000
 
 
+def test_acquisitions_fall_in_the_end_of_ablation_season():
+    north = WorldConfig(seed=1, years=(2020, 2021), s2_per_year=4, s1_per_year=2, landsat_per_year=3)
+    south = dataclasses.replace(north, center_lon=-73.5, center_lat=-49.3)  # Southern Patagonian Icefield
+    for config, months in ((north, range(7, 11)), (south, range(1, 5))):
+        acqs = R.acquisitions(config)
+        assert acqs == R.acquisitions(config)  # deterministic
+        for sensor, n in (("sentinel-2", 4), ("sentinel-1", 2), ("landsat", 3)):
+            for year in config.years:
+                these = [a for a in acqs if a.sensor == sensor and a.year == year]
+                assert len(these) == n
+                assert all(a.datetime.year == year and a.datetime.month in months for a in these), these
+                assert len({a.datetime for a in these}) == n
+    assert {a.platform for a in R.acquisitions(north) if a.sensor == "sentinel-1" and a.year >= 2022} <= {"SENTINEL-1A"}
+
+
 def test_reflectance_decodes_the_same_on_both_baselines(world):
     """The same surface read through `scaling` gives the same reflectance before and after baseline 04.00."""
     r = np.array([[0.05, 0.3], [0.9, 0.0]])

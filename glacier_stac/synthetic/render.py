@@ -272,6 +272,10 @@ def block_pick(a: np.ndarray, f: int) -> np.ndarray:
 def scene_classes(world: World, acq: Acquisition) -> np.ndarray:
     """The year's surface plus this acquisition's seasonal snow above a random snowline (off glaciers)."""
     classes = world.surface[acq.year].copy()
+    melange = classes == Surface.SEA_ICE
+    if melange.any():  # ice melange drifts: open leads differ from one acquisition to the next
+        leads = fractal_noise(classes.shape, rng_for(world.config.seed, acq, "melange"), beta=2.0, coarse=2)
+        classes[melange & (leads < -0.6)] = Surface.SEA
     rng = rng_for(world.config.seed, acq, "snow")
     p = SEASONAL_SNOW_P[world.config.difficulty]
     if rng.uniform() >= p:
