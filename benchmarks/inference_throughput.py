@@ -112,6 +112,7 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=1)
+    ap.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = ap.parse_args()
     size = args.size or (2048 if args.quick else 4096)
 
@@ -184,9 +185,9 @@ def main() -> None:
         op, tv = targets.get(k, ("", ""))
         ok = "" if not op else (" ok" if (v >= tv if op == ">=" else v <= tv) else " MISSED")
         print(f"| {k} | {v} | {op} {tv}{ok} |")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(res, indent=2) + "\n")
-    print(f"\nwrote {RESULTS}")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(res, indent=2) + "\n")
+    print(f"\nwrote {args.out}")
 
 
 if __name__ == "__main__":

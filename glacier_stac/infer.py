@@ -110,8 +110,14 @@ class PatchGrid:
         return w
 
 
-def make_grid(ckpt: Checkpoint, patch: int | None = None, margin: int | None = None, blend: int = 0) -> PatchGrid:
-    """The patch grid for a checkpoint: margins cover the receptive field, sizes respect `divisor`."""
+def make_grid(ckpt: Checkpoint, patch: int | None = None, margin: int | None = None, blend: int = 0,
+              extent: int | None = None) -> PatchGrid:
+    """The patch grid for a checkpoint: margins cover the receptive field, sizes respect `divisor`.
+
+    Without `patch` the stride is DEFAULT_STRIDE, or less for a cube whose longest side (`extent`)
+    is shorter, so small cubes do not push mostly padding through the model. It depends on the
+    cube's shape, never on its chunking.
+    """
     d = max(1, int(ckpt.divisor))
     radius = ckpt.receptive_field // 2
     if margin is None:
@@ -121,7 +127,11 @@ def make_grid(ckpt: Checkpoint, patch: int | None = None, margin: int | None = N
                          f"{radius} px (receptive field {ckpt.receptive_field} px): patches would disagree")
     if margin % d:
         raise ValueError(f"patch margin {margin} px must be a multiple of the model divisor {d}")
-    stride = DEFAULT_STRIDE if patch is None else patch - 2 * margin
+    if patch is None:
+        stride = DEFAULT_STRIDE if extent is None else min(DEFAULT_STRIDE, _round_up(max(extent, 1), d))
+        stride = max(stride, _round_up(blend, d))
+    else:
+        stride = patch - 2 * margin
     if stride < 1 or stride % d:
         raise ValueError(f"patch {patch} px minus 2 x margin {margin} px gives a stride of {stride} px; it must be "
                          f"positive and a multiple of the model divisor {d} (e.g. patch={2 * margin + 8 * d})")
@@ -207,7 +217,7 @@ def aligned_chunks(g0: int, n: int, stride: int) -> tuple[int, ...]:
 def plan(cube: xr.DataArray, ckpt: Checkpoint, *, halo: int | None = None, patch: int | None = None,
          margin: int | None = None, blend: int = 0) -> Plan:
     """Patch grid, halo and chunks for inference of `ckpt` over `cube`; refuses a too-small halo."""
-    grid = make_grid(ckpt, patch, margin, blend)
+    grid = make_grid(ckpt, patch, margin, blend, extent=max(cube.sizes["y"], cube.sizes["x"]))
     start = (global_start(cube, "y"), global_start(cube, "x"))
     chunks = [tuple(cube.chunks[cube.get_axis_num(d)]) for d in ("y", "x")]
     needs, computed = [], []
@@ -311,9 +321,10 @@ def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: tor
 def normalise(x: np.ndarray, ckpt: Checkpoint) -> np.ndarray:
     """(x - mean) / std per feature, missing values set to the checkpoint's fill (normalised units)."""
     mean = np.asarray(ckpt.mean, dtype=np.float32)[:, None, None]
-    std = np.asarray(ckpt.std, dtype=np.float32)[:, None, None]
-    z = (x.astype(np.float32, copy=False) - mean) / std
-    z[~np.isfinite(z)] = ckpt.nan_fill
+    scale = (1.0 / np.asarray(ckpt.std, dtype=np.float64)).astype(np.float32)[:, None, None]
+    z = np.subtract(x, mean, dtype=np.float32)
+    z *= scale
+    np.copyto(z, np.float32(ckpt.nan_fill), where=~np.isfinite(z))
     return z
 
 
@@ -335,10 +346,7 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
         return out
     z = normalise(block, ckpt)
     gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel
-    win = grid.window()
     s, m, p = grid.stride, grid.margin, grid.patch
-    acc = np.zeros((n_cls, h, w), dtype=np.float64)
-    wsum = np.zeros((h, w), dtype=np.float64)
     todo = []
     for ky in grid.tiles(gy0, gy0 + h):
         for kx in grid.tiles(gx0, gx0 + w):
@@ -350,20 +358,31 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
             x0, x1 = max(0, px + m - grid._lo - c0), min(w, px + m + s + grid._hi - c0)
             if y1 > y0 and x1 > x0 and valid[y0:y1, x0:x1].any():  # all-missing tiles are skipped
                 todo.append((py, px, y0, y1, x0, x1))
+    win = grid.window().astype(np.float32)
+    wsum = np.zeros((h, w), dtype=np.float32) if grid.blend else None
+    if wsum is not None:
+        out[:] = 0.0
     for i in range(0, len(todo), batch_size):
         part = todo[i:i + batch_size]
-        batch = np.stack([z[:, py:py + p, px:px + p] for py, px, *_ in part])
+        if len(part) == 1:  # a view, no copy (the common case: one patch per chunk)
+            py, px = part[0][:2]
+            batch = z[None, :, py:py + p, px:px + p]
+        else:
+            batch = np.stack([z[:, py:py + p, px:px + p] for py, px, *_ in part])
         prob = forward(batch)
         for (py, px, y0, y1, x0, x1), pr in zip(part, prob, strict=True):
-            wy = win[y0 + r0 - py:y1 + r0 - py]
-            wx = win[x0 + c0 - px:x1 + c0 - px]
-            wt = wy[:, None] * wx[None, :]
-            acc[:, y0:y1, x0:x1] += pr[:, y0 + r0 - py:y1 + r0 - py, x0 + c0 - px:x1 + c0 - px] * wt
-            wsum[y0:y1, x0:x1] += wt
-    with np.errstate(invalid="ignore", divide="ignore"):
-        res = (acc / wsum).astype(np.float32)
-    res[:, ~valid] = np.nan
-    return res
+            sy, sx = slice(y0 + r0 - py, y1 + r0 - py), slice(x0 + c0 - px, x1 + c0 - px)
+            if wsum is None:  # no blending: tile cores are disjoint, each pixel from one patch
+                out[:, y0:y1, x0:x1] = pr[:, sy, sx]
+            else:  # ordered by (ky, kx) whatever the chunking, so sums are reproducible
+                wt = win[sy, None] * win[None, sx]
+                out[:, y0:y1, x0:x1] += pr[:, sy, sx] * wt
+                wsum[y0:y1, x0:x1] += wt
+    if wsum is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            out /= wsum
+    out[:, ~valid] = np.nan
+    return out
 
 
 def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, halo: tuple[int, int],

@@ -157,6 +157,8 @@ def test_cost_ratio_meets_target_for_production_chunks():
     assert infer.computed_over_output(1024, ck, blend=32) > 2  # blending makes neighbours' patches count
     cube = make_cube(2048, 2048, chunk=1024, col0=0, row0=0)
     assert infer.plan(cube, ck).computed_over_output <= infer.COST_TARGET
+    # a cube smaller than the default stride gets a smaller one (from its shape, not its chunks)
+    assert infer.plan(make_cube(chunk=64), ck).grid.stride == infer.plan(make_cube(chunk=100), ck).grid.stride == 232
 
 
 def test_bad_cubes_are_refused():
