@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import functools
 import logging
-import warnings
 from collections.abc import Mapping, Sequence
 
 import dask.array as da
@@ -47,15 +46,18 @@ def composite(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
     """Median of valid observations per band, and their count.
 
     values: (time, band, y, x) float; valid: (time, y, x) bool. Returns (band + 1, y, x) float32, the
-    last plane the count. Pixels with no valid observation are NaN (never zero).
+    last plane the count. Pixels with no valid observation are NaN (never zero). A sort that puts
+    NaN last and picks the middle of the valid ones: faster than `nanmedian`, and silent.
     """
     ok = valid & np.all(np.isfinite(values), axis=1)
-    masked = np.where(ok[:, None], values, np.nan)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", category=RuntimeWarning)  # all-NaN slices are expected
-        med = np.nanmedian(masked, axis=0) if masked.shape[0] else np.full(values.shape[1:], np.nan)
-    count = ok.sum(axis=0, dtype=np.float32)[None]
-    return np.concatenate([med.astype(np.float32), count], axis=0)
+    n = ok.sum(axis=0)
+    if values.shape[0] == 0:
+        return np.concatenate([np.full(values.shape[1:], np.nan, np.float32), n[None].astype(np.float32)])
+    srt = np.sort(np.where(ok[:, None], values, np.nan), axis=0)
+    lo = np.take_along_axis(srt, np.maximum((n - 1) // 2, 0)[None, None], axis=0)[0]
+    hi = np.take_along_axis(srt, np.maximum(n // 2, 0)[None, None], axis=0)[0]
+    med = np.where(n > 0, (lo + hi) / 2, np.nan).astype(np.float32)
+    return np.concatenate([med, n[None].astype(np.float32)], axis=0)
 
 
 def decode(dn: np.ndarray, scaling: np.ndarray) -> np.ndarray:
@@ -67,8 +69,11 @@ def decode(dn: np.ndarray, scaling: np.ndarray) -> np.ndarray:
 
 
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Normalised difference of non-negative reflectances; undefined (NaN) when both are ~0."""
+    a, b = np.maximum(a, 0), np.maximum(b, 0)
+    den = a + b
     with np.errstate(invalid="ignore", divide="ignore"):
-        return ((a - b) / (a + b)).astype(np.float32)
+        return np.where(den > 1e-4, (a - b) / den, np.nan).astype(np.float32)
 
 
 def spectral_indices(refl: np.ndarray) -> np.ndarray:
@@ -175,7 +180,7 @@ def _sensor_features(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: Geo
     if sensor.name == "copdem":
         dem = _stack(items, ["data"], geobox, chunks, "bilinear", signer)
         elev = stackstac.mosaic(dem, dim="time").sel(band="data").data  # DEM tiles: first valid wins
-        feats = da.map_overlap(lambda z: terrain(z, res), elev, depth=1, boundary=np.nan, trim=False,
+        feats = da.map_overlap(lambda z: terrain(z, res), elev, depth=1, boundary="nearest", trim=False,
                                new_axis=[0], chunks=((4,), *chunks), dtype=np.float32, name="terrain",
                                allow_rechunk=False)
         return da.concatenate([elev[None], feats], axis=0)

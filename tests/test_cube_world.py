@@ -1,0 +1,237 @@
+"""The cube over the generated synthetic world, searched through the real local STAC API.
+
+Values are checked against direct rasterio reads of the same COGs; sensors against each other with a
+marker planted at one spot in every sensor's native grid; clouds against SCL; bad input against the
+messages it must produce.
+"""
+
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from pyproj import Transformer
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from glacier_stac import catalog, cube, reader, sensors, stac_server
+from glacier_stac.demo import world_aoi, world_grid
+
+YEAR = 2022
+
+
+@pytest.fixture(scope="module")
+def found(world_dir, rustac_url):
+    return catalog.search(world_aoi(world_dir), [2021, YEAR], catalog=catalog.open_catalog(rustac_url))
+
+
+def _read_on_grid(href: str, geobox, resampling=Resampling.nearest) -> np.ndarray:
+    with rasterio.open(href) as src, WarpedVRT(src, crs=geobox.crs.to_wkt(), transform=geobox.affine,
+                                               width=geobox.shape[1], height=geobox.shape[0],
+                                               resampling=resampling) as vrt:
+        return vrt.read(1, masked=True).astype(np.float32).filled(np.nan)
+
+
+def test_search_finds_every_sensor_and_year(found):
+    for sensor in ("sentinel-2", "sentinel-1", "landsat"):
+        assert found.items[sensor][2021] and found.items[sensor][YEAR]
+        for it in found.items[sensor][YEAR]:
+            assert it.datetime.year == YEAR and 7 <= it.datetime.month <= 10  # northern ablation season
+    assert found.items["copdem"][0]
+    assert not found.gaps
+
+
+def test_search_and_build_read_no_pixels(world_dir, found, monkeypatch):
+    gb = world_grid(world_dir)
+    reads = []
+    orig = reader.SigningReader.read
+    monkeypatch.setattr(reader.SigningReader, "read", lambda self, w, **k: reads.append(1) or orig(self, w, **k))
+    orig_open = rasterio.open
+    monkeypatch.setattr(rasterio, "open", lambda *a, **k: reads.append(1) or orig_open(*a, **k))
+    c = cube.build(found, gb, YEAR)
+    assert reads == [], "building the cube read pixels"
+    assert c.dtype == np.float32 and tuple(c.feature.values) == cube.FEATURES
+    c.isel(x=slice(0, 8), y=slice(0, 8)).compute(scheduler="sync")
+    assert reads, "computing read nothing: the counter is broken"
+
+
+def test_values_equal_direct_rasterio_reads(world_dir, found):
+    """Composite = median of decoded, SCL-masked reads; 20 m bands through the same bilinear warp."""
+    gb = world_grid(world_dir)
+    items = found.items["sentinel-2"][YEAR]
+    c = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"]).compute(scheduler="threads")
+    for key, rs in (("B03", Resampling.bilinear), ("B11", Resampling.bilinear)):
+        stack, valid = [], []
+        for it in items:
+            scale, offset = sensors.SENTINEL2.scaling(it, key)
+            stack.append(_read_on_grid(it.assets[key].href, gb, rs) * scale + offset)
+            scl = _read_on_grid(it.assets["SCL"].href, gb, Resampling.nearest)
+            valid.append(sensors.scl_valid(np.nan_to_num(scl).astype(np.uint8)))
+        expect = cube.composite(np.stack(stack)[:, None], np.stack(valid))
+        got = c.sel(feature=key).values
+        both = np.isfinite(expect[0]) & np.isfinite(got)
+        assert both.mean() > 0.5
+        np.testing.assert_allclose(got[both], expect[0][both], atol=2e-4)
+        np.testing.assert_array_equal(c.sel(feature="s2_count").values, expect[1])
+
+
+def test_composites_exclude_cloudy_pixels(world_dir, found):
+    gb = world_grid(world_dir)
+    items = found.items["sentinel-2"][YEAR]
+    c = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"]).compute(scheduler="threads")
+    scl = np.stack([_read_on_grid(it.assets["SCL"].href, gb) for it in items])
+    cloudy = np.isin(scl, (8, 9, 10))
+    assert cloudy.any(), "the test world has no clouds to exclude"
+    b02 = np.stack([_read_on_grid(it.assets["B02"].href, gb) * 1e-4 + sensors.SENTINEL2.scaling(it, "B02")[1]
+                    for it in items])
+    count = c.sel(feature="s2_count").values
+    np.testing.assert_array_equal(count, (~np.isin(scl, sensors.SCL_INVALID)).sum(0))
+    # where one acquisition is cloudy and the others clear, the composite is not pulled to the cloud
+    one = cloudy.sum(0) == 1
+    k = np.argmax(cloudy, axis=0)
+    cloud_val = np.take_along_axis(b02, k[None], 0)[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices where every scene is cloudy
+        clear_med = np.nanmedian(np.where(cloudy | np.isin(scl, sensors.SCL_INVALID), np.nan, b02), axis=0)
+    got = c.sel(feature="B02").values
+    sel = one & np.isfinite(clear_med) & (cloud_val - clear_med > 0.1)
+    assert sel.sum() > 50
+    np.testing.assert_allclose(got[sel], clear_med[sel], atol=1e-4)
+
+
+def test_sensors_align_on_one_pixel(world_dir, found, tmp_path):
+    """A marker planted at one map position in every sensor's native grid lands on the same cube pixel."""
+    gb = world_grid(world_dir)
+    x0, y0 = gb.affine * (gb.shape[1] * 0.5, gb.shape[0] * 0.5)
+    x0, y0 = round(x0 / 30) * 30 + 15, round(y0 / 30) * 30 - 15  # centre of a 30 m Landsat cell
+    chosen = {s: found.for_year(YEAR)[s][:1] for s in ("sentinel-2", "sentinel-1", "landsat", "copdem")}
+    planted, truth = {}, {}
+    for s, (it,) in chosen.items():
+        it = it.clone()
+        for key in sensors.get(s).asset_keys():
+            src_path = Path(it.assets[key].href.replace("file://", ""))
+            dst = tmp_path / s / src_path.name
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            with rasterio.open(src_path) as src:
+                prof, arr = src.profile, src.read(1)
+                if key in ("SCL",):
+                    arr[:] = 4  # vegetation: clear everywhere, so the marker is not masked
+                elif key == "qa_pixel":
+                    arr[:] = 0
+                else:
+                    xs, ys = src.transform.a, -src.transform.e
+                    if src.crs.to_epsg() == 4326:
+                        lon, lat = Transformer.from_crs(gb.crs.to_wkt(), 4326, always_xy=True).transform(x0, y0)
+                        cx, cy = lon, lat
+                        half_x, half_y = 45 / (111320 * np.cos(np.radians(lat))), 45 / 110540
+                    else:
+                        cx, cy, half_x, half_y = x0, y0, 45, 45
+                    r0, c0 = rasterio.transform.rowcol(src.transform, cx - half_x + xs / 2, cy + half_y - ys / 2)
+                    r1, c1 = rasterio.transform.rowcol(src.transform, cx + half_x - xs / 2, cy - half_y + ys / 2)
+                    base = {"lwir11": 40000, "vv": 0.05, "vh": 0.01, "data": 1000.0}.get(key, 1000)
+                    peak = {"lwir11": 45000, "vv": 5.0, "vh": 1.0, "data": 3000.0}.get(key, 9000)
+                    arr[:] = base
+                    arr[r0:r1 + 1, c0:c1 + 1] = peak
+                    # where the marker really is, in cube pixels (native grids need not share a lattice)
+                    mx, my = src.transform * ((c0 + c1 + 1) / 2, (r0 + r1 + 1) / 2)
+                    if src.crs.to_epsg() == 4326:
+                        mx, my = Transformer.from_crs(4326, gb.crs.to_wkt(), always_xy=True).transform(mx, my)
+                    truth[s] = ~gb.affine * (mx, my)
+            prof.pop("blockxsize", None), prof.pop("blockysize", None)
+            with rasterio.open(dst, "w", **{**prof, "tiled": False}) as out:
+                out.write(arr, 1)
+            it.assets[key].href = dst.as_uri()
+        planted[s] = [it]
+    c = cube.build(planted, gb, YEAR).compute(scheduler="threads")
+    centroids = {}
+    for f in ("B03", "B11", "vv_db", "lwir11", "elevation"):
+        a = c.sel(feature=f).values
+        m = a > (np.nanmin(a) + np.nanmax(a)) / 2
+        assert m.any(), f
+        rows, cols = np.nonzero(m)
+        centroids[f] = (rows.mean() + 0.5, cols.mean() + 0.5)  # pixel centres in edge coordinates
+    owner = {"B03": "sentinel-2", "B11": "sentinel-2", "vv_db": "sentinel-1", "lwir11": "landsat",
+             "elevation": "copdem"}
+    for f, (r, col) in centroids.items():
+        want = truth[owner[f]]
+        assert abs(col - want[0]) <= 0.6 and abs(r - want[1]) <= 0.6, (f, (r, col), want)
+        # and every sensor's marker is within one 30 m Landsat cell of the spot asked for
+        assert np.hypot(*(np.subtract(want, ~gb.affine * (x0, y0)))) <= 3.0
+
+
+def test_missing_asset_is_recorded_nodata(world_dir, found, tmp_path):
+    gb = world_grid(world_dir)
+    items = [it.clone() for it in found.items["sentinel-1"][YEAR]]
+    src = Path(items[0].assets["vv"].href.replace("file://", ""))
+    gone = tmp_path / "gone.tif"
+    items[0].assets["vv"].href = gone.as_uri()
+    assert src.exists() and not gone.exists()
+    reader.READ_ERRORS.clear()
+    c = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"]).compute(scheduler="threads")
+    errs = reader.read_errors()
+    assert errs and all(e["asset"] == gone.as_uri() for e in errs)
+    # the acquisition with the missing asset is not counted; nothing became zero
+    assert c.sel(feature="s1_count").max() <= len(items) - 1
+    assert np.nanmin(c.sel(feature="vv_db").values) > -60
+
+
+def test_whole_sensor_missing_is_said(world_dir, found):
+    items = found.for_year(YEAR)
+    items.pop("landsat")
+    c = cube.build(items, world_grid(world_dir), YEAR)
+    assert c.attrs["missing_sensors"] == ["landsat"]
+    part = c.sel(feature=["lwir11", "landsat_count"]).isel(x=slice(0, 16), y=slice(0, 16)).compute()
+    assert np.isnan(part.sel(feature="lwir11")).all() and (part.sel(feature="landsat_count") == 0).all()
+
+
+def test_no_items_for_a_year_names_sensor_year_and_aoi(world_dir, rustac_url):
+    aoi = world_aoi(world_dir)
+    cat = catalog.open_catalog(rustac_url)
+    with pytest.raises(catalog.NoItemsError) as e:
+        catalog.search(aoi, [2015], sensors=["sentinel-2"], catalog=cat)
+    msg = str(e.value)
+    assert "sentinel-2" in msg and "2015" in msg and aoi.name in msg
+    rec = catalog.search(aoi, [2015, YEAR], sensors=["sentinel-1"], catalog=cat, missing="record")
+    assert rec.gaps == [("sentinel-1", 2015)] and rec.items["sentinel-1"][YEAR]
+
+
+def test_client_side_cloud_filter_where_server_lacks_query(world_dir, rustac_url):
+    cat = catalog.open_catalog(rustac_url)
+    assert not cat.supports_query and not cat.supports_filter  # rustac memory backend
+    aoi = world_aoi(world_dir)
+    everything = catalog.search(aoi, [YEAR], sensors=["sentinel-2"], catalog=cat, max_cloud=None)
+    clouds = sorted(it.properties["eo:cloud_cover"] for it in everything.items["sentinel-2"][YEAR])
+    cut = (clouds[0] + clouds[-1]) / 2
+    assert clouds[0] < cut < clouds[-1], "test world needs scenes with different cloud cover"
+    some = catalog.search(aoi, [YEAR], sensors=["sentinel-2"], catalog=cat, max_cloud=cut)
+    assert all(it.properties["eo:cloud_cover"] <= cut for it in some.items["sentinel-2"][YEAR])
+    assert 0 < len(some.items["sentinel-2"][YEAR]) < len(clouds)
+
+
+def test_server_side_cloud_filter_on_pgstac(world_dir, pgstac_url):
+    cat = catalog.open_catalog(pgstac_url)
+    assert cat.supports_filter or cat.supports_query
+    aoi = world_aoi(world_dir)
+    everything = catalog.search(aoi, [YEAR], sensors=["sentinel-2"], catalog=cat, max_cloud=None)
+    clouds = sorted(it.properties["eo:cloud_cover"] for it in everything.items["sentinel-2"][YEAR])
+    cut = (clouds[0] + clouds[-1]) / 2
+    some = catalog.search(aoi, [YEAR], sensors=["sentinel-2"], catalog=cat, max_cloud=cut)
+    assert 0 < len(some.items["sentinel-2"][YEAR]) < len(clouds)
+    assert all(it.properties["eo:cloud_cover"] <= cut for it in some.items["sentinel-2"][YEAR])
+
+
+def test_local_files_refused_from_a_remote_catalog(world_dir, found):
+    it = found.items["sentinel-2"][YEAR][0].to_dict(transform_hrefs=False)
+    with pytest.raises(PermissionError, match="local file"):
+        catalog.normalise_item(it, allow_local=False)
+
+
+def test_incomplete_world_is_not_served(world_dir, tmp_path):
+    half = tmp_path / "half"
+    shutil.copytree(world_dir / "stac", half / "stac")
+    with pytest.raises(Exception, match="world.json|incomplete"), stac_server.serve(half):
+        pass
