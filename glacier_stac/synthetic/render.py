@@ -355,8 +355,10 @@ def render_sentinel2(world: World, acq: Acquisition, prep: Prepared | None = Non
     opacity = cloud_field(classes.shape, rng, acq.cloud_target)
     shadow = cloud_shadow(opacity, zen, az, res, float(rng.uniform(1500, 3500)))
     shade = 1.0 - 0.75 * shadow * (opacity < CLOUD_MASK_OPACITY)
+    # Cloud tops are lumpy: their own brightness texture (drawn only when there are clouds, to save time).
+    lumps = 1.0 + 0.12 * fractal_noise(classes.shape, rng, beta=2.4, coarse=2) if opacity.any() else 1.0
     for b, key in enumerate(spectra.S2_BANDS):
-        refl[key] = (1.0 - opacity) * refl[key] * shade + opacity * spectra.CLOUD[b]
+        refl[key] = (1.0 - opacity) * refl[key] * shade + opacity * spectra.CLOUD[b] * lumps
     baseline = processing_baseline(acq.datetime)
     a10 = world.geobox.affine
     a20 = a10 @ Affine.scale(2)
