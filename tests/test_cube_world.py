@@ -48,8 +48,8 @@ def test_search_finds_every_sensor_and_year(found):
 def test_search_and_build_read_no_pixels(world_dir, found, monkeypatch):
     gb = world_grid(world_dir)
     reads = []
-    orig = reader.SigningReader.read
-    monkeypatch.setattr(reader.SigningReader, "read", lambda self, w, **k: reads.append(1) or orig(self, w, **k))
+    orig = reader.CogReader.read
+    monkeypatch.setattr(reader.CogReader, "read", lambda self, w, **k: reads.append(1) or orig(self, w, **k))
     orig_open = rasterio.open
     monkeypatch.setattr(rasterio, "open", lambda *a, **k: reads.append(1) or orig_open(*a, **k))
     c = cube.build(found, gb, YEAR)

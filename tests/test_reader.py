@@ -93,9 +93,9 @@ def blob_server(tmp_path):
     srv.shutdown()
 
 
-def make_reader(url: str, signer: str | None) -> reader.SigningReader:
+def make_reader(url: str, signer: str | None) -> reader.CogReader:
     spec = RasterSpec(epsg=32606, bounds=(500000, 6799360, 500640, 6800000), resolutions_xy=(10, 10))
-    return reader.SigningReader(url=url, signer=signer, spec=spec, resampling=rasterio.enums.Resampling.nearest,
+    return reader.CogReader(url=url, signer=signer, spec=spec, resampling=rasterio.enums.Resampling.nearest,
                                 dtype=np.dtype("float32"), fill_value=np.float32(np.nan), scale_offset=(1, 0))
 
 
@@ -136,7 +136,7 @@ def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
     url, _ = blob_server
     r = make_reader(url, None)
     state = r.__getstate__()
-    clone = reader.SigningReader.__new__(reader.SigningReader)
+    clone = reader.CogReader.__new__(reader.CogReader)
     clone.__setstate__(state)
     assert clone.gdal_env.always.options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5" and "sig=" not in state["url"]
