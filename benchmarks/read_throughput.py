@@ -61,7 +61,7 @@ def rasterio_reads(jobs: list[tuple[str, Resampling]], geobox, tile_px: int, thr
                 src, crs=geobox.crs.to_wkt(), transform=geobox.affine, width=geobox.shape[1],
                 height=geobox.shape[0], resampling=resampling) as vrt:
             for win in windows:
-                n += int(vrt.read(1, window=win, out_dtype="float32").size)
+                n += int(vrt.read(1, window=win).size)  # native dtype: a plain read
         return n
 
     t0 = time.perf_counter()

@@ -110,19 +110,20 @@ def terrain(elev: np.ndarray, res: float, sun_azimuth: float = 315.0, sun_elevat
 
     `elev` carries a one-pixel halo on every side; the result is for the interior.
     """
-    z = elev.astype(np.float64)
+    z = elev.astype(np.float32)
     dzdx = ((z[:-2, 2:] + 2 * z[1:-1, 2:] + z[2:, 2:]) - (z[:-2, :-2] + 2 * z[1:-1, :-2] + z[2:, :-2])) / (8 * res)
     dzdy = ((z[2:, :-2] + 2 * z[2:, 1:-1] + z[2:, 2:]) - (z[:-2, :-2] + 2 * z[:-2, 1:-1] + z[:-2, 2:])) / (8 * res)
     # rows grow southwards: north-facing gradient is -dzdy
     slope = np.arctan(np.hypot(dzdx, dzdy))
     aspect = np.arctan2(-dzdx, dzdy)  # downslope direction, clockwise from north
-    az, zen = np.radians(sun_azimuth), np.radians(90.0 - sun_elevation)
+    az, zen = np.float32(np.radians(sun_azimuth)), np.float32(np.radians(90.0 - sun_elevation))
     shade = np.cos(zen) * np.cos(slope) + np.sin(zen) * np.sin(slope) * np.cos(az - aspect)
     flat = slope < 1e-9
     sin_a = np.where(flat, 0.0, np.sin(aspect))
     cos_a = np.where(flat, 0.0, np.cos(aspect))
-    out = np.stack([np.degrees(slope), sin_a, cos_a, np.clip(shade, 0, 1)]).astype(np.float32)
-    return np.where(np.isfinite(z[1:-1, 1:-1]), out, np.nan).astype(np.float32)
+    out = np.stack([np.degrees(slope), sin_a, cos_a, np.clip(shade, 0, 1)]).astype(np.float32, copy=False)
+    out[:, ~np.isfinite(z[1:-1, 1:-1])] = np.nan
+    return out
 
 
 def _optical_block(refl: np.ndarray, scl: np.ndarray, scaling: np.ndarray) -> np.ndarray:
@@ -201,7 +202,8 @@ def _sensor_features(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: Geo
                              chunks=out_chunks, dtype=np.float32, name="landsat-composite")
     if sensor.name == "copdem":
         dem = _stack(items, ["data"], geobox, chunks, "bilinear", signer)
-        elev = stackstac.mosaic(dem, dim="time").sel(band="data").data  # DEM tiles: first valid wins
+        # several DEM tiles: first valid wins; one tile needs no mosaic pass
+        elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
         feats = da.map_overlap(lambda z: terrain(z, res), elev, depth=1, boundary="nearest", trim=False,
                                new_axis=[0], chunks=((4,), *chunks), dtype=np.float32, name="terrain",
                                allow_rechunk=False)
