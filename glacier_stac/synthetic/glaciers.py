@@ -44,6 +44,7 @@ class IceState:
     depth: np.ndarray  # signed ice depth: > 0 inside the glacier, < 0 outside (smooth across the margin)
     terminus: np.ndarray  # int64 flat index of the terminus each cell's ice flows to (nearest flowline)
     width: np.ndarray  # glacier width at the nearest flowline cell, metres
+    taper: np.ndarray  # cap on the depth that thins the ice towards the side margins, metres
 
 
 def glacier_width(flux: np.ndarray | float, dx: float) -> np.ndarray | float:
@@ -84,8 +85,9 @@ def ice_state(terrain: Terrain, mb: MassBalance, flat_slope: np.ndarray | None =
     flux = route_ice(bed, routing, mb, dx, terrain.balance_elev)
     slope = flat_slope if flat_slope is not None else smoothed_slope(bed, dx)
     # Ice does not stay on cliffs: flux crosses them (avalanches, icefalls) but only big flux sticks.
-    steep = (slope > 50.0) & (flux < 2e5)
-    active = (flux > 0) & ~steep
+    # A continuous allowance (metres of ice) keeps the cliff margins smooth on the fine grid.
+    cliff = (52.0 - slope) * 20.0 + 200.0 * np.clip(flux / 2e5, 0.0, 1.0)
+    active = (flux > 0) & (cliff > 0)
     width = glacier_width(flux, dx)
     q = np.maximum(flux, 0.0) / width / SECONDS_PER_YEAR  # m^2/s per unit width
     sin_a = np.clip(np.sin(np.radians(slope)), 0.03, 1.0)
@@ -106,21 +108,35 @@ def ice_state(terrain: Terrain, mb: MassBalance, flat_slope: np.ndarray | None =
 
     if not active.any():
         neg = np.full(bed.shape, -1e3)
-        return IceState(flux, active, bed.copy(), neg, np.full(bed.shape, -1), np.full(bed.shape, dx))
+        return IceState(flux, active, bed.copy(), neg, np.full(bed.shape, -1), np.full(bed.shape, dx), neg)
     d, (iy, ix) = ndimage.distance_transform_edt(~active, sampling=dx, return_indices=True)
     surf_line = bed + thick
-    # Ice flows as a sheet, not along D8 lines: smooth its surface over a few ice thicknesses.
-    surface = ndimage.gaussian_filter(surf_line[iy, ix], 1.5)
+    # Ice flows as a sheet, not along D8 lines: its surface is a smooth (normalised Gaussian)
+    # average of the flowline surfaces, falling back to the nearest flowline far from any.
+    wsum = ndimage.gaussian_filter(active.astype(np.float64), 3.0)
+    avg = ndimage.gaussian_filter(np.where(active, surf_line, 0.0), 3.0) / np.maximum(wsum, 1e-12)
+    near = surf_line[iy, ix]
+    blend = np.clip(wsum / 0.05, 0.0, 1.0)
+    surface = ndimage.gaussian_filter(blend * avg + (1.0 - blend) * near, 1.0)
     w_near = width[iy, ix]
-    taper = np.where(d > 0, 0.4 * (w_near / 2.0 - d) + 1.0, np.inf)
+    # Side taper: ice thins towards the margin of the widest nearby glacier. An envelope over width
+    # classes (not just the nearest flowline) keeps the wide tongues' margins smooth.
+    reach = 0.4 * (w_near / 2.0 - d) + 1.0
+    for w_min in (300.0, 700.0, 1200.0):
+        wide = active & (width >= w_min)
+        if wide.any():
+            dk, (ky, kx) = ndimage.distance_transform_edt(~wide, sampling=dx, return_indices=True)
+            reach = np.maximum(reach, 0.4 * (width[ky, kx] / 2.0 - dk) + 1.0)
+    # On cliffs only a big glacier's icefall holds ice, as wide as that glacier's flowline is.
+    cliff_near = (52.0 - slope) * 20.0 + 300.0 * np.clip(flux[iy, ix] / 2e5, 0.0, 1.0)
+    taper = np.minimum(ndimage.gaussian_filter(reach, 1.0), ndimage.gaussian_filter(cliff_near, 1.0))
     depth = np.minimum(surface - bed, taper)
-    depth = np.where(steep, np.minimum(depth, -5.0), depth)
-    return IceState(flux, active, surface, depth, term[iy, ix], w_near)
+    return IceState(flux, active, surface, depth, term[iy, ix], w_near, taper)
 
 
 def smoothed_slope(bed: np.ndarray, dx: float) -> np.ndarray:
     """Surface slope the ice feels (degrees): bed slope smoothed over a few ice thicknesses."""
-    gy, gx = np.gradient(ndimage.gaussian_filter(bed, 1.5), dx)
+    gy, gx = np.gradient(ndimage.gaussian_filter(bed, 3.0), dx)
     return np.degrees(np.arctan(np.hypot(gx, gy)))
 
 
@@ -196,18 +212,20 @@ def glacier_basins(terrain: Terrain, st: IceState, min_area: float) -> np.ndarra
     return out.reshape(terrain.shape)
 
 
-def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float) -> tuple[Terrain, int]:
+def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float, reach_up: float = 0.8,
+                choice: int = 0, ela: np.ndarray | None = None) -> tuple[Terrain, int, np.ndarray]:
     """Cut a fjord below sea level from the lower tongue of the biggest south-draining glacier.
 
     The valley below that glacier's terminus, and the lowest part of its tongue, sink under the sea
-    (relative sea level is a free choice), so the glacier ends in deep water. The mass balance keeps
-    seeing the old valley floor, so the ice flux is unchanged except for the calving loss.
-    Returns the new terrain and the id of the tidewater glacier.
+    (relative sea level is a free choice), so the glacier ends in deep water. The glaciers keep
+    flowing over the old land surface; only the bed (thickness, water) sees the fjord.
+    `choice` picks the n-th largest candidate glacier. Returns the new terrain, the glacier's id and
+    its main flowline above the fjord (bool mask).
     """
     nx = terrain.shape[1]
     rec = terrain.routing.receiver
     ice = gid.ravel() > 0
-    best, best_area, best_path = 0, 0.0, None
+    found: list[tuple[float, int, list[int]]] = []
     for g in range(1, int(gid.max()) + 1):
         cells = np.nonzero(gid.ravel() == g)[0]
         act = cells[st.active.ravel()[cells]]
@@ -223,8 +241,11 @@ def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float) -
             continue  # drains off another edge
         if any(ice[p] and gid.ravel()[p] != g for p in path):
             continue  # runs into another glacier
-        if cells.size > best_area:
-            best, best_area, best_path = g, float(cells.size), path
+        found.append((float(cells.size), g, path))
+    found.sort(key=lambda f: -f[0])
+    best, best_area, best_path = 0, 0.0, None
+    if found:
+        best_area, best, best_path = found[min(choice, len(found) - 1)]
     if best_path is None:  # nothing drains south: run a fjord due south from the lowest terminus
         best = int(gid.ravel()[np.argmax(np.where(gid.ravel() > 0, terrain.coast_dist.ravel() * -1.0, -np.inf))])
         cells = np.nonzero((gid.ravel() == best) & st.active.ravel())[0]
@@ -240,13 +261,28 @@ def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float) -
             donors.setdefault(r, []).append(i)
     up = []
     c = best_path[0]
-    tongue_len = 0.8 * np.sqrt(best_area) * terrain.dx
+    tongue_len = reach_up * np.sqrt(best_area) * terrain.dx  # how far up-glacier the fjord reaches
     dist = 0.0
     while donors.get(c) and dist < tongue_len:
         c = max(donors[c], key=lambda i: area[i])
         dist += terrain.routing.distance.ravel()[c]
         up.append(c)
     path = np.array(up[::-1] + best_path, dtype=np.int64)
+    # The glacier's main flowline from the fjord head up to its accumulation area, across icefalls:
+    # the fine grid keeps an ice corridor along it so the tongue stays fed.
+    trunk = list(up)
+    all_donors: dict[int, list[int]] = {}
+    for i, r in enumerate(rec.tolist()):
+        if r >= 0:
+            all_donors.setdefault(r, []).append(i)
+    gflat = gid.ravel()
+    while all_donors.get(c) and len(trunk) < terrain.bed.size:
+        c = max(all_donors[c], key=lambda i: area[i])
+        trunk.append(c)
+        if ela is not None and gflat[c] == best and terrain.bed.ravel()[c] > ela.ravel()[c] + 50.0:
+            break
+    trunk_mask = np.zeros(terrain.bed.size, dtype=bool)
+    trunk_mask[np.asarray(trunk + best_path[:1], dtype=np.int64)] = True
     steps = terrain.routing.distance.ravel()[path]
     s = np.concatenate([[0.0], np.cumsum(steps[1:])])
     frac = s / max(s[-1], 1.0)
@@ -260,10 +296,10 @@ def drown_fjord(terrain: Terrain, st: IceState, gid: np.ndarray, depth: float) -
     half = 0.5 * glacier_width(st.flux.ravel()[path].max(), terrain.dx)
     near = fl.reshape(terrain.shape)[iy, ix]
     prof = np.where(d < half, near + 0.5 * half * (d / half) ** 2, near + 0.5 * half + 0.9 * (d - half))
-    bed = np.minimum(terrain.bed, prof)
+    bed = np.minimum(terrain.bed, ndimage.gaussian_filter(prof, 1.5))
     new = Terrain(bed=bed, dx=terrain.dx, routing=terrain.routing, area=terrain.area, zmax=terrain.zmax,
                   coast_dist=terrain.coast_dist, balance_elev=np.maximum(terrain.balance_elev, 0.0))
-    return new, best
+    return new, best, trunk_mask.reshape(terrain.shape)
 
 
 def debris_index(terrain: Terrain, st: IceState, ela: np.ndarray) -> np.ndarray:
@@ -386,13 +422,13 @@ def _carve_lakes(bed: np.ndarray, ice: np.ndarray, ids: np.ndarray, candidates: 
     yy, xx = np.ogrid[-radius_px:radius_px + 1, -radius_px:radius_px + 1]
     disc = (yy**2 + xx**2) / float(radius_px**2)
     for g in candidates:
-        cells = np.nonzero((ids == g) & ice)
+        inner = np.zeros(bed.shape, dtype=bool)
+        inner[radius_px + 1:n - radius_px - 1, radius_px + 1:n - radius_px - 1] = True
+        cells = np.nonzero((ids == g) & ice & inner)  # the lowest ice away from the domain edge
         if cells[0].size == 0:
             continue
         k = int(np.argmin(bed[cells]))
         ty, tx = int(cells[0][k]), int(cells[1][k])
-        if min(ty, tx, n - 1 - ty, n - 1 - tx) <= radius_px:
-            continue
         sl = (slice(ty - radius_px, ty + radius_px + 1), slice(tx - radius_px, tx + radius_px + 1))
         zt = float(bed[ty, tx])
         if zt < 20.0:
@@ -402,6 +438,8 @@ def _carve_lakes(bed: np.ndarray, ice: np.ndarray, ids: np.ndarray, candidates: 
         own = ids[sl]
         inside &= (own == g) | ~ice[sl]  # never flood another glacier
         carved = lz - 25.0 * (1.0 - disc)
+        if (inside & ~ice[sl] & (np.minimum(bed[sl], carved) < lz)).sum() < max(8, radius_px**2 // 4):
+            continue  # no room for open water in front of this terminus
         bed[sl] = np.where(inside, np.minimum(bed[sl], carved), bed[sl])
         region[sl] |= inside
         level[sl] = np.where(inside, lz, level[sl])
@@ -473,20 +511,33 @@ def simulate(config) -> Simulation:
     gid = glacier_basins(terrain, st, min_area)
     if gid.max() == 0:
         raise RuntimeError(f"no glaciers formed in a {config.size_km} km world (seed {config.seed})")
-    terrain, _ = drown_fjord(terrain, st, gid, 0.1 * terrain.zmax)
+    from glacier_stac.synthetic.terrain import sea_mask
+
+    # The glaciers flow over the land; then the lower tongue of one of them and the valley below it
+    # sink under the sea (relative sea level is a free choice): a fjord. The bed under the tongue
+    # drops, the ice geometry stays, so the glacier is guaranteed to end in deep water.
     slope_c = smoothed_slope(terrain.bed, terrain.dx)
-    st0 = ice_state(terrain, MassBalance(ela_field(terrain, ela0)), slope_c)
-    gid = glacier_basins(terrain, st0, min_area)
+    st0 = st
+    drowned, _, trunk = drown_fjord(terrain, st0, gid, 0.1 * terrain.zmax, reach_up=1.0,
+                                    ela=ela_field(terrain, ela0))
+    carve = np.minimum(ndimage.gaussian_filter(drowned.bed - terrain.bed, 1.0), 0.0)
     ice_c = gid > 0
     d, (iy, ix) = ndimage.distance_transform_edt(~ice_c, return_indices=True)
     ids_f = _warped_nearest(gid[iy, ix], n, rng).astype(np.int32)
 
-    bed = fine_relief(terrain, n, res, rng)
+    bed_land = fine_relief(terrain, n, res, rng)
+    bed = bed_land + upsample(carve, n)  # the ground under the ice and the sea: fjord cut in
     margin_noise = 6.0 * spectral_noise(rng, (n, n), 2.8)
-    depth0 = upsample(st0.depth, n) + margin_noise
+
+    def fine_ice(st: IceState) -> tuple[np.ndarray, np.ndarray]:
+        """Signed ice depth and ice-surface elevation on the fine grid (smooth surface, rough bed)."""
+        top = upsample(st.surface, n, order=3)
+        return np.minimum(top - bed_land, upsample(st.taper, n)) + margin_noise, top
+
+    depth0, top0 = fine_ice(st0)
     min_px = max(10, int(0.0001 * length**2 / res**2))
     ela_f0 = _fine_ela(terrain, ela0, n)
-    ice0 = _remove_specks((depth0 > 0) & (ids_f > 0), min_px, bed + np.maximum(depth0, 0.0), ela_f0)
+    ice0 = _remove_specks((depth0 > 0) & (ids_f > 0), min_px, bed_land + np.maximum(depth0, 0.0), ela_f0)
     # Drop glaciers that end up too small on the fine grid; renumber 1..N, largest first.
     counts = np.bincount(ids_f[ice0], minlength=int(ids_f.max()) + 1)
     counts[0] = 0
@@ -495,11 +546,15 @@ def simulate(config) -> Simulation:
     lut = np.zeros(int(ids_f.max()) + 1, dtype=np.int32)
     lut[keep] = np.arange(1, keep.size + 1, dtype=np.int32)
     ids_f = lut[ids_f]
-    ice0 &= ids_f > 0
+    kept = ids_f > 0
+    if not kept.all():
+        # Ice of a glacier too small to count joins the glacier it touches; if it touches none, it goes.
+        _, (iy, ix) = ndimage.distance_transform_edt(~kept, return_indices=True)
+        lab, _ = ndimage.label(ice0, structure=np.ones((3, 3), bool))
+        ice0 &= np.isin(lab, np.unique(lab[ice0 & kept]))
+        ids_f = ids_f[iy, ix]
 
     # Which glacier calves: the one whose ice meets the sea.
-    from glacier_stac.synthetic.terrain import sea_mask
-
     sea0 = sea_mask(bed, blocked=ice0)
     touching = ice0 & ndimage.binary_dilation(sea0)
     tide_ids = np.unique(ids_f[touching])
@@ -512,7 +567,7 @@ def simulate(config) -> Simulation:
     didx = upsample(debris_index(terrain, st0, ela_field(terrain, ela0)), n)
     didx += 0.08 * spectral_noise(rng, (n, n), 2.4)
     snow_noise = 40.0 * spectral_noise(rng, (n, n), 3.0)
-    below = ice0 & (bed + np.maximum(depth0, 1.0) < ela_f0 - 10.0)
+    below = ice0 & (bed_land + np.maximum(depth0, 1.0) < ela_f0 - 10.0)
     nglac = int(ids_f.max())
     thr = np.full(nglac + 1, DEBRIS_THRESHOLD[config.difficulty])
     abl = np.bincount(ids_f[below], minlength=nglac + 1)
@@ -525,7 +580,7 @@ def simulate(config) -> Simulation:
         thr[debris_glacier] = float(np.quantile(vals, 0.2))  # ~80% of its tongue is debris
 
     # Proglacial lakes at one or two land-terminating termini.
-    lake_cand = [g for g in range(1, nglac + 1) if g not in (tidewater, debris_glacier)]
+    lake_cand = [g for g in range(1, nglac + 1) if g not in (tidewater, debris_glacier)] + [debris_glacier]
     radius_px = max(4, int(0.02 * length / res))
     bed, lake_region, lake_level, lake_glaciers = _carve_lakes(bed, ice0, ids_f, lake_cand, radius_px)
 
@@ -544,27 +599,32 @@ def simulate(config) -> Simulation:
     rise = ELA_RISE * terrain.zmax
     sim = Simulation(terrain, bed, ela0, rise, tidewater, debris_glacier, tuple(lake_glaciers),
                      {}, {}, {}, {}, {}, {})
+    corridor = upsample(ndimage.binary_dilation(trunk).astype(np.float64), n) > 0.3
+    # Its icefalls: ice along the trunk where the tongue would otherwise be cut off from its basin.
+    ice0 |= corridor & (ids_f == tidewater) & ~sea_mask(bed, blocked=ice0 | corridor)
     ice_prev = None
     for k, year in enumerate(config.years):
         ela_k = ela0 + k * rise
         if k == 0:
             ice, depth, loss = ice0, depth0, 0.0
-            ice_top = upsample(st0.surface, n)
+            ice_top = top0
         else:
             st_k = ice_state(terrain, MassBalance(ela_field(terrain, ela_k)), slope_c)
-            depth = upsample(st_k.depth, n) + margin_noise
-            ice_top = upsample(st_k.surface, n)
+            depth, ice_top = fine_ice(st_k)
             ela_now = ela_f0 + k * rise
             # Grounded ice in the fjord is at least as thick as the water is deep: it goes last.
-            rank = depth + 2.0 * np.maximum(-bed, 0.0)
+            # The tidewater glacier, fed by the largest basin, thins slowest.
+            # Its trunk stays connected to the water.
+            rank = depth + 2.0 * np.maximum(-bed, 0.0) + np.where(ids_f == tidewater, 40.0, 0.0)
+            rank = np.where(corridor & (ids_f == tidewater), rank + 300.0, rank)
             ice, loss = _retreat(ice_prev, rank, config.area_loss_per_year, rng, min_px,
-                                 bed + np.maximum(depth, 0.0), ela_now)
+                                 bed_land + np.maximum(depth, 0.0), ela_now)
         ids = np.where(ice, ids_f, 0).astype(np.int32)
-        thick = np.where(ice, np.maximum(depth, 1.0), 0.0)
+        thick = np.where(ice, np.maximum(depth, 1.0) + (bed_land - bed), 0.0)  # + fjord and lake basins
         thick = np.where(ice & (bed < 0), np.maximum(thick, 1.12 * -bed + 8.0), thick)
         snowline = ela_f0 + k * rise + snow_noise
         debris = didx > thr[ids] * (1.0 - 0.04 * k)  # debris spreads up-glacier as ice thins
-        debris &= bed + thick < ela_f0 + k * rise - 10.0  # rock melts out below the ELA only
+        debris &= bed_land + np.maximum(depth, 1.0) < ela_f0 + k * rise - 10.0  # rock melts out below the ELA only
         lake = lake_region & ~ice & (bed < lake_level)
         sea_now = sea_mask(bed, blocked=ice)
         calving_ice = ice & np.isin(ids, np.unique(ids[ice & ndimage.binary_dilation(sea_now)]))
