@@ -172,3 +172,17 @@ def test_outlines_bad_year(world: World) -> None:
 def test_bad_config_raises(kwargs: dict, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_world(WorldConfig(**kwargs))
+
+
+@pytest.mark.parametrize("seed, loss", [(7, (0.05, 0.07)), (3, (0.0, 0.0))])
+def test_other_seeds_and_loss_ranges(seed: int, loss: tuple[float, float]) -> None:
+    """Every seed gets a calving glacier, debris, lakes, and the configured yearly loss."""
+    years = (2020, 2021, 2022)
+    w = build_world(WorldConfig(seed=seed, size_km=4.0, years=years, area_loss_per_year=loss))
+    assert w.calving_ids
+    for a, b in zip(years, years[1:], strict=False):
+        na, nb = (w.glacier_id[a] > 0).sum(), (w.glacier_id[b] > 0).sum()
+        assert loss[0] <= 1.0 - nb / na <= loss[1]
+    s = w.surface[years[0]]
+    for c in (Surface.DEBRIS, Surface.SEA_ICE, Surface.LAKE, Surface.SNOW, Surface.VEGETATION):
+        assert (s == c).any(), c.name

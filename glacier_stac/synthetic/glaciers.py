@@ -2,12 +2,15 @@
 
 On the coarse terrain grid a linear mass-balance profile b(z) = gradient * (z - ELA), capped in the
 accumulation area, is routed downstream along the flow network: a cell passes ice on only while the
-flux arriving from above exceeds its own ablation (ablation counted over the glacier's width, and a
-water-depth calving loss in the fjord). Ice therefore only exists above the ELA or on tongues fed
-from an accumulation area. Thickness comes from the shallow-ice flux law; the ice surface of each
-flowline cell fills the U-shaped valley sideways up to the glacier's width, which turns D8 lines into
-valley and cirque glaciers. Glacier ids are drainage basins of ice: every ice cell belongs to the
-terminus its ice flows to.
+flux arriving from above exceeds its own ablation (ablation counted over the glacier's width). Ice
+therefore only exists above the ELA or on tongues fed from an accumulation area. Thickness comes
+from the shallow-ice flux law; the smoothed ice surface of the flowlines fills the U-shaped valleys
+sideways up to the glacier's width, which turns D8 lines into valley and cirque glaciers. Glacier
+ids are drainage basins of ice: every ice cell belongs to the terminus its ice flows to.
+
+`simulate` then moves to the world grid: one glacier's lower tongue is cut into a fjord (it calves),
+rockfall below steep headwalls covers tongues with debris, lakes fill overdeepened termini, and each
+year a higher ELA makes the glaciers retreat by a calibrated fraction of their area.
 """
 
 from __future__ import annotations
@@ -17,7 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from glacier_stac.synthetic.terrain import Routing, Terrain
+from glacier_stac.synthetic.terrain import Routing, Terrain, accumulate
+from glacier_stac.synthetic.world import Surface, WorldConfig
 
 SECONDS_PER_YEAR = 365.25 * 86400
 GLEN_A = 2.4e-24  # Pa^-3 s^-1, temperate ice
@@ -312,12 +316,9 @@ def debris_index(terrain: Terrain, st: IceState, ela: np.ndarray) -> np.ndarray:
     ice = st.depth > 0
     near_ice = ndimage.binary_dilation(ice, iterations=3)
     supply = ((slope > 33.0) & ~ice & near_ice).astype(np.float64) * (slope / 45.0)
-    load = np.zeros(terrain.bed.size)
     # Rock enters the glacier where the slope meets the ice: route it along the flow network.
-    from glacier_stac.synthetic.terrain import accumulate
-
     load = accumulate(supply, terrain.routing)
-    d, (iy, ix) = ndimage.distance_transform_edt(~st.active, return_indices=True)
+    _, (iy, ix) = ndimage.distance_transform_edt(~st.active, return_indices=True)
     load_ice = load[iy, ix]
     ref = np.quantile(load_ice[ice], 0.9) if ice.any() else 1.0
     emerge = np.clip((ela - terrain.balance_elev) / (0.2 * terrain.zmax), 0.0, 1.0)
@@ -454,7 +455,6 @@ def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: 
               static: dict[str, np.ndarray], deglaciated: np.ndarray, melange_px: int,
               rng: np.random.Generator) -> np.ndarray:
     from glacier_stac.synthetic.terrain import sea_mask
-    from glacier_stac.synthetic.world import Surface
 
     s = np.full(ice.shape, Surface.ROCK, dtype=np.uint8)
     s[static["scree"]] = Surface.SCREE
@@ -486,7 +486,7 @@ def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: 
     return s
 
 
-def simulate(config) -> Simulation:
+def simulate(config: WorldConfig) -> Simulation:
     """Terrain, glaciers and their yearly retreat for a `WorldConfig` (deterministic by seed)."""
     from glacier_stac.synthetic.terrain import (
         fine_relief,
