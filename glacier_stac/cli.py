@@ -161,3 +161,73 @@ def catalog_serve(
 
 if __name__ == "__main__":  # pragma: no cover
     app()
+
+
+# ------------------------------------------------------------------------------ search, tiles, demo
+
+
+@catalog_app.command("search")
+def catalog_search(
+    aoi: str = typer.Argument(..., help="bbox 'minx,miny,maxx,maxy' (lon/lat), GeoJSON or any vector file."),
+    years: str = typer.Option(..., "--years", help="Years, e.g. 2019-2023 or 2021."),
+    url: str = typer.Option("https://planetarycomputer.microsoft.com/api/stac/v1", "--url", help="STAC API URL."),
+    sensors: str | None = typer.Option(None, "--sensors", help="Comma-separated, e.g. sentinel-2,copdem."),
+    max_cloud: float = typer.Option(80.0, "--max-cloud", help="Max eo:cloud_cover for optical/thermal items."),
+    ids: str | None = typer.Option(None, "--ids", help="Glacier ids to select from an outline file (comma-separated)."),
+) -> None:
+    """Search a STAC API per sensor and year over an AOI; print item counts and gaps."""
+    from glacier_stac import catalog
+
+    try:
+        area = catalog.load_aoi(aoi, ids=ids.split(",") if ids else None)
+        found = catalog.search(area, _parse_years(years), sensors=sensors, catalog=url, max_cloud=max_cloud,
+                               missing="record")
+    except (ValueError, FileNotFoundError, PermissionError, catalog.CatalogError, TypeError) as e:
+        fail(str(e))
+    for row in found.summary():
+        typer.echo(f"{row['sensor']:<12} {row['year'] or 'static':>6} {row['items']:>4} items")
+    for sensor, year in found.gaps:
+        typer.secho(f"gap: no {sensor} items for {year} over {found.aoi}", fg=typer.colors.YELLOW, err=True)
+
+
+@app.command("tiles")
+def tiles(
+    outlines: Path = typer.Argument(..., help="Glacier outlines, e.g. an RGI 7.0 region file."),
+    buffer_m: float = typer.Option(500.0, "--buffer-m", help="Buffer around each glacier, metres."),
+    out: Path | None = typer.Option(None, "--out", help="Write the plan as CSV (default: print it)."),
+) -> None:
+    """Plan the global-grid tiles that intersect the buffered glaciers, with pixel counts."""
+    import geopandas as gpd
+
+    from glacier_stac import grid
+
+    try:
+        plan = grid.plan_tiles(gpd.read_file(outlines), buffer_m=buffer_m)
+    except Exception as e:  # noqa: BLE001 - unreadable file or bad geometry: say which
+        fail(f"cannot plan tiles for {outlines}: {e}")
+    if out:
+        plan.to_csv(out, index=False)
+        typer.echo(f"{len(plan)} tiles -> {out}")
+    else:
+        typer.echo(plan.to_string(index=False))
+
+
+@app.command("demo")
+def demo(
+    out: Path = typer.Option(DEFAULT_WORLD_DIR / "demo", "--out", "-o", help="Where the demo world is cached."),
+    seed: int = typer.Option(0, "--seed", help="World seed."),
+    size_km: float = typer.Option(20.0, "--size-km", help="Side of the world, km."),
+    years: str = typer.Option("2019-2023", "--years", help="Years of the world."),
+    checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Model checkpoint (default: the shipped one)."),
+    workers: int = typer.Option(2, "--workers", help="Dask worker processes."),
+) -> None:
+    """Generate the default world, serve it as a STAC API, search it, build a cube, predict, score."""
+    from glacier_stac import demo as demo_mod
+    from glacier_stac.synthetic.world import WorldConfig
+
+    try:
+        config = WorldConfig(seed=seed, size_km=size_km, years=_parse_years(years))
+        demo_mod.run(out / f"seed{seed}-{size_km:g}km-{config.years[0]}-{config.years[-1]}", config,
+                     checkpoint or demo_mod.DEFAULT_CHECKPOINT, workers=workers)
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))

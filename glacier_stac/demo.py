@@ -96,7 +96,8 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
                   f"{abs(geobox.resolution.x):g} m, {geobox.crs}")
 
     year = years[-1]
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None) as cluster, \
+    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=logging.WARNING) as cluster, \
             Client(cluster) as client:
         data = cube.build(found, geobox, year)
         t2 = time.perf_counter()
