@@ -629,7 +629,8 @@ def simulate(config: WorldConfig) -> Simulation:
         sea_now = sea_mask(bed, blocked=ice)
         calving_ice = ice & np.isin(ids, np.unique(ids[ice & ndimage.binary_dilation(sea_now)]))
         degl = ice0 & ~ice
-        s = _surfaces(bed, ice_top, ice, ids, snowline, debris, lake, calving_ice, static, degl,
+        snow_elev = np.where(depth > 0, ice_top, bed_land)  # icefalls kept by hand sit on their bed
+        s = _surfaces(bed, snow_elev, ice, ids, snowline, debris, lake, calving_ice, static, degl,
                       melange_px, rng)
         sim.ice[year], sim.ids[year], sim.thickness[year] = ice, ids, thick.astype(np.float32)
         sim.surface[year], sim.ela[year], sim.area_loss[year] = s, ela_f0 + k * rise, loss

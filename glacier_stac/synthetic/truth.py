@@ -59,6 +59,24 @@ def outlines_all_years(world: World) -> gpd.GeoDataFrame:
     return gpd.GeoDataFrame(out, geometry="geometry", crs=str(world.geobox.crs))
 
 
+def area_changes(outlines_gdf: gpd.GeoDataFrame) -> pd.DataFrame:
+    """Per glacier and year: area and its change since the previous year (0 when a glacier is gone).
+
+    The truth of a change inventory: ids are stable across years, so the change is a plain difference.
+    """
+    if outlines_gdf.empty:
+        return pd.DataFrame(columns=["glacier_id", "year", "area_m2", "change_m2", "change_frac"])
+    area = outlines_gdf.pivot_table(index="glacier_id", columns="year", values="area_m2", aggfunc="sum")
+    area = area.fillna(0.0)
+    out = area.reset_index().melt(id_vars="glacier_id", var_name="year", value_name="area_m2")
+    out = out.sort_values(["glacier_id", "year"], ignore_index=True)
+    prev = out.groupby("glacier_id")["area_m2"].shift(1)
+    out["change_m2"] = out["area_m2"] - prev
+    out["change_frac"] = out["change_m2"] / prev.where(prev > 0)
+    out["year"] = out["year"].astype(int)
+    return out
+
+
 def _calving_ids(ids: np.ndarray, surf: np.ndarray) -> set[int]:
     from scipy import ndimage
 
