@@ -231,3 +231,74 @@ def demo(
                      checkpoint or demo_mod.DEFAULT_CHECKPOINT, workers=workers)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+
+
+# ------------------------------------------------------------------------------ training
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise ValueError(f"cannot read seeds {text!r}; write e.g. 1001,1002") from None
+
+
+@app.command("train")
+def train_cmd(
+    out: Path = typer.Option(..., "--out", "-o", help="Checkpoint to write (.pt); a model card goes beside it."),
+    model: str = typer.Option("unet", "--model", help="cnn5 | unet | glavitu."),
+    features: str = typer.Option("all", "--features", help="all | optical | comma-separated feature names."),
+    seeds: str = typer.Option("1001,1002", "--seeds", help="Synthetic training worlds (seeds)."),
+    val_seeds: str = typer.Option("1003", "--val-seeds", help="Synthetic validation worlds (other regions)."),
+    worlds: list[Path] = typer.Option([], "--world", help="Extra training world directories."),
+    size_km: float = typer.Option(8.0, "--size-km", help="Side of each generated world, km."),
+    years: str = typer.Option("2021,2023", "--years", help="Years of each generated world."),
+    epochs: int = typer.Option(8, "--epochs"),
+    steps: int = typer.Option(40, "--steps", help="Batches per epoch."),
+    batch_size: int = typer.Option(8, "--batch-size"),
+    patch: int = typer.Option(128, "--patch", help="Training patch side, px."),
+    lr: float = typer.Option(2e-3, "--lr"),
+    seed: int = typer.Option(0, "--seed", help="Training seed (sampling, initialisation)."),
+    base: int = typer.Option(16, "--base", help="Channels of the first level (model width)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
+) -> None:
+    """Train a model on synthetic worlds (validated on other worlds) and write a checkpoint + model card."""
+    import sys
+
+    from glacier_stac import cube, train
+    from glacier_stac.synthetic.world import WorldConfig
+    from glacier_stac.synthetic.writer import generate
+
+    try:
+        feats = list(cube.FEATURES) if features == "all" else (
+            list(train.OPTICAL_FEATURES) if features == "optical" else [f.strip() for f in features.split(",")])
+        unknown = [f for f in feats if f not in cube.FEATURES]
+        if unknown:
+            raise ValueError(f"unknown features {unknown}; the cube has {list(cube.FEATURES)}")
+        ys = _parse_years(years)
+        train_seeds, v_seeds = _seeds(seeds), _seeds(val_seeds)
+        if set(train_seeds) & set(v_seeds):
+            raise ValueError(f"validation seeds {v_seeds} overlap training seeds {train_seeds}")
+
+        def world(s: int) -> Path:
+            cfg = WorldConfig(seed=s, size_km=size_km, years=ys)
+            return generate(cfg, DEFAULT_WORLD_DIR / f"train-seed{s}-{size_km:g}km-{'-'.join(map(str, ys))}")
+
+        tr = [r for s in train_seeds for r in train.world_regions(world(s))]
+        tr += [r for w in worlds for r in train.world_regions(w)]
+        va = [r for s in v_seeds for r in train.world_regions(world(s))]
+        # optical-only models may only predict where the optics saw the ground
+        required = ["B03", "B11"] if set(feats) <= set(train.OPTICAL_FEATURES) else ["elevation"]
+        ckpt, _ = train.train(
+            tr, va, model=model, features=feats, required=required, epochs=epochs, steps_per_epoch=steps,
+            batch_size=batch_size, patch=patch, lr=lr, seed=seed, model_kwargs={"base": base}, device=device,
+            data=f"synthetic worlds seeds {train_seeds} (validation {v_seeds}), {size_km:g} km, years {list(ys)}",
+            command="glacier-stac " + " ".join(sys.argv[1:]))
+    except (ValueError, FileNotFoundError) as e:
+        fail(str(e))
+    from glacier_stac.models.checkpoint import save
+
+    path = save(ckpt, out)
+    card = train.write_model_card(ckpt, path.with_suffix(".md"))
+    val = ckpt.metrics["validation"]
+    typer.echo(f"{path} (+ {card.name}): validation IoU {val['iou_overall']:.3f}, debris {val['iou_debris']:.3f}")
