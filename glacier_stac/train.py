@@ -206,7 +206,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
             loss.backward()
             opt.step()
             sched.step()
-            losses.append(float(loss))
+            losses.append(float(loss.detach()))
         ckpt = Checkpoint.from_model(
             net.cpu(), model, feats, mean, std, model_kwargs=kw, patch_size=patch,
             required_features=list(required) if required else None, data=data, seed=seed, command=command)
