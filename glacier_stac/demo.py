@@ -58,7 +58,7 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
 
     from glacier_stac.synthetic.writer import generate
 
-    console = console or Console()
+    console = console or Console(soft_wrap=True)
     config = config or WorldConfig()
     t0 = time.perf_counter()
     world_dir = generate(config, out)

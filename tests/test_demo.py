@@ -1,0 +1,35 @@
+"""`glacier-stac demo` end to end on a small world, as a user runs it: output, and no process left."""
+
+import os
+import subprocess
+import sys
+
+import psutil
+
+
+def test_demo_runs_end_to_end_and_leaves_no_process(tmp_path):
+    before = {p.pid for p in psutil.process_iter()}
+    env = {**os.environ, "HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "glacier_stac.cli", "demo", "--size-km", "4", "--years", "2021-2022",
+         "--seed", "7", "--out", str(tmp_path / "demo")],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = proc.stdout
+    for sensor in ("sentinel-2", "sentinel-1", "landsat", "copdem"):
+        assert sensor in out
+    assert "glaciers (truth)" in out and "cube 2022" in out and "features: B02" in out
+    assert "prediction unet" in out and "IoU glacier" in out
+    iou = float(out.split("IoU glacier")[1].split(",")[0])
+    assert iou > 0.7
+    leftover = [p for p in psutil.process_iter(["pid", "cmdline"])
+                if p.info["pid"] not in before and p.info["cmdline"]
+                and any(k in " ".join(p.info["cmdline"]) for k in ("rustac", "distributed", "glacier_stac"))]
+    assert not leftover, [p.info["cmdline"] for p in leftover]
+
+
+def test_demo_bad_input_is_a_clear_error(tmp_path):
+    proc = subprocess.run([sys.executable, "-m", "glacier_stac.cli", "demo", "--size-km", "-3", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "size_km must be positive" in proc.stderr and "Traceback" not in proc.stderr
