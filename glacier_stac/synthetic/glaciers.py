@@ -486,8 +486,15 @@ def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: 
     return s
 
 
-def simulate(config: WorldConfig) -> Simulation:
-    """Terrain, glaciers and their yearly retreat for a `WorldConfig` (deterministic by seed)."""
+FJORD_TRIES = ((0, 1.0), (0, 1.8), (1, 1.0), (2, 1.0), (1, 1.8), (3, 1.0))  # (candidate, reach up-glacier)
+
+
+def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
+    """Terrain, glaciers and their yearly retreat for a `WorldConfig` (deterministic by seed).
+
+    If the fjord cut under the chosen glacier leaves no ice in the water on the fine grid, the
+    whole world is drawn again (same seed) with the fjord under the next candidate (`FJORD_TRIES`).
+    """
     from glacier_stac.synthetic.terrain import (
         fine_relief,
         make_terrain,
@@ -518,8 +525,9 @@ def simulate(config: WorldConfig) -> Simulation:
     # drops, the ice geometry stays, so the glacier is guaranteed to end in deep water.
     slope_c = smoothed_slope(terrain.bed, terrain.dx)
     st0 = st
-    drowned, _, trunk = drown_fjord(terrain, st0, gid, 0.1 * terrain.zmax, reach_up=1.0,
-                                    ela=ela_field(terrain, ela0))
+    choice, reach_up = FJORD_TRIES[fjord_try]
+    drowned, _, trunk = drown_fjord(terrain, st0, gid, 0.1 * terrain.zmax, reach_up=reach_up,
+                                    choice=choice, ela=ela_field(terrain, ela0))
     carve = np.minimum(ndimage.gaussian_filter(drowned.bed - terrain.bed, 1.0), 0.0)
     ice_c = gid > 0
     d, (iy, ix) = ndimage.distance_transform_edt(~ice_c, return_indices=True)
@@ -560,6 +568,8 @@ def simulate(config: WorldConfig) -> Simulation:
     tide_ids = np.unique(ids_f[touching])
     tide_ids = tide_ids[tide_ids > 0]
     if tide_ids.size == 0:
+        if fjord_try + 1 < len(FJORD_TRIES):
+            return simulate(config, fjord_try + 1)
         raise RuntimeError(f"no glacier reaches the sea in this world (seed {config.seed}); try another seed")
     tidewater = int(tide_ids[np.argmax(np.bincount(ids_f[touching])[tide_ids])])
 

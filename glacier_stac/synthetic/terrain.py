@@ -230,6 +230,9 @@ def make_terrain(size_km: float, n_fine: int, rng: np.random.Generator) -> Terra
     a_c = 1.5 * a_ref
     w0 = 0.011 * length
     z = valley_envelope(z0, z_ch, area, wall, a_c, w0, dx, reach=1.0 * zmax)
+    # Spurs, gullies and rock steps: rough relief on the walls, breaking up the planar valley sides.
+    wall_mask = np.clip(slope_deg(z, dx) / 30.0, 0.0, 1.0)
+    z = z + 0.9 * dx * wall_mask * spectral_noise(rng, (nc, nc), 2.6)  # ~ +-1 cell of relief
     z = ndimage.gaussian_filter(z, 0.7)
     # Re-route on the carved surface, smoothed over a few hundred metres as an ice surface is: ice
     # flowing off broad slopes converges into the valleys instead of along parallel D8 lines.
