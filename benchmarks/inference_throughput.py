@@ -113,11 +113,11 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--chunk", type=int, default=1024)
     ap.add_argument("--batch-size", type=int, default=1)
-    ap.add_argument("--repeats", type=int, default=None, help="timed runs of each (best kept); 2 quick, 3 full")
+    ap.add_argument("--repeats", type=int, default=None, help="timed runs of each (best kept)")
     ap.add_argument("--out", type=Path, default=RESULTS, help="where to write the JSON results")
     args = ap.parse_args()
     size = args.size or (2048 if args.quick else 4096)
-    args.repeats = args.repeats or (2 if args.quick else 3)
+    args.repeats = args.repeats or 3
 
     load0 = os.getloadavg()[0]
     ckpt = make_checkpoint(args.model)
