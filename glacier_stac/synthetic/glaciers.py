@@ -630,16 +630,19 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
             ice, loss = _retreat(ice_prev, rank, config.area_loss_per_year, rng, min_px,
                                  bed_land + np.maximum(depth, 0.0), ela_now)
         ids = np.where(ice, ids_f, 0).astype(np.int32)
-        thick = np.where(ice, np.maximum(depth, 1.0) + (bed_land - bed), 0.0)  # + fjord and lake basins
-        thick = np.where(ice & (bed < 0), np.maximum(thick, 1.12 * -bed + 8.0), thick)
+        # Over the fjord and lake basins the ice surface sinks with its bed, but grounded ice stays
+        # thicker than the water is deep: a calving front stands a few tens of metres above the sea.
+        thick = np.where(ice, np.maximum(depth, 1.0), 0.0)
+        thick = np.where(ice & (bed < 0), np.maximum(thick, 1.12 * -bed + 15.0), thick)
         snowline = ela_f0 + k * rise + snow_noise
         debris = didx > thr[ids] * (1.0 - 0.04 * k)  # debris spreads up-glacier as ice thins
-        debris &= bed_land + np.maximum(depth, 1.0) < ela_f0 + k * rise - 10.0  # rock melts out below the ELA only
+        debris &= bed + thick < ela_f0 + k * rise - 10.0  # rock melts out below the ELA only
         lake = lake_region & ~ice & (bed < lake_level)
         sea_now = sea_mask(bed, blocked=ice)
         calving_ice = ice & np.isin(ids, np.unique(ids[ice & ndimage.binary_dilation(sea_now)]))
         degl = ice0 & ~ice
-        snow_elev = np.where(depth > 0, ice_top, bed_land)  # icefalls kept by hand sit on their bed
+        # Firn by the smooth ice surface (sunk with the fjord); icefalls kept by hand sit on their bed.
+        snow_elev = np.where(depth > 0, ice_top + (bed - bed_land), bed)
         s = _surfaces(bed, snow_elev, ice, ids, snowline, debris, lake, calving_ice, static, degl,
                       melange_px, rng)
         sim.ice[year], sim.ids[year], sim.thickness[year] = ice, ids, thick.astype(np.float32)
