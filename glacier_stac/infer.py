@@ -459,17 +459,20 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
         log.info("predict: chunks smaller than the halo; blocks cut on the %d px tile grid instead "
                  "(output keeps the cube's chunks)", pl.grid.stride)
     data = cube.data[idx] if idx != list(range(cube.sizes["feature"])) else cube.data
-    data = data.astype(np.float32).rechunk({0: -1, 1: pl.chunks[0], 2: pl.chunks[1]})
     hy, hx = pl.halo
-    # dask cannot borrow a halo wider than the whole array: pad tiny cubes with no-data (cheap: blocks
-    # with no valid pixel return at once) and cut the padding off the result
-    pad = (hy if data.shape[1] <= hy else 0, hx if data.shape[2] <= hx else 0)
-    if any(pad):
-        data = da.pad(data, ((0, 0), (pad[0], pad[0]), (pad[1], pad[1])), constant_values=np.nan)
-    ov = da.overlap.overlap(data, depth={0: 0, 1: hy, 2: hx}, boundary={0: "none", 1: np.nan, 2: np.nan})
+    # dask cannot borrow a halo wider than a neighbouring chunk: an axis with a chunk narrower than its
+    # halo becomes one chunk whose halo is no-data padding (cheap: patches with no valid pixel are skipped)
+    single = (min(pl.chunks[0]) < hy, min(pl.chunks[1]) < hx)
+    data = data.astype(np.float32).rechunk({0: -1, 1: -1 if single[0] else pl.chunks[0],
+                                            2: -1 if single[1] else pl.chunks[1]})
+    if any(single):
+        pad = ((0, 0), (hy, hy) if single[0] else (0, 0), (hx, hx) if single[1] else (0, 0))
+        data = da.pad(data, pad, constant_values=np.nan).rechunk({1: -1 if single[0] else data.chunks[1],
+                                                                  2: -1 if single[1] else data.chunks[2]})
+    ov = da.overlap.overlap(data, depth={0: 0, 1: 0 if single[0] else hy, 2: 0 if single[1] else hx},
+                            boundary={0: "none", 1: np.nan, 2: np.nan})
     core = (tuple(c - 2 * hy for c in ov.chunks[1]), tuple(c - 2 * hx for c in ov.chunks[2]))
-    first = (pl.start[0] - pad[0], pl.start[1] - pad[1])
-    starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(first, core, strict=True))
+    starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(pl.start, core, strict=True))
     n_cls = len(ckpt.classes)
     annotations = {"resources": {"GPU": 1}} if _gpu_cluster() else {}
     log.info("predict %s: patch %d (stride %d, margin %d, blend %d), halo %s, %.3f px computed per output px",
@@ -481,8 +484,6 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
             dtype=np.float32, chunks=((n_cls,), *core), name=f"predict-{ckpt.model}",
             meta=np.empty((0, 0, 0), dtype=np.float32),
         )
-    if any(pad):
-        prob = prob[:, pad[0]:prob.shape[1] - pad[0], pad[1]:prob.shape[2] - pad[1]]
     orig = cube.chunks
     if prob.chunks[1:] != (orig[1], orig[2]):
         prob = prob.rechunk({1: orig[1], 2: orig[2]})

@@ -236,3 +236,23 @@ def test_distributed_gpu_annotation_and_shipped_checkpoint():
         ds = infer.predict(cube, ck, patch=64)
         layers = ds.probability.data.__dask_graph__().layers.values()
         assert not any((lay.annotations or {}).get("resources") for lay in layers)
+
+
+def test_narrow_cubes_and_crops_predict_everywhere():
+    """Cubes narrower than the halo along one axis (e.g. a validation strip) are padded, not refused."""
+    import xarray as xr
+
+    from glacier_stac.infer import predict
+    from glacier_stac.models import get_model
+    from glacier_stac.models.checkpoint import Checkpoint
+
+    feats = ["a", "b"]
+    ck = Checkpoint.from_model(get_model("unet", 2, 4, base=4), "unet", feats, [0, 0], [1, 1])
+    h = w = 400
+    coords = {"feature": feats, "y": 6795055.0 - 10 * np.arange(h), "x": 490005.0 + 10 * np.arange(w)}
+    full = xr.DataArray(np.random.default_rng(1).random((2, h, w), dtype=np.float32), dims=("feature", "y", "x"),
+                        coords=coords)
+    for sl in (slice(0, 176), slice(240, 400), slice(100, 300)):
+        out = predict(full.isel(x=sl), ck).compute(scheduler="sync")
+        assert out["klass"].shape == (h, sl.stop - sl.start)
+        assert bool(out["valid"].all())
