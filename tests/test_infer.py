@@ -247,7 +247,8 @@ def test_narrow_cubes_and_crops_predict_everywhere():
     from glacier_stac.models.checkpoint import Checkpoint
 
     feats = ["a", "b"]
-    ck = Checkpoint.from_model(get_model("unet", 2, 4, base=4), "unet", feats, [0, 0], [1, 1])
+    ck = Checkpoint.from_model(get_model("unet", 2, 4, base=4), "unet", feats, [0, 0], [1, 1],
+                               model_kwargs={"base": 4})
     h = w = 400
     coords = {"feature": feats, "y": 6795055.0 - 10 * np.arange(h), "x": 490005.0 + 10 * np.arange(w)}
     full = xr.DataArray(np.random.default_rng(1).random((2, h, w), dtype=np.float32), dims=("feature", "y", "x"),
