@@ -7,6 +7,7 @@ for a complete world. `generate` reuses a complete directory written from the sa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -272,6 +273,7 @@ def write_world(world: World, out_dir: str | Path, progress: bool = True, source
     seconds = time.perf_counter() - t0
     meta = {
         "glacier_stac_version": __version__,
+        "generator": generator_fingerprint(),
         "source": source,
         "config": _jsonable(world.config.to_dict()),
         "crs": R._crs(world),
@@ -291,6 +293,16 @@ def write_world(world: World, out_dir: str | Path, progress: bool = True, source
 
 def _jsonable(d: Any) -> Any:
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, Iterable) else str(o)))
+
+
+def generator_fingerprint() -> str:
+    """Hash of the synthetic-world source code: a cached world made by other code is regenerated."""
+    h = hashlib.sha256()
+    pkg = Path(__file__).parent
+    for f in sorted(pkg.glob("*.py")) + [pkg.parent / "sensors.py"]:
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()[:16]
 
 
 def read_world_json(out_dir: str | Path) -> dict | None:
@@ -322,8 +334,9 @@ def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, prog
     """Build the world for `config` and write it, unless `out_dir` already holds that exact world."""
     root = Path(out_dir).expanduser().resolve()
     meta = read_world_json(root)
-    if not force and meta is not None and meta.get("config") == _jsonable(config.to_dict()):
-        log.info("reusing complete world in %s (same config)", root)
+    if (not force and meta is not None and meta.get("config") == _jsonable(config.to_dict())
+            and meta.get("generator") == generator_fingerprint()):
+        log.info("reusing complete world in %s (same config, same generator)", root)
         return root
     check_output_dir(root)
     try:
