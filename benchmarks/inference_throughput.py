@@ -66,7 +66,7 @@ def model_only(cube: xr.DataArray, ckpt: Checkpoint, pl: infer.Plan, batch_size:
     """Seconds for the bare model over the pipeline's patches, how many patches, and their FLOPs each."""
     model = ckpt.build_model()
     g = pl.grid
-    z = infer.normalise(cube.values, ckpt)
+    z = infer.normalise(cube.values, ckpt.mean, ckpt.std, ckpt.nan_fill)
     z = np.pad(z, ((0, 0), (g.margin, g.margin), (g.margin, g.margin)), constant_values=ckpt.nan_fill)
     origins = [(ty * g.stride, tx * g.stride) for ty in range(-(-cube.sizes["y"] // g.stride))
                for tx in range(-(-cube.sizes["x"] // g.stride))]
@@ -86,7 +86,7 @@ def model_only(cube: xr.DataArray, ckpt: Checkpoint, pl: infer.Plan, batch_size:
 def plain_model(cube: xr.DataArray, ckpt: Checkpoint, tile: int) -> float:
     """Seconds for the bare model over the output pixels as non-overlapping tiles, no context."""
     model = ckpt.build_model()
-    z = infer.normalise(cube.values, ckpt)
+    z = infer.normalise(cube.values, ckpt.mean, ckpt.std, ckpt.nan_fill)
     t0 = time.perf_counter()
     with torch.inference_mode():
         for r in range(0, z.shape[1], tile):

@@ -25,21 +25,12 @@ from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from glacier_stac import catalog, cube, grid, stac_server
+from glacier_stac.demo import world_aoi, world_grid
 from glacier_stac.reader import GDAL_CLOUD
 from glacier_stac.synthetic.world import WorldConfig
 from glacier_stac.synthetic.writer import generate
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def world_aoi(world_dir: Path) -> tuple[catalog.AOI, object]:
-    """The world's AOI and its 10 m geobox (from the truth raster of the world's grid)."""
-    from odc.geo.geobox import GeoBox
-
-    label = sorted((world_dir / "truth").glob("labels_*.tif"))[0]
-    with rasterio.open(label) as src:
-        gb = GeoBox.from_rio(src)
-    return catalog.load_aoi(gb.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=world_dir.name), gb
 
 
 def rasterio_reads(jobs: list[tuple[str, Resampling]], geobox, tile_px: int, threads: int) -> float:
@@ -82,7 +73,7 @@ def main() -> None:
 
     cfg = WorldConfig(seed=501, size_km=6 if args.quick else 20, years=(2022,))
     world_dir = generate(cfg, args.world / f"read-{cfg.seed}-{int(cfg.size_km)}km")
-    aoi, geobox = world_aoi(world_dir)
+    aoi, geobox = world_aoi(world_dir), world_grid(world_dir)
     year = cfg.years[-1]
     with stac_server.serve(world_dir) as url:
         found = catalog.search(aoi, [year], catalog=catalog.open_catalog(url), max_cloud=None)

@@ -318,13 +318,17 @@ def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: tor
 # --------------------------------------------------------------------------- the per-block work
 
 
-def normalise(x: np.ndarray, ckpt: Checkpoint) -> np.ndarray:
-    """(x - mean) / std per feature, missing values set to the checkpoint's fill (normalised units)."""
-    mean = np.asarray(ckpt.mean, dtype=np.float32)[:, None, None]
-    scale = (1.0 / np.asarray(ckpt.std, dtype=np.float64)).astype(np.float32)[:, None, None]
-    z = np.subtract(x, mean, dtype=np.float32)
+def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], fill: float = 0.0) -> np.ndarray:
+    """(x - mean) / std per feature (axis 0), missing values set to `fill` (normalised units).
+
+    Training and inference both call this, so a model sees the same numbers in both.
+    """
+    shape = (-1,) + (1,) * (x.ndim - 1)
+    mean_ = np.asarray(mean, dtype=np.float32).reshape(shape)
+    scale = (1.0 / np.asarray(std, dtype=np.float64)).astype(np.float32).reshape(shape)
+    z = np.subtract(x, mean_, dtype=np.float32)
     z *= scale
-    np.copyto(z, np.float32(ckpt.nan_fill), where=~np.isfinite(z))
+    np.copyto(z, np.float32(fill), where=~np.isfinite(z))
     return z
 
 
@@ -344,7 +348,7 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
     out = np.full((n_cls, h, w), np.nan, dtype=np.float32)
     if not valid.any():
         return out
-    z = normalise(block, ckpt)
+    z = normalise(block, ckpt.mean, ckpt.std, ckpt.nan_fill)
     gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel
     s, m, p = grid.stride, grid.margin, grid.patch
     todo = []

@@ -28,6 +28,7 @@ from torch import nn
 
 from glacier_stac import cube as cubes
 from glacier_stac import metrics
+from glacier_stac.infer import normalise, pick_device
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.synthetic.world import Label
@@ -131,14 +132,6 @@ def normalisation(regions: Sequence[Region], features: Sequence[str]) -> tuple[l
     return means, stds
 
 
-def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], fill: float = 0.0) -> np.ndarray:
-    """(F, ...) features to zero mean, unit variance; missing inputs to `fill`."""
-    m = np.asarray(mean, np.float32).reshape(-1, *([1] * (x.ndim - 1)))
-    s = np.asarray(std, np.float32).reshape(-1, *([1] * (x.ndim - 1)))
-    out = (x - m) / s
-    return np.where(np.isfinite(out), out, np.float32(fill)).astype(np.float32)
-
-
 def class_weights(regions: Sequence[Region], n_classes: int) -> torch.Tensor:
     """Inverse square-root class frequency, mean 1 over present classes; absent classes 0."""
     counts = np.zeros(n_classes)
@@ -151,10 +144,6 @@ def class_weights(regions: Sequence[Region], n_classes: int) -> torch.Tensor:
 
 
 # --------------------------------------------------------------------------- the loop
-
-
-def pick_device(device: str | None = None) -> torch.device:
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
 
 
 def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, model: str = "unet",
