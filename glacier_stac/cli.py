@@ -159,8 +159,6 @@ def catalog_serve(
     except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
         fail(str(e))
 
-if __name__ == "__main__":  # pragma: no cover
-    app()
 
 
 # ------------------------------------------------------------------------------ search, tiles, demo
@@ -302,3 +300,7 @@ def train_cmd(
     card = train.write_model_card(ckpt, path.with_suffix(".md"))
     val = ckpt.metrics["validation"]
     typer.echo(f"{path} (+ {card.name}): validation IoU {val['iou_overall']:.3f}, debris {val['iou_debris']:.3f}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()
