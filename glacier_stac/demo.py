@@ -136,7 +136,7 @@ def _predict(data, checkpoint: Path, world_dir: Path, year: int, geobox: GeoBox,
 
     ckpt = load(checkpoint)
     t = time.perf_counter()
-    out = predict(data.chunk({"feature": -1, "y": 1024, "x": 1024}), checkpoint).compute()
+    out = predict(data, checkpoint).compute()  # an in-memory cube is cut on the tile grid by predict
     dt = time.perf_counter() - t
     truth = labels_from_raster(world_dir / "truth" / f"labels_{year}.tif", geobox)
     scores = metrics.evaluate(out["klass"].values, truth, out["valid"].values & (truth != 255),
