@@ -8,7 +8,7 @@ from scipy import ndimage
 
 from glacier_stac.synthetic import truth
 from glacier_stac.synthetic.terrain import slope_deg
-from glacier_stac.synthetic.world import Surface, World, WorldConfig, build_world
+from glacier_stac.synthetic.world import Label, Surface, World, WorldConfig, build_world
 
 YEARS = (2019, 2020, 2021, 2022)
 LOSS = (0.02, 0.04)
@@ -113,6 +113,31 @@ def test_all_surface_classes_present(world: World) -> None:
     assert seen == {int(c) for c in Surface}
 
 
+def test_moraine_hugs_the_tongues_and_covers_the_forefield(world: World) -> None:
+    """Ice-free glacial debris (the optical lookalike of debris-covered ice) sits beside the tongues."""
+    first = world.glacier_id[YEARS[0]] > 0
+    from_first = ndimage.distance_transform_edt(~first)
+    for y in YEARS:
+        s, ids = world.surface[y], world.glacier_id[y]
+        moraine = s == Surface.MORAINE
+        assert moraine.sum() > 500, y
+        assert (ids[moraine] == 0).all(), f"{y}: moraine on a glacier"
+        assert (world.labels(y)[moraine] == Label.BACKGROUND).all()
+        assert (world.bed[moraine] >= 0).all()  # land only: never lake, sea or sea ice
+        # Lateral/terminal moraines: a band of at most 8 px outside the first year's tongues.
+        assert from_first[moraine].max() <= 8.0 + 1e-6, y
+        # ... beside the lower (below-ELA) tongues, and right beside the debris-covered one.
+        surf = world.bed + world.ice_thickness[y]
+        lower = (ids > 0) & (surf < world.ela[y])
+        assert (ndimage.binary_dilation(lower, iterations=2) & moraine).sum() > 200, y
+        debris = s == Surface.DEBRIS
+        assert (ndimage.binary_dilation(debris, iterations=3) & moraine).sum() > 20, y
+        # Forefield: every land pixel that was ice in the first year and is not ice now is moraine.
+        forefield = first & (ids == 0) & ~np.isin(s, (Surface.LAKE, Surface.SEA, Surface.SEA_ICE))
+        assert (s[forefield] == Surface.MORAINE).all(), y
+    assert ((world.surface[YEARS[-1]] == Surface.MORAINE) & first).sum() > 500  # the forefield shows
+
+
 def test_proglacial_lake_at_a_terminus(world: World) -> None:
     y = YEARS[-1]
     lake = world.surface[y] == Surface.LAKE
@@ -189,5 +214,5 @@ def test_other_seeds_and_loss_ranges(seed: int, loss: tuple[float, float]) -> No
         na, nb = (w.glacier_id[a] > 0).sum(), (w.glacier_id[b] > 0).sum()
         assert loss[0] <= 1.0 - nb / na <= loss[1]
     s = w.surface[years[0]]
-    for c in (Surface.DEBRIS, Surface.SEA_ICE, Surface.LAKE, Surface.SNOW, Surface.VEGETATION):
+    for c in (Surface.DEBRIS, Surface.SEA_ICE, Surface.LAKE, Surface.SNOW, Surface.VEGETATION, Surface.MORAINE):
         assert (s == c).any(), c.name

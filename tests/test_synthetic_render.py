@@ -21,7 +21,7 @@ from shapely.geometry import Polygon
 
 from glacier_stac import sensors
 from glacier_stac.synthetic import render as R
-from glacier_stac.synthetic import writer
+from glacier_stac.synthetic import spectra, writer
 from glacier_stac.synthetic.user import from_user
 from glacier_stac.synthetic.world import Surface, WorldConfig
 
@@ -199,6 +199,70 @@ def test_landsat_debris_is_colder_than_rock(world, world_dir):
         assert 276 < t[debris].mean() < 287
         assert abs(np.median(t[ice]) - 273.0) < 1.5
     assert seen >= 2
+
+
+@pytest.fixture(scope="module")
+def moraine_world():
+    """A generated world (the physics' `build_world`): moraines beside a debris-covered tongue."""
+    from glacier_stac.synthetic.world import build_world
+
+    return build_world(WorldConfig(seed=3, size_km=4.0, years=(2021, 2022), s1_per_year=2, landsat_per_year=2))
+
+
+def test_moraine_looks_like_debris_in_optics_but_not_in_thermal_or_sar(moraine_world):
+    """Debris-covered ice and ice-free moraine: same reflectance, NDSI < 0.2, SCL 5; moraine 4+ K warmer
+    and without the ice-cliff/pond outliers in SAR."""
+    w = moraine_world
+    prep = R.prepare(w)
+    lon, lat = R.world_center(w)
+    thermal_scenes = 0
+    for acq in R.acquisitions(w.config, lon, lat):
+        cls = R.scene_classes(w, acq)
+        debris, moraine = cls == Surface.DEBRIS, cls == Surface.MORAINE
+        if acq.sensor == "sentinel-2":
+            zen, _, cos_i = R.sun(w, acq, prep)
+            lit = cos_i > 0.2
+            d, m = debris & lit, moraine & lit
+            assert d.sum() > 500 and m.sum() > 500
+            refl = R.s2_reflectance(w, acq, prep, cls, zen, cos_i)  # the clear-sky surface of the scene
+            illum = spectra.illumination_factor(cos_i, zen)
+            for key, r in refl.items():  # topography aside, the two are the same rock
+                r = r / illum
+                assert abs(np.median(r[d]) - np.median(r[m])) < 0.01, (acq, key)
+                q = np.percentile(r[d], (10, 90))
+                assert 0.7 < np.mean((r[m] > q[0]) & (r[m] < q[1])) < 0.9, (acq, key)  # overlapping spreads
+            ndsi = (refl["B03"] - refl["B11"]) / (refl["B03"] + refl["B11"])
+            assert (ndsi[d] < 0.2).mean() > 0.99 and (ndsi[m] < 0.2).mean() > 0.99
+            scl = R.render_sentinel2(w, acq, prep).assets["SCL"].data
+            cls20, pure = pure_blocks(cls, 2)
+            scl = scl[: cls20.shape[0], : cls20.shape[1]]
+            clear = pure & sensors.scl_valid(scl) & (scl != sensors.SCL["dark_area"])
+            assert (scl[clear & (cls20 == Surface.MORAINE)] == sensors.SCL["not_vegetated"]).all()
+        elif acq.sensor == "sentinel-1":  # moraine backscatters like rock, without cliffs and ponds
+            vv = R.render_sentinel1(w, acq, prep).assets["vv"].data
+            ok = vv != sensors.S1_NODATA
+
+            def odd(c, cls=cls, ok=ok, vv=vv):
+                v = vv[ok & (cls == c)]
+                med = np.median(v)
+                return 10 * np.log10(med), np.mean((v > 4 * med) | (v < 0.05 * med))
+
+            (m_db, m_odd), (d_db, d_odd), (r_db, _) = odd(Surface.MORAINE), odd(Surface.DEBRIS), odd(Surface.ROCK)
+            assert abs(m_db - r_db) < 1.5 and abs(m_db - d_db) < 1.5, (m_db, d_db, r_db)
+            assert d_odd > 3 * m_odd, (d_odd, m_odd)
+        elif acq.sensor == "landsat":
+            scene = R.render_landsat(w, acq, prep)
+            t = scene.assets["lwir11"].data * R.LWIR_SCALE + R.LWIR_OFFSET
+            cls30, pure = pure_blocks(cls, 3)
+            clear = pure & sensors.landsat_qa_valid(scene.assets["qa_pixel"].data)[: cls30.shape[0], : cls30.shape[1]]
+            t = t[: cls30.shape[0], : cls30.shape[1]]
+            d, m = clear & (cls30 == Surface.DEBRIS), clear & (cls30 == Surface.MORAINE)
+            if d.sum() < 20 or m.sum() < 20:
+                continue
+            thermal_scenes += 1
+            assert t[d].mean() < t[m].mean() - 4.0, acq
+            assert 276 < t[d].mean() < 287 and t[m].mean() > 287, acq
+    assert thermal_scenes >= 2
 
 
 def test_sentinel1_backscatter_and_nodata(world, world_dir):

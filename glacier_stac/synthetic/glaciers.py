@@ -450,6 +450,28 @@ def _carve_lakes(bed: np.ndarray, ice: np.ndarray, ids: np.ndarray, candidates: 
     return bed, region, level, chosen
 
 
+def moraine_band(ice0: np.ndarray, ids: np.ndarray, surf_elev: np.ndarray, ela: np.ndarray, seed: int,
+                 debris_glacier: int = 0) -> np.ndarray:
+    """Lateral and terminal moraines: a 3-8 px band of land just outside the first year's tongues.
+
+    Only the ablation area (ice surface below the ELA) builds moraines; the band's width wanders with
+    its own noise (a generator of its own, so no other random draw of the world moves) and is widest
+    around the debris-covered tongue, where the most rock reaches the margin.
+    """
+    from glacier_stac.synthetic.terrain import spectral_noise
+
+    lower = ice0 & (surf_elev < ela)
+    if not lower.any():
+        return np.zeros(ice0.shape, dtype=bool)
+    rng = np.random.default_rng([seed, 0x6D6F7261])  # "mora"
+    u = np.clip(0.5 + 0.3 * spectral_noise(rng, ice0.shape, 2.6), 0.0, 1.0)
+    d, (iy, ix) = ndimage.distance_transform_edt(~lower, return_indices=True)
+    width = 3.0 + 4.0 * u
+    if debris_glacier:
+        width = width + np.where(ids[iy, ix] == debris_glacier, 1.0, 0.0)
+    return ~ice0 & (d <= width)
+
+
 def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: np.ndarray,
               snowline: np.ndarray, debris: np.ndarray, lake: np.ndarray, calving_ice: np.ndarray,
               static: dict[str, np.ndarray], deglaciated: np.ndarray, melange_px: int,
@@ -480,6 +502,10 @@ def _surfaces(sim_bed: np.ndarray, surf_elev: np.ndarray, ice: np.ndarray, ids: 
             bergs = rng.random(p.shape) < p
             bergs = ndimage.binary_dilation(bergs, iterations=1) & sea[sub]
             s[sub][melange | bergs] = Surface.SEA_ICE
+    # Ice-free glacial debris: moraine ridges beside the tongues and the freshly deglaciated forefield.
+    # Only land loses its class to it (never water, sea ice or ice), so the truth labels stay the same.
+    moraine = (static["moraine"] | deglaciated) & np.isin(s, (Surface.ROCK, Surface.SCREE, Surface.VEGETATION))
+    s[moraine & ~ice] = Surface.MORAINE
     s[ice] = Surface.ICE
     s[ice & (surf_elev >= snowline)] = Surface.SNOW
     s[ice & debris] = Surface.DEBRIS  # debris is only below the ELA: it wins over a noisy snowline
@@ -612,6 +638,8 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
     corridor = upsample(ndimage.binary_dilation(trunk).astype(np.float64), n) > 0.3
     # Its icefalls: ice along the trunk where the tongue would otherwise be cut off from its basin.
     ice0 |= corridor & (ids_f == tidewater) & ~sea_mask(bed, blocked=ice0 | corridor)
+    static["moraine"] = moraine_band(ice0, ids_f, bed_land + np.maximum(depth0, 0.0), ela_f0, config.seed,
+                                     debris_glacier)
     ice_prev = None
     for k, year in enumerate(config.years):
         ela_k = ela0 + k * rise

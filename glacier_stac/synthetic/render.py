@@ -3,7 +3,8 @@
 Every random draw comes from a generator seeded by (world seed, sensor, year, acquisition, purpose),
 so an acquisition renders to the same bytes whatever order or process it is rendered in.
 The hard cases a glacier mapper meets are here on purpose: clouds and their displaced shadows,
-seasonal snow outside glaciers, debris-covered ice that looks like rock in optics, sea ice at the
+seasonal snow outside glaciers, debris-covered ice that looks like the moraines beside it in optics
+(only thermal and SAR texture tell them apart), sea ice at the
 calving front, terrain shadow, SAR layover and swath edges.
 """
 
@@ -37,7 +38,9 @@ CLOUD_MASK_OPACITY = 0.3  # opacity from which a pixel counts as cloud (SCL 8/9,
 
 SNOWY = (Surface.SNOW, Surface.ICE, Surface.SEA_ICE)
 WATER = (Surface.LAKE, Surface.SEA)
-BARE = (Surface.ROCK, Surface.SCREE, Surface.DEBRIS)
+BARE = (Surface.ROCK, Surface.SCREE, Surface.DEBRIS, Surface.MORAINE)
+ICE_CLIFF_SIGMA = 2.0  # `Prepared.cliffs` above this (~2% of debris) is a bare ice cliff in optics
+ICE_CLIFF_MIX = 0.05  # share of clean ice seen in such a pixel: debris stays optically like moraine
 
 
 @dataclass(frozen=True)
@@ -79,7 +82,7 @@ class Prepared:
 
     normals: tuple[np.ndarray, np.ndarray, np.ndarray]
     texture: np.ndarray  # multiplicative brightness texture, ~1 +- 0.1
-    debris_field: np.ndarray  # [0, 1] debris thickness proxy (thin -> more ice shows through)
+    debris_field: np.ndarray  # [0, 1] debris thickness proxy (thicker -> warmer in the thermal)
     cliffs: np.ndarray  # static fractal deciding where ice cliffs and ponds sit on debris
     lon: float
     lat: float
@@ -280,6 +283,7 @@ def scene_classes(world: World, acq: Acquisition) -> np.ndarray:
     p = SEASONAL_SNOW_P[world.config.difficulty]
     if rng.uniform() >= p:
         return classes
+    # Moraine stays bare like the debris tongue beside it: snow on one and not the other would tell them apart.
     land = np.isin(classes, (Surface.ROCK, Surface.SCREE, Surface.VEGETATION))
     if not land.any():
         return classes
@@ -333,7 +337,9 @@ def s2_reflectance(
         zmin = float(np.quantile(z[glacier_snow], 0.02))
         firn_w[glacier_snow] = np.clip(1.0 - (z[glacier_snow] - zmin) / 150.0, 0, 1)
     debris = classes == Surface.DEBRIS
-    ice_w = np.where(debris, 0.15 * (1.0 - prep.debris_field), 0.0).astype(np.float32)  # thin debris
+    # Ice shows through debris only at sparse, faint ice cliffs: at 10 m debris-covered ice looks like
+    # the moraine beside it (the same rock), which is what makes real debris tongues hard to map optically.
+    ice_w = np.where(debris & (prep.cliffs > ICE_CLIFF_SIGMA), ICE_CLIFF_MIX, 0.0).astype(np.float32)
     out = {}
     for b, key in enumerate(spectra.S2_BANDS):
         r = table[classes, b]

@@ -30,6 +30,9 @@ REFLECTANCE: dict[int, tuple[float, ...]] = {
     Surface.SNOW: (0.88, 0.87, 0.85, 0.74, 0.05, 0.035),  # wet late-summer snow
     Surface.ICE: (0.55, 0.52, 0.46, 0.30, 0.03, 0.02),
     Surface.DEBRIS: (0.10, 0.11, 0.125, 0.16, 0.20, 0.17),
+    # Moraine is the same rock the glacier carried: optically identical to debris-covered ice (only
+    # thermal, SAR texture/change and terrain set them apart, as in real mountains).
+    Surface.MORAINE: (0.10, 0.11, 0.125, 0.16, 0.20, 0.17),
 }
 FIRN = (0.70, 0.68, 0.64, 0.52, 0.04, 0.03)  # old snow at the snowline, between snow and ice
 CLOUD = (0.78, 0.77, 0.76, 0.74, 0.55, 0.40)  # clouds stay bright in the SWIR (unlike snow)
@@ -45,6 +48,7 @@ BACKSCATTER_DB: dict[int, tuple[float, float]] = {
     Surface.SNOW: (-19.5, -26.0),  # wet snow: dark
     Surface.ICE: (-14.5, -22.5),
     Surface.DEBRIS: (-9.5, -16.8),  # close to rock; set apart only by texture (cliffs, ponds)
+    Surface.MORAINE: (-9.5, -16.5),  # loose rock like scree: no ice cliffs, no ponds, no change
 }
 
 # Surface temperature (K) at sea level for a flat surface facing the sun; see `surface_temperature`.
@@ -116,12 +120,13 @@ def surface_temperature(
     """Land surface temperature (K) of a late-summer mid-morning scene.
 
     Ice and snow are pinned near melting point; thin debris over ice sits between (278-285 K, warmer
-    where thicker: `debris_field` in [0, 1]); sunlit rock is warmest and cools with height.
+    where thicker: `debris_field` in [0, 1]); sunlit rock, scree and ice-free moraine are warmest and
+    cool with height.
     """
     z = np.clip(elevation, 0, None)
     lit = np.clip(cos_i, 0, 1) - 0.6
     t = np.full(classes.shape, 293.0, dtype=np.float32)
-    rock = np.isin(classes, (Surface.ROCK, Surface.SCREE))
+    rock = np.isin(classes, (Surface.ROCK, Surface.SCREE, Surface.MORAINE))  # no ice under moraine: warm
     t[rock] = (298.0 - LAPSE_K_PER_M * z + 9.0 * lit)[rock]
     veg = classes == Surface.VEGETATION
     t[veg] = (292.0 - LAPSE_K_PER_M * z + 4.0 * lit)[veg]

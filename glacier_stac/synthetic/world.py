@@ -26,6 +26,7 @@ class Surface(IntEnum):
     SNOW = 6  # snow and firn on the glacier (accumulation area)
     ICE = 7  # clean glacier ice
     DEBRIS = 8  # debris-covered glacier ice
+    MORAINE = 9  # ice-free glacial debris (moraines, fresh forefield): optically like DEBRIS, background
 
 
 class Label(IntEnum):
