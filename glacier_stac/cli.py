@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import typer
@@ -34,6 +35,8 @@ def main(
 ) -> None:
     """glacier-stac: STAC -> Dask datacubes -> PyTorch -> Zarr -> glacier outlines."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
+    # distributed configures its own loggers when first imported (lazily, later): tell it now
+    os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose >= 2 else "warning")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     # Dependencies are chatty at INFO; keep them at WARNING unless -vv.
     for name in ("distributed", "rasterio", "urllib3", "httpx", "matplotlib"):
@@ -249,7 +252,7 @@ def train_cmd(
     seeds: str = typer.Option("1001,1002,1004", "--seeds", help="Synthetic training worlds (seeds)."),
     val_seeds: str = typer.Option("1003", "--val-seeds", help="Synthetic validation worlds (other regions)."),
     worlds: list[Path] = typer.Option([], "--world", help="Extra training world directories."),
-    size_km: float = typer.Option(8.0, "--size-km", help="Side of each generated world, km."),
+    size_km: float = typer.Option(12.0, "--size-km", help="Side of each generated world, km."),
     years: str = typer.Option("2021,2023", "--years", help="Years of each generated world."),
     epochs: int = typer.Option(10, "--epochs"),
     steps: int = typer.Option(40, "--steps", help="Batches per epoch."),

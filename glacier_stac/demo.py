@@ -54,7 +54,7 @@ def world_aoi(world_dir: Path) -> catalog.AOI:
 
 def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = DEFAULT_CHECKPOINT,
         workers: int = 2, console: Console | None = None) -> DemoReport:
-    from distributed import Client, LocalCluster
+    from distributed import Client, LocalCluster, progress, wait
 
     from glacier_stac.synthetic.writer import generate
 
@@ -93,7 +93,7 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
     table.add_row("glaciers (truth)", *[str(rep.glaciers.get(y, 0)) for y in years])
     console.print(table)
     console.print(f"area {rep.area_km2:.0f} km², grid {geobox.shape[0]} x {geobox.shape[1]} px at "
-                  f"{abs(geobox.resolution.x):g} m, {geobox.crs}")
+                  f"{abs(geobox.resolution.x):g} m, EPSG:{geobox.crs.epsg}")
 
     year = years[-1]
     with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -101,11 +101,9 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
             Client(cluster) as client:
         data = cube.build(found, geobox, year)
         t2 = time.perf_counter()
-        data = data.persist()
-        from distributed import progress
-
+        data = data.persist()  # stays on the workers; predict reads it from there
         progress(data, notebook=False)
-        data = data.compute()
+        wait(data)
         dt = time.perf_counter() - t2
         n_assets = sum(len(v) for v in found.for_year(year).values())
         rep.cube = {"year": year, "shape": list(data.shape), "features": list(map(str, data.feature.values)),
