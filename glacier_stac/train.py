@@ -133,11 +133,17 @@ def normalisation(regions: Sequence[Region], features: Sequence[str]) -> tuple[l
 
 
 def class_weights(regions: Sequence[Region], n_classes: int) -> torch.Tensor:
-    """Inverse square-root class frequency, mean 1 over present classes; absent classes 0."""
+    """Inverse square-root class frequency as the sampler serves it, mean 1 over present classes.
+
+    Frequencies are counted with the sampling weights, so a class that `sample_weights` already
+    oversamples (debris) is not upweighted twice: that double push made models paint debris onto
+    the ice-free moraines that look like it.
+    """
     counts = np.zeros(n_classes)
     for r in regions:
-        lab = r.labels[r.labels != IGNORE]
-        counts += np.bincount(lab.ravel(), minlength=n_classes)[:n_classes]
+        ok = r.labels != IGNORE
+        counts += np.bincount(r.labels[ok].ravel(), weights=sample_weights(r.labels)[ok].ravel(),
+                              minlength=n_classes)[:n_classes]
     w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
     w = w / w[w > 0].mean()
     return torch.tensor(w, dtype=torch.float32)
