@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 SENSOR_FEATURES: dict[str, tuple[str, ...]] = {
     "sentinel-2": ("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count"),
-    "sentinel-1": ("vv_db", "vh_db", "s1_count"),
+    "sentinel-1": ("vv_db", "vh_db", "vv_cv", "s1_count"),
     "landsat": ("lwir11", "landsat_count"),
     "copdem": ("elevation", "slope", "aspect_sin", "aspect_cos", "hillshade"),
 }
@@ -85,6 +85,22 @@ def decode(dn: np.ndarray, scaling: np.ndarray) -> np.ndarray:
     return out
 
 
+def temporal_cv(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """Coefficient of variation over time of each band's valid observations, (band, y, x).
+
+    Why: ice cliffs and supraglacial ponds on debris-covered ice change between SAR acquisitions;
+    ice-free moraine beside it, which looks the same in optics, does not. NaN with < 2 observations.
+    """
+    ok = valid[:, None] & np.isfinite(values)
+    n = ok.sum(axis=0).astype(np.float32)
+    x = np.where(ok, values, 0).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean = x.sum(axis=0) / n
+        var = np.where(ok, (x - mean) ** 2, 0).sum(axis=0) / (n - 1)
+        cv = np.sqrt(var) / mean
+    return np.where((n >= 2) & (mean > 0), cv, np.nan).astype(np.float32)
+
+
 def _ratio(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Normalised difference of non-negative reflectances; undefined (NaN) when both are ~0."""
     a, b = np.maximum(a, 0), np.maximum(b, 0)
@@ -136,7 +152,7 @@ def _optical_block(refl: np.ndarray, scl: np.ndarray, scaling: np.ndarray) -> np
 def _sar_block(power: np.ndarray) -> np.ndarray:
     valid = np.all(power > 0, axis=1)
     comp = composite(power, valid)
-    return np.concatenate([to_db(comp[:2]), comp[2:]])
+    return np.concatenate([to_db(comp[:2]), temporal_cv(power[:, :1], valid), comp[2:]])
 
 
 def _thermal_block(lwir: np.ndarray, qa: np.ndarray, scaling: np.ndarray) -> np.ndarray:

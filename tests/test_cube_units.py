@@ -126,3 +126,11 @@ def test_missing_asset_is_named():
     gb = grid.geobox_for(geom.box(-147.3, 61.1, -147.0, 61.25, "EPSG:4326"))
     with pytest.raises(ValueError, match=r"S2B_MSIL2A_20190629.*B11"):
         cube.build({"sentinel-2": [item]}, gb, 2019)
+
+
+def test_temporal_cv():
+    v = np.array([1.0, 2.0, 3.0, 50.0], dtype=np.float32).reshape(4, 1, 1, 1)
+    valid = np.array([True, True, True, False]).reshape(4, 1, 1)
+    assert cube.temporal_cv(v, valid)[0, 0, 0] == pytest.approx(1.0 / 2.0)  # std 1, mean 2
+    one = np.array([True, False, False, False]).reshape(4, 1, 1)
+    assert np.isnan(cube.temporal_cv(v, one)[0, 0, 0])  # one look says nothing about change
