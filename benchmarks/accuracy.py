@@ -46,8 +46,8 @@ def main() -> None:
     args = ap.parse_args()
 
     seeds = HELD_OUT_SEEDS[:1] if args.quick else HELD_OUT_SEEDS
-    size = 6.0 if args.quick else 10.0
-    years = (2022,) if args.quick else (2020, 2023)
+    size = 8.0 if args.quick else 16.0
+    years = (2022,) if args.quick else (2023,)
     regions = []
     for s in seeds:
         cfg = WorldConfig(seed=s, size_km=size, years=years)
