@@ -43,9 +43,16 @@ def mean_edge_distance(pred_edge: np.ndarray, true_edge: np.ndarray, res: float)
     return float((d_to_true[pred_edge].mean() + d_to_pred[true_edge].mean()) / 2)
 
 
+def open_water(water: np.ndarray) -> np.ndarray:
+    """Water connected to the map border (the sea or a fjord), not lakes enclosed by the map."""
+    lab, _ = ndimage.label(water)
+    border = np.unique(np.concatenate([lab[0], lab[-1], lab[:, 0], lab[:, -1]]))
+    return np.isin(lab, border[border > 0])
+
+
 def fronts(glacier: np.ndarray, water: np.ndarray) -> np.ndarray:
-    """Calving front pixels: glacier edge pixels next to water."""
-    return edges(glacier) & ndimage.binary_dilation(water, iterations=1)
+    """Calving front pixels: glacier edge pixels next to open water (as CaFFe scores fronts)."""
+    return edges(glacier) & ndimage.binary_dilation(open_water(water), iterations=1)
 
 
 def evaluate(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None, res: float = 10.0) -> dict:

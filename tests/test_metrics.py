@@ -54,3 +54,13 @@ def test_front_distance():
 def test_grid_mismatch():
     with pytest.raises(ValueError, match="same grid"):
         metrics.evaluate(np.zeros((3, 3)), np.zeros((4, 4)))
+
+
+def test_lake_shores_are_not_calving_fronts():
+    t = np.zeros((30, 30), np.uint8)
+    t[:, :15] = Label.CLEAN_ICE
+    t[:, 15:] = Label.WATER  # sea reaching the map edge: a calving front
+    p = t.copy()
+    p[5:8, 3:6] = Label.WATER  # a lake inside the glacier: its shore is no front
+    s = metrics.evaluate(p, t, res=10.0)
+    assert s["front_m"] == pytest.approx(0.0, abs=1e-6)
