@@ -288,11 +288,19 @@ def train_cmd(
         tr = [r for s in train_seeds for r in train.world_regions(world(s))]
         tr += [r for w in worlds for r in train.world_regions(w)]
         va = [r for s in v_seeds for r in train.world_regions(world(s))]
+        # the width option applies to models that have one (cnn5 has a fixed width per layer)
+        import inspect
+
+        from glacier_stac.models import MODELS
+
+        if model not in MODELS:
+            raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
+        kwargs = {"base": base} if "base" in inspect.signature(MODELS[model]).parameters else {}
         # optical-only models may only predict where the optics saw the ground
         required = ["B03", "B11"] if set(feats) <= set(train.OPTICAL_FEATURES) else ["elevation"]
         ckpt, _ = train.train(
             tr, va, model=model, features=feats, required=required, epochs=epochs, steps_per_epoch=steps,
-            batch_size=batch_size, patch=patch, lr=lr, seed=seed, model_kwargs={"base": base}, device=device,
+            batch_size=batch_size, patch=patch, lr=lr, seed=seed, model_kwargs=kwargs, device=device,
             data=f"synthetic worlds seeds {train_seeds} (validation {v_seeds}), {size_km:g} km, years {list(ys)}",
             command="glacier-stac " + " ".join(sys.argv[1:]))
     except (ValueError, FileNotFoundError) as e:
