@@ -50,9 +50,20 @@ def open_water(water: np.ndarray) -> np.ndarray:
     return np.isin(lab, border[border > 0])
 
 
-def fronts(glacier: np.ndarray, water: np.ndarray) -> np.ndarray:
-    """Calving front pixels: glacier edge pixels next to open water (as CaFFe scores fronts)."""
-    return edges(glacier) & ndimage.binary_dilation(open_water(water), iterations=1)
+def fronts(glacier: np.ndarray, water: np.ndarray, reach_px: int = 30) -> np.ndarray:
+    """Calving front pixels: glacier edge pixels within `reach_px` of open water.
+
+    The reach spans the ice melange and sea ice that usually lie between a calving front and open
+    water (CaFFe counts the front as the glacier's boundary to the ocean, melange included).
+    """
+    sea = open_water(water)
+    if not sea.any():
+        return np.zeros_like(glacier, dtype=bool)
+    # the ice-free ground/water connected to the sea (a lake enclosed by ice is no front)
+    lab, _ = ndimage.label(~glacier)
+    seaward = np.isin(lab, np.unique(lab[sea & ~glacier]))
+    near = ndimage.distance_transform_edt(~sea) <= reach_px
+    return edges(glacier) & ndimage.binary_dilation(seaward & (lab > 0)) & near
 
 
 def evaluate(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None, res: float = 10.0) -> dict:

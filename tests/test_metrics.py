@@ -64,3 +64,12 @@ def test_lake_shores_are_not_calving_fronts():
     p[5:8, 3:6] = Label.WATER  # a lake inside the glacier: its shore is no front
     s = metrics.evaluate(p, t, res=10.0)
     assert s["front_m"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_front_across_melange():
+    t = np.zeros((40, 40), np.uint8)
+    t[:, :15] = Label.CLEAN_ICE
+    t[:, 25:] = Label.WATER  # open sea beyond 10 px of melange (background)
+    p = t.copy()
+    p[:, 15:17] = Label.CLEAN_ICE  # front predicted 2 px too far out
+    assert metrics.evaluate(p, t, res=10.0)["front_m"] == pytest.approx(20.0, abs=1e-6)
