@@ -79,9 +79,10 @@ def evaluate(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None
         out[name] = _scores(p == code, t == code)
     pg, tg = np.isin(pred, ice) & valid, np.isin(true, ice) & valid
     out["boundary_m"] = mean_edge_distance(edges(pg), edges(tg), res)
+    # both fronts are measured against the true sea: the score is about where the ice ends, not
+    # about water the model may have painted elsewhere
     twater = true == Label.WATER
-    pwater = (pred == Label.WATER) if (pred == Label.WATER).any() else twater
-    out["front_m"] = mean_edge_distance(fronts(pg, pwater), fronts(tg, twater), res)
+    out["front_m"] = mean_edge_distance(fronts(pg, twater), fronts(tg, twater), res)
     out["valid_fraction"] = float(valid.mean())
     return out
 
