@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -207,7 +208,9 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
             required_features=list(required) if required else None, data=data, seed=seed, command=command)
         net.to(dev)
         scores = [metrics.summary(score(ckpt, r)) for r in val_regions]
-        val = {k: float(np.nanmean([s[k] for s in scores])) for k in scores[0]}
+        with warnings.catch_warnings():  # a score can be NaN in every region (no calving front there)
+            warnings.simplefilter("ignore", RuntimeWarning)
+            val = {k: float(np.nanmean([s[k] for s in scores])) for k in scores[0]}
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "seconds": time.perf_counter() - t0, **val}
         history.append(rec)
         if progress:

@@ -26,19 +26,23 @@ def test_world_regions_are_cubes_with_truth(regions):
         assert (r.labels == Label.DEBRIS_ICE).any() and (r.labels == Label.CLEAN_ICE).any()
 
 
-def test_few_steps_beat_ndsi_on_debris(regions):
-    """Trained on one year, validated on the other half of the scene: debris is where NDSI fails."""
-    west, east = train.spatial_split(regions[0], fraction=0.4, gap=64)
-    ckpt, hist = train.train([west], [east], model="unet", epochs=4, steps_per_epoch=25, batch_size=8, patch=64,
-                             seed=0, model_kwargs={"base": 8}, progress=False)
-    assert len(hist) == 4 and hist[-1]["loss"] < hist[0]["loss"]
+def test_few_steps_beat_ndsi_on_debris(regions, tmp_path_factory):
+    """Trained on one year of the test world, validated on another world (other region), scored on the
+    next year: debris-covered ice is where the NDSI band ratio fails and the sensors together do not."""
+    from glacier_stac.synthetic.world import WorldConfig
+    from glacier_stac.synthetic.writer import generate
+
+    val = train.world_regions(generate(WorldConfig(seed=11, size_km=4, years=(2022,)),
+                                       tmp_path_factory.mktemp("val-world") / "w", progress=False))
+    ckpt, hist = train.train(regions[:1], val, model="unet", epochs=8, steps_per_epoch=25, batch_size=8, patch=64,
+                             seed=0, model_kwargs={"base": 16}, progress=False)
+    assert len(hist) == 8 and hist[-1]["loss"] < hist[0]["loss"]
     test = regions[1]  # the other year, never seen in training
     learned = metrics.evaluate(*_pred(ckpt, test), res=10.0)
     out = ndsi_threshold(test.features).compute()
     base = metrics.evaluate(np.where(out["valid"].values, out["klass"].values, 0), test.labels, res=10.0)
-    # NDSI never maps debris (IoU 0); a hundred steps on 2 km² must already find a good part of it,
-    # though the moraines beside the tongues look the same in optics
-    assert learned["debris"]["iou"] > base["debris"]["iou"] + 0.15, (learned["debris"], base["debris"])
+    # measured 0.64-0.67 over training seeds 0-2; NDSI never maps debris (IoU 0)
+    assert learned["debris"]["iou"] > base["debris"]["iou"] + 0.3, (learned["debris"], base["debris"])
 
 
 def _pred(ckpt, region):
