@@ -14,8 +14,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from glacier_stac import sensors
+from glacier_stac.grid import utm_crs
 from glacier_stac.synthetic import render as R
-from glacier_stac.synthetic.user import utm_epsg
 
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
 STAC_VERSION = "1.1.0"
@@ -58,7 +58,7 @@ def mgrs_tile(lon: float, lat: float) -> str:
     """MGRS 100 km tile of a point, e.g. '06VVN' (the Sentinel-2 tiling)."""
     from pyproj import Transformer
 
-    epsg = utm_epsg(lon, lat)
+    epsg = utm_crs(lon, lat).epsg
     zone = epsg % 100
     band = "CDEFGHJKLMNPQRSTUVWXX"[max(0, min(20, int((lat + 80) // 8)))]
     e, n = Transformer.from_crs("EPSG:4326", f"EPSG:{epsg}", always_xy=True).transform(lon, lat)

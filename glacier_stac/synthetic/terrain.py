@@ -20,18 +20,14 @@ from odc.geo.geobox import GeoBox
 from pyproj import CRS, Transformer
 from scipy import ndimage
 
+from glacier_stac.grid import utm_crs
+
 COARSE = 256  # cells a side of the grid the physics runs on
-
-
-def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the WGS84 UTM zone holding (lon, lat)."""
-    zone = min(int((lon + 180) // 6) + 1, 60)
-    return (32600 if lat >= 0 else 32700) + zone
 
 
 def world_geobox(size_km: float, resolution: float, center_lon: float, center_lat: float) -> GeoBox:
     """Square UTM GeoBox around the centre, pixel edges snapped to multiples of the resolution."""
-    epsg = utm_epsg(center_lon, center_lat)
+    epsg = utm_crs(center_lon, center_lat).epsg
     to_utm = Transformer.from_crs(CRS.from_epsg(4326), CRS.from_epsg(epsg), always_xy=True)
     cx, cy = to_utm.transform(center_lon, center_lat)
     n = int(round(size_km * 1000 / resolution))

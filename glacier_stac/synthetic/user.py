@@ -15,6 +15,7 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
+from glacier_stac.grid import utm_crs
 from glacier_stac.synthetic.world import Surface, World, WorldConfig
 
 LARGE_GLACIER_M2 = 1.0e6  # glaciers above this get a debris-covered tongue
@@ -28,12 +29,6 @@ def _check_years(years: Sequence[int]) -> tuple[int, ...]:
     if list(ys) != sorted(set(ys)):
         raise ValueError(f"years must be increasing and distinct, got {list(ys)}")
     return ys
-
-
-def utm_epsg(lon: float, lat: float) -> int:
-    """EPSG code of the UTM zone holding (lon, lat)."""
-    zone = min(60, int((lon + 180) // 6) + 1)
-    return (32600 if lat >= 0 else 32700) + zone
 
 
 def read_dem(dem_path: str | Path, resolution: float = 10.0) -> tuple[GeoBox, np.ndarray]:
@@ -53,7 +48,7 @@ def read_dem(dem_path: str | Path, resolution: float = 10.0) -> tuple[GeoBox, np
         if src.crs is None:
             raise ValueError(f"DEM {path} has no CRS; georeference it first (e.g. gdal_edit.py -a_srs)")
         lon0, lat0, lon1, lat1 = transform_bounds(src.crs, "EPSG:4326", *src.bounds)
-        epsg = utm_epsg((lon0 + lon1) / 2, (lat0 + lat1) / 2)
+        epsg = utm_crs((lon0 + lon1) / 2, (lat0 + lat1) / 2).epsg
         left, bottom, right, top = transform_bounds(src.crs, f"EPSG:{epsg}", *src.bounds)
         # Stay inside the source footprint so the grid has no empty margin.
         bbox = (
