@@ -24,7 +24,7 @@ from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from glacier_stac import catalog, cube, grid, stac_server
+from glacier_stac import catalog, cube, grid, sensors, stac_server
 from glacier_stac.demo import world_aoi, world_grid
 from glacier_stac.reader import GDAL_CLOUD
 from glacier_stac.synthetic.world import WorldConfig
@@ -81,12 +81,8 @@ def main() -> None:
 
     jobs: list[tuple[str, Resampling]] = []
     for name, items in found.for_year(year).items():
-        stacks = {"sentinel-2": [("B02", "B03", "B04", "B08", "B11", "B12"), ("SCL",)],
-                  "sentinel-1": [("vv", "vh")], "landsat": [("lwir11",), ("qa_pixel",)],
-                  "copdem": [("data",)]}[name]
-        for keys in stacks:
-            rs = Resampling.nearest if keys in (("SCL",), ("qa_pixel",)) else Resampling.bilinear
-            jobs += [(it.assets[k].href, rs) for it in items for k in keys]
+        # the same assets and resampling the cube reads, from the sensor records
+        jobs += [(it.assets[b.key].href, Resampling[b.resampling]) for it in items for b in sensors.get(name).bands]
     mpx = len(jobs) * geobox.shape[0] * geobox.shape[1] / 1e6
 
     cube_times, rio_times = [], []

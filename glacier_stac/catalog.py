@@ -229,7 +229,7 @@ def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = Fa
     _normalise_proj(props, where=f"item {d.get('id')}")
     sensor = S.BY_COLLECTION.get(d.get("collection", ""))
     for key, asset in d.get("assets", {}).items():
-        _normalise_proj(asset, where=f"item {d.get('id')} asset {key}", inherit=props)
+        _normalise_proj(asset, where=f"item {d.get('id')} asset {key}")
         asset["href"] = _absolute(asset["href"], base)
         if sensor is not None and key in sensor.asset_keys():
             href_allowed(asset["href"], allow_local)
@@ -246,7 +246,7 @@ def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = Fa
     return pystac.Item.from_dict(d, preserve_dict=False, migrate=False)
 
 
-def _normalise_proj(obj: dict, where: str, inherit: Mapping[str, Any] | None = None) -> None:
+def _normalise_proj(obj: dict, where: str) -> None:
     code = obj.get("proj:code")
     epsg = obj.get("proj:epsg")
     if epsg is None and isinstance(code, str):

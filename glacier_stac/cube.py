@@ -163,7 +163,7 @@ def _thermal_block(lwir: np.ndarray, qa: np.ndarray, scaling: np.ndarray) -> np.
 # --------------------------------------------------------------------------- the Dask wiring
 
 
-def _stack(items: Sequence[pystac.Item], keys: list[str], geobox: GeoBox, chunks, resampling: str,
+def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geobox: GeoBox, chunks,
            signer: str | None, dtype: str = "float32") -> xr.DataArray:
     """One stackstac stack of some assets of some items, exactly on `geobox`.
 
@@ -171,12 +171,15 @@ def _stack(items: Sequence[pystac.Item], keys: list[str], geobox: GeoBox, chunks
     filled with 0, the no-data DN of Sentinel-2, SCL and Landsat ST (for QA_PIXEL 0 is "clear"
     but is never filled: a QA pixel outside the scene comes back as fill, bit 0).
     """
+    resampling = {sensor.band(k).resampling for k in keys}
+    if len(resampling) != 1:
+        raise ValueError(f"one stack needs one resampling; {sensor.name} {keys} have {sorted(resampling)}")
     b = geobox.boundingbox
     arr = stackstac.stack(
         [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
         resolution=abs(geobox.resolution.x),
         bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False, xy_coords="center",
-        resampling=Resampling[resampling], chunksize=chunks, dtype=np.dtype(dtype),
+        resampling=Resampling[resampling.pop()], chunksize=chunks, dtype=np.dtype(dtype),
         fill_value=NAN if dtype == "float32" else np.dtype(dtype).type(FILL_DN[keys[0]]),
         rescale=False, sortby_date=False, properties=False, band_coords=False,
         reader=functools.partial(CogReader, signer=signer), gdal_env=GDAL_ENV,
@@ -201,23 +204,23 @@ def _sensor_features(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: Geo
     res = abs(geobox.resolution.x)
     out_chunks = ((len(SENSOR_FEATURES[sensor.name]),), *chunks)
     if sensor.name == "sentinel-2":
-        refl = _stack(items, [b.key for b in sensor.data_bands], geobox, chunks, "bilinear", signer, "uint16")
-        scl = _stack(items, ["SCL"], geobox, chunks, "nearest", signer, "uint16")
+        refl = _stack(items, sensor, [b.key for b in sensor.data_bands], geobox, chunks, signer, "uint16")
+        scl = _stack(items, sensor, ["SCL"], geobox, chunks, signer, "uint16")
         block = functools.partial(_optical_block, scaling=_scaling(sensor, items, refl.band.values))
         return da.map_blocks(block, _full_time(refl), _full_time(scl), drop_axis=[0],
                              chunks=out_chunks, dtype=np.float32, name="s2-composite")
     if sensor.name == "sentinel-1":
-        power = _stack(items, ["vv", "vh"], geobox, chunks, "bilinear", signer)
+        power = _stack(items, sensor, ["vv", "vh"], geobox, chunks, signer)
         return da.map_blocks(_sar_block, _full_time(power), drop_axis=[0], chunks=out_chunks,
                              dtype=np.float32, name="s1-composite")
     if sensor.name == "landsat":
-        lwir = _stack(items, ["lwir11"], geobox, chunks, "bilinear", signer, "uint16")
-        qa = _stack(items, ["qa_pixel"], geobox, chunks, "nearest", signer, "uint16")
+        lwir = _stack(items, sensor, ["lwir11"], geobox, chunks, signer, "uint16")
+        qa = _stack(items, sensor, ["qa_pixel"], geobox, chunks, signer, "uint16")
         block = functools.partial(_thermal_block, scaling=_scaling(sensor, items, ["lwir11"]))
         return da.map_blocks(block, _full_time(lwir), _full_time(qa), drop_axis=[0],
                              chunks=out_chunks, dtype=np.float32, name="landsat-composite")
     if sensor.name == "copdem":
-        dem = _stack(items, ["data"], geobox, chunks, "bilinear", signer)
+        dem = _stack(items, sensor, ["data"], geobox, chunks, signer)
         # several DEM tiles: first valid wins; one tile needs no mosaic pass
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
         feats = da.map_overlap(lambda z: terrain(z, res), elev, depth=1, boundary="nearest", trim=False,

@@ -9,7 +9,7 @@ the cube reads *through* them, so real and synthetic items take the same code pa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,7 +41,6 @@ class Sensor:
     native_crs: str  # "utm" or an EPSG string such as "EPSG:4326"
     role: str
     per_acquisition: bool = True  # False for static layers (the DEM): no season, no composite
-    alternatives: Mapping[str, str] = field(default_factory=dict)  # e.g. {"vv": "hh"} for S1 HH/HV scenes
 
     @property
     def data_bands(self) -> tuple[Band, ...]:
@@ -143,7 +142,6 @@ SENTINEL1 = Sensor(
         Band("vv", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
         Band("vh", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
     ),
-    alternatives={"vv": "hh", "vh": "hv"},
 )
 
 LANDSAT = Sensor(

@@ -37,7 +37,7 @@ from glacier_stac.synthetic.world import Label
 log = logging.getLogger(__name__)
 IGNORE = 255
 
-OPTICAL_FEATURES = ("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count")
+OPTICAL_FEATURES = cubes.SENSOR_FEATURES["sentinel-2"]
 
 
 @dataclass
