@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import dask.array as da
 import numpy as np
@@ -18,6 +19,7 @@ import pystac
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import stackstac
 import xarray as xr
+from dask.base import tokenize
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 
@@ -37,40 +39,77 @@ SENSOR_FEATURES: dict[str, tuple[str, ...]] = {
 FEATURES: tuple[str, ...] = tuple(f for fs in SENSOR_FEATURES.values() for f in fs)
 COUNT_FEATURES = ("s2_count", "s1_count", "landsat_count")
 NAN = np.float32(np.nan)
-FILL_DN = {"B02": 0, "B03": 0, "B04": 0, "B08": 0, "B11": 0, "B12": 0, "SCL": 0, "lwir11": 0, "qa_pixel": 1}
 
 
 # --------------------------------------------------------------------------- pure functions on arrays
 
 
-def composite(values: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """Median of valid observations per band, and their count.
+def composite(values: np.ndarray, valid: np.ndarray, scale_offset: np.ndarray | None = None,
+              out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Median of valid observations per band (float32, NaN where none: never zero), and their count.
 
-    values: (time, band, y, x) float; valid: (time, y, x) bool. Returns (band + 1, y, x) float32, the
-    last plane the count. Pixels with no valid observation are NaN (never zero). Invalid values
-    become +inf so they sort last; the median is then the middle of the first `n` values.
+    values: (time, band, y, x) stored numbers (integer, 0 = no-data) or floats (NaN = no-data, |x| < 1e38);
+    valid: (time, y, x) bool. `scale_offset` (band, 2) decodes the median (DN * scale + offset): the same
+    as the median of decoded values when scale > 0, at a fraction of the memory traffic.
+
+    Why this shape: a few scenes a season, over millions of pixels. Invalid observations are pushed to
+    the top of the value range, a compare-exchange network sorts the planes, and the median of the
+    first `n` is picked with a running maximum: every step is a branch-free SIMD ufunc, no masked writes.
     """
-    t = values.shape[0]
-    ok = valid & np.all(np.isfinite(values), axis=1)
-    n = ok.sum(axis=0)
+    t, nb = values.shape[:2]
+    integer = np.issubdtype(values.dtype, np.integer)
+    if integer:
+        ok = valid & (values != 0).all(axis=1)
+        top = values.dtype.type(np.iinfo(values.dtype).max)
+        zero = values.dtype.type(0)
+    else:
+        values = values.astype(np.float32, copy=False)
+        ok = valid & np.isfinite(values).all(axis=1)
+        top, zero = np.float32(1e38), np.float32(-np.inf)  # finite top: lo + hi cannot overflow
+    n = ok.sum(axis=0, dtype=np.uint16)
+    if out is None:
+        out = np.empty((nb, *values.shape[2:]), np.float32)
     if t == 0:
-        return np.concatenate([np.full(values.shape[1:], np.nan, np.float32), n[None].astype(np.float32)])
-    x = np.where(ok[:, None], values, np.inf).astype(np.float32, copy=False)
-    if t <= 8:  # a few scenes a season: a compare-exchange network beats a strided sort
-        srt = list(x)
+        out[:] = np.nan
+        return out, n
+    # invalid observations take the top value, so they sort last
+    if integer:
+        planes = [values[k] | np.where(ok[k], zero, top) for k in range(t)]
+    else:
+        planes = [np.fmax(values[k], np.where(ok[k], zero, top)) for k in range(t)]
+    if t <= 8:
         for i in range(t):
             for j in range(t - 1 - i):
-                lo_, hi_ = np.minimum(srt[j], srt[j + 1]), np.maximum(srt[j], srt[j + 1])
-                srt[j], srt[j + 1] = lo_, hi_
+                lo_ = np.minimum(planes[j], planes[j + 1])
+                np.maximum(planes[j], planes[j + 1], out=planes[j + 1])
+                planes[j] = lo_
     else:
-        srt = list(np.moveaxis(np.sort(np.moveaxis(x, 0, -1), axis=-1), -1, 0))
-    lo_i, hi_i = np.maximum((n - 1) // 2, 0), n // 2
-    lo, hi = srt[0].copy(), srt[0].copy()
-    for k in range(1, t):
-        np.copyto(lo, srt[k], where=(lo_i == k)[None])
-        np.copyto(hi, srt[k], where=(hi_i == k)[None])
-    med = np.where(n > 0, (lo + hi) * np.float32(0.5), np.float32(np.nan))
-    return np.concatenate([med, n[None].astype(np.float32)], axis=0)
+        planes = list(np.sort(np.stack(planes), axis=0))
+    if n.min() == t:  # every observation valid: the middle plane(s)
+        lo, hi = planes[(t - 1) // 2], planes[t // 2]
+    else:  # the planes are sorted, so a running maximum up to index (n-1)//2 (or n//2) picks it
+        lo_i, hi_i = (np.maximum(n, 1) - 1) // 2, n // 2
+        lo, hi = planes[0].copy(), planes[0].copy()
+        for k in range(1, t):
+            for acc, idx in ((lo, lo_i), (hi, hi_i)):
+                take = idx >= k
+                if not take.any():
+                    continue
+                if integer:
+                    np.maximum(acc, planes[k] & np.where(take, top, zero), out=acc)
+                else:
+                    np.maximum(acc, planes[k] + np.where(take, np.float32(0), zero), out=acc)
+    np.add(lo, hi, out=out, dtype=np.float32)
+    if scale_offset is None:
+        out *= np.float32(0.5)
+    else:
+        so = np.asarray(scale_offset, dtype=np.float32)
+        out *= (so[:, 0] * np.float32(0.5))[:, None, None]
+        out += so[:, 1, None, None]
+    none = n == 0
+    if none.any():
+        out += np.where(none, np.float32(np.nan), np.float32(0))
+    return out, n
 
 
 def decode(dn: np.ndarray, scaling: np.ndarray) -> np.ndarray:
@@ -142,45 +181,99 @@ def terrain(elev: np.ndarray, res: float, sun_azimuth: float = 315.0, sun_elevat
     return out
 
 
-def _optical_block(refl: np.ndarray, scl: np.ndarray, scaling: np.ndarray) -> np.ndarray:
-    refl = decode(refl, scaling)
+def _decoding(scaling: np.ndarray) -> np.ndarray | None:
+    """The (band, 2) scale/offset shared by every item, if they share one with scale > 0, else None."""
+    if len(scaling) and np.all(scaling == scaling[:1]) and np.all(scaling[0, :, 0] > 0):
+        return scaling[0]
+    return None
+
+
+def optical_features(refl: np.ndarray, scl: np.ndarray, scaling: np.ndarray, out: np.ndarray) -> None:
+    """Sentinel-2 into `out` (10, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, valid count.
+
+    refl: (time, 6, y, x) DNs; scl: (time, 1, y, x) scene classes; scaling: (time, 6, 2). Items of one
+    processing baseline share scale and offset, so the median is taken on DNs and decoded once.
+    """
     valid = S.scl_valid(scl[:, 0])
-    comp = composite(refl, valid)
-    return np.concatenate([comp[:6], spectral_indices(comp[:6]), comp[6:]])
+    shared = _decoding(scaling)
+    _, n = composite(refl if shared is not None else decode(refl, scaling), valid, shared, out=out[:6])
+    out[6:9] = spectral_indices(out[:6])
+    out[9] = n
 
 
-def _sar_block(power: np.ndarray) -> np.ndarray:
+def sar_features(power: np.ndarray, out: np.ndarray) -> None:
+    """Sentinel-1 into `out` (4, y, x): median VV/VH in dB, VV temporal variation, valid count."""
     valid = np.all(power > 0, axis=1)
-    comp = composite(power, valid)
-    return np.concatenate([to_db(comp[:2]), temporal_cv(power[:, :1], valid), comp[2:]])
+    med, n = composite(power, valid)
+    out[0:2] = to_db(med)
+    out[2] = temporal_cv(power[:, :1], valid)[0]
+    out[3] = n
 
 
-def _thermal_block(lwir: np.ndarray, qa: np.ndarray, scaling: np.ndarray) -> np.ndarray:
-    lwir = decode(lwir, scaling)
-    return composite(lwir, S.landsat_qa_valid(qa[:, 0]))
+def thermal_features(lwir: np.ndarray, qa: np.ndarray, scaling: np.ndarray, out: np.ndarray) -> None:
+    """Landsat into `out` (2, y, x): median surface temperature (K) of QA-clear pixels, valid count."""
+    shared = _decoding(scaling)
+    _, n = composite(lwir if shared is not None else decode(lwir, scaling), S.landsat_qa_valid(qa[:, 0]),
+                     shared, out=out[:1])
+    out[1] = n
+
+
+def dem_features(elev: np.ndarray, res: float, out: np.ndarray) -> None:
+    """DEM into `out` (5, y, x): elevation, slope, aspect sin/cos, hillshade; `elev` has a 1-pixel halo."""
+    out[0] = elev[1:-1, 1:-1]
+    out[1:] = terrain(elev, res)
+
+
+RECIPES: dict[str, Callable[..., None]] = {
+    "sentinel-2": optical_features, "sentinel-1": sar_features, "landsat": thermal_features, "copdem": dem_features,
+}
+
+
+def tile_features(*blocks: np.ndarray, plan: tuple[tuple[str, int, dict[str, Any]], ...]) -> np.ndarray:
+    """All features of one tile, (feature, y, x) float32, written once into one array.
+
+    `plan` lists (sensor, number of input blocks, parameters) in feature order; a sensor with no
+    blocks has no items: NaN features and a zero count.
+    """
+    first = next(i for i, (_, k, _) in enumerate(plan) if k)
+    shape = blocks[0].shape[-2:] if plan[first][0] != "copdem" else tuple(d - 2 for d in blocks[0].shape)
+    out = np.empty((sum(len(SENSOR_FEATURES[name]) for name, _, _ in plan), *shape), np.float32)
+    f = b = 0
+    for name, k, params in plan:
+        view = out[f:f + len(SENSOR_FEATURES[name])]
+        if k:
+            RECIPES[name](*blocks[b:b + k], out=view, **params)
+        else:
+            view[:] = np.nan
+            if SENSOR_FEATURES[name][-1] in COUNT_FEATURES:
+                view[-1] = 0
+        f, b = f + len(view), b + k
+    return out
 
 
 # --------------------------------------------------------------------------- the Dask wiring
 
 
 def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geobox: GeoBox, chunks,
-           signer: str | None, dtype: str = "float32") -> xr.DataArray:
-    """One stackstac stack of some assets of some items, exactly on `geobox`.
+           signer: str | None) -> xr.DataArray:
+    """One stackstac stack of some assets of some items, exactly on `geobox`, in the bands' stored dtype.
 
-    float32 stacks are NaN-filled; uint16 stacks (stored DNs, decoded in the block functions) are
-    filled with 0, the no-data DN of Sentinel-2, SCL and Landsat ST (for QA_PIXEL 0 is "clear"
-    but is never filled: a QA pixel outside the scene comes back as fill, bit 0).
+    Integer bands (stored DNs, decoded after compositing) are filled with their no-data value (0 for
+    Sentinel-2, SCL and Landsat ST; the fill bit for QA_PIXEL); float bands are NaN-filled.
     """
-    resampling = {sensor.band(k).resampling for k in keys}
-    if len(resampling) != 1:
-        raise ValueError(f"one stack needs one resampling; {sensor.name} {keys} have {sorted(resampling)}")
+    bands = [sensor.band(k) for k in keys]
+    kinds = {(b.resampling, b.dtype, b.nodata) for b in bands}
+    if len(kinds) != 1:
+        raise ValueError(f"one stack needs one resampling, dtype and no-data; {sensor.name} {keys} have {kinds}")
+    resampling, dtype, nodata = kinds.pop()
+    dtype = np.dtype(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else np.dtype(np.float32)
     b = geobox.boundingbox
     arr = stackstac.stack(
         [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
         resolution=abs(geobox.resolution.x),
         bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False, xy_coords="center",
-        resampling=Resampling[resampling.pop()], chunksize=chunks, dtype=np.dtype(dtype),
-        fill_value=NAN if dtype == "float32" else np.dtype(dtype).type(FILL_DN[keys[0]]),
+        resampling=Resampling[resampling], chunksize=(-1, -1, *chunks), dtype=dtype,
+        fill_value=dtype.type(nodata) if dtype.kind in "iu" else NAN,
         rescale=False, sortby_date=False, properties=False, band_coords=False,
         reader=functools.partial(CogReader, signer=signer), gdal_env=GDAL_ENV,
     )
@@ -194,49 +287,32 @@ def _scaling(sensor: S.Sensor, items: Sequence[pystac.Item], keys: Sequence[str]
     return np.array([[sensor.scaling(it, k) for k in keys] for it in items], dtype=np.float64)
 
 
-def _full_time(arr: xr.DataArray) -> da.Array:
-    return arr.data.rechunk({0: -1, 1: -1})
-
-
-def _sensor_features(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: GeoBox, chunks,
-                     signer: str | None) -> da.Array:
-    """(k, y, x) dask array of one sensor's features."""
-    res = abs(geobox.resolution.x)
-    out_chunks = ((len(SENSOR_FEATURES[sensor.name]),), *chunks)
-    if sensor.name == "sentinel-2":
-        refl = _stack(items, sensor, [b.key for b in sensor.data_bands], geobox, chunks, signer, "uint16")
-        scl = _stack(items, sensor, ["SCL"], geobox, chunks, signer, "uint16")
-        block = functools.partial(_optical_block, scaling=_scaling(sensor, items, refl.band.values))
-        return da.map_blocks(block, _full_time(refl), _full_time(scl), drop_axis=[0],
-                             chunks=out_chunks, dtype=np.float32, name="s2-composite")
-    if sensor.name == "sentinel-1":
-        power = _stack(items, sensor, ["vv", "vh"], geobox, chunks, signer)
-        return da.map_blocks(_sar_block, _full_time(power), drop_axis=[0], chunks=out_chunks,
-                             dtype=np.float32, name="s1-composite")
-    if sensor.name == "landsat":
-        lwir = _stack(items, sensor, ["lwir11"], geobox, chunks, signer, "uint16")
-        qa = _stack(items, sensor, ["qa_pixel"], geobox, chunks, signer, "uint16")
-        block = functools.partial(_thermal_block, scaling=_scaling(sensor, items, ["lwir11"]))
-        return da.map_blocks(block, _full_time(lwir), _full_time(qa), drop_axis=[0],
-                             chunks=out_chunks, dtype=np.float32, name="landsat-composite")
+def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: GeoBox, chunks,
+                   signer: str | None) -> tuple[list[da.Array], dict[str, Any]]:
+    """A sensor recipe's lazy inputs ((time, band, y, x) stacks; the DEM with a halo) and its parameters."""
     if sensor.name == "copdem":
         dem = _stack(items, sensor, ["data"], geobox, chunks, signer)
         # several DEM tiles: first valid wins; one tile needs no mosaic pass
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
-        feats = da.map_overlap(lambda z: terrain(z, res), elev, depth=1, boundary="nearest", trim=False,
-                               new_axis=[0], chunks=((4,), *chunks), dtype=np.float32, name="terrain",
-                               allow_rechunk=False)
-        return da.concatenate([elev[None], feats], axis=0)
-    raise ValueError(f"no feature recipe for sensor {sensor.name!r}")
+        return [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")], {"res": abs(geobox.resolution.x)}
+    data_keys = [b.key for b in sensor.data_bands]
+    arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
+    if sensor.mask_band is not None:
+        arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
+    params: dict[str, Any] = {}
+    if sensor.name in ("sentinel-2", "landsat"):
+        params["scaling"] = _scaling(sensor, items, data_keys)
+    return arrays, params
 
 
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
           sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | None = None) -> xr.DataArray:
-    """A lazy (feature, y, x) float32 cube for one year on `geobox`, chunked on the global tile grid.
+    """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
     chosen. A sensor without items gives NaN features and a zero count, and is listed in the
-    `missing_sensors` attribute. Reads no pixels.
+    `missing_sensors` attribute. Reads no pixels. Each tile is one task over all sensors' reads, so
+    the features are written once, with no concatenation or rechunking afterwards.
     """
     global_origin(geobox)  # refuses a geobox off the global lattice
     if isinstance(items, SearchResult):
@@ -250,23 +326,33 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     for name in by_sensor:
         S.get(name)
     chunks = tile_chunks(geobox, tile_px)
-    blocks, missing, provenance = [], [], {}
+    names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
+    args: list[Any] = []
+    plan: list[tuple[str, int, dict[str, Any]]] = []
+    missing, provenance = [], {}
     for sensor in wanted:
         its = list(by_sensor.get(sensor.name, []))
-        k = len(SENSOR_FEATURES[sensor.name])
         if not its:
             missing.append(sensor.name)
-            arr = da.full((k, *geobox.shape), NAN, chunks=((k,), *chunks), dtype=np.float32)
-            if sensor.name != "copdem":
-                arr = da.concatenate([arr[:-1], da.zeros((1, *geobox.shape), chunks=((1,), *chunks),
-                                                         dtype=np.float32)])
-            blocks.append(arr)
+            plan.append((sensor.name, 0, {}))
             continue
         _check_items(sensor, its, year)
-        blocks.append(_sensor_features(sensor, its, geobox, chunks, signer))
+        arrays, params = _sensor_inputs(sensor, its, geobox, chunks, signer)
+        for j, arr in enumerate(arrays):
+            # time and band are contracted (each array its own), y and x are the tile grid
+            ind = (f"{sensor.name}{j}t", f"{sensor.name}{j}b", "y", "x") if arr.ndim == 4 else ("y", "x")
+            args += [arr, ind]
+        plan.append((sensor.name, len(arrays), params))
         provenance[sensor.name] = [i.id for i in its]
-    data = da.concatenate(blocks, axis=0).rechunk({0: -1})
-    names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
+    if args:
+        data = da.blockwise(
+            functools.partial(tile_features, plan=tuple(plan)), ("feature", "y", "x"), *args,
+            new_axes={"feature": len(names)}, adjust_chunks={"y": chunks[0], "x": chunks[1]},
+            concatenate=True, align_arrays=False, dtype=np.float32, name=f"cube-{year}-" + tokenize(args, plan),
+        )
+    else:
+        fill = np.array([0 if f in COUNT_FEATURES else np.nan for f in names], np.float32)[:, None, None]
+        data = da.ones((len(names), *geobox.shape), chunks=((len(names),), *chunks), dtype=np.float32) * fill
     y, x = pixel_centres(geobox)
     cube = xr.DataArray(
         data, dims=("feature", "y", "x"), coords={"feature": names, "y": y, "x": x}, name="features",

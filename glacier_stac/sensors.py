@@ -189,8 +189,14 @@ def resolve(names: str | list[str] | tuple[str, ...] | None) -> list[Sensor]:
     return [get(n) for n in names]
 
 
+_SCL_USABLE = np.ones(256, bool)
+_SCL_USABLE[list(SCL_INVALID)] = False
+
+
 def scl_valid(scl: np.ndarray) -> np.ndarray:
     """True where a Sentinel-2 pixel is usable (not no-data, saturated, cloud, shadow or cirrus)."""
+    if scl.dtype == np.uint8:
+        return _SCL_USABLE[scl]  # a table lookup: several times faster than isin on every pixel
     return ~np.isin(scl, SCL_INVALID)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 
 import geopandas as gpd
@@ -19,10 +20,42 @@ FIX = Path(__file__).parent / "fixtures" / "planetary-computer"
 def test_composite_is_median_of_valid_and_counts():
     v = np.array([1.0, 2.0, 100.0, 3.0], dtype=np.float32).reshape(4, 1, 1, 1)
     valid = np.array([True, True, False, True]).reshape(4, 1, 1)
-    out = cube.composite(v, valid)
-    assert out[0, 0, 0] == 2.0 and out[1, 0, 0] == 3.0
-    none = cube.composite(v, np.zeros((4, 1, 1), bool))
-    assert np.isnan(none[0, 0, 0]) and none[1, 0, 0] == 0  # no valid obs: NaN, never zero
+    med, n = cube.composite(v, valid)
+    assert med[0, 0, 0] == 2.0 and n[0, 0] == 3
+    none, n0 = cube.composite(v, np.zeros((4, 1, 1), bool))
+    assert np.isnan(none[0, 0, 0]) and n0[0, 0] == 0  # no valid obs: NaN, never zero
+
+
+@pytest.mark.parametrize("t", [1, 2, 3, 4, 7, 8, 9, 15])
+@pytest.mark.parametrize("kind", ["float", "dn"])
+def test_composite_equals_nanmedian_for_any_scene_count(t, kind):
+    """The sorting network (t <= 8) and the sort (t > 8), on floats (NaN no-data) and DNs (0 no-data)."""
+    rng = np.random.default_rng(t)
+    dn = rng.integers(0, 40, (t, 3, 17, 19)).astype(np.uint16)  # many ties, many no-data zeros
+    valid = rng.random((t, 17, 19)) > 0.25
+    as_float = np.where(dn == 0, np.nan, dn.astype(np.float32))
+    ok = valid & np.isfinite(as_float).all(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        expect = np.nanmedian(np.where(ok[:, None], as_float, np.nan), axis=0)
+    med, n = cube.composite(as_float if kind == "float" else dn, valid)
+    np.testing.assert_array_equal(n, ok.sum(axis=0))
+    np.testing.assert_allclose(med, expect, rtol=1e-6, equal_nan=True)
+    assert np.isnan(med[:, n == 0]).all()
+
+
+def test_composite_on_dns_then_decode_equals_decode_then_composite():
+    rng = np.random.default_rng(1)
+    dn = rng.integers(0, 12000, (5, 2, 30, 30)).astype(np.uint16)
+    valid = rng.random((5, 30, 30)) > 0.2
+    scaling = np.tile([[1e-4, -0.1], [0.00341802, 149.0]], (5, 1, 1))
+    med, n = cube.composite(dn, valid, scaling[0])
+    ref, n_ref = cube.composite(cube.decode(dn, scaling), valid)
+    np.testing.assert_array_equal(n, n_ref)
+    np.testing.assert_allclose(med, ref, atol=1e-4, equal_nan=True)
+    assert cube._decoding(scaling) is not None
+    scaling[2, 0, 1] = 0.0  # one item of another processing baseline: decode first
+    assert cube._decoding(scaling) is None
 
 
 def test_decode_applies_per_item_scale_offset():

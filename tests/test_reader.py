@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import rasterio
 from rasterio.transform import from_origin
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 from stackstac.raster_spec import RasterSpec
 
@@ -141,3 +142,43 @@ def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
     assert clone.gdal_env.always.options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5" and "sig=" not in state["url"]
 
+
+
+def _cog(path, arr, res, origin, nodata):
+    with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=arr.dtype,
+                       crs="EPSG:32606", transform=from_origin(*origin, res, res), nodata=nodata,
+                       tiled=True, blockxsize=64, blockysize=64, compress="deflate") as dst:
+        dst.write(arr, 1)
+
+
+@pytest.mark.parametrize(("src_res", "origin", "resampling"), [
+    (20, (500000, 6800000), "bilinear"),  # Sentinel-2 20 m bands
+    (30, (499990, 6800020), "bilinear"),  # Landsat-like: 30 m, origin on another 10 m lattice point
+    (20, (500000, 6800000), "nearest"),  # SCL
+    (10, (499800, 6800400), "bilinear"),  # same pixels, integer offset: a plain read
+])
+def test_same_crs_reads_equal_the_warper(tmp_path, src_res, origin, resampling):
+    """Skipping the warper for same-CRS sources changes no value: no-data islands, asset edges and all."""
+    rng = np.random.default_rng(src_res)
+    n = 2400 // src_res
+    arr = (rng.random((n, n)) * 9000 + 100).astype(np.uint16)
+    arr[10:14, 20:25] = 0  # a no-data island
+    arr[:, -3:] = 0  # a no-data edge
+    path = tmp_path / "band.tif"
+    _cog(path, arr, src_res, origin, 0)
+    # a grid larger than the asset on two sides, cut into irregular tile windows
+    spec = RasterSpec(epsg=32606, bounds=(499500, 6797400, 502100, 6800000), resolutions_xy=(10, 10))
+    rs = rasterio.enums.Resampling[resampling]
+    fast = reader.CogReader(url=str(path), spec=spec, resampling=rs, dtype=np.dtype("uint16"),
+                            fill_value=np.uint16(0))
+    warped = []
+    real_warped = fast._warped
+    fast._warped = lambda h: warped.append(1) or real_warped(h)
+    with rasterio.open(path) as src, WarpedVRT(src, resampling=rs, **spec.vrt_params) as vrt:
+        h, w = vrt.shape
+        for r0, r1 in ((0, 37), (37, 150), (150, h)):
+            for c0, c1 in ((0, 71), (71, 200), (200, w)):
+                win = Window(c0, r0, c1 - c0, r1 - r0)
+                np.testing.assert_array_equal(fast.read(win), vrt.read(1, window=win), err_msg=str(win))
+    assert 0 < len(warped) < 9, "expected some windows read without the warper and some warped"
+    fast.close()
