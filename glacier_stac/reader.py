@@ -12,7 +12,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -146,8 +146,8 @@ class CogReader:
         self.gdal_env = gdal_env or GDAL_ENV
         self.errors_as_nodata = errors_as_nodata
         self.url = SIGNERS[signer](self.unsigned_url) if signer else url
-        self._local = threading.local()
-        self._handles: list[tuple[Any, Any]] = []
+        self._handles: list[_Handle] = []  # every open handle
+        self._free: list[_Handle] = []  # those no thread is reading from
         self._lock = threading.Lock()
 
     # -- opening ------------------------------------------------------------------------------
@@ -174,15 +174,27 @@ class CogReader:
                                   **self.spec.vrt_params)
         return h.vrt
 
-    def _handle(self) -> _Handle:
-        h = getattr(self._local, "h", None)
+    @contextlib.contextmanager
+    def _handle(self) -> Iterator[_Handle]:
+        """A handle no other thread is using: the asset's last one when free, so its GDAL block cache
+        serves the next tile's window (tile edges cut through COG blocks); a new one otherwise."""
+        with self._lock:
+            h = self._free.pop() if self._free else None
         if h is None or h.ds.closed:
-            h = self._local.h = self._open()
-        return h
+            h = self._open()
+        try:
+            yield h
+        finally:
+            with self._lock:
+                if not h.ds.closed and h in self._handles:
+                    self._free.append(h)
 
     # -- reading ------------------------------------------------------------------------------
     def _read(self, window) -> np.ndarray:
-        h = self._handle()
+        with self._handle() as h:
+            return self._read_with(h, window)
+
+    def _read_with(self, h: _Handle, window) -> np.ndarray:
         nodata = h.ds.nodata
         # integer output (stored DNs) is read as is: half the memory of float32 and no rounding doubt
         out = self.dtype if np.issubdtype(self.dtype, np.integer) else np.dtype(np.float32)
@@ -238,7 +250,6 @@ class CogReader:
 
     def _resign(self) -> None:
         self.close()
-        self._local = threading.local()
         self.url = SIGNERS[self.signer](self.unsigned_url, refresh=True)
 
     def read(self, window, **kwargs) -> np.ndarray:
@@ -258,7 +269,7 @@ class CogReader:
 
     def close(self) -> None:
         with self._lock:
-            handles, self._handles = self._handles, []
+            handles, self._handles, self._free = self._handles, [], []
         for h in handles:
             if h.vrt is not None:
                 h.vrt.close()
