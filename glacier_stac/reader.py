@@ -40,7 +40,8 @@ GDAL_CLOUD = {
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 64 * 2**20,
     # bytes: rasterio passes an int to GDALSetCacheMax64, so a bare 256 would mean 256 *bytes* and
-    # silently disable the block cache (tile windows that cut through COG blocks then decode them twice)
+    # silently disable the block cache (tile windows that cut through COG blocks then decode them again;
+    # rasterio#2336)
     "GDAL_CACHEMAX": 256 * 2**20,
     "GDAL_NUM_THREADS": "1",  # parallelism comes from Dask
 }

@@ -143,6 +143,14 @@ def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
     assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5" and "sig=" not in state["url"]
 
 
+def test_block_cache_is_megabytes_not_bytes():
+    """rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: 256 would be a 256-byte cache,
+    and every tile window cutting a COG block would decode it again (rasterio#2336)."""
+    from rasterio._env import get_gdal_config
+
+    with reader.GDAL_ENV.read:
+        assert get_gdal_config("GDAL_CACHEMAX") >= 64 * 2**20
+
 
 def _cog(path, arr, res, origin, nodata):
     with rasterio.open(path, "w", driver="GTiff", width=arr.shape[1], height=arr.shape[0], count=1, dtype=arr.dtype,
