@@ -98,13 +98,19 @@ def main() -> None:
         cube_times.append(time.perf_counter() - t0)
         rio_times.append(rasterio_reads(jobs, geobox, data.attrs["tile_px"], args.threads))
     assert np.isfinite(values[list(data.feature.values).index("elevation")]).mean() > 0.9, "cube read no DEM pixels"
+    t0 = time.perf_counter()  # for reference: into a fresh result array, as `.compute()` does
+    with dask.config.set(scheduler="threads", num_workers=args.threads):
+        data.compute()
+    t_fresh = time.perf_counter() - t0
     t_cube, t_rio = min(cube_times), min(rio_times)
+    median_ratio = float(np.median(rio_times) / np.median(cube_times))
     res = {
         "world": {"seed": cfg.seed, "size_km": cfg.size_km, "year": year, "grid": list(geobox.shape)},
         "assets_read": len(jobs), "megapixels": mpx, "threads": args.threads,
         "cube_seconds": t_cube, "rasterio_seconds": t_rio,
         "cube_mpx_per_s": mpx / t_cube, "rasterio_mpx_per_s": mpx / t_rio,
-        "ratio_vs_rasterio": t_rio / t_cube, "target_ratio": 1.0,
+        "ratio_vs_rasterio": t_rio / t_cube, "target_ratio": 1.0, "ratio_of_medians": median_ratio,
+        "cube_compute_fresh_result_seconds": t_fresh,
         "cube_seconds_all": cube_times, "rasterio_seconds_all": rio_times,
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
         "quick": args.quick,
@@ -115,8 +121,8 @@ def main() -> None:
     print("|---|---|---|")
     print(f"| cube (stackstac + composite + features) | {t_cube:.2f} | {mpx / t_cube:.1f} |")
     print(f"| rasterio windowed reads (WarpedVRT) | {t_rio:.2f} | {mpx / t_rio:.1f} |")
-    print(f"\nratio vs rasterio: **{t_rio / t_cube:.2f}** (target >= 1.0); {len(jobs)} assets, {mpx:.0f} Mpx, "
-          f"{args.threads} threads")
+    print(f"\nratio vs rasterio: **{t_rio / t_cube:.2f}** (target >= 1.0; ratio of medians {median_ratio:.2f}); "
+          f"{len(jobs)} assets, {mpx:.0f} Mpx, {args.threads} threads; `.compute()` into a fresh array {t_fresh:.2f} s")
 
 
 if __name__ == "__main__":
