@@ -116,7 +116,9 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
         errors = read_errors(client)
         rep.cube["read_errors"] = errors
         if errors:
-            console.print(f"[yellow]{len(errors)} unreadable assets recorded as no-data[/yellow]")
+            console.print(f"[yellow]{len(errors)} unreadable reads recorded as no-data[/yellow]")
+            for e in {(e["item"], e["asset_key"], e["error"]): e for e in errors}.values():
+                console.print(f"  item {e['item']} asset {e['asset_key']}: {e['error']}", markup=False)
         if checkpoint is not None and Path(checkpoint).exists():
             rep.prediction = _predict(data, Path(checkpoint), world_dir, year, geobox, console)
         elif checkpoint is not None:

@@ -74,12 +74,15 @@ _errors_lock = threading.Lock()
 READ_ERROR_TOPIC = "glacier_stac.read_error"
 
 
-def record_read_error(url: str, error: BaseException, where: str) -> None:
-    rec = {"asset": redact(url), "error": f"{type(error).__name__}: {redact(str(error))[:300]}",
-           "where": where, "time": time.time()}
+def record_read_error(url: str, error: BaseException, where: str, item: str | None = None,
+                      asset_key: str | None = None) -> None:
+    """Record an unreadable asset: which item, which asset, where in the grid, and why (never a token)."""
+    rec = {"item": item, "asset_key": asset_key, "asset": redact(url),
+           "error": f"{type(error).__name__}: {redact(str(error))[:300]}", "where": where, "time": time.time()}
     with _errors_lock:
         READ_ERRORS.append(rec)
-    log.warning("unreadable asset %s (%s): recorded as no-data", rec["asset"], rec["error"])
+    log.warning("unreadable asset %s of item %s (%s): recorded as no-data", asset_key or rec["asset"], item,
+                rec["error"])
     try:
         from distributed import get_worker
 
@@ -135,10 +138,12 @@ class CogReader:
 
     def __init__(self, *, url: str, spec: Any, resampling: Any, dtype: np.dtype, fill_value: float | int,
                  scale_offset: tuple[float, float] = (1.0, 0.0), gdal_env: LayeredEnv | None = None,
-                 errors_as_nodata: tuple = (), signer: str | None = None, record_errors: bool = True) -> None:
+                 errors_as_nodata: tuple = (), signer: str | None = None, record_errors: bool = True,
+                 labels: dict[str, tuple[str, str]] | None = None) -> None:
         self.unsigned_url = redact(url)
         self.signer = signer
         self.record_errors = record_errors
+        self.labels = labels  # unsigned URL -> (item id, asset key), so a failure names both
         self.spec = spec
         self.resampling = resampling
         self.dtype = np.dtype(dtype)
@@ -264,7 +269,8 @@ class CogReader:
                     continue
                 if not self.record_errors:
                     raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(str(e))}") from None
-                record_read_error(self.unsigned_url, e, where=str(window))
+                item, key = (self.labels or {}).get(self.unsigned_url, (None, None))
+                record_read_error(self.unsigned_url, e, where=str(window), item=item, asset_key=key)
                 return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)
         raise AssertionError("unreachable")
 
@@ -285,7 +291,7 @@ class CogReader:
         return {"url": self.unsigned_url, "spec": self.spec, "resampling": self.resampling, "dtype": self.dtype,
                 "fill_value": self.fill_value, "scale_offset": self.scale_offset, "gdal_env": self.gdal_env,
                 "errors_as_nodata": self.errors_as_nodata, "signer": self.signer,
-                "record_errors": self.record_errors}  # never a token
+                "record_errors": self.record_errors, "labels": self.labels}  # never a token
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)

@@ -178,6 +178,9 @@ def test_missing_asset_is_recorded_nodata(world_dir, found, tmp_path):
     c = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"]).compute(scheduler="threads")
     errs = reader.read_errors()
     assert errs and all(e["asset"] == gone.as_uri() for e in errs)
+    assert {(e["item"], e["asset_key"]) for e in errs} == {(items[0].id, "vv")}  # which item, which asset
+    assert all("No such file" in e["error"] or "not recognized" in e["error"] or "exist" in e["error"]
+               for e in errs), errs[0]["error"]
     # the acquisition with the missing asset is not counted; nothing became zero
     assert c.sel(feature="s1_count").max() <= len(items) - 1
     assert np.nanmin(c.sel(feature="vv_db").values) > -60
