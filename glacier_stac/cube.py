@@ -267,7 +267,7 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         raise ValueError(f"one stack needs one resampling, dtype and no-data; {sensor.name} {keys} have {kinds}")
     resampling, dtype, nodata = kinds.pop()
     dtype = np.dtype(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else np.dtype(np.float32)
-    labels = {redact(it.assets[k].href): (it.id, k) for it in items for k in keys}
+    labels = {redact(it.assets[k].href): (it.id, k) for it in items for k in keys if k in it.assets}
     b = geobox.boundingbox
     arr = stackstac.stack(
         [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
@@ -288,15 +288,14 @@ def _scaling(sensor: S.Sensor, items: Sequence[pystac.Item], keys: Sequence[str]
     return np.array([[sensor.scaling(it, k) for k in keys] for it in items], dtype=np.float64)
 
 
-def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], geobox: GeoBox, chunks,
+def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: list[str], geobox: GeoBox, chunks,
                    signer: str | None) -> tuple[list[da.Array], dict[str, Any]]:
     """A sensor recipe's lazy inputs ((time, band, y, x) stacks; the DEM with a halo) and its parameters."""
     if sensor.name == "copdem":
-        dem = _stack(items, sensor, ["data"], geobox, chunks, signer)
+        dem = _stack(items, sensor, data_keys, geobox, chunks, signer)
         # several DEM tiles: first valid wins; one tile needs no mosaic pass
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
         return [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")], {"res": abs(geobox.resolution.x)}
-    data_keys = [b.key for b in sensor.data_bands]
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
@@ -330,15 +329,22 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
     args: list[Any] = []
     plan: list[tuple[str, int, dict[str, Any]]] = []
-    missing, provenance = [], {}
+    missing, provenance, gaps, alternates = [], {}, {}, {}
     for sensor in wanted:
         its = list(by_sensor.get(sensor.name, []))
         if not its:
             missing.append(sensor.name)
             plan.append((sensor.name, 0, {}))
             continue
-        _check_items(sensor, its, year)
-        arrays, params = _sensor_inputs(sensor, its, geobox, chunks, signer)
+        keys, its, sensor_gaps = _select(sensor, its, year)
+        gaps.update({f"{sensor.name}/{k}": v for k, v in sensor_gaps.items()})
+        if len(keys) > 1 and keys != [b.key for b in sensor.data_bands]:
+            alternates[sensor.name] = "+".join(keys).upper()
+        if not its:
+            missing.append(sensor.name)
+            plan.append((sensor.name, 0, {}))
+            continue
+        arrays, params = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
         for j, arr in enumerate(arrays):
             # time and band are contracted (each array its own), y and x are the tile grid
             ind = (f"{sensor.name}{j}t", f"{sensor.name}{j}b", "y", "x") if arr.ndim == 4 else ("y", "x")
@@ -362,6 +368,8 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             "sensors": [s.name for s in wanted if s.name not in missing],
             "missing_sensors": missing,
             "items": {k: ",".join(v) for k, v in provenance.items()},  # ids, never URLs
+            "gaps": gaps,  # "sensor/item id" -> what was missing and what became of it
+            "alternate_assets": alternates,  # sensor -> the alternate set composited, e.g. "HH+HV"
             "tile_px": tile_px,
         },
     )
@@ -371,13 +379,37 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     return cube
 
 
-def _check_items(sensor: S.Sensor, items: Sequence[pystac.Item], year: int | None) -> None:
+def _select(sensor: S.Sensor, items: Sequence[pystac.Item], year: int | None
+            ) -> tuple[list[str], list[pystac.Item], dict[str, str]]:
+    """Which data assets to read, from which items, and the gaps: item id -> what is missing and why.
+
+    A sensor with alternate asset sets (Sentinel-1 VV/VH or HH/HV) composites the set most items carry
+    (the canonical one on a tie), so co-pol is never mixed with another polarisation; items carrying
+    none of that set, or no mask asset (SCL, QA_PIXEL), are left out and said so. A missing data asset
+    makes that acquisition no-data (stackstac fills it), recorded here rather than a crash or zeros.
+    """
+    sets = sensor.data_key_sets()
+    counts = [sum(all(k in it.assets for k in keys) for it in items) for keys in sets]
+    keys = sets[max(range(len(sets)), key=lambda i: (counts[i], -i))]
+    mask = sensor.mask_band.key if sensor.mask_band is not None else None
+    chosen, gaps = [], {}
     for it in items:
-        absent = [k for k in sensor.asset_keys() if k not in it.assets]
-        if absent:
-            raise ValueError(f"{sensor.name} item {it.id} (year {year}) lacks asset(s) {absent}; "
-                             f"it has {sorted(it.assets)}")
-        first = it.assets[sensor.asset_keys()[0]].extra_fields
-        if it.properties.get("proj:epsg") is None and first.get("proj:epsg") is None:
+        if it.properties.get("proj:epsg") is None and all(
+                a.extra_fields.get("proj:epsg") is None for a in it.assets.values()):
             raise ValueError(f"{sensor.name} item {it.id} has no proj:epsg/proj:code; normalise it with "
                              "catalog.normalise_item first")
+        have = [k for k in keys if k in it.assets]
+        if not have:
+            gaps[it.id] = (f"left out: has none of {', '.join(keys)} (has {', '.join(sorted(it.assets))}); "
+                           f"{sensor.name} {year} composites {'+'.join(keys).upper()}")
+            continue
+        if mask and mask not in it.assets:  # no cloud/QA mask: its pixels cannot be trusted
+            gaps[it.id] = f"left out: lacks its mask asset {mask}"
+            continue
+        absent = [k for k in keys if k not in it.assets]
+        if absent:
+            gaps[it.id] = f"no-data: lacks asset(s) {', '.join(absent)}"
+        chosen.append(it)
+    for item_id, why in gaps.items():
+        log.warning("%s item %s (year %s): %s", sensor.name, item_id, year, why)
+    return keys, chosen, gaps

@@ -152,13 +152,19 @@ def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch):
     assert c2.rio.crs.to_epsg() == gb2.crs.epsg
 
 
-def test_missing_asset_is_named():
+def test_missing_asset_is_a_named_gap_in_a_real_item():
+    """A real Planetary Computer item without B11 still builds (no pixels read); the gap names item and asset."""
     d = json.loads((FIX / "sentinel-2-l2a.item.S2B_T06VVN_20190629.json").read_text())
     del d["assets"]["B11"]
     item = catalog.normalise_item(d)
     gb = grid.geobox_for(geom.box(-147.3, 61.1, -147.0, 61.25, "EPSG:4326"))
-    with pytest.raises(ValueError, match=r"S2B_MSIL2A_20190629.*B11"):
-        cube.build({"sentinel-2": [item]}, gb, 2019)
+    c = cube.build({"sentinel-2": [item]}, gb, 2019)
+    assert c.attrs["gaps"] == {f"sentinel-2/{item.id}": "no-data: lacks asset(s) B11"}
+    assert c.attrs["items"]["sentinel-2"] == item.id
+    del d["assets"]["SCL"]  # without its cloud mask the item is left out: the sensor is missing
+    c = cube.build({"sentinel-2": [catalog.normalise_item(d)]}, gb, 2019)
+    assert "lacks its mask asset SCL" in c.attrs["gaps"][f"sentinel-2/{item.id}"]
+    assert "sentinel-2" in c.attrs["missing_sensors"]
 
 
 def test_temporal_cv():

@@ -186,6 +186,55 @@ def test_missing_asset_is_recorded_nodata(world_dir, found, tmp_path):
     assert np.nanmin(c.sel(feature="vv_db").values) > -60
 
 
+def _as_hh_hv(item):
+    """A Sentinel-1 item as a polar HH/HV acquisition: same pixels, other asset keys."""
+    it = item.clone()
+    it.assets["hh"], it.assets["hv"] = it.assets.pop("vv"), it.assets.pop("vh")
+    it.properties["sar:polarizations"] = ["HH", "HV"]
+    return it
+
+
+def test_hh_hv_scenes_stand_in_for_vv_vh(world_dir, found):
+    """Polar acquisitions carry only HH/HV: the cube composites them and says so."""
+    gb = world_grid(world_dir).crop((256, 256))  # a corner is enough: same tiles, fewer pixels
+    items = found.items["sentinel-1"][YEAR]
+    vv = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"])
+    hh = cube.build({"sentinel-1": [_as_hh_hv(it) for it in items]}, gb, YEAR, sensors=["sentinel-1"])
+    assert hh.attrs["alternate_assets"] == {"sentinel-1": "HH+HV"} and vv.attrs["alternate_assets"] == {}
+    np.testing.assert_array_equal(hh.values, vv.values)
+    assert np.isfinite(hh.sel(feature="vv_db").values).mean() > 0.9
+
+
+def test_polarisations_are_not_mixed(world_dir, found):
+    """Two HH/HV scenes and one VV/VH: the pair most scenes carry is composited, the other scene left out."""
+    gb = world_grid(world_dir).crop((256, 256))
+    items = found.items["sentinel-1"][YEAR]
+    assert len(items) == 3
+    mixed = [_as_hh_hv(items[0]), _as_hh_hv(items[1]), items[2]]
+    c = cube.build({"sentinel-1": mixed}, gb, YEAR, sensors=["sentinel-1"])
+    assert c.attrs["alternate_assets"] == {"sentinel-1": "HH+HV"}
+    assert list(c.attrs["gaps"]) == [f"sentinel-1/{items[2].id}"]
+    assert "left out" in c.attrs["gaps"][f"sentinel-1/{items[2].id}"]
+    assert c.attrs["items"]["sentinel-1"] == ",".join(i.id for i in mixed[:2])
+    assert int(c.sel(feature="s1_count").max()) == 2
+
+
+def test_asset_missing_from_an_item_is_a_recorded_gap(world_dir, found):
+    """An S2 item without B11 (and one without SCL): no crash, that acquisition becomes no-data, said in attrs."""
+    gb = world_grid(world_dir).crop((256, 256))
+    items = [it.clone() for it in found.items["sentinel-2"][YEAR]]
+    full = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"]).compute()
+    del items[0].assets["B11"]
+    del items[1].assets["SCL"]
+    c = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"]).compute()
+    assert c.attrs["gaps"] == {f"sentinel-2/{items[0].id}": "no-data: lacks asset(s) B11",
+                               f"sentinel-2/{items[1].id}": "left out: lacks its mask asset SCL"}
+    assert c.attrs["items"]["sentinel-2"] == ",".join(i.id for i in (items[0], items[2]))
+    n_full, n = full.sel(feature="s2_count").values, c.sel(feature="s2_count").values
+    assert n.max() <= 1 and (n <= n_full).all() and n_full.max() == 3  # two acquisitions out of three gone
+    assert np.isnan(c.sel(feature="B11").values[n == 0]).all()  # nothing became zero
+
+
 def test_whole_sensor_missing_is_said(world_dir, found):
     items = found.for_year(YEAR)
     items.pop("landsat")
