@@ -17,9 +17,12 @@ import dask.array as da
 import numpy as np
 import pystac
 import rioxarray  # noqa: F401 - registers the .rio accessor
+import shapely
+import shapely.geometry
 import stackstac
 import xarray as xr
 from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 
@@ -229,14 +232,13 @@ RECIPES: dict[str, Callable[..., None]] = {
 }
 
 
-def tile_features(*blocks: np.ndarray, plan: tuple[tuple[str, int, dict[str, Any]], ...]) -> np.ndarray:
+def tile_features(*blocks: np.ndarray, plan: tuple[tuple[str, int, dict[str, Any]], ...],
+                  shape: tuple[int, int]) -> np.ndarray:
     """All features of one tile, (feature, y, x) float32, written once into one array.
 
     `plan` lists (sensor, number of input blocks, parameters) in feature order; a sensor with no
-    blocks has no items: NaN features and a zero count.
+    blocks has no items over this tile: NaN features and a zero count.
     """
-    first = next(i for i, (_, k, _) in enumerate(plan) if k)
-    shape = blocks[0].shape[-2:] if plan[first][0] != "copdem" else tuple(d - 2 for d in blocks[0].shape)
     out = np.empty((sum(len(SENSOR_FEATURES[name]) for name, _, _ in plan), *shape), np.float32)
     f = b = 0
     for name, k, params in plan:
@@ -258,6 +260,8 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
            signer: str | None) -> xr.DataArray:
     """One stackstac stack of some assets of some items, exactly on `geobox`, in the bands' stored dtype.
 
+    One chunk per acquisition and tile, so a tile's task gathers only the acquisitions over it.
+
     Integer bands (stored DNs, decoded after compositing) are filled with their no-data value (0 for
     Sentinel-2, SCL and Landsat ST; the fill bit for QA_PIXEL); float bands are NaN-filled.
     """
@@ -273,7 +277,7 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
         resolution=abs(geobox.resolution.x),
         bounds=(b.left, b.bottom, b.right, b.top), snap_bounds=False, xy_coords="center",
-        resampling=Resampling[resampling], chunksize=(-1, -1, *chunks), dtype=dtype,
+        resampling=Resampling[resampling], chunksize=(1, -1, *chunks), dtype=dtype,
         fill_value=dtype.type(nodata) if dtype.kind in "iu" else NAN,
         rescale=False, sortby_date=False, properties=False, band_coords=False,
         reader=functools.partial(CogReader, signer=signer, labels=labels), gdal_env=GDAL_ENV,
@@ -293,7 +297,7 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     """A sensor recipe's lazy inputs ((time, band, y, x) stacks; the DEM with a halo) and its parameters."""
     if sensor.name == "copdem":
         dem = _stack(items, sensor, data_keys, geobox, chunks, signer)
-        # several DEM tiles: first valid wins; one tile needs no mosaic pass
+        # several DEM tiles: first valid wins (a DEM tile off this grid tile is never read)
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
         return [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")], {"res": abs(geobox.resolution.x)}
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
@@ -303,6 +307,59 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     if sensor.name in ("sentinel-2", "landsat"):
         params["scaling"] = _scaling(sensor, items, data_keys)
     return arrays, params
+
+
+def _items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks) -> dict[tuple[int, int], list[int]]:
+    """For each tile, the indices of the items whose footprint meets it.
+
+    Why: a tile's task holds only the acquisitions over it, so its memory depends on the tile, not on
+    how many scenes the whole AOI gathers (invariant 5), and scenes off the tile cost nothing.
+    """
+    geoms = []
+    for it in items:
+        g = shapely.geometry.shape(it.geometry) if it.geometry else shapely.geometry.box(*it.bbox)
+        geoms.append(g if g.is_valid else shapely.make_valid(g))
+    tree = shapely.STRtree(geoms)
+    out: dict[tuple[int, int], list[int]] = {}
+    y0 = 0
+    for i, h in enumerate(chunks[0]):
+        x0 = 0
+        for j, w in enumerate(chunks[1]):
+            ext = geobox[y0:y0 + h, x0:x0 + w].extent.to_crs("EPSG:4326").geom
+            out[i, j] = sorted(int(k) for k in tree.query(ext, predicate="intersects"))
+            x0 += w
+        y0 += h
+    return out
+
+
+def _tile_task(plan: tuple[tuple[str, int, dict[str, Any]], ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
+    """One tile's task: stack each input's acquisitions (a list of blocks) along time, then `tile_features`."""
+    blocks = [(x[0] if len(x) == 1 else np.concatenate(x, axis=0)) if isinstance(x, list) else x for x in inputs]
+    return tile_features(*blocks, plan=plan, shape=shape)
+
+
+def _tile_graph(recipes, chunks, n_features: int, prefix: str) -> da.Array:
+    """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it."""
+    name = prefix + tokenize([(r[0], [a.name for a in r[1]], r[3]) for r in recipes], chunks)
+    dsk: dict[Any, Any] = {}
+    for i, h in enumerate(chunks[0]):
+        for j, w in enumerate(chunks[1]):
+            plan, inputs = [], []
+            for sensor, arrays, params, over in recipes:
+                idx = [0] if over is None else over.get((i, j), [])  # static layers: one 2-D input
+                if not arrays or not idx:
+                    plan.append((sensor, 0, {}))
+                    continue
+                for arr in arrays:
+                    inputs.append((arr.name, i, j) if arr.ndim == 2 else [(arr.name, t, 0, i, j) for t in idx])
+                p = dict(params)
+                if "scaling" in p:
+                    p["scaling"] = p["scaling"][idx]
+                plan.append((sensor, len(arrays), p))
+            dsk[(name, 0, i, j)] = (_tile_task, tuple(plan), (h, w), *inputs)
+    deps = [a for r in recipes for a in r[1]]
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+    return da.Array(graph, name, chunks=((n_features,), *chunks), dtype=np.float32)
 
 
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
@@ -327,14 +384,13 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
         S.get(name)
     chunks = tile_chunks(geobox, tile_px)
     names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
-    args: list[Any] = []
-    plan: list[tuple[str, int, dict[str, Any]]] = []
+    recipes: list[tuple[str, list[da.Array], dict[str, Any], dict[tuple[int, int], list[int]] | None]] = []
     missing, provenance, gaps, alternates = [], {}, {}, {}
     for sensor in wanted:
         its = list(by_sensor.get(sensor.name, []))
         if not its:
             missing.append(sensor.name)
-            plan.append((sensor.name, 0, {}))
+            recipes.append((sensor.name, [], {}, None))
             continue
         keys, its, sensor_gaps = _select(sensor, its, year)
         gaps.update({f"{sensor.name}/{k}": v for k, v in sensor_gaps.items()})
@@ -342,24 +398,13 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             alternates[sensor.name] = "+".join(keys).upper()
         if not its:
             missing.append(sensor.name)
-            plan.append((sensor.name, 0, {}))
+            recipes.append((sensor.name, [], {}, None))
             continue
         arrays, params = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
-        for j, arr in enumerate(arrays):
-            # time and band are contracted (each array its own), y and x are the tile grid
-            ind = (f"{sensor.name}{j}t", f"{sensor.name}{j}b", "y", "x") if arr.ndim == 4 else ("y", "x")
-            args += [arr, ind]
-        plan.append((sensor.name, len(arrays), params))
+        over = None if not sensor.per_acquisition else _items_per_tile(its, geobox, chunks)
+        recipes.append((sensor.name, arrays, params, over))
         provenance[sensor.name] = [i.id for i in its]
-    if args:
-        data = da.blockwise(
-            functools.partial(tile_features, plan=tuple(plan)), ("feature", "y", "x"), *args,
-            new_axes={"feature": len(names)}, adjust_chunks={"y": chunks[0], "x": chunks[1]},
-            concatenate=True, align_arrays=False, dtype=np.float32, name=f"cube-{year}-" + tokenize(args, plan),
-        )
-    else:
-        fill = np.array([0 if f in COUNT_FEATURES else np.nan for f in names], np.float32)[:, None, None]
-        data = da.ones((len(names), *geobox.shape), chunks=((len(names),), *chunks), dtype=np.float32) * fill
+    data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-")
     y, x = pixel_centres(geobox)
     cube = xr.DataArray(
         data, dims=("feature", "y", "x"), coords={"feature": names, "y": y, "x": x}, name="features",

@@ -235,6 +235,28 @@ def test_asset_missing_from_an_item_is_a_recorded_gap(world_dir, found):
     assert np.isnan(c.sel(feature="B11").values[n == 0]).all()  # nothing became zero
 
 
+def test_a_tile_gathers_only_the_scenes_over_it(world_dir, found):
+    """A scene elsewhere in the AOI's search result is never fetched, stacked or counted on these tiles."""
+    from shapely.affinity import translate
+    from shapely.geometry import mapping, shape
+
+    gb = world_grid(world_dir)
+    items = [it.clone() for it in found.items["sentinel-2"][YEAR]]
+    far = items[0].clone()
+    far.id = "S2A_far_away"
+    far.geometry = mapping(translate(shape(far.geometry), xoff=3.0))  # 3 degrees east: another valley
+    far.bbox = list(shape(far.geometry).bounds)
+    c = cube.build({"sentinel-2": items + [far]}, gb, YEAR, sensors=["sentinel-2"])
+    deps = c.data.__dask_graph__().get_all_dependencies()
+    tiles = [k for k in deps if k[0] == c.data.name]
+    assert len(tiles) == c.data.npartitions
+    times = {d[1] for k in tiles for d in deps[k] if str(d[0]).startswith("fetch_raster_window")}
+    assert times == {0, 1, 2}, times  # the fourth acquisition (index 3) is no tile's input
+    near = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"])
+    window = dict(x=slice(0, 300), y=slice(0, 300))
+    np.testing.assert_array_equal(c.isel(window).values, near.isel(window).values)
+
+
 def test_whole_sensor_missing_is_said(world_dir, found):
     items = found.for_year(YEAR)
     items.pop("landsat")
