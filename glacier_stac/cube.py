@@ -16,6 +16,7 @@ from typing import Any
 import dask.array as da
 import numpy as np
 import pystac
+import pystac.utils
 import rioxarray  # noqa: F401 - registers the .rio accessor
 import shapely
 import shapely.geometry
@@ -184,6 +185,41 @@ def terrain(elev: np.ndarray, res: float, sun_azimuth: float = 315.0, sun_elevat
     return out
 
 
+def mosaic_acquisitions(blocks: Sequence[np.ndarray], groups: np.ndarray) -> list[np.ndarray]:
+    """Merge scenes of one acquisition (neighbouring MGRS tiles or WRS rows of one pass) into one time step.
+
+    blocks: (time, band, y, x) arrays of one sensor (data first, then its mask), 0 or NaN where a scene
+    has no data; groups: (time,) acquisition index per scene. Per pixel the first scene with data wins,
+    for the data and its mask alike, so an overlap strip is one observation in the median and the
+    count, not two.
+    """
+    data = blocks[0]
+    has = (data != 0).any(axis=1) if data.dtype.kind in "iu" else np.isfinite(data).any(axis=1)
+    order = list(dict.fromkeys(groups.tolist()))
+    out = [b[[int(np.flatnonzero(groups == g)[0]) for g in order]] for b in blocks]  # first scene of each
+    for k, g in enumerate(order):
+        members = np.flatnonzero(groups == g)
+        covered = has[members[0]].copy()
+        for m in members[1:]:
+            take = has[m] & ~covered
+            for o, b in zip(out, blocks, strict=True):
+                o[k][:, take] = b[m][:, take]
+            covered |= take
+    return out
+
+
+def acquisition_ids(items: Sequence[pystac.Item]) -> np.ndarray:
+    """One id per acquisition: the same platform on the same orbit track on the same (UTC) day."""
+    keys = []
+    for it in items:
+        p = it.properties
+        track = p.get("sat:relative_orbit", p.get("landsat:wrs_path", p.get("sat:absolute_orbit", it.id)))
+        day = (it.datetime or pystac.utils.str_to_datetime(p["start_datetime"])).date().isoformat()
+        keys.append((p.get("platform", ""), str(track), day))
+    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
+    return np.array([index[k] for k in keys], dtype=np.int32)
+
+
 def _decoding(scaling: np.ndarray) -> np.ndarray | None:
     """The (band, 2) scale/offset shared by every item, if they share one with scale > 0, else None."""
     if len(scaling) and np.all(scaling == scaling[:1]) and np.all(scaling[0, :, 0] > 0):
@@ -244,7 +280,14 @@ def tile_features(*blocks: np.ndarray, plan: tuple[tuple[str, int, dict[str, Any
     for name, k, params in plan:
         view = out[f:f + len(SENSOR_FEATURES[name])]
         if k:
-            RECIPES[name](*blocks[b:b + k], out=view, **params)
+            args, params = list(blocks[b:b + k]), dict(params)
+            groups = params.pop("groups", None)
+            if groups is not None and len(np.unique(groups)) < len(groups):
+                args = mosaic_acquisitions(args, groups)
+                first = [int(np.flatnonzero(groups == g)[0]) for g in dict.fromkeys(groups.tolist())]
+                if "scaling" in params:
+                    params["scaling"] = params["scaling"][first]
+            RECIPES[name](*args, out=view, **params)
         else:
             view[:] = np.nan
             if SENSOR_FEATURES[name][-1] in COUNT_FEATURES:
@@ -303,7 +346,7 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
-    params: dict[str, Any] = {}
+    params: dict[str, Any] = {"groups": acquisition_ids(items)}
     if sensor.name in ("sentinel-2", "landsat"):
         params["scaling"] = _scaling(sensor, items, data_keys)
     return arrays, params
@@ -352,9 +395,7 @@ def _tile_graph(recipes, chunks, n_features: int, prefix: str) -> da.Array:
                     continue
                 for arr in arrays:
                     inputs.append((arr.name, i, j) if arr.ndim == 2 else [(arr.name, t, 0, i, j) for t in idx])
-                p = dict(params)
-                if "scaling" in p:
-                    p["scaling"] = p["scaling"][idx]
+                p = {k: v[idx] if k in ("scaling", "groups") else v for k, v in params.items()}
                 plan.append((sensor, len(arrays), p))
             dsk[(name, 0, i, j)] = (_tile_task, tuple(plan), (h, w), *inputs)
     deps = [a for r in recipes for a in r[1]]

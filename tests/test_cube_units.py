@@ -58,6 +58,19 @@ def test_composite_on_dns_then_decode_equals_decode_then_composite():
     assert cube._decoding(scaling) is None
 
 
+def test_mosaic_acquisitions_first_scene_with_data_wins():
+    dn = np.zeros((3, 2, 1, 4), np.uint16)
+    dn[0, :, 0, :2] = 10  # scene A of pass 0 covers the left half
+    dn[1, :, 0, 1:] = 20  # scene B of pass 0 (the next tile) overlaps it by one pixel
+    dn[2] = 30  # pass 1
+    mask = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1).repeat(4, axis=3)  # which scene each mask is
+    out, m = cube.mosaic_acquisitions([dn, mask], np.array([0, 0, 1]))
+    assert out.shape == (2, 2, 1, 4)
+    np.testing.assert_array_equal(out[0, 0, 0], [10, 10, 20, 20])  # the overlap pixel keeps scene A
+    np.testing.assert_array_equal(m[0, 0, 0], [0, 0, 1, 1])  # each pixel's mask comes from its own scene
+    np.testing.assert_array_equal(out[1], dn[2])
+
+
 def test_decode_applies_per_item_scale_offset():
     dn = np.full((2, 1, 1, 1), 2000.0, dtype=np.float32)
     scaling = np.array([[[1e-4, 0.0]], [[1e-4, -0.1]]])

@@ -257,6 +257,22 @@ def test_a_tile_gathers_only_the_scenes_over_it(world_dir, found):
     np.testing.assert_array_equal(c.isel(window).values, near.isel(window).values)
 
 
+def test_one_acquisition_over_two_scene_tiles_counts_once(world_dir, found):
+    """The same pass delivered as two overlapping scene tiles (MGRS/WRS overlap) is one observation."""
+    gb = world_grid(world_dir).crop((300, 300))
+    items = list(found.items["sentinel-2"][YEAR])
+    twin = items[0].clone()
+    twin.id = items[0].id.replace("_T06", "_T07")  # the neighbouring tile of the same datatake
+    one = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"]).values
+    two = cube.build({"sentinel-2": items + [twin]}, gb, YEAR, sensors=["sentinel-2"]).values
+    np.testing.assert_array_equal(two, one)
+    other_day = twin.clone()
+    other_day.datetime = items[0].datetime.replace(day=items[0].datetime.day % 28 + 1)
+    three = cube.build({"sentinel-2": items + [other_day]}, gb, YEAR, sensors=["sentinel-2"])
+    count = list(cube.FEATURES).index("s2_count")
+    assert three.values[count].max() == one[count].max() + 1  # another day is another observation
+
+
 def test_whole_sensor_missing_is_said(world_dir, found):
     items = found.for_year(YEAR)
     items.pop("landsat")
