@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
 from typing import Any
 
 import dask.array as da
@@ -209,12 +210,18 @@ def mosaic_acquisitions(blocks: Sequence[np.ndarray], groups: np.ndarray) -> lis
 
 
 def acquisition_ids(items: Sequence[pystac.Item]) -> np.ndarray:
-    """One id per acquisition: the same platform on the same orbit track on the same (UTC) day."""
+    """One id per acquisition: the same platform on the same orbit track on the same solar day.
+
+    Solar day (UTC shifted by the scene's longitude / 15 h), so a pass is never split at UTC midnight:
+    a daytime pass over New Zealand is ~23 h UTC, the scene tile after it can be past midnight.
+    """
     keys = []
     for it in items:
         p = it.properties
         track = p.get("sat:relative_orbit", p.get("landsat:wrs_path", p.get("sat:absolute_orbit", it.id)))
-        day = (it.datetime or pystac.utils.str_to_datetime(p["start_datetime"])).date().isoformat()
+        when = it.datetime or pystac.utils.str_to_datetime(p["start_datetime"])
+        lon = (it.bbox[0] + it.bbox[2]) / 2 if it.bbox else 0.0
+        day = (when + timedelta(hours=lon / 15.0)).date().isoformat()
         keys.append((p.get("platform", ""), str(track), day))
     index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
     return np.array([index[k] for k in keys], dtype=np.int32)

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import warnings
+from datetime import datetime
 from pathlib import Path
 
 import geopandas as gpd
 import numpy as np
+import pystac
 import pytest
 from odc.geo import geom
 from shapely.geometry import box
@@ -69,6 +71,20 @@ def test_mosaic_acquisitions_first_scene_with_data_wins():
     np.testing.assert_array_equal(out[0, 0, 0], [10, 10, 20, 20])  # the overlap pixel keeps scene A
     np.testing.assert_array_equal(m[0, 0, 0], [0, 0, 1, 1])  # each pixel's mask comes from its own scene
     np.testing.assert_array_equal(out[1], dn[2])
+
+
+def test_acquisitions_group_by_platform_track_and_solar_day():
+    def item(i, when, lon, platform="Sentinel-2A", orbit=72):
+        return pystac.Item(f"s{i}", None, [lon - 0.5, -45, lon + 0.5, -44], datetime.fromisoformat(when),
+                           {"platform": platform, "sat:relative_orbit": orbit})
+
+    items = [item(0, "2022-02-01T23:59:58+00:00", 170.0),  # New Zealand, 10:40 solar time
+             item(1, "2022-02-02T00:00:03+00:00", 170.0),  # the next scene tile of the same pass
+             item(2, "2022-02-02T00:00:03+00:00", 170.0, platform="Sentinel-2B"),
+             item(3, "2022-02-02T00:00:03+00:00", 170.0, orbit=100),
+             item(4, "2022-02-12T00:00:03+00:00", 170.0)]
+    ids = cube.acquisition_ids(items)
+    assert ids[0] == ids[1] and len(set(ids.tolist())) == 4
 
 
 def test_decode_applies_per_item_scale_offset():
