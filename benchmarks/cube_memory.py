@@ -1,0 +1,112 @@
+"""Cube memory per tile vs how many scenes the AOI's search returned (invariant 5: bounded memory).
+
+    python benchmarks/cube_memory.py [--quick]
+
+A large AOI gathers hundreds of scenes a season, but any one tile sees a few. The search result of
+the synthetic world is padded with copies of every scene moved 3, 6, 9... degrees east (scenes of
+the same AOI, elsewhere), and one tile of the cube is computed under tracemalloc (numpy's
+allocations; single-threaded, so the peak is one task's). Target: the peak with 16x the scenes is
+within 10 % of the peak with the scenes over the tile alone. For contrast, the same with every scene
+handed to every tile (footprint selection off), the behaviour this replaced. Writes
+benchmarks/results/cube_memory.json and prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+import tracemalloc
+from pathlib import Path
+from unittest import mock
+
+import dask
+from shapely.affinity import translate
+from shapely.geometry import mapping, shape
+
+from glacier_stac import catalog, cube, stac_server
+from glacier_stac.demo import world_aoi, world_grid
+from glacier_stac.synthetic.world import WorldConfig
+from glacier_stac.synthetic.writer import generate
+
+RESULTS = Path(__file__).parent / "results"
+
+
+def padded(items: dict, factor: int) -> dict:
+    """The search result with `factor - 1` far-away copies of every scene of every per-acquisition sensor."""
+    out = {}
+    for name, its in items.items():
+        if name == "copdem":
+            out[name] = its
+            continue
+        extra = []
+        for m in range(1, factor):
+            for it in its:
+                far = it.clone()
+                far.id = f"{it.id}-far{m}"
+                far.geometry = mapping(translate(shape(it.geometry), xoff=3.0 * m))
+                far.bbox = list(shape(far.geometry).bounds)
+                extra.append(far)
+        out[name] = list(its) + extra
+    return out
+
+
+def tile_peak(items: dict, geobox, year: int, tile: tuple[int, int]) -> tuple[float, float, int]:
+    """Peak traced MB and seconds computing one tile of the cube, and the scenes in the search result."""
+    data = cube.build(items, geobox, year)
+    ys, xs = (sum(c[:i]) for c, i in zip(data.chunks[1:], tile, strict=True))
+    h, w = data.chunks[1][tile[0]], data.chunks[2][tile[1]]
+    one = data.isel(y=slice(ys, ys + h), x=slice(xs, xs + w))
+    tracemalloc.start()
+    t0 = time.perf_counter()
+    with dask.config.set(scheduler="sync"):
+        one.compute()
+    dt = time.perf_counter() - t0
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    return peak / 2**20, dt, sum(len(v) for k, v in items.items() if k != "copdem")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="factors 1 and 4 only")
+    ap.add_argument("--world", type=Path, default=Path(".cache/benchmarks"))
+    args = ap.parse_args()
+
+    cfg = WorldConfig(seed=501, size_km=20, years=(2022,))
+    world_dir = generate(cfg, args.world / f"read-{cfg.seed}-{int(cfg.size_km)}km")
+    aoi, geobox = world_aoi(world_dir), world_grid(world_dir)
+    year = cfg.years[-1]
+    with stac_server.serve(world_dir) as url:
+        found = catalog.search(aoi, [year], catalog=catalog.open_catalog(url), max_cloud=None)
+    base = found.for_year(year)
+    tile = (1, 1)  # a full 1024 x 1024 tile in the middle of the world
+    factors = (1, 4) if args.quick else (1, 4, 16)
+    rows = []
+    for factor in factors:
+        mb, dt, n = tile_peak(padded(base, factor), geobox, year, tile)
+        rows.append({"scenes_in_search": n, "factor": factor, "footprint_selection": True, "peak_mb": mb,
+                     "seconds": dt})
+    with mock.patch.object(cube, "_items_per_tile",
+                           lambda its, gb, chunks: {(i, j): list(range(len(its))) for i in range(len(chunks[0]))
+                                                    for j in range(len(chunks[1]))}):
+        mb, dt, n = tile_peak(padded(base, factors[-1]), geobox, year, tile)
+    rows.append({"scenes_in_search": n, "factor": factors[-1], "footprint_selection": False, "peak_mb": mb,
+                 "seconds": dt})
+    growth = rows[len(factors) - 1]["peak_mb"] / rows[0]["peak_mb"]
+    res = {"world": {"seed": cfg.seed, "size_km": cfg.size_km, "year": year}, "tile_px": [1024, 1024],
+           "rows": rows, "peak_growth_at_max_factor": growth, "target_growth": 1.1,
+           "machine": {"python": platform.python_version()}, "quick": args.quick}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "cube_memory.json").write_text(json.dumps(res, indent=2) + "\n")
+    print("| scenes in the search result | footprint selection | peak MB for one 1024² tile | seconds |")
+    print("|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['scenes_in_search']} | {'yes' if r['footprint_selection'] else 'no (every scene to every tile)'}"
+              f" | {r['peak_mb']:.0f} | {r['seconds']:.2f} |")
+    print(f"\npeak growth with {factors[-1]}x the scenes: **{growth:.2f}** (target <= 1.1)")
+
+
+if __name__ == "__main__":
+    main()
