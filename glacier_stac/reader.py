@@ -116,8 +116,15 @@ def grid_to_source(ds: Any, spec: Any) -> Affine | None:
     src, dst = ds.transform, spec.vrt_params["transform"]
     if src.b or src.d or dst.b or dst.d or src.e > 0 or dst.e > 0:
         return None  # rotated or south-up
-    if abs(src.a) < abs(dst.a) - 1e-9 or abs(src.e) < abs(dst.e) - 1e-9:
-        return None  # finer source: downsampling kernels differ between RasterIO and the warper
+    def whole(v: float) -> bool:
+        return abs(v - round(v)) < 1e-6
+
+    # RasterIO resampling equals the warper's bit for bit only when source pixels are a whole number of
+    # grid pixels and start on the grid's lattice (Landsat's grid, half a 10 m pixel off, differs by
+    # 1 DN here and there: it is warped)
+    if not (whole(src.a / dst.a) and whole(src.e / dst.e) and src.a / dst.a >= 1 and src.e / dst.e >= 1
+            and whole((src.c - dst.c) / dst.a) and whole((src.f - dst.f) / dst.e)):
+        return None
     return ~src * dst
 
 
