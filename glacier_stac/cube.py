@@ -49,34 +49,37 @@ NAN = np.float32(np.nan)
 # --------------------------------------------------------------------------- pure functions on arrays
 
 
-def composite(values: np.ndarray, valid: np.ndarray, scale_offset: np.ndarray | None = None,
+def composite(values: Sequence[np.ndarray], valid: Sequence[np.ndarray], scale_offset: np.ndarray | None = None,
               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Median of valid observations per band (float32, NaN where none: never zero), and their count.
 
-    values: (time, band, y, x) stored numbers (integer, 0 = no-data) or floats (NaN = no-data, |x| < 1e38);
-    valid: (time, y, x) bool. `scale_offset` (band, 2) decodes the median (DN * scale + offset): the same
-    as the median of decoded values when scale > 0, at a fraction of the memory traffic.
+    values: one (band, y, x) array per acquisition (a (time, band, y, x) array will do), stored numbers
+    (integer, 0 = no-data) or floats (NaN = no-data, |x| < 1e38); valid: one (y, x) bool per acquisition.
+    `scale_offset` (band, 2) decodes the median (DN * scale + offset): the same as the median of decoded
+    values when scale > 0, at a fraction of the memory traffic.
 
     Why this shape: a few scenes a season, over millions of pixels. Invalid observations are pushed to
     the top of the value range, a compare-exchange network sorts the planes, and the median of the
     first `n` is picked with a running maximum: every step is a branch-free SIMD ufunc, no masked writes.
     """
-    t, nb = values.shape[:2]
-    integer = np.issubdtype(values.dtype, np.integer)
-    if integer:
-        ok = valid & (values != 0).all(axis=1)
-        top = values.dtype.type(np.iinfo(values.dtype).max)
-        zero = values.dtype.type(0)
-    else:
-        values = values.astype(np.float32, copy=False)
-        ok = valid & np.isfinite(values).all(axis=1)
-        top, zero = np.float32(1e38), np.float32(-np.inf)  # finite top: lo + hi cannot overflow
-    n = ok.sum(axis=0, dtype=np.uint16)
-    if out is None:
-        out = np.empty((nb, *values.shape[2:]), np.float32)
+    t = len(values)
     if t == 0:
-        out[:] = np.nan
-        return out, n
+        raise ValueError("composite needs at least one acquisition")
+    nb, *shape = values[0].shape
+    integer = values[0].dtype.kind in "iu"
+    if integer:
+        ok = [valid[k] & (values[k] != 0).all(axis=0) for k in range(t)]
+        top = values[0].dtype.type(np.iinfo(values[0].dtype).max)
+        zero = values[0].dtype.type(0)
+    else:
+        values = [v.astype(np.float32, copy=False) for v in values]
+        ok = [valid[k] & np.isfinite(values[k]).all(axis=0) for k in range(t)]
+        top, zero = np.float32(1e38), np.float32(-np.inf)  # finite top: lo + hi cannot overflow
+    n = np.zeros(shape, np.uint16)
+    for o in ok:
+        n += o
+    if out is None:
+        out = np.empty((nb, *shape), np.float32)
     # invalid observations take the top value, so they sort last
     if integer:
         planes = [values[k] | np.where(ok[k], zero, top) for k in range(t)]
@@ -186,26 +189,28 @@ def terrain(elev: np.ndarray, res: float, sun_azimuth: float = 315.0, sun_elevat
     return out
 
 
-def mosaic_acquisitions(blocks: Sequence[np.ndarray], groups: np.ndarray) -> list[np.ndarray]:
+def mosaic_acquisitions(blocks: Sequence[Sequence[np.ndarray]], groups: np.ndarray) -> list[list[np.ndarray]]:
     """Merge scenes of one acquisition (neighbouring MGRS tiles or WRS rows of one pass) into one time step.
 
-    blocks: (time, band, y, x) arrays of one sensor (data first, then its mask), 0 or NaN where a scene
-    has no data; groups: (time,) acquisition index per scene. Per pixel the first scene with data wins,
-    for the data and its mask alike, so an overlap strip is one observation in the median and the
-    count, not two.
+    blocks: per input of one sensor (data first, then its mask), one (band, y, x) array per scene, 0 or
+    NaN where the scene has no data; groups: (time,) acquisition index per scene. Per pixel the first
+    scene with data wins, for the data and its mask alike, so an overlap strip is one observation in
+    the median and the count, not two.
     """
-    data = blocks[0]
-    has = (data != 0).any(axis=1) if data.dtype.kind in "iu" else np.isfinite(data).any(axis=1)
-    order = list(dict.fromkeys(groups.tolist()))
-    out = [b[[int(np.flatnonzero(groups == g)[0]) for g in order]] for b in blocks]  # first scene of each
-    for k, g in enumerate(order):
+    has = [(d != 0).any(axis=0) if d.dtype.kind in "iu" else np.isfinite(d).any(axis=0) for d in blocks[0]]
+    out: list[list[np.ndarray]] = [[] for _ in blocks]
+    for g in dict.fromkeys(groups.tolist()):
         members = np.flatnonzero(groups == g)
-        covered = has[members[0]].copy()
+        first = int(members[0])
+        merged = [b[first] if len(members) == 1 else b[first].copy() for b in blocks]
+        covered = has[first].copy()
         for m in members[1:]:
             take = has[m] & ~covered
-            for o, b in zip(out, blocks, strict=True):
-                o[k][:, take] = b[m][:, take]
+            for o, b in zip(merged, blocks, strict=True):
+                o[:, take] = b[m][:, take]
             covered |= take
+        for o, arr in zip(out, merged, strict=True):
+            o.append(arr)
     return out
 
 
@@ -234,33 +239,39 @@ def _decoding(scaling: np.ndarray) -> np.ndarray | None:
     return None
 
 
-def optical_features(refl: np.ndarray, scl: np.ndarray, scaling: np.ndarray, out: np.ndarray) -> None:
+def optical_features(refl: Sequence[np.ndarray], scl: Sequence[np.ndarray], scaling: np.ndarray,
+                     out: np.ndarray) -> None:
     """Sentinel-2 into `out` (10, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, valid count.
 
-    refl: (time, 6, y, x) DNs; scl: (time, 1, y, x) scene classes; scaling: (time, 6, 2). Items of one
-    processing baseline share scale and offset, so the median is taken on DNs and decoded once.
+    refl: per acquisition (6, y, x) DNs; scl: per acquisition (1, y, x) scene classes; scaling:
+    (time, 6, 2). Items of one processing baseline share scale and offset, so the median is taken on
+    DNs and decoded once.
     """
-    valid = S.scl_valid(scl[:, 0])
+    valid = [S.scl_valid(c[0]) for c in scl]
     shared = _decoding(scaling)
-    _, n = composite(refl if shared is not None else decode(refl, scaling), valid, shared, out=out[:6])
+    if shared is None:
+        refl = [decode(r[None], scaling[k:k + 1])[0] for k, r in enumerate(refl)]
+    _, n = composite(refl, valid, shared, out=out[:6])
     out[6:9] = spectral_indices(out[:6])
     out[9] = n
 
 
-def sar_features(power: np.ndarray, out: np.ndarray) -> None:
+def sar_features(power: Sequence[np.ndarray], out: np.ndarray) -> None:
     """Sentinel-1 into `out` (4, y, x): median VV/VH in dB, VV temporal variation, valid count."""
-    valid = np.all(power > 0, axis=1)
+    valid = [np.all(p > 0, axis=0) for p in power]
     med, n = composite(power, valid)
     out[0:2] = to_db(med)
-    out[2] = temporal_cv(power[:, :1], valid)[0]
+    out[2] = temporal_cv(np.stack([p[:1] for p in power]), np.stack(valid))[0]
     out[3] = n
 
 
-def thermal_features(lwir: np.ndarray, qa: np.ndarray, scaling: np.ndarray, out: np.ndarray) -> None:
+def thermal_features(lwir: Sequence[np.ndarray], qa: Sequence[np.ndarray], scaling: np.ndarray,
+                     out: np.ndarray) -> None:
     """Landsat into `out` (2, y, x): median surface temperature (K) of QA-clear pixels, valid count."""
     shared = _decoding(scaling)
-    _, n = composite(lwir if shared is not None else decode(lwir, scaling), S.landsat_qa_valid(qa[:, 0]),
-                     shared, out=out[:1])
+    if shared is None:
+        lwir = [decode(v[None], scaling[k:k + 1])[0] for k, v in enumerate(lwir)]
+    _, n = composite(lwir, [S.landsat_qa_valid(q[0]) for q in qa], shared, out=out[:1])
     out[1] = n
 
 
@@ -383,8 +394,9 @@ def _items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks) -> dic
 
 
 def _tile_task(plan: tuple[tuple[str, int, dict[str, Any]], ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
-    """One tile's task: stack each input's acquisitions (a list of blocks) along time, then `tile_features`."""
-    blocks = [(x[0] if len(x) == 1 else np.concatenate(x, axis=0)) if isinstance(x, list) else x for x in inputs]
+    """One tile's task: each input is a list of (1, band, y, x) blocks, one per acquisition (passed on as
+    (band, y, x) views, never concatenated), or the DEM's haloed block."""
+    blocks = [[b[0] for b in x] if isinstance(x, list) else x for x in inputs]
     return tile_features(*blocks, plan=plan, shape=shape)
 
 

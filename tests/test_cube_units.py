@@ -66,7 +66,7 @@ def test_mosaic_acquisitions_first_scene_with_data_wins():
     dn[1, :, 0, 1:] = 20  # scene B of pass 0 (the next tile) overlaps it by one pixel
     dn[2] = 30  # pass 1
     mask = np.arange(3, dtype=np.uint8).reshape(3, 1, 1, 1).repeat(4, axis=3)  # which scene each mask is
-    out, m = cube.mosaic_acquisitions([dn, mask], np.array([0, 0, 1]))
+    out, m = (np.stack(x) for x in cube.mosaic_acquisitions([list(dn), list(mask)], np.array([0, 0, 1])))
     assert out.shape == (2, 2, 1, 4)
     np.testing.assert_array_equal(out[0, 0, 0], [10, 10, 20, 20])  # the overlap pixel keeps scene A
     np.testing.assert_array_equal(m[0, 0, 0], [0, 0, 1, 1])  # each pixel's mask comes from its own scene
