@@ -89,7 +89,7 @@ def main() -> None:
         rows.append({"scenes_in_search": n, "factor": factor, "footprint_selection": True, "peak_mb": mb,
                      "seconds": dt})
     with mock.patch.object(cube, "_items_per_tile",
-                           lambda its, gb, chunks: {(i, j): list(range(len(its))) for i in range(len(chunks[0]))
+                           lambda its, gb, chunks, cap: {(i, j): list(range(len(its))) for i in range(len(chunks[0]))
                                                     for j in range(len(chunks[1]))}):
         mb, dt, n = tile_peak(padded(base, factors[-1]), geobox, year, tile)
     rows.append({"scenes_in_search": n, "factor": factors[-1], "footprint_selection": False, "peak_mb": mb,

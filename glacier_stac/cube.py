@@ -370,12 +370,33 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     return arrays, params
 
 
-def _items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks) -> dict[tuple[int, int], list[int]]:
-    """For each tile, the indices of the items whose footprint meets it.
+def best_acquisitions(items: Sequence[pystac.Item], groups: np.ndarray, cap: int) -> list[int]:
+    """Indices of the items of at most `cap` acquisitions: the least cloudy, or spread over the season.
+
+    Optical scenes are ranked by `eo:cloud_cover` (mean over an acquisition's scenes; ties by date);
+    scenes without it (SAR) are taken evenly spaced in time, so the composite still spans the season.
+    """
+    acq = list(dict.fromkeys(groups.tolist()))
+    if len(acq) <= cap:
+        return list(range(len(items)))
+    members = {g: [k for k in range(len(items)) if groups[k] == g] for g in acq}
+    clouds = {g: [items[k].properties.get("eo:cloud_cover") for k in members[g]] for g in acq}
+    if all(c is not None for cs in clouds.values() for c in cs):
+        chosen = sorted(acq, key=lambda g: (float(np.mean(clouds[g])), members[g][0]))[:cap]
+    else:
+        chosen = [acq[round(i)] for i in np.linspace(0, len(acq) - 1, cap)]
+    return sorted(k for g in chosen for k in members[g])
+
+
+def _items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks, cap: int | None = None
+                    ) -> dict[tuple[int, int], list[int]]:
+    """For each tile, the indices of the items whose footprint meets it (of at most `cap` acquisitions).
 
     Why: a tile's task holds only the acquisitions over it, so its memory depends on the tile, not on
-    how many scenes the whole AOI gathers (invariant 5), and scenes off the tile cost nothing.
+    how many scenes the whole AOI gathers (invariant 5), and scenes off the tile cost nothing. The cap
+    bounds it where orbits converge (high latitudes see 50+ Sentinel-2 passes a season).
     """
+    groups = acquisition_ids(items)
     geoms = []
     for it in items:
         g = shapely.geometry.shape(it.geometry) if it.geometry else shapely.geometry.box(*it.bbox)
@@ -387,7 +408,10 @@ def _items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks) -> dic
         x0 = 0
         for j, w in enumerate(chunks[1]):
             ext = geobox[y0:y0 + h, x0:x0 + w].extent.to_crs("EPSG:4326").geom
-            out[i, j] = sorted(int(k) for k in tree.query(ext, predicate="intersects"))
+            idx = sorted(int(k) for k in tree.query(ext, predicate="intersects"))
+            if cap is not None and idx:
+                idx = [idx[k] for k in best_acquisitions([items[k] for k in idx], groups[idx], cap)]
+            out[i, j] = idx
             x0 += w
         y0 += h
     return out
@@ -423,14 +447,19 @@ def _tile_graph(recipes, chunks, n_features: int, prefix: str) -> da.Array:
 
 
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
-          sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | None = None) -> xr.DataArray:
+          sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | None = None,
+          max_acquisitions: int | None = 24) -> xr.DataArray:
     """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
     chosen. A sensor without items gives NaN features and a zero count, and is listed in the
     `missing_sensors` attribute. Reads no pixels. Each tile is one task over all sensors' reads, so
-    the features are written once, with no concatenation or rechunking afterwards.
+    the features are written once, with no concatenation or rechunking afterwards. A tile composites
+    at most `max_acquisitions` acquisitions per sensor (the least cloudy; SAR spread over the season);
+    None takes every one.
     """
+    if max_acquisitions is not None and max_acquisitions < 1:
+        raise ValueError(f"max_acquisitions must be >= 1 or None, got {max_acquisitions}")
     global_origin(geobox)  # refuses a geobox off the global lattice
     if isinstance(items, SearchResult):
         if year is None:
@@ -461,7 +490,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             recipes.append((sensor.name, [], {}, None))
             continue
         arrays, params = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
-        over = None if not sensor.per_acquisition else _items_per_tile(its, geobox, chunks)
+        over = None if not sensor.per_acquisition else _items_per_tile(its, geobox, chunks, max_acquisitions)
         recipes.append((sensor.name, arrays, params, over))
         provenance[sensor.name] = [i.id for i in its]
     data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-")
@@ -476,6 +505,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             "gaps": gaps,  # "sensor/item id" -> what was missing and what became of it
             "alternate_assets": alternates,  # sensor -> the alternate set composited, e.g. "HH+HV"
             "tile_px": tile_px,
+            "max_acquisitions": -1 if max_acquisitions is None else max_acquisitions,
         },
     )
     cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)

@@ -87,6 +87,21 @@ def test_acquisitions_group_by_platform_track_and_solar_day():
     assert ids[0] == ids[1] and len(set(ids.tolist())) == 4
 
 
+def test_best_acquisitions_least_cloudy_or_spread_in_time():
+    def item(i, cloud, day):
+        props = {"platform": "p", "sat:relative_orbit": 1}
+        if cloud is not None:
+            props["eo:cloud_cover"] = cloud
+        return pystac.Item(f"s{i}", None, [0, 0, 1, 1], datetime(2022, 7, day), props)
+
+    optical = [item(0, 50, 1), item(1, 5, 5), item(2, 5, 5), item(3, 80, 9), item(4, 10, 13)]
+    groups = cube.acquisition_ids(optical)  # items 1 and 2: one pass over two scene tiles
+    assert cube.best_acquisitions(optical, groups, 2) == [1, 2, 4]
+    assert cube.best_acquisitions(optical, groups, 9) == [0, 1, 2, 3, 4]
+    sar = [item(k, None, 1 + 2 * k) for k in range(9)]
+    assert cube.best_acquisitions(sar, cube.acquisition_ids(sar), 3) == [0, 4, 8]  # start, middle, end
+
+
 def test_decode_applies_per_item_scale_offset():
     dn = np.full((2, 1, 1, 1), 2000.0, dtype=np.float32)
     scaling = np.array([[[1e-4, 0.0]], [[1e-4, -0.1]]])

@@ -273,6 +273,18 @@ def test_one_acquisition_over_two_scene_tiles_counts_once(world_dir, found):
     assert three.values[count].max() == one[count].max() + 1  # another day is another observation
 
 
+def test_a_tile_composites_at_most_max_acquisitions(world_dir, found):
+    gb = world_grid(world_dir).crop((300, 300))
+    items = list(found.items["sentinel-2"][YEAR])
+    clearest = sorted(items, key=lambda it: it.properties["eo:cloud_cover"])[:2]
+    c = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"], max_acquisitions=2)
+    two = cube.build({"sentinel-2": clearest}, gb, YEAR, sensors=["sentinel-2"], max_acquisitions=None)
+    assert int(c.sel(feature="s2_count").max()) == 2 and c.attrs["max_acquisitions"] == 2
+    np.testing.assert_array_equal(c.values, two.values)  # the two least cloudy, nothing else
+    with pytest.raises(ValueError, match="max_acquisitions"):
+        cube.build({"sentinel-2": items}, gb, YEAR, max_acquisitions=0)
+
+
 def test_whole_sensor_missing_is_said(world_dir, found):
     items = found.for_year(YEAR)
     items.pop("landsat")
