@@ -25,7 +25,7 @@ import dask
 from shapely.affinity import translate
 from shapely.geometry import mapping, shape
 
-from glacier_stac import catalog, cube, stac_server
+from glacier_stac import catalog, cube, scenes, stac_server
 from glacier_stac.demo import world_aoi, world_grid
 from glacier_stac.synthetic.world import WorldConfig
 from glacier_stac.synthetic.writer import generate
@@ -88,7 +88,7 @@ def main() -> None:
         mb, dt, n = tile_peak(padded(base, factor), geobox, year, tile)
         rows.append({"scenes_in_search": n, "factor": factor, "footprint_selection": True, "peak_mb": mb,
                      "seconds": dt})
-    with mock.patch.object(cube, "_items_per_tile",
+    with mock.patch.object(scenes, "items_per_tile",
                            lambda its, gb, chunks, cap: {(i, j): list(range(len(its))) for i in range(len(chunks[0]))
                                                     for j in range(len(chunks[1]))}):
         mb, dt, n = tile_peak(padded(base, factors[-1]), geobox, year, tile)

@@ -1,9 +1,11 @@
 """Lazy multi-sensor datacubes on one GeoBox: one (feature, y, x) DataArray per year.
 
-Each sensor is a stackstac stack onto the same GeoBox (float32, per-band resampling), masked with its
-quality band, reduced to a seasonal median composite plus a count of valid observations, and turned
-into derived features. The per-chunk maths are pure NumPy functions (`composite`, `spectral_indices`,
-`terrain`); `build` does the Dask wiring, in one place. Nothing is read until compute.
+Each sensor is a stackstac stack onto the same GeoBox (stored dtype, per-band resampling), one chunk per
+acquisition and tile. Each tile is one task over the scenes `scenes.py` chose for it: scenes of one
+acquisition are mosaicked, masked with their quality band, reduced to a seasonal median composite plus
+a count of valid observations, and turned into derived features. The per-tile maths are pure NumPy
+functions (`composite`, `spectral_indices`, `terrain`, the `*_features` recipes); `build` and
+`_tile_graph` do the Dask wiring, in one place. Nothing is read until compute.
 """
 
 from __future__ import annotations
@@ -11,16 +13,12 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 import dask.array as da
 import numpy as np
 import pystac
-import pystac.utils
 import rioxarray  # noqa: F401 - registers the .rio accessor
-import shapely
-import shapely.geometry
 import stackstac
 import xarray as xr
 from dask.base import tokenize
@@ -28,6 +26,7 @@ from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
 
+from glacier_stac import scenes
 from glacier_stac import sensors as S
 from glacier_stac.catalog import SearchResult, redact
 from glacier_stac.grid import TILE_PX, global_origin, pixel_centres, tile_chunks
@@ -214,24 +213,6 @@ def mosaic_acquisitions(blocks: Sequence[Sequence[np.ndarray]], groups: np.ndarr
     return out
 
 
-def acquisition_ids(items: Sequence[pystac.Item]) -> np.ndarray:
-    """One id per acquisition: the same platform on the same orbit track on the same solar day.
-
-    Solar day (UTC shifted by the scene's longitude / 15 h), so a pass is never split at UTC midnight:
-    a daytime pass over New Zealand is ~23 h UTC, the scene tile after it can be past midnight.
-    """
-    keys = []
-    for it in items:
-        p = it.properties
-        track = p.get("sat:relative_orbit", p.get("landsat:wrs_path", p.get("sat:absolute_orbit", it.id)))
-        when = it.datetime or pystac.utils.str_to_datetime(p["start_datetime"])
-        lon = (it.bbox[0] + it.bbox[2]) / 2 if it.bbox else 0.0
-        day = (when + timedelta(hours=lon / 15.0)).date().isoformat()
-        keys.append((p.get("platform", ""), str(track), day))
-    index = {k: i for i, k in enumerate(dict.fromkeys(keys))}
-    return np.array([index[k] for k in keys], dtype=np.int32)
-
-
 def _decoding(scaling: np.ndarray) -> np.ndarray | None:
     """The (band, 2) scale/offset shared by every item, if they share one with scale > 0, else None."""
     if len(scaling) and np.all(scaling == scaling[:1]) and np.all(scaling[0, :, 0] > 0):
@@ -364,57 +345,10 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
-    params: dict[str, Any] = {"groups": acquisition_ids(items)}
+    params: dict[str, Any] = {"groups": scenes.acquisition_ids(items)}
     if sensor.name in ("sentinel-2", "landsat"):
         params["scaling"] = _scaling(sensor, items, data_keys)
     return arrays, params
-
-
-def best_acquisitions(items: Sequence[pystac.Item], groups: np.ndarray, cap: int) -> list[int]:
-    """Indices of the items of at most `cap` acquisitions: the least cloudy, or spread over the season.
-
-    Optical scenes are ranked by `eo:cloud_cover` (mean over an acquisition's scenes; ties by date);
-    scenes without it (SAR) are taken evenly spaced in time, so the composite still spans the season.
-    """
-    acq = list(dict.fromkeys(groups.tolist()))
-    if len(acq) <= cap:
-        return list(range(len(items)))
-    members = {g: [k for k in range(len(items)) if groups[k] == g] for g in acq}
-    clouds = {g: [items[k].properties.get("eo:cloud_cover") for k in members[g]] for g in acq}
-    if all(c is not None for cs in clouds.values() for c in cs):
-        chosen = sorted(acq, key=lambda g: (float(np.mean(clouds[g])), members[g][0]))[:cap]
-    else:
-        chosen = [acq[round(i)] for i in np.linspace(0, len(acq) - 1, cap)]
-    return sorted(k for g in chosen for k in members[g])
-
-
-def _items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks, cap: int | None = None
-                    ) -> dict[tuple[int, int], list[int]]:
-    """For each tile, the indices of the items whose footprint meets it (of at most `cap` acquisitions).
-
-    Why: a tile's task holds only the acquisitions over it, so its memory depends on the tile, not on
-    how many scenes the whole AOI gathers (invariant 5), and scenes off the tile cost nothing. The cap
-    bounds it where orbits converge (high latitudes see 50+ Sentinel-2 passes a season).
-    """
-    groups = acquisition_ids(items)
-    geoms = []
-    for it in items:
-        g = shapely.geometry.shape(it.geometry) if it.geometry else shapely.geometry.box(*it.bbox)
-        geoms.append(g if g.is_valid else shapely.make_valid(g))
-    tree = shapely.STRtree(geoms)
-    out: dict[tuple[int, int], list[int]] = {}
-    y0 = 0
-    for i, h in enumerate(chunks[0]):
-        x0 = 0
-        for j, w in enumerate(chunks[1]):
-            ext = geobox[y0:y0 + h, x0:x0 + w].extent.to_crs("EPSG:4326").geom
-            idx = sorted(int(k) for k in tree.query(ext, predicate="intersects"))
-            if cap is not None and idx:
-                idx = [idx[k] for k in best_acquisitions([items[k] for k in idx], groups[idx], cap)]
-            out[i, j] = idx
-            x0 += w
-        y0 += h
-    return out
 
 
 def _tile_task(plan: tuple[tuple[str, int, dict[str, Any]], ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
@@ -481,7 +415,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             missing.append(sensor.name)
             recipes.append((sensor.name, [], {}, None))
             continue
-        keys, its, sensor_gaps = _select(sensor, its, year)
+        keys, its, sensor_gaps = scenes.select(sensor, its, year)
         gaps.update({f"{sensor.name}/{k}": v for k, v in sensor_gaps.items()})
         if len(keys) > 1 and keys != [b.key for b in sensor.data_bands]:
             alternates[sensor.name] = "+".join(keys).upper()
@@ -490,7 +424,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             recipes.append((sensor.name, [], {}, None))
             continue
         arrays, params = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
-        over = None if not sensor.per_acquisition else _items_per_tile(its, geobox, chunks, max_acquisitions)
+        over = None if not sensor.per_acquisition else scenes.items_per_tile(its, geobox, chunks, max_acquisitions)
         recipes.append((sensor.name, arrays, params, over))
         provenance[sensor.name] = [i.id for i in its]
     data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-")
@@ -512,39 +446,3 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     if missing:
         log.warning("cube %s: no items for %s; their features are NaN and counts 0", year, ", ".join(missing))
     return cube
-
-
-def _select(sensor: S.Sensor, items: Sequence[pystac.Item], year: int | None
-            ) -> tuple[list[str], list[pystac.Item], dict[str, str]]:
-    """Which data assets to read, from which items, and the gaps: item id -> what is missing and why.
-
-    A sensor with alternate asset sets (Sentinel-1 VV/VH or HH/HV) composites the set most items carry
-    (the canonical one on a tie), so co-pol is never mixed with another polarisation; items carrying
-    none of that set, or no mask asset (SCL, QA_PIXEL), are left out and said so. A missing data asset
-    makes that acquisition no-data (stackstac fills it), recorded here rather than a crash or zeros.
-    """
-    sets = sensor.data_key_sets()
-    counts = [sum(all(k in it.assets for k in keys) for it in items) for keys in sets]
-    keys = sets[max(range(len(sets)), key=lambda i: (counts[i], -i))]
-    mask = sensor.mask_band.key if sensor.mask_band is not None else None
-    chosen, gaps = [], {}
-    for it in items:
-        if it.properties.get("proj:epsg") is None and all(
-                a.extra_fields.get("proj:epsg") is None for a in it.assets.values()):
-            raise ValueError(f"{sensor.name} item {it.id} has no proj:epsg/proj:code; normalise it with "
-                             "catalog.normalise_item first")
-        have = [k for k in keys if k in it.assets]
-        if not have:
-            gaps[it.id] = (f"left out: has none of {', '.join(keys)} (has {', '.join(sorted(it.assets))}); "
-                           f"{sensor.name} {year} composites {'+'.join(keys).upper()}")
-            continue
-        if mask and mask not in it.assets:  # no cloud/QA mask: its pixels cannot be trusted
-            gaps[it.id] = f"left out: lacks its mask asset {mask}"
-            continue
-        absent = [k for k in keys if k not in it.assets]
-        if absent:
-            gaps[it.id] = f"no-data: lacks asset(s) {', '.join(absent)}"
-        chosen.append(it)
-    for item_id, why in gaps.items():
-        log.warning("%s item %s (year %s): %s", sensor.name, item_id, year, why)
-    return keys, chosen, gaps

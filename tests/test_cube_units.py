@@ -14,7 +14,7 @@ import pytest
 from odc.geo import geom
 from shapely.geometry import box
 
-from glacier_stac import catalog, cube, grid
+from glacier_stac import catalog, cube, grid, scenes
 
 FIX = Path(__file__).parent / "fixtures" / "planetary-computer"
 
@@ -83,7 +83,7 @@ def test_acquisitions_group_by_platform_track_and_solar_day():
              item(2, "2022-02-02T00:00:03+00:00", 170.0, platform="Sentinel-2B"),
              item(3, "2022-02-02T00:00:03+00:00", 170.0, orbit=100),
              item(4, "2022-02-12T00:00:03+00:00", 170.0)]
-    ids = cube.acquisition_ids(items)
+    ids = scenes.acquisition_ids(items)
     assert ids[0] == ids[1] and len(set(ids.tolist())) == 4
 
 
@@ -95,11 +95,11 @@ def test_best_acquisitions_least_cloudy_or_spread_in_time():
         return pystac.Item(f"s{i}", None, [0, 0, 1, 1], datetime(2022, 7, day), props)
 
     optical = [item(0, 50, 1), item(1, 5, 5), item(2, 5, 5), item(3, 80, 9), item(4, 10, 13)]
-    groups = cube.acquisition_ids(optical)  # items 1 and 2: one pass over two scene tiles
-    assert cube.best_acquisitions(optical, groups, 2) == [1, 2, 4]
-    assert cube.best_acquisitions(optical, groups, 9) == [0, 1, 2, 3, 4]
+    groups = scenes.acquisition_ids(optical)  # items 1 and 2: one pass over two scene tiles
+    assert scenes.best_acquisitions(optical, groups, 2) == [1, 2, 4]
+    assert scenes.best_acquisitions(optical, groups, 9) == [0, 1, 2, 3, 4]
     sar = [item(k, None, 1 + 2 * k) for k in range(9)]
-    assert cube.best_acquisitions(sar, cube.acquisition_ids(sar), 3) == [0, 4, 8]  # start, middle, end
+    assert scenes.best_acquisitions(sar, scenes.acquisition_ids(sar), 3) == [0, 4, 8]  # start, middle, end
 
 
 def test_decode_applies_per_item_scale_offset():
