@@ -101,8 +101,8 @@ def read_errors(client: Any = None) -> list[dict[str, Any]]:
 
 @dataclass
 class _Handle:
-    """One thread's open asset: the dataset, the grid-to-source pixel transform when no warp is needed
-    (same CRS, north-up, same or coarser pixels), and a WarpedVRT opened on first need."""
+    """An open asset, read by one thread at a time: the dataset, the grid-to-source pixel transform when
+    no warp is needed (see `grid_to_source`), and a WarpedVRT opened on first need."""
 
     ds: Any
     to_source: Affine | None
@@ -110,12 +110,14 @@ class _Handle:
 
 
 def grid_to_source(ds: Any, spec: Any) -> Affine | None:
-    """Grid pixel -> source pixel transform if the source can be read without the warper, else None."""
+    """Grid pixel -> source pixel transform if the source can be read without the warper, else None:
+    the same CRS, north-up, pixels a whole number (>= 1) of grid pixels, starting on the grid's lattice."""
     if ds.crs is None or ds.crs.to_epsg() != spec.vrt_params["crs"]:
         return None
     src, dst = ds.transform, spec.vrt_params["transform"]
     if src.b or src.d or dst.b or dst.d or src.e > 0 or dst.e > 0:
         return None  # rotated or south-up
+
     def whole(v: float) -> bool:
         return abs(v - round(v)) < 1e-6
 
