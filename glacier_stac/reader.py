@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -41,8 +42,9 @@ GDAL_CLOUD = {
     "VSI_CACHE_SIZE": 64 * 2**20,
     # bytes: rasterio passes an int to GDALSetCacheMax64, so a bare 256 would mean 256 *bytes* and
     # silently disable the block cache (tile windows that cut through COG blocks then decode them again;
-    # rasterio#2336)
-    "GDAL_CACHEMAX": 256 * 2**20,
+    # rasterio#2336). Workers with memory to spare keep more neighbouring blocks with
+    # GLACIER_STAC_GDAL_CACHE_MB (read when this module is imported, on the client).
+    "GDAL_CACHEMAX": int(os.environ.get("GLACIER_STAC_GDAL_CACHE_MB", "256")) * 2**20,
     "GDAL_NUM_THREADS": "1",  # parallelism comes from Dask
 }
 GDAL_ENV: LayeredEnv = DEFAULT_GDAL_ENV.updated(always=GDAL_CLOUD)

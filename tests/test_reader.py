@@ -7,6 +7,9 @@ refuses requests whose token has expired, the way Azure answers a stale SAS toke
 from __future__ import annotations
 
 import http.server
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
@@ -150,6 +153,10 @@ def test_block_cache_is_megabytes_not_bytes():
 
     with reader.GDAL_ENV.read:
         assert get_gdal_config("GDAL_CACHEMAX") >= 64 * 2**20
+    sized = subprocess.run(
+        [sys.executable, "-c", "from glacier_stac.reader import GDAL_CLOUD; print(GDAL_CLOUD['GDAL_CACHEMAX'])"],
+        env={**os.environ, "GLACIER_STAC_GDAL_CACHE_MB": "1024"}, capture_output=True, text=True, check=True)
+    assert int(sized.stdout) == 1024 * 2**20
 
 
 def _cog(path, arr, res, origin, nodata):
