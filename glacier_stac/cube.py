@@ -30,7 +30,7 @@ from glacier_stac import scenes
 from glacier_stac import sensors as S
 from glacier_stac.catalog import SearchResult, redact
 from glacier_stac.grid import TILE_PX, global_origin, pixel_centres, tile_chunks
-from glacier_stac.reader import GDAL_ENV, CogReader
+from glacier_stac.reader import GDAL_ENV, CogReader, label_assets
 
 log = logging.getLogger(__name__)
 
@@ -313,7 +313,7 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         raise ValueError(f"one stack needs one resampling, dtype and no-data; {sensor.name} {keys} have {kinds}")
     resampling, dtype, nodata = kinds.pop()
     dtype = np.dtype(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else np.dtype(np.float32)
-    labels = {redact(it.assets[k].href): (it.id, k) for it in items for k in keys if k in it.assets}
+    label_assets({redact(it.assets[k].href): (it.id, k) for it in items for k in keys if k in it.assets})
     b = geobox.boundingbox
     arr = stackstac.stack(
         [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
@@ -322,7 +322,7 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         resampling=Resampling[resampling], chunksize=(1, -1, *chunks), dtype=dtype,
         fill_value=dtype.type(nodata) if dtype.kind in "iu" else NAN,
         rescale=False, sortby_date=False, properties=False, band_coords=False,
-        reader=functools.partial(CogReader, signer=signer, labels=labels), gdal_env=GDAL_ENV,
+        reader=functools.partial(CogReader, signer=signer), gdal_env=GDAL_ENV,
     )
     if arr.shape[-2:] != geobox.shape:
         raise RuntimeError(f"stack shape {arr.shape[-2:]} does not match the grid {tuple(geobox.shape)}")

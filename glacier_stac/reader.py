@@ -93,11 +93,24 @@ def record_read_error(url: str, error: BaseException, where: str, item: str | No
         pass
 
 
+# Unsigned asset URL -> (item id, asset key), filled by `cube.build` where the graph is made (the
+# client), so read errors name item and asset without shipping a table inside every reader.
+ASSET_LABELS: dict[str, tuple[str, str]] = {}
+
+
+def label_assets(labels: dict[str, tuple[str, str]]) -> None:
+    ASSET_LABELS.update(labels)
+
+
 def read_errors(client: Any = None) -> list[dict[str, Any]]:
-    """Unreadable assets recorded so far: in this process, plus the cluster's when a client is given."""
+    """Unreadable assets recorded so far: in this process, plus the cluster's when a client is given;
+    each names its item and asset key when this process built the cube that read it."""
     out = list(READ_ERRORS)
     if client is not None:
-        out += [msg for _, msg in client.get_events(READ_ERROR_TOPIC)]
+        out += [dict(msg) for _, msg in client.get_events(READ_ERROR_TOPIC)]
+    for rec in out:
+        if rec.get("item") is None and rec["asset"] in ASSET_LABELS:
+            rec["item"], rec["asset_key"] = ASSET_LABELS[rec["asset"]]
     return out
 
 
@@ -149,12 +162,10 @@ class CogReader:
 
     def __init__(self, *, url: str, spec: Any, resampling: Any, dtype: np.dtype, fill_value: float | int,
                  scale_offset: tuple[float, float] = (1.0, 0.0), gdal_env: LayeredEnv | None = None,
-                 errors_as_nodata: tuple = (), signer: str | None = None, record_errors: bool = True,
-                 labels: dict[str, tuple[str, str]] | None = None) -> None:
+                 errors_as_nodata: tuple = (), signer: str | None = None, record_errors: bool = True) -> None:
         self.unsigned_url = redact(url)
         self.signer = signer
         self.record_errors = record_errors
-        self.labels = labels  # unsigned URL -> (item id, asset key), so a failure names both
         self.spec = spec
         self.resampling = resampling
         self.dtype = np.dtype(dtype)
@@ -280,7 +291,7 @@ class CogReader:
                     continue
                 if not self.record_errors:
                     raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(str(e))}") from None
-                item, key = (self.labels or {}).get(self.unsigned_url, (None, None))
+                item, key = ASSET_LABELS.get(self.unsigned_url, (None, None))
                 record_read_error(self.unsigned_url, e, where=str(window), item=item, asset_key=key)
                 return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)
         raise AssertionError("unreachable")
@@ -302,7 +313,7 @@ class CogReader:
         return {"url": self.unsigned_url, "spec": self.spec, "resampling": self.resampling, "dtype": self.dtype,
                 "fill_value": self.fill_value, "scale_offset": self.scale_offset, "gdal_env": self.gdal_env,
                 "errors_as_nodata": self.errors_as_nodata, "signer": self.signer,
-                "record_errors": self.record_errors, "labels": self.labels}  # never a token
+                "record_errors": self.record_errors}  # never a token
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)

@@ -194,6 +194,20 @@ def _as_hh_hv(item):
     return it
 
 
+def test_read_errors_on_worker_processes_name_item_and_asset(world_dir, found, tmp_path):
+    """On a cluster the failure is logged by a worker process; the client's record names item and asset."""
+    distributed = pytest.importorskip("distributed")
+    gb = world_grid(world_dir).crop((128, 128))
+    items = [it.clone() for it in found.items["sentinel-1"][YEAR]]
+    items[1].assets["vh"].href = (tmp_path / "gone-vh.tif").as_uri()
+    c = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"])
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
+            distributed.Client(lc) as client:
+        client.compute(c.data).result()
+        errs = [e for e in reader.read_errors(client) if "gone-vh" in e["asset"]]
+    assert errs and {(e["item"], e["asset_key"]) for e in errs} == {(items[1].id, "vh")}
+
+
 def test_hh_hv_scenes_stand_in_for_vv_vh(world_dir, found):
     """Polar acquisitions carry only HH/HV: the cube composites them and says so."""
     gb = world_grid(world_dir).crop((256, 256))  # a corner is enough: same tiles, fewer pixels
