@@ -9,6 +9,7 @@ instead of a crash or silent zeros.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import threading
@@ -96,10 +97,13 @@ def record_read_error(url: str, error: BaseException, where: str, item: str | No
 # Unsigned asset URL -> (item id, asset key), filled by `cube.build` where the graph is made (the
 # client), so read errors name item and asset without shipping a table inside every reader.
 ASSET_LABELS: dict[str, tuple[str, str]] = {}
+ASSET_LABELS_MAX = 500_000  # the most recent, so a client that runs for weeks does not grow without end
 
 
 def label_assets(labels: dict[str, tuple[str, str]]) -> None:
     ASSET_LABELS.update(labels)
+    for url in list(itertools.islice(ASSET_LABELS, max(len(ASSET_LABELS) - ASSET_LABELS_MAX, 0))):
+        del ASSET_LABELS[url]
 
 
 def read_errors(client: Any = None) -> list[dict[str, Any]]:
