@@ -358,7 +358,12 @@ def _tile_task(plan: tuple[tuple[str, int, dict[str, Any]], ...], shape: tuple[i
     return tile_features(*blocks, plan=plan, shape=shape)
 
 
-def _tile_graph(recipes, chunks, n_features: int, prefix: str) -> da.Array:
+# sensor name, its lazy inputs, its recipe's parameters, and per tile the items over it (None: static)
+Recipe = tuple[str, list[da.Array], dict[str, Any], dict[tuple[int, int], list[int]] | None]
+
+
+def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
+                prefix: str) -> da.Array:
     """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it."""
     name = prefix + tokenize([(r[0], [a.name for a in r[1]], r[3]) for r in recipes], chunks)
     dsk: dict[Any, Any] = {}
@@ -407,7 +412,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
         S.get(name)
     chunks = tile_chunks(geobox, tile_px)
     names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
-    recipes: list[tuple[str, list[da.Array], dict[str, Any], dict[tuple[int, int], list[int]] | None]] = []
+    recipes: list[Recipe] = []
     missing, provenance, gaps, alternates = [], {}, {}, {}
     for sensor in wanted:
         its = list(by_sensor.get(sensor.name, []))
