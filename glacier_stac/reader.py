@@ -14,6 +14,7 @@ import logging
 import os
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -116,6 +117,63 @@ def read_errors(client: Any = None) -> list[dict[str, Any]]:
         if rec.get("item") is None and rec["asset"] in ASSET_LABELS:
             rec["item"], rec["asset_key"] = ASSET_LABELS[rec["asset"]]
     return out
+
+
+class BlockCache:
+    """Decoded COG blocks shared by every reader and thread of a process, decoded once (single flight).
+
+    Why: neighbouring tiles cut through the same COG blocks, and Dask tends to run them at the same
+    time on different threads, each with its own GDAL handle and block cache, so both would decode
+    the shared blocks. Here a block being decoded by one thread is waited for, not decoded again, and
+    a thread first takes the blocks nobody is decoding.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self._blocks: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._inflight: dict[tuple, threading.Event] = {}
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def clear(self) -> None:
+        with self._lock:
+            self._blocks.clear()
+            self._bytes = 0
+
+    def get(self, keys: list[tuple], decode: Callable[[tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+        got: dict[tuple, np.ndarray] = {}
+        mine, theirs = [], []
+        with self._lock:
+            for k in keys:
+                if k in self._blocks:
+                    self._blocks.move_to_end(k)
+                    got[k] = self._blocks[k]
+                elif k in self._inflight:
+                    theirs.append((k, self._inflight[k]))
+                else:
+                    self._inflight[k] = threading.Event()
+                    mine.append(k)
+        for k in mine:
+            try:
+                arr = decode(k)
+                with self._lock:
+                    self._blocks[k] = got[k] = arr
+                    self._bytes += arr.nbytes
+                    while self._bytes > self.max_bytes and len(self._blocks) > 1:
+                        self._bytes -= self._blocks.popitem(last=False)[1].nbytes
+            finally:  # waiters wake up whatever happened; on failure they decode it themselves
+                with self._lock:
+                    ev = self._inflight.pop(k)
+                ev.set()
+        for k, ev in theirs:
+            ev.wait()
+            with self._lock:
+                arr = self._blocks.get(k)
+            got[k] = arr if arr is not None else decode(k)  # the other decode failed, or was evicted
+        return got
+
+
+BLOCKS = BlockCache(GDAL_CLOUD["GDAL_CACHEMAX"])
 
 
 @dataclass
@@ -265,7 +323,7 @@ class CogReader:
             c, r = round(c0), round(r0)
             if c < 0 or r < 0 or c + window.width > ds.width or r + window.height > ds.height:
                 return None
-            return ds.read(1, window=Window(c, r, window.width, window.height), out_dtype=out)
+            return self._read_blocks(ds, c, r, window.width, window.height, out)
         eps = 1e-6
         if c0 < -eps or r0 < -eps or c1 > ds.width + eps or r1 > ds.height + eps:
             return None
@@ -279,6 +337,25 @@ class CogReader:
                 return None
         return ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), out_shape=(window.height, window.width),
                        resampling=self.resampling, out_dtype=out)
+
+    def _read_blocks(self, ds: Any, c: int, r: int, w: int, h: int, out: np.dtype) -> np.ndarray:
+        """A window of the source assembled from whole decoded blocks of the shared `BLOCKS` cache."""
+        bh, bw = ds.block_shapes[0]
+        keys = [(self.unsigned_url, out.str, by, bx) for by in range(r // bh, (r + h - 1) // bh + 1)
+                for bx in range(c // bw, (c + w - 1) // bw + 1)]
+
+        def decode(key: tuple) -> np.ndarray:
+            _, _, by, bx = key
+            return ds.read(1, window=Window(bx * bw, by * bh, min(bw, ds.width - bx * bw),
+                                            min(bh, ds.height - by * bh)), out_dtype=out)
+
+        blocks = BLOCKS.get(keys, decode)
+        data = np.empty((h, w), out)
+        for (_, _, by, bx), blk in blocks.items():
+            y0, x0 = max(r, by * bh), max(c, bx * bw)
+            y1, x1 = min(r + h, by * bh + blk.shape[0]), min(c + w, bx * bw + blk.shape[1])
+            data[y0 - r:y1 - r, x0 - c:x1 - c] = blk[y0 - by * bh:y1 - by * bh, x0 - bx * bw:x1 - bx * bw]
+        return data
 
     def _resign(self) -> None:
         self.close()

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
@@ -209,3 +210,42 @@ def test_same_crs_reads_equal_the_warper(tmp_path, src_res, origin, resampling, 
     with rasterio.open(path) as ds:
         assert (reader.grid_to_source(ds, spec) is None) == ((origin[0] - 499500) % 10 != 0)
     fast.close()
+
+
+def test_block_cache_decodes_each_block_once_across_threads():
+    """Two threads wanting overlapping blocks at once: every block is decoded once, nobody deadlocks."""
+    cache = reader.BlockCache(max_bytes=10**9)
+    calls: list[tuple] = []
+    lock = threading.Lock()
+
+    def decode(key):
+        with lock:
+            calls.append(key)
+        time.sleep(0.02)
+        return np.full((4, 4), key[-1], np.uint16)
+
+    keys_a = [("u", "<u2", 0, x) for x in range(0, 6)]
+    keys_b = [("u", "<u2", 0, x) for x in range(3, 9)]
+    results = {}
+    threads = [threading.Thread(target=lambda n, k: results.__setitem__(n, cache.get(k, decode)), args=(n, k))
+               for n, k in (("a", keys_a), ("b", keys_b))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=10)
+    assert sorted(calls) == sorted(set(keys_a) | set(keys_b))  # 9 blocks, 9 decodes, not 12
+    assert all(int(results["b"][k][0, 0]) == k[-1] for k in keys_b)
+
+
+def test_block_cache_is_bounded_and_survives_a_failed_decode():
+    cache = reader.BlockCache(max_bytes=3 * 32)  # three 4x4 uint16 blocks
+    cache.get([("u", "<u2", 0, x) for x in range(5)], lambda k: np.zeros((4, 4), np.uint16))
+    assert cache._bytes <= 3 * 32 and len(cache._blocks) == 3
+
+    def broken(key):
+        raise OSError("HTTP 503")
+
+    with pytest.raises(OSError):
+        cache.get([("u", "<u2", 1, 0)], broken)
+    assert not cache._inflight  # a failed decode leaves nothing for others to wait on
+    assert cache.get([("u", "<u2", 1, 0)], lambda k: np.ones((4, 4), np.uint16))[("u", "<u2", 1, 0)].all()
