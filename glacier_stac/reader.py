@@ -140,7 +140,9 @@ class BlockCache:
             self._blocks.clear()
             self._bytes = 0
 
-    def get(self, keys: list[tuple], decode: Callable[[tuple], np.ndarray]) -> dict[tuple, np.ndarray]:
+    def get(self, keys: list[tuple], decode: Callable[[list[tuple]], dict[tuple, np.ndarray]]
+            ) -> dict[tuple, np.ndarray]:
+        """The blocks for `keys`; `decode(keys)` decodes several at once (one read, one set of requests)."""
         got: dict[tuple, np.ndarray] = {}
         mine, theirs = [], []
         with self._lock:
@@ -153,23 +155,25 @@ class BlockCache:
                 else:
                     self._inflight[k] = threading.Event()
                     mine.append(k)
-        for k in mine:
+        if mine:
             try:
-                arr = decode(k)
+                fresh = decode(mine)
                 with self._lock:
-                    self._blocks[k] = got[k] = arr
-                    self._bytes += arr.nbytes
+                    for k in mine:
+                        self._blocks[k] = got[k] = fresh[k]
+                        self._bytes += fresh[k].nbytes
                     while self._bytes > self.max_bytes and len(self._blocks) > 1:
                         self._bytes -= self._blocks.popitem(last=False)[1].nbytes
             finally:  # waiters wake up whatever happened; on failure they decode it themselves
                 with self._lock:
-                    ev = self._inflight.pop(k)
-                ev.set()
+                    events = [self._inflight.pop(k) for k in mine]
+                for ev in events:
+                    ev.set()
         for k, ev in theirs:
             ev.wait()
             with self._lock:
                 arr = self._blocks.get(k)
-            got[k] = arr if arr is not None else decode(k)  # the other decode failed, or was evicted
+            got[k] = arr if arr is not None else decode([k])[k]  # the other decode failed, or was evicted
         return got
 
 
@@ -344,10 +348,15 @@ class CogReader:
         keys = [(self.unsigned_url, out.str, by, bx) for by in range(r // bh, (r + h - 1) // bh + 1)
                 for bx in range(c // bw, (c + w - 1) // bw + 1)]
 
-        def decode(key: tuple) -> np.ndarray:
-            _, _, by, bx = key
-            return ds.read(1, window=Window(bx * bw, by * bh, min(bw, ds.width - bx * bw),
-                                            min(bh, ds.height - by * bh)), out_dtype=out)
+        def decode(want: list[tuple]) -> dict[tuple, np.ndarray]:
+            # one read of the blocks' bounding box: one set of (merged) range requests on a remote COG
+            by0, by1 = min(k[2] for k in want), max(k[2] for k in want)
+            bx0, bx1 = min(k[3] for k in want), max(k[3] for k in want)
+            y0, x0 = by0 * bh, bx0 * bw
+            y1, x1 = min((by1 + 1) * bh, ds.height), min((bx1 + 1) * bw, ds.width)
+            region = ds.read(1, window=Window(x0, y0, x1 - x0, y1 - y0), out_dtype=out)
+            return {k: region[k[2] * bh - y0:min((k[2] + 1) * bh, ds.height) - y0,
+                              k[3] * bw - x0:min((k[3] + 1) * bw, ds.width) - x0] for k in want}  # views
 
         blocks = BLOCKS.get(keys, decode)
         data = np.empty((h, w), out)
