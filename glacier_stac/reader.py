@@ -72,16 +72,29 @@ def register_signer(name: str, fn: Callable[..., str]) -> None:
     SIGNERS[name] = fn
 
 
+# Unsigned asset URL -> (item id, asset key), filled by `cube.build` where the graph is made (the
+# client), so read errors name item and asset without shipping a table inside every reader.
+ASSET_LABELS: dict[str, tuple[str, str]] = {}
+ASSET_LABELS_MAX = 500_000  # the most recent, so a client that runs for weeks does not grow without end
+
+
+def label_assets(labels: dict[str, tuple[str, str]]) -> None:
+    ASSET_LABELS.update(labels)
+    for url in list(itertools.islice(ASSET_LABELS, max(len(ASSET_LABELS) - ASSET_LABELS_MAX, 0))):
+        del ASSET_LABELS[url]
+
+
 # Read failures seen in this process; on a Dask worker they also go to the scheduler's event log.
 READ_ERRORS: list[dict[str, Any]] = []
 _errors_lock = threading.Lock()
 READ_ERROR_TOPIC = "glacier_stac.read_error"
 
 
-def record_read_error(url: str, error: BaseException, where: str, item: str | None = None,
-                      asset_key: str | None = None) -> None:
+def record_read_error(url: str, error: BaseException, where: str) -> None:
     """Record an unreadable asset: which item, which asset, where in the grid, and why (never a token)."""
-    rec = {"item": item, "asset_key": asset_key, "asset": redact(url),
+    asset = redact(url)
+    item, asset_key = ASSET_LABELS.get(asset, (None, None))  # known here when the cube was built here
+    rec = {"item": item, "asset_key": asset_key, "asset": asset,
            "error": f"{type(error).__name__}: {redact(str(error))[:300]}", "where": where, "time": time.time()}
     with _errors_lock:
         READ_ERRORS.append(rec)
@@ -93,18 +106,6 @@ def record_read_error(url: str, error: BaseException, where: str, item: str | No
         get_worker().log_event(READ_ERROR_TOPIC, rec)
     except (ImportError, ValueError):
         pass
-
-
-# Unsigned asset URL -> (item id, asset key), filled by `cube.build` where the graph is made (the
-# client), so read errors name item and asset without shipping a table inside every reader.
-ASSET_LABELS: dict[str, tuple[str, str]] = {}
-ASSET_LABELS_MAX = 500_000  # the most recent, so a client that runs for weeks does not grow without end
-
-
-def label_assets(labels: dict[str, tuple[str, str]]) -> None:
-    ASSET_LABELS.update(labels)
-    for url in list(itertools.islice(ASSET_LABELS, max(len(ASSET_LABELS) - ASSET_LABELS_MAX, 0))):
-        del ASSET_LABELS[url]
 
 
 def read_errors(client: Any = None) -> list[dict[str, Any]]:
@@ -223,7 +224,8 @@ class CogReader:
     well as the data (about 1.7x the work for every resampled band). GDAL's warper already keeps
     no-data out of bilinear kernels when the source declares it, so here no-data is found by value
     after the read. Sources already in the grid's CRS skip the warper where that gives the same values
-    (see `_read_same_crs`). Each thread gets its own dataset handle (GDAL handles are not thread-safe).
+    (see `_read_same_crs`). A handle is used by one thread at a time (GDAL handles are not thread-safe);
+    free ones are pooled per asset.
     """
 
     def __init__(self, *, url: str, spec: Any, resampling: Any, dtype: np.dtype, fill_value: float | int,
@@ -322,8 +324,7 @@ class CogReader:
         ds, to_src = h.ds, h.to_source
         c0, r0 = to_src * (window.col_off, window.row_off)
         c1, r1 = to_src * (window.col_off + window.width, window.row_off + window.height)
-        if abs(to_src.a - 1) < 1e-9 and abs(to_src.e - 1) < 1e-9 and abs(c0 - round(c0)) < 1e-6 \
-                and abs(r0 - round(r0)) < 1e-6:
+        if abs(to_src.a - 1) < 1e-9 and abs(to_src.e - 1) < 1e-9:  # same pixels; on the lattice (grid_to_source)
             c, r = round(c0), round(r0)
             if c < 0 or r < 0 or c + window.width > ds.width or r + window.height > ds.height:
                 return None
@@ -381,8 +382,7 @@ class CogReader:
                     continue
                 if not self.record_errors:
                     raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(str(e))}") from None
-                item, key = ASSET_LABELS.get(self.unsigned_url, (None, None))
-                record_read_error(self.unsigned_url, e, where=str(window), item=item, asset_key=key)
+                record_read_error(self.unsigned_url, e, where=str(window))
                 return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)
         raise AssertionError("unreachable")
 
