@@ -23,6 +23,7 @@ from pathlib import Path
 from unittest import mock
 
 import dask
+import numpy as np
 from shapely.affinity import translate
 from shapely.geometry import mapping, shape
 
@@ -90,9 +91,10 @@ def main() -> None:
         mb, dt, n = tile_peak(padded(base, factor), geobox, year, tile)
         rows.append({"scenes_in_search": n, "factor": factor, "footprint_selection": True, "peak_mb": mb,
                      "seconds": dt})
-    with mock.patch.object(scenes, "items_per_tile",
-                           lambda its, gb, chunks, cap: {(i, j): list(range(len(its))) for i in range(len(chunks[0]))
-                                                    for j in range(len(chunks[1]))}):
+    def every_scene_to_every_tile(its, groups, gb, chunks, cap):
+        return {ij: list(range(len(its))) for ij in np.ndindex(len(chunks[0]), len(chunks[1]))}
+
+    with mock.patch.object(scenes, "items_per_tile", every_scene_to_every_tile):
         mb, dt, n = tile_peak(padded(base, factors[-1]), geobox, year, tile)
     rows.append({"scenes_in_search": n, "factor": factors[-1], "footprint_selection": False, "peak_mb": mb,
                  "seconds": dt})

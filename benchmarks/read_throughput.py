@@ -21,6 +21,7 @@ import dask
 import dask.array as da
 import numpy as np
 import rasterio
+from dask.array.core import slices_from_chunks
 from rasterio.enums import Resampling
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -36,15 +37,7 @@ RESULTS = Path(__file__).parent / "results"
 
 def rasterio_reads(jobs: list[tuple[str, Resampling]], geobox, tile_px: int, threads: int) -> float:
     """Plain rasterio: each asset through a WarpedVRT onto the grid, read tile by tile, in a thread pool."""
-    ych, xch = grid.tile_chunks(geobox, tile_px)
-    windows = []
-    y = 0
-    for h in ych:
-        x = 0
-        for w in xch:
-            windows.append(Window(x, y, w, h))
-            x += w
-        y += h
+    windows = [Window.from_slices(*s) for s in slices_from_chunks(grid.tile_chunks(geobox, tile_px))]
 
     def read_asset(job: tuple[str, Resampling]) -> int:
         href, resampling = job

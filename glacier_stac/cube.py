@@ -213,11 +213,15 @@ def mosaic_acquisitions(blocks: Sequence[Sequence[np.ndarray]], groups: np.ndarr
     return out
 
 
-def _decoding(scaling: np.ndarray) -> np.ndarray | None:
-    """The (band, 2) scale/offset shared by every item, if they share one with scale > 0, else None."""
+def _for_median(dns: Sequence[np.ndarray], scaling: np.ndarray) -> tuple[Sequence[np.ndarray], np.ndarray | None]:
+    """What to take the median of, and how to decode it afterwards.
+
+    Items of one processing baseline share scale and offset (> 0): the DNs themselves, decoded once after
+    the median with that (band, 2) scale/offset. Otherwise each acquisition decoded first, and None.
+    """
     if len(scaling) and np.all(scaling == scaling[:1]) and np.all(scaling[0, :, 0] > 0):
-        return scaling[0]
-    return None
+        return dns, scaling[0]
+    return [decode(v[None], scaling[k:k + 1])[0] for k, v in enumerate(dns)], None
 
 
 def optical_features(refl: Sequence[np.ndarray], scl: Sequence[np.ndarray], scaling: np.ndarray,
@@ -225,14 +229,10 @@ def optical_features(refl: Sequence[np.ndarray], scl: Sequence[np.ndarray], scal
     """Sentinel-2 into `out` (10, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, valid count.
 
     refl: per acquisition (6, y, x) DNs; scl: per acquisition (1, y, x) scene classes; scaling:
-    (time, 6, 2). Items of one processing baseline share scale and offset, so the median is taken on
-    DNs and decoded once.
+    (time, 6, 2).
     """
-    valid = [S.scl_valid(c[0]) for c in scl]
-    shared = _decoding(scaling)
-    if shared is None:
-        refl = [decode(r[None], scaling[k:k + 1])[0] for k, r in enumerate(refl)]
-    _, n = composite(refl, valid, shared, out=out[:6])
+    values, decoding = _for_median(refl, scaling)
+    _, n = composite(values, [S.scl_valid(c[0]) for c in scl], decoding, out=out[:6])
     out[6:9] = spectral_indices(out[:6])
     out[9] = n
 
@@ -249,10 +249,8 @@ def sar_features(power: Sequence[np.ndarray], out: np.ndarray) -> None:
 def thermal_features(lwir: Sequence[np.ndarray], qa: Sequence[np.ndarray], scaling: np.ndarray,
                      out: np.ndarray) -> None:
     """Landsat into `out` (2, y, x): median surface temperature (K) of QA-clear pixels, valid count."""
-    shared = _decoding(scaling)
-    if shared is None:
-        lwir = [decode(v[None], scaling[k:k + 1])[0] for k, v in enumerate(lwir)]
-    _, n = composite(lwir, [S.landsat_qa_valid(q[0]) for q in qa], shared, out=out[:1])
+    values, decoding = _for_median(lwir, scaling)
+    _, n = composite(values, [S.landsat_qa_valid(q[0]) for q in qa], decoding, out=out[:1])
     out[1] = n
 
 
@@ -345,7 +343,7 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
-    params: dict[str, Any] = {"groups": scenes.acquisition_ids(items)}
+    params: dict[str, Any] = {}
     if sensor.name in ("sentinel-2", "landsat"):
         params["scaling"] = _scaling(sensor, items, data_keys)
     return arrays, params
@@ -416,20 +414,20 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     missing, provenance, gaps, alternates = [], {}, {}, {}
     for sensor in wanted:
         its = list(by_sensor.get(sensor.name, []))
-        if not its:
-            missing.append(sensor.name)
-            recipes.append((sensor.name, [], {}, None))
-            continue
-        keys, its, sensor_gaps = scenes.select(sensor, its, year)
-        gaps.update({f"{sensor.name}/{k}": v for k, v in sensor_gaps.items()})
-        if len(keys) > 1 and keys != [b.key for b in sensor.data_bands]:
-            alternates[sensor.name] = "+".join(keys).upper()
-        if not its:
+        if its:
+            keys, its, sensor_gaps = scenes.select(sensor, its, year)
+            gaps.update({f"{sensor.name}/{k}": v for k, v in sensor_gaps.items()})
+            if len(keys) > 1 and keys != [b.key for b in sensor.data_bands]:
+                alternates[sensor.name] = "+".join(keys).upper()
+        if not its:  # none found, or none usable
             missing.append(sensor.name)
             recipes.append((sensor.name, [], {}, None))
             continue
         arrays, params = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
-        over = None if not sensor.per_acquisition else scenes.items_per_tile(its, geobox, chunks, max_acquisitions)
+        over = None
+        if sensor.per_acquisition:
+            params["groups"] = scenes.acquisition_ids(its)
+            over = scenes.items_per_tile(its, params["groups"], geobox, chunks, max_acquisitions)
         recipes.append((sensor.name, arrays, params, over))
         provenance[sensor.name] = [i.id for i in its]
     data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-")

@@ -17,6 +17,7 @@ import pystac
 import pystac.utils
 import shapely
 import shapely.geometry
+from dask.array.core import slices_from_chunks
 from odc.geo.geobox import GeoBox
 
 from glacier_stac import sensors as S
@@ -43,15 +44,14 @@ def select(sensor: S.Sensor, items: Sequence[pystac.Item], year: int | None
                 a.extra_fields.get("proj:epsg") is None for a in it.assets.values()):
             raise ValueError(f"{sensor.name} item {it.id} has no proj:epsg/proj:code; normalise it with "
                              "catalog.normalise_item first")
-        have = [k for k in keys if k in it.assets]
-        if not have:
+        absent = [k for k in keys if k not in it.assets]
+        if len(absent) == len(keys):
             gaps[it.id] = (f"left out: has none of {', '.join(keys)} (has {', '.join(sorted(it.assets))}); "
                            f"{sensor.name} {year} composites {'+'.join(keys).upper()}")
             continue
         if mask and mask not in it.assets:  # no cloud/QA mask: its pixels cannot be trusted
             gaps[it.id] = f"left out: lacks its mask asset {mask}"
             continue
-        absent = [k for k in keys if k not in it.assets]
         if absent:
             gaps[it.id] = f"no-data: lacks asset(s) {', '.join(absent)}"
         chosen.append(it)
@@ -96,30 +96,25 @@ def best_acquisitions(items: Sequence[pystac.Item], groups: np.ndarray, cap: int
     return sorted(k for g in chosen for k in members[g])
 
 
-def items_per_tile(items: Sequence[pystac.Item], geobox: GeoBox, chunks, cap: int | None = None
-                    ) -> dict[tuple[int, int], list[int]]:
-    """For each tile, the indices of the items whose footprint meets it (of at most `cap` acquisitions).
+def items_per_tile(items: Sequence[pystac.Item], groups: np.ndarray, geobox: GeoBox, chunks,
+                   cap: int | None = None) -> dict[tuple[int, int], list[int]]:
+    """For each tile, the indices of the items whose footprint meets it (of at most `cap` acquisitions;
+    `groups` are the items' `acquisition_ids`).
 
     Why: a tile's task holds only the acquisitions over it, so its memory depends on the tile, not on
     how many scenes the whole AOI gathers (invariant 5), and scenes off the tile cost nothing. The cap
     bounds it where orbits converge (high latitudes see 50+ Sentinel-2 passes a season).
     """
-    groups = acquisition_ids(items)
     geoms = []
     for it in items:
         g = shapely.geometry.shape(it.geometry) if it.geometry else shapely.geometry.box(*it.bbox)
         geoms.append(g if g.is_valid else shapely.make_valid(g))
     tree = shapely.STRtree(geoms)
     out: dict[tuple[int, int], list[int]] = {}
-    y0 = 0
-    for i, h in enumerate(chunks[0]):
-        x0 = 0
-        for j, w in enumerate(chunks[1]):
-            ext = geobox[y0:y0 + h, x0:x0 + w].extent.to_crs("EPSG:4326").geom
-            idx = sorted(int(k) for k in tree.query(ext, predicate="intersects"))
-            if cap is not None and idx:
-                idx = [idx[k] for k in best_acquisitions([items[k] for k in idx], groups[idx], cap)]
-            out[i, j] = idx
-            x0 += w
-        y0 += h
+    for ij, window in zip(np.ndindex(len(chunks[0]), len(chunks[1])), slices_from_chunks(chunks), strict=True):
+        ext = geobox[window].extent.to_crs("EPSG:4326").geom
+        idx = sorted(int(k) for k in tree.query(ext, predicate="intersects"))
+        if cap is not None and idx:
+            idx = [idx[k] for k in best_acquisitions([items[k] for k in idx], groups[idx], cap)]
+        out[ij] = idx
     return out

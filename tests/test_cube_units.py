@@ -55,9 +55,12 @@ def test_composite_on_dns_then_decode_equals_decode_then_composite():
     ref, n_ref = cube.composite(cube.decode(dn, scaling), valid)
     np.testing.assert_array_equal(n, n_ref)
     np.testing.assert_allclose(med, ref, atol=1e-4, equal_nan=True)
-    assert cube._decoding(scaling) is not None
+    values, decoding = cube._for_median(list(dn), scaling)
+    assert decoding is not None and np.shares_memory(values[0], dn)  # the DNs as they are
     scaling[2, 0, 1] = 0.0  # one item of another processing baseline: decode first
-    assert cube._decoding(scaling) is None
+    values, decoding = cube._for_median(list(dn), scaling)
+    assert decoding is None
+    np.testing.assert_allclose(values[2], cube.decode(dn, scaling)[2], equal_nan=True)
 
 
 def test_mosaic_acquisitions_first_scene_with_data_wins():
