@@ -9,7 +9,7 @@ the cube reads *through* them, so real and synthetic items take the same code pa
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -41,8 +41,9 @@ class Sensor:
     native_crs: str  # "utm" or an EPSG string such as "EPSG:4326"
     role: str
     per_acquisition: bool = True  # False for static layers (the DEM): no season, no composite
-    # asset key -> the canonical band it stands in for (Sentinel-1 HH/HV where no VV/VH was acquired)
-    alternates: Mapping[str, str] = field(default_factory=dict)
+    # other sets of data asset keys, each standing in for the data bands in their order
+    # (Sentinel-1 HH/HV where no VV/VH was acquired)
+    alternates: tuple[tuple[str, ...], ...] = ()
 
     @property
     def data_bands(self) -> tuple[Band, ...]:
@@ -56,23 +57,17 @@ class Sensor:
         for b in self.bands:
             if b.key == key:
                 return b
-        if key in self.alternates:
-            return replace(self.band(self.alternates[key]), key=key)
+        for keys in self.alternates:
+            if key in keys:
+                return replace(self.data_bands[keys.index(key)], key=key)
         raise KeyError(f"sensor {self.name!r} has no asset {key!r}; it reads {[b.key for b in self.bands]}")
 
     def asset_keys(self) -> list[str]:
         return [b.key for b in self.bands]
 
     def data_key_sets(self) -> list[list[str]]:
-        """The canonical data asset keys first, then each complete set of alternates (e.g. HH, HV)."""
-        canonical = [b.key for b in self.data_bands]
-        sets, alt = [canonical], {}
-        for key, stands_for in self.alternates.items():
-            alt.setdefault(stands_for, []).append(key)
-        for i in range(max((len(v) for v in alt.values()), default=0)):
-            if all(len(alt.get(k, [])) > i for k in canonical):
-                sets.append([alt[k][i] for k in canonical])
-        return sets
+        """The canonical data asset keys first, then each set of alternates (e.g. HH, HV)."""
+        return [[b.key for b in self.data_bands], *map(list, self.alternates)]
 
     def scaling(self, item: Mapping[str, Any] | Any, key: str) -> tuple[float, float]:
         """(scale, offset) for one asset of one item: the item's `raster:bands` wins over our default.
@@ -159,7 +154,7 @@ SENTINEL1 = Sensor(
     ),
     # polar scenes (Greenland, Svalbard, Antarctica) are often acquired HH/HV only: co- and cross-pol
     # stand in for VV and VH; the cube says which pair it composited
-    alternates={"hh": "vv", "hv": "vh"},
+    alternates=(("hh", "hv"),),
 )
 
 LANDSAT = Sensor(
