@@ -36,7 +36,7 @@ def classify(name: str, region: train.Region) -> tuple[np.ndarray, np.ndarray]:
         out = ndsi_threshold(region.features).compute(scheduler="threads")
     else:
         out = predict(region.features, CHECKPOINTS / MODELS[name]).compute(scheduler="threads")
-    return out["klass"].values, out["valid"].values
+    return out["classes"].values, out["valid"].values
 
 
 def main() -> None:

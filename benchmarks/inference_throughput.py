@@ -3,7 +3,7 @@
     python benchmarks/inference_throughput.py [--quick] [--model unet] [--size 4096]
 
 Reports, and writes to benchmarks/results/inference_throughput.json:
-- pipeline_mpx_per_s: output megapixels per second of predict(...).compute() (probability, klass, valid);
+- pipeline_mpx_per_s: output megapixels per second of predict(...).compute() (probability, classes, valid);
 - model_only_mpx_per_s: the bare model's forward over the same patches the pipeline pushes through it
   (same inputs, batch size and threads), counted in the same output pixels;
 - ratio_vs_model_only = pipeline / model-only (target >= 0.8): what the Dask wiring, normalisation,

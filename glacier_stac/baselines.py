@@ -17,7 +17,7 @@ import xarray as xr
 
 from glacier_stac.infer import NODATA_CLASS, classes_from_probability
 from glacier_stac.models import CLASSES
-from glacier_stac.synthetic.world import Label
+from glacier_stac.labels import Label
 
 NDSI_THRESHOLD = 0.4
 NIR_MIN = 0.11  # B08 reflectance: water below, snow and ice above
@@ -70,7 +70,7 @@ def ndsi_threshold(cube: xr.DataArray, *, threshold: float = NDSI_THRESHOLD, nir
     ds = xr.Dataset(
         {
             "probability": (("class", "y", "x"), prob),
-            "klass": (("y", "x"), klass, {"nodata": NODATA_CLASS}),
+            "classes": (("y", "x"), klass, {"nodata": NODATA_CLASS}),
             "valid": (("y", "x"), da.isfinite(prob[0])),
         },
         coords={**coords, "class": list(CLASSES)},

@@ -139,7 +139,7 @@ def _predict(data, checkpoint: Path, world_dir: Path, year: int, geobox: GeoBox,
     out = predict(data, checkpoint).compute()  # an in-memory cube is cut on the tile grid by predict
     dt = time.perf_counter() - t
     truth = labels_from_raster(world_dir / "truth" / f"labels_{year}.tif", geobox)
-    scores = metrics.evaluate(out["klass"].values, truth, out["valid"].values & (truth != 255),
+    scores = metrics.evaluate(out["classes"].values, truth, out["valid"].values & (truth != 255),
                               res=abs(geobox.resolution.x))
     s = metrics.summary(scores)
     console.print(f"\n[bold]prediction[/bold] {ckpt.model} ({checkpoint.name}) in {dt:.1f} s: "

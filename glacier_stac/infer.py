@@ -447,7 +447,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     """Lazy class probabilities for a (feature, y, x) cube.
 
     Returns a Dataset with `probability` (class, y, x) float32 (NaN where invalid),
-    `glacier_probability` (y, x) = P(clean ice) + P(debris ice), `klass` (y, x) uint8 (255 where
+    `glacier_probability` (y, x) = P(clean ice) + P(debris ice), `classes` (y, x) uint8 (255 where
     invalid) and `valid` (y, x) bool, on the cube's coordinates and CRS. Nothing is computed here.
     The checkpoint's features are picked from the cube by name; a missing one is an error.
     """
@@ -498,7 +498,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     ds = xr.Dataset(
         {
             "probability": (("class", "y", "x"), prob),
-            "klass": (("y", "x"), klass, {"nodata": NODATA_CLASS, "flag_values": list(range(n_cls)),
+            "classes": (("y", "x"), klass, {"nodata": NODATA_CLASS, "flag_values": list(range(n_cls)),
                                           "flag_meanings": " ".join(names)}),
             "valid": (("y", "x"), valid),
         },

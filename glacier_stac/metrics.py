@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from glacier_stac.synthetic.world import Label
+from glacier_stac.labels import Label
 
 CLASSES = {"clean": Label.CLEAN_ICE, "debris": Label.DEBRIS_ICE, "water": Label.WATER}
 

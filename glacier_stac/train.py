@@ -32,7 +32,7 @@ from glacier_stac import metrics
 from glacier_stac.infer import normalise, pick_device
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
-from glacier_stac.synthetic.world import Label
+from glacier_stac.labels import Label
 
 log = logging.getLogger(__name__)
 IGNORE = 255
@@ -230,7 +230,7 @@ def predict_labels(ckpt: Checkpoint, features: xr.DataArray) -> tuple[np.ndarray
     from glacier_stac.infer import predict
 
     out = predict(features, ckpt).compute(scheduler="threads")
-    return out["klass"].values, out["valid"].values
+    return out["classes"].values, out["valid"].values
 
 
 def score(ckpt: Checkpoint, region: Region) -> dict:

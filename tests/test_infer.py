@@ -114,8 +114,8 @@ def test_missing_inputs_are_invalid_not_predicted():
     expect[150:155, 10:20] = False
     np.testing.assert_array_equal(ds.valid.values, expect)
     assert np.isnan(ds.probability.values[:, ~expect]).all()
-    assert (ds.klass.values[~expect] == infer.NODATA_CLASS).all()
-    assert (ds.klass.values[expect] < 4).all()
+    assert (ds.classes.values[~expect] == infer.NODATA_CLASS).all()
+    assert (ds.classes.values[expect] < 4).all()
     assert np.isfinite(ds.probability.values[:, expect]).all()
     gp = ds.glacier_probability.values
     np.testing.assert_allclose(gp[expect], ds.probability.values[1:3, expect].sum(0), atol=1e-6)
@@ -134,9 +134,9 @@ def test_predict_is_lazy_until_asked():
     cube = make_cube()
     cube = cube.copy(data=cube.data.map_blocks(counting, dtype=np.float32))
     ds = infer.predict(cube, make_ckpt("cnn5"), patch=64)
-    assert isinstance(ds.probability.data, da.Array) and isinstance(ds.klass.data, da.Array)
+    assert isinstance(ds.probability.data, da.Array) and isinstance(ds.classes.data, da.Array)
     assert reads == []
-    ds.klass[:64, :64].compute()
+    ds.classes[:64, :64].compute()
     assert reads
 
 
@@ -184,12 +184,12 @@ def test_ndsi_baseline():
     a[1, 50:, :10] = np.nan
     cube = make_cube(h, w, chunk=32, feats=names).copy(data=da.from_array(a, chunks=(-1, 32, 32)))
     ds = baselines.ndsi_threshold(cube)
-    assert isinstance(ds.klass.data, da.Array)
-    k = ds.klass.values
+    assert isinstance(ds.classes.data, da.Array)
+    k = ds.classes.values
     assert (k[:20] == 1).all() and (k[20:30] == 3).all() and (k[30:50] == 0).all()
     assert (k[50:, :10] == 255).all() and not ds.valid.values[50:, :10].any()
     assert (ds.glacier_probability.values[:20] == 1).all()
-    plain = baselines.ndsi_threshold(cube, nir_min=None).klass.values
+    plain = baselines.ndsi_threshold(cube, nir_min=None).classes.values
     assert (plain[20:30] == 1).all()  # without the NIR check water passes as ice
     with pytest.raises(ValueError, match=r"needs features \['B11'\]"):
         baselines.ndsi_threshold(cube.sel(feature=["B03", "B08"]))
@@ -212,10 +212,10 @@ def test_crs_and_coords_carried_over():
     assert ds.rio.crs.to_epsg() == 32606
     np.testing.assert_array_equal(ds.x.values, cube.x.values)
     np.testing.assert_array_equal(ds.y.values, cube.y.values)
-    assert ds.probability.dtype == np.float32 and ds.klass.dtype == np.uint8 and ds.valid.dtype == bool
+    assert ds.probability.dtype == np.float32 and ds.classes.dtype == np.uint8 and ds.valid.dtype == bool
     assert list(ds["class"].values) == ["background", "clean_ice", "debris_ice", "water"]
     in_memory = infer.predict(cube.compute(), make_ckpt("cnn5"), patch=64)  # numpy-backed cubes work too
-    assert isinstance(in_memory.klass.data, da.Array)
+    assert isinstance(in_memory.classes.data, da.Array)
     np.testing.assert_array_equal(in_memory.probability.values, ds.probability.values)
 
 
@@ -255,5 +255,5 @@ def test_narrow_cubes_and_crops_predict_everywhere():
                         coords=coords)
     for sl in (slice(0, 176), slice(240, 400), slice(100, 300)):
         out = predict(full.isel(x=sl), ck).compute(scheduler="sync")
-        assert out["klass"].shape == (h, sl.stop - sl.start)
+        assert out["classes"].shape == (h, sl.stop - sl.start)
         assert bool(out["valid"].all())

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from glacier_stac import metrics
-from glacier_stac.synthetic.world import Label
+from glacier_stac.labels import Label
 
 
 def square(n=40, a=10, b=30):

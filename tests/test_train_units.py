@@ -8,7 +8,7 @@ from odc.geo.geobox import GeoBox
 from shapely.geometry import box
 
 from glacier_stac import train
-from glacier_stac.synthetic.world import Label
+from glacier_stac.labels import Label
 
 
 def geobox():

@@ -17,11 +17,10 @@ from torch import nn
 from glacier_stac.models.cnn5 import CNN5
 from glacier_stac.models.glavitu import GlaViTU
 from glacier_stac.models.unet import UNet
-from glacier_stac.synthetic.world import Label
+from glacier_stac.labels import CLASSES
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"cnn5": CNN5, "unet": UNet, "glavitu": GlaViTU}
 DEFAULT_MODEL = "unet"
-CLASSES: tuple[str, ...] = tuple(label.name.lower() for label in Label)
 
 
 def get_model(name: str, n_features: int, n_classes: int = len(CLASSES), **kw) -> nn.Module:

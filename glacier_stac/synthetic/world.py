@@ -13,6 +13,8 @@ from enum import IntEnum
 import numpy as np
 from odc.geo.geobox import GeoBox
 
+from glacier_stac.labels import Label  # noqa: F401  (re-exported for the generator's modules)
+
 
 class Surface(IntEnum):
     """Surface classes of the physical world, one per 10 m pixel and year."""
@@ -27,15 +29,6 @@ class Surface(IntEnum):
     ICE = 7  # clean glacier ice
     DEBRIS = 8  # debris-covered glacier ice
     MORAINE = 9  # ice-free glacial debris (moraines, fresh forefield): optically like DEBRIS, background
-
-
-class Label(IntEnum):
-    """Classes of the truth rasters and of the models' output."""
-
-    BACKGROUND = 0
-    CLEAN_ICE = 1  # snow/firn and clean ice on a glacier
-    DEBRIS_ICE = 2
-    WATER = 3  # lakes and sea (not sea ice)
 
 
 DIFFICULTIES = ("easy", "normal", "hard")

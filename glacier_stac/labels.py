@@ -1,0 +1,29 @@
+"""The product's vocabulary: output classes and their codes, and the names of output variables.
+
+Everything in the project imports this module; it imports nothing of the project, so the synthetic
+world, the models, the metrics and the store agree on one set of codes without depending on each other.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class Label(IntEnum):
+    """Classes of the truth rasters, of the models' output and of the stored `classes` array."""
+
+    BACKGROUND = 0
+    CLEAN_ICE = 1  # snow/firn and clean ice on a glacier
+    DEBRIS_ICE = 2
+    WATER = 3  # lakes and sea (not sea ice)
+
+
+CLASSES: tuple[str, ...] = tuple(label.name.lower() for label in Label)
+GLACIER_CLASSES: tuple[str, ...] = ("clean_ice", "debris_ice")  # summed into the glacier probability
+NODATA_CLASS = 255  # `classes` where no valid input reached the model
+
+# output variables of a prediction and of the Zarr store
+PROBABILITY = "probability"  # per-class probabilities in a prediction; glacier probability in the store
+GLACIER_PROBABILITY = "glacier_probability"
+CLASSES_VAR = "classes"
+VALID = "valid"
