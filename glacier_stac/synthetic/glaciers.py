@@ -20,8 +20,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from glacier_stac.synthetic.config import Surface, WorldConfig
 from glacier_stac.synthetic.terrain import Routing, Terrain, accumulate
-from glacier_stac.synthetic.world import Surface, WorldConfig
 
 SECONDS_PER_YEAR = 365.25 * 86400
 GLEN_A = 2.4e-24  # Pa^-3 s^-1, temperate ice
