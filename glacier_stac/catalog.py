@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import logging
+import math
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urljoin, urlparse
 
+import numpy as np
 import pystac
 from odc.geo import geom
 from pystac_client import Client
@@ -27,12 +29,17 @@ from pystac_client.stac_api_io import StacApiIO
 from urllib3.util.retry import Retry
 
 from glacier_stac import sensors as S
-from glacier_stac.grid import utm_crs
+from glacier_stac.grid import ID_COLUMNS, check_lonlat_extent, valid_outlines
+from glacier_stac.redact import redact
 
 log = logging.getLogger(__name__)
 
 PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
 REMOTE_SCHEMES = ("https", "s3", "az", "gs")
+
+# The first year any sensor read here has data (Landsat Collection 2 Level-2 starts in August 1982).
+FIRST_YEAR = 1982
+FIRST_YEAR_WHY = "Landsat Collection 2 Level-2, the earliest, starts in 1982; Sentinel-1 in 2014, Sentinel-2 in 2015"
 
 # End of the ablation season: least seasonal snow, glacier outlines most visible.
 SEASON_NORTH = (7, 10)
@@ -79,32 +86,32 @@ def load_aoi(aoi: Any, name: str | None = None, ids: Iterable[str] | None = None
     import shapely.geometry
 
     if isinstance(aoi, AOI):
+        if ids is not None:
+            raise ValueError(f"glacier ids {list(ids)[:10]} select features of an outline file; {aoi} is not one")
         return aoi
-    if isinstance(aoi, str) and re.fullmatch(r"\s*-?[\d.]+(\s*,\s*-?[\d.]+){3}\s*", aoi):
-        aoi = tuple(float(v) for v in aoi.split(","))
+    if isinstance(aoi, str) and _looks_like_bbox(aoi):
+        aoi = _parse_bbox(aoi)
     if isinstance(aoi, tuple | list) and len(aoi) == 4 and all(isinstance(v, int | float) for v in aoi):
-        minx, miny, maxx, maxy = map(float, aoi)
-        label = name or "bbox"
-        if minx > maxx:
-            raise ValueError(
-                f"AOI {label} bbox {aoi} crosses the antimeridian (minx > maxx); split it into two AOIs, "
-                "one each side of 180°, so each maps onto its own UTM zone"
-            )
-        if miny >= maxy or minx == maxx:
-            raise ValueError(f"AOI {label} bbox {aoi} is empty or reversed (need minx < maxx, miny < maxy)")
-        if not (-180 <= minx <= 180 and -180 <= maxx <= 180 and -90 <= miny <= 90 and -90 <= maxy <= 90):
-            raise ValueError(f"AOI {label} bbox {aoi} is not in lon/lat degrees (EPSG:4326)")
-        return _checked(AOI(geom.box(minx, miny, maxx, maxy, "EPSG:4326"), label))
+        if ids is not None:
+            raise ValueError(f"glacier ids {list(ids)[:10]} select features of an outline file; the AOI "
+                             f"bbox {tuple(aoi)} has none (give the outline file as the AOI)")
+        return _checked(AOI(_bbox_geometry(tuple(map(float, aoi))), name or "bbox"))
     if isinstance(aoi, Mapping):
         g = aoi.get("geometry", aoi) if aoi.get("type") == "Feature" else aoi
         if g.get("type") == "FeatureCollection":
             gdf = gpd.GeoDataFrame.from_features(g["features"], crs="EPSG:4326")
             return _from_frame(gdf, name or "geojson", ids, id_column)
-        return _checked(AOI(geom.Geometry(shapely.geometry.shape(g), "EPSG:4326"), name or "geojson"))
+        if ids is not None:
+            raise ValueError(f"glacier ids {list(ids)[:10]} select features of an outline file; a single "
+                             "GeoJSON geometry has none")
+        gdf = gpd.GeoDataFrame(geometry=[shapely.geometry.shape(g)], crs="EPSG:4326")
+        return _from_frame(gdf, name or "geojson", None, None)
     if isinstance(aoi, gpd.GeoDataFrame):
         return _from_frame(aoi, name or "outlines", ids, id_column)
     if isinstance(aoi, str | Path):
         path = Path(aoi)
+        if path.is_dir():
+            raise ValueError(f"AOI {path} is a directory; give a bbox 'minx,miny,maxx,maxy' or a vector file")
         if not path.exists():
             raise FileNotFoundError(f"AOI file {path} does not exist (give a bbox 'minx,miny,maxx,maxy' "
                                     "or a vector file)")
@@ -116,13 +123,47 @@ def load_aoi(aoi: Any, name: str | None = None, ids: Iterable[str] | None = None
     raise TypeError(f"cannot make an AOI from {type(aoi).__name__}; give a bbox, GeoJSON or a vector file")
 
 
+_NUMBER = r"\s*[-+]?(?:\d+\.?\d*|\.\d+|nan|inf)(?:[eE][-+]?\d+)?\s*"
+
+
+def _looks_like_bbox(text: str) -> bool:
+    """Numbers separated by commas (any count): meant as a bbox, whatever file might share the name."""
+    return re.fullmatch(rf"(?i){_NUMBER}(,{_NUMBER})+", text) is not None and not Path(text).exists()
+
+
+def _parse_bbox(text: str) -> tuple[float, float, float, float]:
+    values = [float(v) for v in text.split(",")]
+    if len(values) != 4:
+        raise ValueError(f"AOI bbox {text!r} has {len(values)} numbers; give 4: minx,miny,maxx,maxy (lon/lat)")
+    return tuple(values)  # type: ignore[return-value]
+
+
+def _bbox_geometry(bbox: tuple[float, float, float, float]) -> geom.Geometry:
+    """A lon/lat box, or a clear error naming what is wrong with the four numbers."""
+    minx, miny, maxx, maxy = bbox
+    text = ",".join(f"{v:g}" for v in bbox)
+    if not all(map(math.isfinite, bbox)):
+        raise ValueError(f"AOI bbox {text} holds a non-finite number")
+    if not (-180 <= minx <= 180 and -180 <= maxx <= 180 and -90 <= miny <= 90 and -90 <= maxy <= 90):
+        raise ValueError(f"AOI bbox {text} is not in lon/lat degrees (EPSG:4326): need -180..180, -90..90")
+    if miny >= maxy:
+        raise ValueError(f"AOI bbox {text} is empty or reversed in latitude (need miny < maxy)")
+    if minx == maxx:
+        raise ValueError(f"AOI bbox {text} is empty (minx = maxx)")
+    if minx > maxx:
+        if minx > 0 > maxx and maxx + 360 - minx < 180:
+            raise ValueError(f"AOI bbox {text} crosses the antimeridian (minx > maxx); split it into two AOIs, "
+                             "one each side of 180°, so each maps onto its own UTM zone")
+        raise ValueError(f"AOI bbox {text} is reversed in longitude (need minx < maxx)")
+    return geom.box(minx, miny, maxx, maxy, "EPSG:4326")
+
+
 def _from_frame(gdf, name: str, ids: Iterable[str] | None, id_column: str | None) -> AOI:
     if gdf.crs is None:
         raise ValueError(f"AOI {name!r} has no CRS; set one (RGI/GLIMS files are EPSG:4326)")
     if ids is not None:
         ids = list(ids)
-        col = id_column or next((c for c in ("rgi_id", "RGIId", "glac_id", "id", "glacier_id")
-                                 if c in gdf.columns), None)
+        col = id_column or next((c for c in ID_COLUMNS if c in gdf.columns), None)
         if col is None:
             raise ValueError(f"AOI {name!r}: no id column to select glacier ids from; columns: {list(gdf.columns)}")
         missing = sorted(set(ids) - set(gdf[col].astype(str)))
@@ -131,20 +172,16 @@ def _from_frame(gdf, name: str, ids: Iterable[str] | None, id_column: str | None
         gdf = gdf[gdf[col].astype(str).isin(ids)]
     if gdf.empty:
         raise ValueError(f"AOI {name!r} has no geometries")
-    union = gdf.to_crs("EPSG:4326").geometry.union_all()
+    union = valid_outlines(gdf, f"AOI {name!r}").geometry.union_all()  # repaired: invalid ones make GEOS raise
     return _checked(AOI(geom.Geometry(union, "EPSG:4326"), name))
 
 
 def _checked(aoi: AOI) -> AOI:
+    """The AOI check every command shares (grid.check_lonlat_extent): one UTM zone, not polar, not empty."""
     g = aoi.geometry
     if g.is_empty or not g.geom.is_valid:
         raise ValueError(f"{aoi} geometry is empty or invalid")
-    minx, miny, maxx, maxy = aoi.bbox
-    if maxx - minx > 180:
-        raise ValueError(f"{aoi} spans more than 180° of longitude: it probably crosses the antimeridian; "
-                         "split it into two AOIs, one each side of 180°")
-    utm_crs((minx + maxx) / 2, miny)  # polar AOIs are refused with a message naming the latitude
-    utm_crs((minx + maxx) / 2, maxy)
+    check_lonlat_extent(g.geom, str(aoi))
     return aoi
 
 
@@ -167,15 +204,31 @@ def season(year: int, hemisphere: str = "north", months: tuple[int, int] | None 
     return f"{year}-{m0:02d}-01T00:00:00Z", f"{date.fromordinal(end).isoformat()}T23:59:59Z"
 
 
-def check_years(years: Iterable[int]) -> list[int]:
+def check_years(years: Iterable[int], today: date | None = None) -> list[int]:
+    """The years every entry point accepts (search, synthetic worlds, the CLI): integers, increasing,
+    from the first year any sensor glacier_stac reads has data up to this year.
+
+    Why one rule: a world generated for a year that search refuses, or a search that silently finds
+    nothing for a year no satellite has seen yet, both look like data gaps when they are input errors.
+    """
     ys = list(years)
     if not ys:
-        raise ValueError("no years given")
-    if any(not isinstance(y, int) or y < 1972 or y > 2100 for y in ys):
-        raise ValueError(f"years must be integers between 1972 and 2100, got {ys}")
+        raise ValueError("no years given; give at least one, e.g. 2019-2023")
+    bad = [y for y in ys if isinstance(y, bool) or not isinstance(y, int | np.integer)]
+    if bad:
+        raise ValueError(f"years must be integers, got {bad}")
+    this_year = (today or date.today()).year
+    future = [int(y) for y in ys if y > this_year]
+    if future:
+        raise ValueError(f"years {future} are in the future (it is {this_year}): no sensor has seen them yet; "
+                         f"years must be between {FIRST_YEAR} and {this_year}")
+    early = [int(y) for y in ys if y < FIRST_YEAR]
+    if early:
+        raise ValueError(f"years {early} are before the satellite era of the sensors glacier_stac reads "
+                         f"({FIRST_YEAR_WHY}); years must be between {FIRST_YEAR} and {this_year}")
     if ys != sorted(set(ys)):
         raise ValueError(f"years must be increasing and distinct, got {ys}")
-    return ys
+    return [int(y) for y in ys]
 
 
 # --------------------------------------------------------------------------- items
@@ -204,14 +257,6 @@ def href_allowed(href: str, allow_local: bool) -> None:
         return
     if ip.is_link_local or (not allow_local and (ip.is_loopback or ip.is_private)):
         raise PermissionError(f"asset href {redact(href)} points at a link-local/private address")
-
-
-_QUERY = re.compile(r"([a-zA-Z][\w+.-]*://[^\s'\"?#]+)\?[^\s'\"]*")
-
-
-def redact(text: str) -> str:
-    """A URL, or any message holding URLs, without query strings (SAS tokens live there)."""
-    return _QUERY.sub(r"\1", text)
 
 
 def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = False) -> pystac.Item:
@@ -326,7 +371,13 @@ def open_catalog(url: str = PLANETARY_COMPUTER, *, timeout: float = 30.0, retrie
 
 
 def _short(e: Exception) -> str:
-    s = str(e).splitlines()[0] if str(e) else ""
+    """The first line of an error, redacted, with the HTTP status when there is one (a 404's body is HTML)."""
+    s = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    status = getattr(e, "status_code", None)
+    if status is None and getattr(e, "response", None) is not None:
+        status = getattr(e.response, "status_code", None)
+    if status is not None:
+        s = f"HTTP {status}" + (f": {s}" if s and not s.lstrip().startswith("<") else "")
     return redact(s)[:300]
 
 
@@ -359,6 +410,8 @@ def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog
     """
     if missing not in ("raise", "record"):
         raise ValueError(f"missing must be 'raise' or 'record', got {missing!r}")
+    if max_cloud is not None and not (0 <= max_cloud <= 100):  # also refuses NaN
+        raise ValueError(f"max_cloud is eo:cloud_cover in percent, 0..100; got {max_cloud}")
     area = load_aoi(aoi)
     ys = check_years(years)
     sens = S.resolve(sensors)

@@ -96,6 +96,69 @@ def halo_geobox(geobox: GeoBox, halo: int) -> GeoBox:
     return geobox.pad(halo)
 
 
+ID_COLUMNS = ("rgi_id", "RGIId", "glac_id", "id", "glacier_id")  # how outline files name their features
+
+
+def check_lonlat_extent(g, name: str) -> None:
+    """Refuse a lon/lat geometry no UTM zone can hold: one crossing the antimeridian, or a polar one.
+
+    The one AOI check of every command that reads outlines (search, tiles, render), so a geometry one
+    refuses is not planned by another in a zone half the world away.
+    """
+    minx, miny, maxx, maxy = g.bounds
+    if maxx - minx > 180:
+        raise ValueError(f"{name} spans {minx:.4f}..{maxx:.4f}° of longitude: it crosses the antimeridian; "
+                         "split it into two, one each side of 180°, so each maps onto its own UTM zone")
+    for lat in (miny, maxy):
+        try:
+            utm_crs((minx + maxx) / 2, lat)
+        except ValueError as e:
+            raise ValueError(f"{name}: {e}") from None
+
+
+def valid_outlines(outlines, name: str):
+    """Outlines in EPSG:4326, each valid and inside one UTM zone: invalid ones repaired (`make_valid`, with a
+    warning naming the feature and the reason) or refused when nothing of their area survives the repair.
+
+    Why: GEOS answers wrong areas (a bow-tie's lobes cancel) or raises on invalid polygons, so every
+    command that reads outlines repairs them the same way here before it plans, unions or rasterises.
+    """
+    import logging
+
+    import geopandas as gpd
+    from shapely import make_valid
+    from shapely.validation import explain_validity
+
+    if not isinstance(outlines, gpd.GeoDataFrame):
+        raise TypeError(f"{name}: outlines must be a GeoDataFrame, got {type(outlines).__name__}")
+    if outlines.crs is None:
+        raise ValueError(f"{name} has no CRS; set one (RGI/GLIMS files are EPSG:4326)")
+    gdf = outlines[outlines.geometry.notna() & ~outlines.geometry.is_empty]
+    if gdf.empty:
+        raise ValueError(f"{name} holds no geometries")
+    col = next((c for c in ID_COLUMNS if c in gdf.columns), None)
+    ids = list(gdf[col].astype(str)) if col else [f"feature {i}" for i in gdf.index]
+    geoms = list(gdf.geometry)
+    for k, g in enumerate(geoms):
+        if g.is_valid:
+            continue
+        reason = explain_validity(g)
+        fixed = make_valid(g)
+        if fixed.geom_type == "GeometryCollection":
+            fixed = gpd.GeoSeries([p for p in fixed.geoms if p.area > 0]).union_all() \
+                if any(p.area > 0 for p in fixed.geoms) else None
+        if fixed is None or fixed.is_empty or fixed.area <= 0:
+            raise ValueError(f"{name}: outline {ids[k]} is invalid ({reason}) and has no area once repaired; "
+                             "fix or drop it")
+        logging.getLogger(__name__).warning("%s: outline %s was invalid (%s); repaired with make_valid", name,
+                                            ids[k], reason)
+        geoms[k] = fixed
+    gdf = gdf.set_geometry(gpd.GeoSeries(geoms, index=gdf.index, crs=gdf.crs)).to_crs("EPSG:4326")
+    for k, g in enumerate(gdf.geometry):
+        check_lonlat_extent(g, f"{name}: outline {ids[k]}")
+    return gdf
+
+
 @dataclass(frozen=True)
 class Tile:
     """One tile of the global grid."""
@@ -133,9 +196,9 @@ def plan_tiles(outlines, buffer_m: float = 500.0, tile_px: int = TILE_PX,
         raise TypeError("plan_tiles needs a GeoDataFrame of glacier outlines")
     if outlines.empty:
         raise ValueError("no glacier outlines given to plan tiles for")
-    if outlines.crs is None:
-        raise ValueError("glacier outlines have no CRS; set one (RGI files are EPSG:4326)")
-    ll = outlines.to_crs("EPSG:4326")
+    if not (math.isfinite(buffer_m) and buffer_m >= 0):
+        raise ValueError(f"buffer_m must be a finite number of metres >= 0, got {buffer_m}")
+    ll = valid_outlines(outlines, "glacier outlines")
     cent = ll.geometry.representative_point()
     zones = [str(utm_crs(p.x, p.y)) for p in cent]
     rows = []
