@@ -6,6 +6,7 @@ Kept apart from `world.py` (the physical state and `build_world`) so that the ph
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from enum import IntEnum
 
@@ -26,6 +27,7 @@ class Surface(IntEnum):
 
 
 DIFFICULTIES = ("easy", "normal", "hard")
+MAX_PIXELS = 6000  # per side: a bigger world's arrays would not fit a worker (and the user DEM has the same cap)
 
 
 @dataclass(frozen=True)
@@ -47,18 +49,20 @@ class WorldConfig:
 
     def __post_init__(self) -> None:
         from glacier_stac import sensors as _sensors
+        from glacier_stac.catalog import check_years
 
-        if not self.size_km > 0:
-            raise ValueError(f"world size_km must be positive, got {self.size_km}")
+        if self.seed < 0:  # numpy's generators refuse negative seeds with a message that does not say which
+            raise ValueError(f"world seed must be an integer >= 0, got {self.seed}")
+        if not self.size_km > 0 or not math.isfinite(self.size_km):
+            raise ValueError(f"world size_km must be a finite positive number, got {self.size_km}")
         if not self.resolution > 0:
             raise ValueError(f"world resolution must be positive, got {self.resolution}")
         if self.size_km * 1000 / self.resolution < 64:
             raise ValueError(f"world of {self.size_km} km at {self.resolution} m is under 64 pixels a side")
-        if not self.years:
-            raise ValueError("world years are empty; give at least one year, e.g. 2019-2023")
-        years = list(self.years)
-        if years != sorted(years) or len(set(years)) != len(years):
-            raise ValueError(f"world years must be increasing and distinct, got {years}")
+        if self.size_km * 1000 / self.resolution > MAX_PIXELS:  # the arrays of one year must fit in memory
+            raise ValueError(f"world of {self.size_km:g} km at {self.resolution:g} m is over {MAX_PIXELS} pixels "
+                             f"a side (at most {MAX_PIXELS * self.resolution / 1000:g} km); make several worlds")
+        check_years(self.years)  # the years search accepts: no world of a year no sensor saw
         lo, hi = self.area_loss_per_year
         if not (0 <= lo <= hi < 0.5):
             raise ValueError(f"area_loss_per_year must be 0 <= min <= max < 0.5, got {self.area_loss_per_year}")
