@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
+import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import typer
 
 from glacier_stac import __version__
+from glacier_stac.redact import install_log_redaction, redact
 
 app = typer.Typer(help="Annual glacier outlines from free multi-sensor satellite data.", no_args_is_help=True)
 synthetic_app = typer.Typer(help="Generate, render and inspect synthetic glacier worlds.", no_args_is_help=True)
@@ -35,6 +39,7 @@ def main(
 ) -> None:
     """glacier-stac: STAC -> Dask datacubes -> PyTorch -> Zarr -> glacier outlines."""
     level = logging.WARNING if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
+    install_log_redaction()  # before any library logs: GDAL and urllib3 print signed URLs on retries
     # distributed configures its own loggers when first imported (lazily, later): tell it now
     os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "info" if verbose >= 2 else "warning")
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -44,38 +49,104 @@ def main(
 
 
 def fail(message: str) -> None:
-    """Print a clear error and exit non-zero (no traceback for bad input)."""
-    typer.secho(f"error: {message}", fg=typer.colors.RED, err=True)
+    """Print a clear error and exit non-zero (no traceback for bad input, no secret from a URL)."""
+    typer.secho(f"error: {redact(message)}", fg=typer.colors.RED, err=True)
     raise typer.Exit(code=2)
+
+
+# ------------------------------------------------------------------------------ checks before work
+# Each runs before anything is generated, trained or written, so a bad argument costs nothing.
+
+
+def number(lo: float | None = None, hi: float | None = None, *, above: bool = False
+           ) -> Callable[[typer.Context, typer.CallbackParam, float | None], float | None]:
+    """A typer callback refusing NaN, infinities and values outside [lo, hi] (or (lo, hi] when `above`),
+    naming the option (click's own ranges let NaN through)."""
+
+    def check(ctx: typer.Context, param: typer.CallbackParam, value: float | None) -> float | None:
+        if value is None:
+            return value
+        low_ok = lo is None or (value > lo if above else value >= lo)
+        if not (math.isfinite(value) and low_ok and (hi is None or value <= hi)):
+            lo_txt = "" if lo is None else f"{'>' if above else '>='} {lo:g}"
+            hi_txt = "" if hi is None else f"<= {hi:g}"
+            raise typer.BadParameter(f"{value} is not a finite number {' and '.join(t for t in (lo_txt, hi_txt) if t)}")
+        return value
+
+    return check
+
+
+def _writable_ancestor(path: Path, option: str) -> None:
+    """The nearest existing folder above `path` is a folder we may write in (probed; nothing is left)."""
+    anc = path.absolute()
+    while not anc.exists():
+        if anc.parent == anc:
+            break
+        anc = anc.parent
+    if not anc.is_dir():
+        raise ValueError(f"{option} {path}: {anc} is a file, not a directory")
+    try:
+        tempfile.TemporaryDirectory(dir=anc, prefix=".glacier-stac-probe-").cleanup()
+    except OSError as e:
+        raise ValueError(f"{option} {path}: cannot write in {anc} ({e.strerror or e})") from None
+
+
+def check_out_file(path: Path, option: str, parent_must_exist: bool = False) -> Path:
+    """A file path we will be able to write, checked before the work that produces it."""
+    if path.is_dir():
+        raise ValueError(f"{option} {path} is a directory; give a file path")
+    if parent_must_exist and not path.absolute().parent.is_dir():
+        what = "is a file" if path.absolute().parent.exists() else "does not exist"
+        raise ValueError(f"{option} {path}: directory {path.absolute().parent} {what}")
+    _writable_ancestor(path.parent, option)
+    return path
+
+
+def check_out_dir(path: Path, option: str) -> Path:
+    """A directory we will be able to create or write into, checked before the work that fills it."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {path} is a file, not a directory")
+    _writable_ancestor(path, option)
+    return path
 
 
 # ------------------------------------------------------------------------------ synthetic worlds
 
 
 def _parse_years(text: str) -> tuple[int, ...]:
-    """'2019-2023' or '2019,2021,2023' -> years; reversed or empty ranges are errors."""
+    """'2019-2023' or '2019,2021,2023' -> years; reversed, empty, future or pre-satellite years are errors
+    (the one rule of `catalog.check_years`, shared with search and the synthetic worlds)."""
+    from glacier_stac.catalog import check_years
+
     text = text.strip()
     try:
         if "-" in text.lstrip("-"):
             a, b = (int(v) for v in text.split("-", 1))
             if b < a:
-                raise ValueError(f"years range {text!r} is reversed; write it as {b}-{a}")
-            return tuple(range(a, b + 1))
-        years = tuple(int(v) for v in text.split(",") if v.strip())
+                raise ValueError(f"--years range {text!r} is reversed; write it as {b}-{a}")
+            if b - a > 200:
+                raise ValueError(f"--years range {text!r} spans {b - a + 1} years")
+            years = tuple(range(a, b + 1))
+        else:
+            years = tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError as e:
-        if "reversed" in str(e):
+        if str(e).startswith("--years"):
             raise
-        raise ValueError(f"cannot read years {text!r}; write e.g. 2019-2023 or 2019,2021") from None
+        raise ValueError(f"cannot read --years {text!r}; write e.g. 2019-2023 or 2019,2021") from None
     if not years:
-        raise ValueError("years are empty; write e.g. 2019-2023")
-    return years
+        raise ValueError("--years is empty; write e.g. 2019-2023")
+    try:
+        return tuple(check_years(years))
+    except ValueError as e:
+        raise ValueError(f"--years {text!r}: {e}") from None
 
 
 @synthetic_app.command("generate")
 def synthetic_generate(
     out: Path | None = typer.Option(None, "--out", "-o", help="World directory (default: a cache dir per config)."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
-    size_km: float = typer.Option(20.0, "--size-km", help="Side of the square world, km."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same bytes."),
+    size_km: float = typer.Option(20.0, "--size-km", callback=number(0, 60, above=True),
+                                  help="Side of the square world, km (at most 60)."),
     years: str = typer.Option("2019-2023", "--years", help="Years, e.g. 2019-2023 or 2019,2021."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
     force: bool = typer.Option(False, "--force", help="Rewrite even if the directory holds this world already."),
@@ -88,7 +159,8 @@ def synthetic_generate(
     try:
         config = WorldConfig(seed=seed, size_km=size_km, years=_parse_years(years), difficulty=difficulty)
         ys = config.years
-        out = out or DEFAULT_WORLD_DIR / f"seed{seed}-{size_km:g}km-{ys[0]}-{ys[-1]}-{difficulty}"
+        out = check_out_dir(out or DEFAULT_WORLD_DIR / f"seed{seed}-{size_km:g}km-{ys[0]}-{ys[-1]}-{difficulty}",
+                            "--out")
         path = generate(config, out, force=force)
         if quicklooks:
             from glacier_stac.synthetic.quicklook import quicklook
@@ -105,7 +177,7 @@ def synthetic_render(
     outlines: Path = typer.Option(..., "--outlines", help="Glacier outlines (any vector file geopandas reads)."),
     out: Path = typer.Option(..., "--out", "-o", help="World directory to write."),
     years: str = typer.Option("2019-2023", "--years", help="Years, e.g. 2019-2023 or 2019,2021."),
-    seed: int = typer.Option(0, "--seed", help="Random seed; the same seed gives the same bytes."),
+    seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same bytes."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
 ) -> None:
     """Render the sensors over your own DEM and glacier outlines (glaciers retreat year by year)."""
@@ -113,7 +185,9 @@ def synthetic_render(
     from glacier_stac.synthetic.writer import write_world
 
     try:
-        world = from_user(dem, outlines, _parse_years(years), seed=seed, difficulty=difficulty)
+        ys = _parse_years(years)
+        check_out_dir(out, "--out")
+        world = from_user(dem, outlines, ys, seed=seed, difficulty=difficulty)
         path = write_world(world, out, source=f"user: dem={dem} outlines={outlines}")
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
@@ -148,6 +222,8 @@ def catalog_serve(
     def _terminate(signum: int, frame: object) -> None:  # SIGTERM stops as cleanly as Ctrl-C
         raise KeyboardInterrupt
 
+    if world_dir.exists() and not world_dir.is_dir():
+        fail(f"{world_dir} is a file; give a world directory (with world.json)")
     signal.signal(signal.SIGTERM, _terminate)
     try:
         with stac_server.serve(world_dir, port=port) as url:
@@ -167,20 +243,24 @@ def catalog_serve(
 # ------------------------------------------------------------------------------ search, tiles, demo
 
 
-@catalog_app.command("search")
+# a bbox west of Greenwich starts with '-': read it as the AOI, not as an unknown option
+@catalog_app.command("search", context_settings={"ignore_unknown_options": True})
 def catalog_search(
     aoi: str = typer.Argument(..., help="bbox 'minx,miny,maxx,maxy' (lon/lat), GeoJSON or any vector file."),
     years: str = typer.Option(..., "--years", help="Years, e.g. 2019-2023 or 2021."),
     url: str = typer.Option("https://planetarycomputer.microsoft.com/api/stac/v1", "--url", help="STAC API URL."),
     sensors: str | None = typer.Option(None, "--sensors", help="Comma-separated, e.g. sentinel-2,copdem."),
-    max_cloud: float = typer.Option(80.0, "--max-cloud", help="Max eo:cloud_cover for optical/thermal items."),
+    max_cloud: float = typer.Option(80.0, "--max-cloud", callback=number(0, 100),
+                                    help="Max eo:cloud_cover (percent) for optical/thermal items."),
     ids: str | None = typer.Option(None, "--ids", help="Glacier ids to select from an outline file (comma-separated)."),
 ) -> None:
     """Search a STAC API per sensor and year over an AOI; print item counts and gaps."""
     from glacier_stac import catalog
 
+    if aoi.startswith("--"):  # an option the command does not have, let through as the AOI above
+        fail(f"no such option: {aoi.split('=')[0]}")
     try:
-        area = catalog.load_aoi(aoi, ids=ids.split(",") if ids else None)
+        area = catalog.load_aoi(aoi, ids=[i.strip() for i in ids.split(",") if i.strip()] if ids else None)
         found = catalog.search(area, _parse_years(years), sensors=sensors, catalog=url, max_cloud=max_cloud,
                                missing="record")
     except (ValueError, FileNotFoundError, PermissionError, catalog.CatalogError, TypeError) as e:
@@ -194,7 +274,8 @@ def catalog_search(
 @app.command("tiles")
 def tiles(
     outlines: Path = typer.Argument(..., help="Glacier outlines, e.g. an RGI 7.0 region file."),
-    buffer_m: float = typer.Option(500.0, "--buffer-m", help="Buffer around each glacier, metres."),
+    buffer_m: float = typer.Option(500.0, "--buffer-m", callback=number(0, 100_000),
+                                   help="Buffer around each glacier, metres."),
     out: Path | None = typer.Option(None, "--out", help="Write the plan as CSV (default: print it)."),
 ) -> None:
     """Plan the global-grid tiles that intersect the buffered glaciers, with pixel counts."""
@@ -203,8 +284,19 @@ def tiles(
     from glacier_stac import grid
 
     try:
-        plan = grid.plan_tiles(gpd.read_file(outlines), buffer_m=buffer_m)
-    except Exception as e:  # noqa: BLE001 - unreadable file or bad geometry: say which
+        if out is not None:
+            check_out_file(out, "--out", parent_must_exist=True)
+    except ValueError as e:
+        fail(str(e))
+    if not outlines.is_file():
+        fail(f"cannot plan tiles for {outlines}: " + ("it is a directory" if outlines.is_dir() else "no such file"))
+    try:
+        frame = gpd.read_file(outlines)
+    except Exception as e:  # noqa: BLE001 - any driver error means the same to the user
+        fail(f"cannot plan tiles for {outlines}: not a vector file GDAL reads ({e})")
+    try:
+        plan = grid.plan_tiles(frame, buffer_m=buffer_m)
+    except (ValueError, TypeError) as e:  # bad geometry or CRS: the message names the outline
         fail(f"cannot plan tiles for {outlines}: {e}")
     if out:
         plan.to_csv(out, index=False)
@@ -216,11 +308,12 @@ def tiles(
 @app.command("demo")
 def demo(
     out: Path = typer.Option(DEFAULT_WORLD_DIR / "demo", "--out", "-o", help="Where the demo world is cached."),
-    seed: int = typer.Option(0, "--seed", help="World seed."),
-    size_km: float = typer.Option(20.0, "--size-km", help="Side of the world, km."),
+    seed: int = typer.Option(0, "--seed", min=0, help="World seed."),
+    size_km: float = typer.Option(20.0, "--size-km", callback=number(0, 60, above=True),
+                                  help="Side of the world, km (at most 60)."),
     years: str = typer.Option("2019-2023", "--years", help="Years of the world."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Model checkpoint (default: the shipped one)."),
-    workers: int = typer.Option(2, "--workers", help="Dask worker processes."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Dask worker processes."),
 ) -> None:
     """Generate the default world, serve it as a STAC API, search it, build a cube, predict, score."""
     from glacier_stac import demo as demo_mod
@@ -228,6 +321,9 @@ def demo(
 
     try:
         config = WorldConfig(seed=seed, size_km=size_km, years=_parse_years(years))
+        if checkpoint is not None and not checkpoint.is_file():
+            raise ValueError(f"--checkpoint {checkpoint} is not a file")
+        check_out_dir(out, "--out")
         demo_mod.run(out / f"seed{seed}-{size_km:g}km-{config.years[0]}-{config.years[-1]}", config,
                      checkpoint or demo_mod.DEFAULT_CHECKPOINT, workers=workers)
     except (ValueError, FileNotFoundError) as e:
@@ -237,11 +333,46 @@ def demo(
 # ------------------------------------------------------------------------------ training
 
 
-def _seeds(text: str) -> list[int]:
+def _seeds(text: str, option: str) -> list[int]:
     try:
-        return [int(v) for v in text.split(",") if v.strip()]
+        seeds = [int(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise ValueError(f"cannot read seeds {text!r}; write e.g. 1001,1002") from None
+        raise ValueError(f"cannot read {option} {text!r}; write e.g. 1001,1002") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise ValueError(f"{option} {text!r}: give one or more seeds >= 0, e.g. 1001,1002")
+    return seeds
+
+
+def _check_model(model: str, n_features: int, patch: int, base: int, size_km: float) -> dict:
+    """The model's keyword arguments, once name, width and patch size are known to suit it."""
+    import inspect
+
+    from glacier_stac.labels import Label
+    from glacier_stac.models import MODELS, get_model
+
+    if model not in MODELS:
+        raise ValueError(f"--model {model!r} is unknown; choose from {sorted(MODELS)}")
+    # the width option applies to models that have one (cnn5 has a fixed width per layer)
+    kwargs = {"base": base} if "base" in inspect.signature(MODELS[model]).parameters else {}
+    divisor = getattr(get_model(model, n_features, len(Label), **kwargs), "divisor", 1)
+    if patch % divisor:
+        raise ValueError(f"--patch {patch} px is not a multiple of {model}'s divisor {divisor}")
+    if patch > size_km * 100:
+        raise ValueError(f"--patch {patch} px is larger than a {size_km:g} km world at 10 m")
+    return kwargs
+
+
+def _check_device(device: str | None) -> None:
+    import torch
+
+    if device is None:
+        return
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device; give cpu or cuda") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: no CUDA device here")
 
 
 @app.command("train")
@@ -252,15 +383,16 @@ def train_cmd(
     seeds: str = typer.Option("1001,1002,1004", "--seeds", help="Synthetic training worlds (seeds)."),
     val_seeds: str = typer.Option("1003", "--val-seeds", help="Synthetic validation worlds (other regions)."),
     worlds: list[Path] = typer.Option([], "--world", help="Extra training world directories."),
-    size_km: float = typer.Option(12.0, "--size-km", help="Side of each generated world, km."),
+    size_km: float = typer.Option(12.0, "--size-km", callback=number(0, 60, above=True),
+                                  help="Side of each generated world, km."),
     years: str = typer.Option("2021,2023", "--years", help="Years of each generated world."),
-    epochs: int = typer.Option(10, "--epochs"),
-    steps: int = typer.Option(40, "--steps", help="Batches per epoch."),
-    batch_size: int = typer.Option(8, "--batch-size"),
-    patch: int = typer.Option(128, "--patch", help="Training patch side, px."),
-    lr: float = typer.Option(2e-3, "--lr"),
-    seed: int = typer.Option(0, "--seed", help="Training seed (sampling, initialisation)."),
-    base: int = typer.Option(16, "--base", help="Channels of the first level (model width)."),
+    epochs: int = typer.Option(10, "--epochs", min=1),
+    steps: int = typer.Option(40, "--steps", min=1, help="Batches per epoch."),
+    batch_size: int = typer.Option(8, "--batch-size", min=1),
+    patch: int = typer.Option(128, "--patch", min=8, help="Training patch side, px."),
+    lr: float = typer.Option(2e-3, "--lr", callback=number(0, 10, above=True)),
+    seed: int = typer.Option(0, "--seed", min=0, help="Training seed (sampling, initialisation)."),
+    base: int = typer.Option(16, "--base", min=1, help="Channels of the first level (model width)."),
     device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when present)."),
 ) -> None:
     """Train a model on synthetic worlds (validated on other worlds) and write a checkpoint + model card."""
@@ -269,6 +401,7 @@ def train_cmd(
     from glacier_stac import cube, train
     from glacier_stac.synthetic.world import WorldConfig
     from glacier_stac.synthetic.writer import generate
+    from glacier_stac.testing.regions import world_regions
 
     try:
         feats = list(cube.FEATURES) if features == "all" else (
@@ -277,25 +410,24 @@ def train_cmd(
         if unknown:
             raise ValueError(f"unknown features {unknown}; the cube has {list(cube.FEATURES)}")
         ys = _parse_years(years)
-        train_seeds, v_seeds = _seeds(seeds), _seeds(val_seeds)
+        train_seeds, v_seeds = _seeds(seeds, "--seeds"), _seeds(val_seeds, "--val-seeds")
         if set(train_seeds) & set(v_seeds):
             raise ValueError(f"validation seeds {v_seeds} overlap training seeds {train_seeds}")
+        # every cheap check before the worlds are generated and the model trained (minutes, hundreds of MB)
+        kwargs = _check_model(model, len(feats), patch, base, size_km)
+        check_out_file(out, "--out")
+        _check_device(device)
+        for w in worlds:
+            if not (w / "world.json").is_file():
+                raise ValueError(f"--world {w} is not a world directory (no world.json)")
 
         def world(s: int) -> Path:
             cfg = WorldConfig(seed=s, size_km=size_km, years=ys)
             return generate(cfg, DEFAULT_WORLD_DIR / f"train-seed{s}-{size_km:g}km-{'-'.join(map(str, ys))}")
 
-        tr = [r for s in train_seeds for r in train.world_regions(world(s))]
-        tr += [r for w in worlds for r in train.world_regions(w)]
-        va = [r for s in v_seeds for r in train.world_regions(world(s))]
-        # the width option applies to models that have one (cnn5 has a fixed width per layer)
-        import inspect
-
-        from glacier_stac.models import MODELS
-
-        if model not in MODELS:
-            raise ValueError(f"unknown model {model!r}; choose from {sorted(MODELS)}")
-        kwargs = {"base": base} if "base" in inspect.signature(MODELS[model]).parameters else {}
+        tr = [r for s in train_seeds for r in world_regions(world(s))]
+        tr += [r for w in worlds for r in world_regions(w)]
+        va = [r for s in v_seeds for r in world_regions(world(s))]
         # optical-only models may only predict where the optics saw the ground
         required = ["B03", "B11"] if set(feats) <= set(train.OPTICAL_FEATURES) else ["elevation"]
         ckpt, _ = train.train(
