@@ -26,7 +26,7 @@ from rasterio.windows import Window
 from stackstac.rio_env import LayeredEnv
 from stackstac.rio_reader import DEFAULT_GDAL_ENV
 
-from glacier_stac.catalog import redact
+from glacier_stac.redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 
@@ -90,12 +90,25 @@ _errors_lock = threading.Lock()
 READ_ERROR_TOPIC = "glacier_stac.read_error"
 
 
+def error_reason(error: BaseException) -> str:
+    """An error with the causes it was raised from: GDAL's "Read failed. See previous exception" says
+    nothing, the CPLE error it chains to ("IReadBlock failed ... TIFFReadEncodedTile() failed") does."""
+    parts, seen, e = [], set(), error
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        text = str(e).strip()
+        if text and "see previous exception" not in text.lower():
+            parts.append(f"{type(e).__name__}: {text}")
+        e = e.__cause__ or e.__context__
+    return " <- ".join(parts) or type(error).__name__
+
+
 def record_read_error(url: str, error: BaseException, where: str) -> None:
     """Record an unreadable asset: which item, which asset, where in the grid, and why (never a token)."""
     asset = redact(url)
     item, asset_key = ASSET_LABELS.get(asset, (None, None))  # known here when the cube was built here
     rec = {"item": item, "asset_key": asset_key, "asset": asset,
-           "error": f"{type(error).__name__}: {redact(str(error))[:300]}", "where": where, "time": time.time()}
+           "error": redact(error_reason(error))[:500], "where": where, "time": time.time()}
     with _errors_lock:
         READ_ERRORS.append(rec)
     log.warning("unreadable asset %s of item %s (%s): recorded as no-data", asset_key or rec["asset"], item,
@@ -231,6 +244,7 @@ class CogReader:
     def __init__(self, *, url: str, spec: Any, resampling: Any, dtype: np.dtype, fill_value: float | int,
                  scale_offset: tuple[float, float] = (1.0, 0.0), gdal_env: LayeredEnv | None = None,
                  errors_as_nodata: tuple = (), signer: str | None = None, record_errors: bool = True) -> None:
+        install_log_redaction()  # here too on Dask workers (unpickled readers): GDAL logs signed URLs on retries
         self.unsigned_url = redact(url)
         self.signer = signer
         self.record_errors = record_errors
@@ -381,7 +395,7 @@ class CogReader:
                     self._resign()
                     continue
                 if not self.record_errors:
-                    raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(str(e))}") from None
+                    raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(error_reason(e))}") from None
                 record_read_error(self.unsigned_url, e, where=str(window))
                 return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)
         raise AssertionError("unreachable")

@@ -7,6 +7,7 @@ and terminus retreat from the lowest elevations year after year, so truth exists
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,20 +16,23 @@ import numpy as np
 from odc.geo.geobox import GeoBox
 from scipy import ndimage
 
-from glacier_stac.grid import utm_crs
+from glacier_stac.grid import utm_crs, valid_outlines
 from glacier_stac.synthetic.world import Surface, World, WorldConfig
 
 LARGE_GLACIER_M2 = 1.0e6  # glaciers above this get a debris-covered tongue
 MAX_PIXELS = 6000  # per side; a bigger DEM would not fit a quick synthetic render
 
 
+# Values DEM producers write into holes without declaring them as no-data (GDAL/ArcGIS -9999, SRTM/ASTER
+# -32767/-32768, float32 lowest): read as heights they would be a deep sea in the middle of the mountains.
+UNTAGGED_NODATA = (-9999.0, -32767.0, -32768.0, float(np.finfo(np.float32).min))
+LOWEST_EARTH_M = -11000.0  # below the deepest ocean: never a height
+
+
 def _check_years(years: Sequence[int]) -> tuple[int, ...]:
-    ys = tuple(int(y) for y in years)
-    if not ys:
-        raise ValueError("years are empty; give at least one year, e.g. 2019-2023")
-    if list(ys) != sorted(set(ys)):
-        raise ValueError(f"years must be increasing and distinct, got {list(ys)}")
-    return ys
+    from glacier_stac.catalog import check_years
+
+    return tuple(check_years(int(y) for y in years))
 
 
 def read_dem(dem_path: str | Path, resolution: float = 10.0) -> tuple[GeoBox, np.ndarray]:
@@ -67,14 +71,28 @@ def read_dem(dem_path: str | Path, resolution: float = 10.0) -> tuple[GeoBox, np
                 f"crop it to at most {MAX_PIXELS * resolution / 1000:.0f} km a side"
             )
         dst = np.full((h, w), np.nan, dtype=np.float32)
+        band = rasterio.band(src, 1)
+        untagged = None
+        if src.nodata is None:  # undeclared holes: masked here, or bilinear would blend them into the slopes
+            raw = src.read(1, masked=False).astype(np.float64)
+            holes = np.isin(raw, UNTAGGED_NODATA) | (raw < LOWEST_EARTH_M)
+            if holes.any():
+                untagged = int(holes.sum())
+                band = np.where(holes, np.nan, raw).astype(np.float32)
         reproject(
-            rasterio.band(src, 1),
+            band,
             dst,
             dst_transform=geobox.affine,
             dst_crs=f"EPSG:{epsg}",
             dst_nodata=np.nan,
             resampling=Resampling.bilinear,
+            **({} if untagged is None else {"src_transform": src.transform, "src_crs": src.crs,
+                                            "src_nodata": np.nan}),
         )
+    if untagged:
+        logging.getLogger(__name__).warning(
+            "DEM %s declares no no-data value; %d pixels of %s (or below %g m) treated as holes and filled",
+            path, untagged, "/".join(f"{v:g}" for v in UNTAGGED_NODATA[:3]), LOWEST_EARTH_M)
     holes = ~np.isfinite(dst)
     if holes.all():
         raise ValueError(f"DEM {path} has no valid elevation")
@@ -103,6 +121,7 @@ def read_outlines(outlines_path: str | Path, geobox: GeoBox) -> list:
     gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
     if gdf.empty:
         raise ValueError(f"glacier outlines {path} hold no polygons")
+    gdf = valid_outlines(gdf, f"glacier outlines {path}")  # repaired like search and tiles do, or refused
     frame = box(*geobox.boundingbox)
     geoms = [g.intersection(frame) for g in gdf.to_crs(geobox.crs.to_wkt()).geometry]
     geoms = [g for g in geoms if not g.is_empty and g.area > 0]
