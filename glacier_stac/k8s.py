@@ -356,7 +356,8 @@ class _Dumper(yaml.SafeDumper):
 
 
 def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
+    # the year placeholder is quoted so that the year put in its place stays a string (args are strings)
+    style = "|" if "\n" in value else ("'" if YEAR_PLACEHOLDER in value else None)
     return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
 
 
