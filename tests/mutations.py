@@ -1,8 +1,10 @@
 """Break the code the way each invariant forbids and check that the suite notices.
 
 Each `Mutation` replaces one exact snippet of production code, runs the tests named for it, and
-expects at least one of them to FAIL; then the file is restored (also on Ctrl-C). A mutation whose
-snippet is not found is itself a failure (the code moved: update the mutation, do not drop it).
+expects at least one of them to FAIL. The mutant lives in a private copy of the working tree (tracked
+and untracked files, not ignored ones) that the tests import from, so the shared tree and anyone
+working in it never see it. A mutation whose snippet is not found is itself a failure (the code
+moved: update the mutation, do not drop it). The report names the first failing test and why.
 
     python tests/mutations.py                 # all mutations
     python tests/mutations.py -k chunk        # those whose name contains "chunk"
@@ -15,8 +17,12 @@ MUTATIONS in the same form.
 from __future__ import annotations
 
 import argparse
+import os
+import re
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,27 +44,61 @@ class Mutation:
 
 MUTATIONS: list[Mutation] = [
     # entries are added by each invariant's tests; see the module docstring
+    Mutation("chunk-anchored-patch-grid", "2. chunk invariance", "glacier_stac/infer.py",
+             "    gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel",
+             "    origin = (-r0, -c0)  # MUTANT: tiles anchored at the chunk's core, not the global lattice\n"
+             "    gy0, gx0 = origin[0] + r0, origin[1] + c0",
+             ("tests/test_infer.py::test_chunk_invariance_unet",)),
+    Mutation("margin-below-radius-unet", "3. no seams", "glacier_stac/infer.py",
+             "    radius = ckpt.receptive_field // 2\n    if margin is None:",
+             "    radius = ckpt.receptive_field // 6\n    if margin is None:",
+             ("tests/test_infer.py::test_no_seams_tiles_match_one_forward_pass[unet]",)),
+    Mutation("margin-below-radius-glavitu", "3. no seams", "glacier_stac/infer.py",
+             "    radius = ckpt.receptive_field // 2\n    if margin is None:",
+             "    radius = ckpt.receptive_field // 6\n    if margin is None:",
+             ("tests/test_infer.py::test_no_seams_tiles_match_one_forward_pass[glavitu]",)),
 ]
 
 
+def copy_tree(dest: Path) -> None:
+    """The working tree as git sees it (tracked and untracked, not ignored) copied under `dest`."""
+    files = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
+                           capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, files):
+        src = ROOT / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+
+
 def run_one(m: Mutation, timeout: float = 900.0) -> tuple[bool, str]:
-    """(caught, detail): apply the mutation, run its tests, restore the file."""
-    path = ROOT / m.path
-    original = path.read_text()
+    """(caught, detail): apply the mutation in a private copy of the tree and run its tests there."""
+    original = (ROOT / m.path).read_text()
     n = original.count(m.old)
     if n != 1:
         return False, f"snippet found {n} times in {m.path} (expected exactly once)"
-    try:
-        path.write_text(original.replace(m.old, m.new, 1))
+    with tempfile.TemporaryDirectory(prefix=f"mutant-{m.name}-") as tmp:
+        tree = Path(tmp)
+        copy_tree(tree)
+        (tree / m.path).write_text(original.replace(m.old, m.new, 1))
+        path = os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH")]))
+        env = {**os.environ, "PYTHONPATH": path, "COLUMNS": "240"}  # COLUMNS: untruncated failure lines
+        where = subprocess.run([sys.executable, "-c", "import glacier_stac; print(glacier_stac.__file__)"],
+                               cwd=tree, env=env, capture_output=True, text=True).stdout.strip()
+        if not where.startswith(str(tree)):
+            return False, f"the copy does not import its own glacier_stac (got {where!r})"
         t0 = time.perf_counter()
-        proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *m.tests],
-                              cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+        try:
+            proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-x", "-rf", "-p", "no:cacheprovider",
+                                   *m.tests], cwd=tree, env=env, capture_output=True, text=True, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            return False, f"tests ran past {timeout:.0f} s"
         dt = time.perf_counter() - t0
-    finally:
-        path.write_text(original)
-    tail = (proc.stdout.strip().splitlines() or [""])[-1]
+    lines = proc.stdout.strip().splitlines() or [""]
+    failed = [ln for ln in lines if ln.startswith("FAILED ")]
+    detail = re.sub(r"\s+", " ", failed[0][len("FAILED "):])[:240] if failed else lines[-1]
     # exit code 1 = tests failed; 0 = all passed (mutant survived); others = collection/usage errors
-    return proc.returncode == 1, f"pytest rc={proc.returncode} in {dt:.0f} s: {tail}"
+    return proc.returncode == 1, f"pytest rc={proc.returncode} in {dt:.0f} s: {detail}"
 
 
 def main(argv: list[str] | None = None) -> int:
