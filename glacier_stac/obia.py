@@ -1,0 +1,558 @@
+"""Object-based image analysis: glacier outlines from one year of predictions (and the cube's features).
+
+The CNN's per-pixel map makes errors a glaciologist sees at once: bare rock and moraine ridges marked
+as debris-covered ice far from any glacier, salt noise, slivers under the minimum mapping unit. OBIA
+classifies objects instead of pixels (Robson et al. 2015, 2020): the glacier mask is cut into clean-ice
+and debris segments (connected components of each class), each segment gets features (mean probability,
+NDSI, slope, elevation, surface temperature relative to bare ground at the same elevation, SAR
+backscatter, area, adjacency), and rules keep or drop it:
+
+- a debris segment is kept when it touches kept clean ice (it is the tongue of that glacier), or when it
+  meets the criteria of debris-covered ice on its own: gentle slope and colder than bare ground at its
+  elevation (buried ice cools the surface); isolated "debris" on ridges and rock faces is dropped;
+- a clean-ice segment whose mean NDSI says it is not snow or ice (snow-free high terrain) is dropped;
+- glaciers (kept segments joined by adjacency) under the minimum mapping unit are dropped; holes are
+  filled unless they are nunataks of at least the MMU.
+
+Seams: segments are labelled chunk by chunk and joined across chunk faces (union-find over the faces),
+then renumbered by their first pixel in raster order, so every number, feature and
+polygon depends on the pixels only, never on the chunking. Polygons are vectorised per glacier from its
+own window of the label image, simplified within half a pixel, made valid and normalised.
+
+Memory: labels (int32) and the few feature layers the rules read are held as NumPy arrays for the
+region-year being outlined; the pipeline calls this per region (a few tiles), not per continent.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass
+
+import dask.array as da
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import rasterio.features
+import rasterio.windows
+import rioxarray  # noqa: F401  (registers .rio)
+import shapely
+import xarray as xr
+from affine import Affine
+from pyproj import CRS, Geod, Transformer
+from scipy import ndimage
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+from shapely.geometry import MultiPolygon, Polygon, shape
+
+from glacier_stac.labels import CLASSES_VAR, NODATA_CLASS, PROBABILITY, VALID, Label
+
+log = logging.getLogger(__name__)
+
+CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivity: one polygon per object
+GEOD = Geod(ellps="WGS84")
+# features of the cube (glacier_stac.cube.FEATURES) the rules and attributes read, when present
+USED_FEATURES = ("elevation", "slope", "aspect_sin", "aspect_cos", "ndsi", "lwir11", "vv_db", "vh_db")
+TERM_LAND, TERM_MARINE, TERM_LAKE, TERM_UNKNOWN = 0, 1, 2, 9  # RGI 7.0 term_type codes
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The thresholds of the object rules (defaults: RGI's MMU; debris criteria of the literature)."""
+
+    threshold: float = 0.5  # glacier probability that makes a pixel a candidate
+    mmu_km2: float = 0.01  # RGI minimum mapping unit; also the smallest hole kept as a nunatak
+    clean_min_ndsi: float = 0.1  # a clean-ice segment with a lower mean NDSI is snow-free terrain
+    debris_max_slope_deg: float = 15.0  # isolated debris kept only on gentler slopes ...
+    debris_cold_k: float = 1.5  # ... and at least this much colder than bare ground at its elevation
+    thermal_band_m: float = 100.0  # elevation band of the bare-ground temperature reference
+    sea_level_m: float = 5.0  # water touching the glacier below this elevation is the sea (marine)
+    divide_max_m: float = 200.0  # ice farther than this from every reference glacier is a new glacier
+
+    def __post_init__(self) -> None:
+        if not 0 < self.threshold < 1:
+            raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
+        if self.mmu_km2 < 0:
+            raise ValueError(f"mmu_km2 must be >= 0, got {self.mmu_km2}")
+        if self.thermal_band_m <= 0:
+            raise ValueError(f"thermal_band_m must be > 0, got {self.thermal_band_m}")
+
+
+# --------------------------------------------------------------------------- labelling (seam-free)
+
+
+def label(mask: np.ndarray | da.Array) -> tuple[np.ndarray, int]:
+    """Connected components (4-connectivity) numbered 1..n by their first pixel in raster order.
+
+    A Dask mask is labelled chunk by chunk and the labels that touch across chunk faces are joined
+    (union-find over the faces), so an object spanning chunks is one object; the renumbering makes the
+    result identical whatever the chunking. (dask-image's `ndmeasure.label` does the same but built
+    31,000 tasks and took 45 s for a 400 x 400 mask in 64 px chunks on 2 cores; this takes well under 1 s.)
+    """
+    if isinstance(mask, da.Array):
+        lab = _label_chunks(mask)
+    else:
+        lab, _ = ndimage.label(np.asarray(mask, dtype=bool), structure=CROSS)
+    return canonical(lab)
+
+
+def _local_label(block: np.ndarray) -> np.ndarray:
+    return ndimage.label(block, structure=CROSS)[0].astype(np.int64)
+
+
+def _face_pairs(lab: np.ndarray, rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    """(label, label) pairs of 4-neighbouring labelled pixels on either side of the given chunk faces."""
+    pairs = [np.zeros((0, 2), np.int64)]
+    for r in rows:
+        a, b = lab[r - 1], lab[r]
+        hit = (a > 0) & (b > 0)
+        pairs.append(np.stack([a[hit], b[hit]], axis=1))
+    for c in cols:
+        a, b = lab[:, c - 1], lab[:, c]
+        hit = (a > 0) & (b > 0)
+        pairs.append(np.stack([a[hit], b[hit]], axis=1))
+    return np.concatenate(pairs)
+
+
+def _label_chunks(mask: da.Array) -> np.ndarray:
+    """Label each chunk on its own (in parallel), make the labels distinct, join them across chunk faces."""
+    lab = mask.astype(bool).map_blocks(_local_label, dtype=np.int64).compute()
+    ry = np.cumsum((0, *mask.chunks[0]))
+    rx = np.cumsum((0, *mask.chunks[1]))
+    offset = 0
+    for i in range(len(ry) - 1):
+        for j in range(len(rx) - 1):
+            blk = lab[ry[i]:ry[i + 1], rx[j]:rx[j + 1]]
+            k = int(blk.max()) if blk.size else 0
+            blk[blk > 0] += offset
+            offset += k
+    pairs = _face_pairs(lab, ry[1:-1], rx[1:-1])
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], pairs[:, 1])), shape=(offset + 1, offset + 1))
+    _, comp = connected_components(graph, directed=False)
+    lut = comp.astype(np.int64) + 1
+    lut[0] = 0
+    return lut[lab]
+
+
+def canonical(lab: np.ndarray) -> tuple[np.ndarray, int]:
+    """Renumber labels 1..n in the raster order of each label's first pixel (0 stays 0)."""
+    values, first, inverse = np.unique(lab.ravel(), return_index=True, return_inverse=True)
+    positive = values > 0
+    order = np.argsort(first[positive], kind="stable")
+    rank = np.empty(order.size, np.int32)
+    rank[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    lut = np.zeros(values.size, np.int32)
+    lut[positive] = rank
+    return lut[inverse].reshape(lab.shape), int(order.size)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@dataclass(frozen=True)
+class Grid:
+    """The pixel grid of one region-year: CRS, affine transform, shape (from the Dataset's coordinates)."""
+
+    crs: CRS
+    transform: Affine
+    shape: tuple[int, int]
+
+    @property
+    def res(self) -> float:
+        return abs(self.transform.a)
+
+    @property
+    def pixel_m2(self) -> float:
+        return abs(self.transform.a * self.transform.e)
+
+
+def _one_year(pred: xr.Dataset, year: int | None) -> xr.Dataset:
+    for var in (PROBABILITY, CLASSES_VAR, VALID):
+        if var not in pred:
+            raise ValueError(f"predictions lack the {var!r} variable; they have {sorted(pred.data_vars)}")
+    if "year" in pred.dims:
+        years = [int(v) for v in pred["year"].values]
+        if year is None and len(years) != 1:
+            raise ValueError(f"predictions hold years {years}; say which one to outline")
+        chosen = years[0] if year is None else year
+        if chosen not in years:
+            raise ValueError(f"no predictions for year {chosen}; they hold {years}")
+        pred = pred.sel(year=chosen)
+    if pred[PROBABILITY].dims != ("y", "x"):
+        raise ValueError(f"probability must have dims (y, x) for one year, got {pred[PROBABILITY].dims}")
+    return pred
+
+
+def grid_of(obj: xr.Dataset | xr.DataArray) -> Grid:
+    """The grid of a (y, x) Dataset with a CRS (rioxarray) and regular pixel-centre coordinates."""
+    crs = obj.rio.crs
+    if crs is None:
+        raise ValueError("predictions carry no CRS; write one with .rio.write_crs(...) (the zone's UTM CRS)")
+    ny, nx = obj.sizes["y"], obj.sizes["x"]
+    if ny < 2 or nx < 2:
+        raise ValueError(f"predictions of {ny}x{nx} pixels are too small to outline")
+    x, y = obj["x"].values, obj["y"].values
+    res = float(x[1] - x[0])
+    if not (res > 0 and np.isclose(float(y[0] - y[1]), res)):
+        raise ValueError("predictions must be on a north-up grid with square pixels (x increasing, y decreasing)")
+    transform = Affine(res, 0.0, float(x[0]) - res / 2, 0.0, -res, float(y[0]) + res / 2)
+    return Grid(CRS.from_user_input(crs), transform, (ny, nx))
+
+
+def _features(features: xr.DataArray | None, pred: xr.Dataset) -> dict[str, np.ndarray]:
+    """The used features that the cube has, as float32 NumPy arrays on the predictions' grid."""
+    if features is None:
+        return {}
+    if "feature" not in features.dims:
+        raise ValueError(f"features must have a 'feature' dimension (feature, y, x), got {features.dims}")
+    for dim in ("y", "x"):
+        if features.sizes.get(dim) != pred.sizes[dim] or not np.allclose(features[dim].values, pred[dim].values):
+            raise ValueError(f"features and predictions are on different grids (their {dim} coordinates differ)")
+    names = [str(f) for f in features["feature"].values]
+    return {f: np.asarray(features.sel(feature=f).values, dtype=np.float32) for f in USED_FEATURES if f in names}
+
+
+def thermal_anomaly(lwir: np.ndarray, elevation: np.ndarray, ground: np.ndarray, band_m: float = 100.0,
+                    min_samples: int = 20) -> np.ndarray:
+    """Surface temperature minus that of bare ground at the same elevation (K); NaN where unknown.
+
+    The reference is the median temperature of bare-ground pixels per elevation band, interpolated
+    between band centres: debris-covered ice is colder than rock at its elevation, whatever the lapse rate.
+    """
+    ok = ground & np.isfinite(lwir) & np.isfinite(elevation)
+    out = np.full(lwir.shape, np.nan, np.float32)
+    if ok.sum() < min_samples:
+        return out
+    band = np.floor(elevation[ok] / band_m).astype(np.int64)
+    temps = lwir[ok]
+    order = np.argsort(band, kind="stable")
+    band, temps = band[order], temps[order]
+    bands, starts, counts = np.unique(band, return_index=True, return_counts=True)
+    centres, medians = [], []
+    for b, s, n in zip(bands, starts, counts, strict=True):
+        if n >= min_samples:
+            centres.append((b + 0.5) * band_m)
+            medians.append(float(np.median(temps[s:s + n])))
+    if not centres:
+        return out
+    here = np.isfinite(lwir) & np.isfinite(elevation)
+    out[here] = lwir[here] - np.interp(elevation[here], centres, medians).astype(np.float32)
+    return out
+
+
+# --------------------------------------------------------------------------- segments and rules
+
+
+def _means(lab: np.ndarray, n: int, values: np.ndarray | None) -> np.ndarray:
+    """Per-label mean of finite values (NaN where a label has none)."""
+    if values is None:
+        return np.full(n + 1, np.nan)
+    ok = np.isfinite(values) & (lab > 0)
+    s = np.bincount(lab[ok], weights=values[ok], minlength=n + 1)
+    c = np.bincount(lab[ok], minlength=n + 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(c > 0, s / np.maximum(c, 1), np.nan)
+
+
+def _touching(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Distinct (label in a, label in b) pairs of 4-neighbouring pixels, shape (k, 2)."""
+    pairs = []
+    for a1, b1 in ((a[:, :-1], b[:, 1:]), (a[:, 1:], b[:, :-1]), (a[:-1], b[1:]), (a[1:], b[:-1])):
+        hit = (a1 > 0) & (b1 > 0)
+        pairs.append(np.stack([a1[hit], b1[hit]], axis=1))
+    out = np.concatenate(pairs) if pairs else np.zeros((0, 2), np.int64)
+    return np.unique(out, axis=0) if out.size else np.zeros((0, 2), np.int64)
+
+
+def segment_table(prob: np.ndarray, lab: np.ndarray, n: int, feats: dict[str, np.ndarray],
+                  anomaly: np.ndarray | None, pixel_m2: float) -> pd.DataFrame:
+    """Features of segments 1..n: pixels, area, mean probability, NDSI, slope, elevation, thermal, SAR."""
+    table = pd.DataFrame({
+        "n_px": np.bincount(lab.ravel(), minlength=n + 1)[1:],
+        "mean_probability": _means(lab, n, prob)[1:],
+        "ndsi": _means(lab, n, feats.get("ndsi"))[1:],
+        "slope_deg": _means(lab, n, feats.get("slope"))[1:],
+        "elevation_m": _means(lab, n, feats.get("elevation"))[1:],
+        "thermal_anomaly_k": _means(lab, n, anomaly)[1:],
+        "vv_db": _means(lab, n, feats.get("vv_db"))[1:],
+        "vh_db": _means(lab, n, feats.get("vh_db"))[1:],
+    }, index=pd.RangeIndex(1, n + 1, name="segment"))
+    table["area_km2"] = table["n_px"] * pixel_m2 / 1e6
+    return table
+
+
+def keep_clean(clean: pd.DataFrame, rules: Rules) -> np.ndarray:
+    """Clean-ice segments kept: all but those whose mean NDSI says snow-free terrain (unknown NDSI: kept)."""
+    return ~(clean["ndsi"].to_numpy() < rules.clean_min_ndsi)
+
+
+def keep_debris(debris: pd.DataFrame, touches_clean: np.ndarray, rules: Rules) -> np.ndarray:
+    """Debris segments kept: touching kept clean ice, or gentle and cold for their elevation on their own."""
+    gentle = debris["slope_deg"].to_numpy() <= rules.debris_max_slope_deg
+    cold = debris["thermal_anomaly_k"].to_numpy() <= -rules.debris_cold_k
+    return touches_clean | (gentle & cold)
+
+
+# --------------------------------------------------------------------------- polygons
+
+
+def _polygon(mask: np.ndarray, transform: Affine, res: float) -> Polygon | MultiPolygon | None:
+    """An object's outline from its pixels: simplified within half a pixel, valid, normalised."""
+    parts = [shape(g) for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
+                                                           transform=transform) if v == 1]
+    if not parts:
+        return None
+    geom = parts[0] if len(parts) == 1 else shapely.union_all(parts)
+    geom = shapely.simplify(geom, res / 2, preserve_topology=True)
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    if geom.geom_type == "GeometryCollection":
+        polys = [g for g in geom.geoms if g.geom_type in ("Polygon", "MultiPolygon")]
+        geom = shapely.union_all(polys) if polys else None
+    return None if geom is None or geom.is_empty else shapely.normalize(geom)
+
+
+def geodesic_area_perimeter(geoms_4326: gpd.GeoSeries) -> tuple[np.ndarray, np.ndarray]:
+    """Areas (m², on the WGS84 ellipsoid) and perimeters (m) of lon/lat polygons."""
+    ap = [GEOD.geometry_area_perimeter(g) if g is not None and not g.is_empty else (np.nan, np.nan)
+          for g in geoms_4326]
+    area = np.abs(np.array([a for a, _ in ap], dtype=float))
+    perim = np.array([p for _, p in ap], dtype=float)
+    return area, perim
+
+
+def area_uncertainty_m2(geoms: gpd.GeoSeries, res: float) -> np.ndarray:
+    """±½-pixel buffer method: (A(outline + res/2) − A(outline − res/2)) / 2, planar in the zone CRS."""
+    d = res / 2
+    return ((geoms.buffer(d, join_style="mitre").area - geoms.buffer(-d, join_style="mitre").area) / 2).to_numpy()
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _inputs(pred: xr.Dataset, year: int | None, threshold: float) -> tuple[xr.Dataset, Grid, xr.DataArray]:
+    pred = _one_year(pred, year)
+    grid = grid_of(pred)
+    prob = pred[PROBABILITY]
+    candidate = pred[VALID].astype(bool) & (prob >= threshold) & (pred[CLASSES_VAR] != NODATA_CLASS)
+    return pred, grid, candidate
+
+
+def threshold_polygons(pred: xr.Dataset, threshold: float = 0.5, year: int | None = None) -> gpd.GeoDataFrame:
+    """Raw thresholding, the baseline OBIA must beat: every component of probability >= threshold, no rules."""
+    pred, grid, candidate = _inputs(pred, year, threshold)
+    lab, n = label(candidate.data)
+    boxes = ndimage.find_objects(lab)
+    geoms = []
+    for i, sl in enumerate(boxes, start=1):
+        win = rasterio.windows.Window(sl[1].start, sl[0].start, sl[1].stop - sl[1].start, sl[0].stop - sl[0].start)
+        geoms.append(_polygon(lab[sl] == i, rasterio.windows.transform(win, grid.transform), grid.res))
+    gdf = gpd.GeoDataFrame({"obj": np.arange(1, n + 1)}, geometry=geoms, crs=grid.crs)
+    gdf["area_km2"] = gdf.area / 1e6
+    return gdf
+
+
+def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rules = Rules(), *,
+             year: int | None = None, divides: gpd.GeoSeries | None = None) -> gpd.GeoDataFrame:
+    """Glacier outlines of one region-year (zone CRS) with per-glacier attributes.
+
+    `pred`: the store's (y, x) Dataset for one year (`probability` = glacier probability, `classes`,
+    `valid`; NumPy or Dask; a `year` dimension of one year, or `year=`, is accepted). `features`: the
+    cube's (feature, y, x) DataArray on the same grid (optional: without it only adjacency and area
+    rules apply, and debris not touching clean ice is dropped). `divides`: reference outlines (any CRS,
+    indexed by their glacier id) whose divides split ice bodies that touch: each pixel of a mapped glacier
+    goes to the nearest reference glacier within `rules.divide_max_m` (column `ref_id`; none: a new
+    glacier). Rows are ordered by each glacier's first pixel in raster order; `gdf.attrs["obia"]` counts
+    what the rules dropped.
+    """
+    pred, grid, candidate = _inputs(pred, year, rules.threshold)
+    classes_lazy = pred[CLASSES_VAR]
+    debris_mask = candidate & (classes_lazy == Label.DEBRIS_ICE)
+    clean_mask = candidate & (classes_lazy != Label.DEBRIS_ICE)
+    clean_lab, nc = label(clean_mask.data)
+    debris_lab, nd = label(debris_mask.data)
+
+    prob = np.asarray(pred[PROBABILITY].values, dtype=np.float32)
+    classes = np.asarray(classes_lazy.values)
+    valid = np.asarray(pred[VALID].values, dtype=bool)
+    cand = (clean_lab > 0) | (debris_lab > 0)
+    feats = _features(features, pred)
+    anomaly = None
+    if "lwir11" in feats and "elevation" in feats:
+        ground = valid & ~cand & (classes == Label.BACKGROUND)
+        anomaly = thermal_anomaly(feats["lwir11"], feats["elevation"], ground, rules.thermal_band_m)
+        feats["thermal_anomaly"] = anomaly
+
+    mmu_m2 = rules.mmu_km2 * 1e6
+    clean = segment_table(prob, clean_lab, nc, feats, anomaly, grid.pixel_m2)
+    debris = segment_table(prob, debris_lab, nd, feats, anomaly, grid.pixel_m2)
+    clean_kept = np.concatenate([[False], keep_clean(clean, rules)])
+    # debris counts as connected to ice only through a clean segment that is an ice body of its own (>= MMU),
+    # not through a few clean-looking pixels of noise beside a rock face
+    ice_body = clean_kept & np.concatenate([[False], clean["n_px"].to_numpy() * grid.pixel_m2 >= mmu_m2])
+    pairs = _touching(debris_lab, clean_lab)
+    pairs = pairs[clean_kept[pairs[:, 1]]] if pairs.size else pairs
+    touches = np.zeros(nd + 1, bool)
+    if pairs.size:
+        touches[pairs[ice_body[pairs[:, 1]], 0]] = True
+    debris_kept = np.concatenate([[False], keep_debris(debris, touches[1:], rules)])
+
+    # glaciers: kept segments joined by adjacency (clean segments never touch each other, nor debris debris)
+    nodes = nc + nd
+    edges = pairs[debris_kept[pairs[:, 0]]] if pairs.size else pairs
+    graph = coo_matrix((np.ones(len(edges)), (edges[:, 1] - 1, nc + edges[:, 0] - 1)), shape=(nodes, nodes))
+    _, comp = connected_components(graph, directed=False)
+    kept = np.concatenate([clean_kept[1:], debris_kept[1:]])
+    comp_lut = np.where(kept, comp + 1, 0)
+    gid = np.zeros(prob.shape, np.int64)
+    gid[clean_lab > 0] = comp_lut[clean_lab[clean_lab > 0] - 1]
+    gid[debris_lab > 0] = comp_lut[nc + debris_lab[debris_lab > 0] - 1]
+    gid, ng = canonical(gid)
+    dropped_small = fill_holes_and_mmu(gid, ng, mmu_m2, grid.pixel_m2)
+
+    ref_ids: list = []
+    if divides is not None and len(divides):
+        gid, ref_of = split_by_divides(gid, divides, grid, rules.divide_max_m)
+        ref_ids = list(divides.index)
+    gid, n = canonical(gid)
+    is_debris = debris_lab > 0
+    del clean_lab, debris_lab
+
+    rows, geoms = [], []
+    water = valid & (classes == Label.WATER)
+    for i, sl in enumerate(ndimage.find_objects(gid), start=1):
+        pad = (slice(max(sl[0].start - 1, 0), sl[0].stop + 1), slice(max(sl[1].start - 1, 0), sl[1].stop + 1))
+        obj = gid[pad] == i
+        win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
+                                      pad[0].stop - pad[0].start)
+        geoms.append(_polygon(obj, rasterio.windows.transform(win, grid.transform), grid.res))
+        row = _attributes(obj, pad, prob, is_debris, feats, water, grid, rules)
+        if ref_ids:
+            r = int(ref_of[pad][obj][0])
+            row["ref_id"] = ref_ids[r - 1] if r > 0 else None
+        rows.append(row)
+    cols = ATTRIBUTE_COLUMNS + (["ref_id"] if ref_ids else [])
+    gdf = gpd.GeoDataFrame(pd.DataFrame(rows, columns=cols), geometry=geoms, crs=grid.crs)
+    _finish(gdf, grid)
+    gdf.attrs["obia"] = {
+        "rules": asdict(rules),
+        "clean_segments": nc, "clean_dropped": int(nc - clean_kept.sum()),
+        "debris_segments": nd, "debris_dropped": int(nd - debris_kept.sum()),
+        "glaciers_under_mmu": dropped_small, "features": sorted(feats),
+    }
+    return gdf
+
+
+def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float) -> int:
+    """In place: fill each glacier's holes under the MMU (nunataks >= MMU stay holes), then drop glaciers
+    whose area is under the MMU. Returns how many were dropped. Glaciers are visited in label order and
+    only background pixels are filled, so the result does not depend on anything but the labels."""
+    dropped = 0
+    for i, sl in enumerate(ndimage.find_objects(gid), start=1):
+        if sl is None:
+            continue
+        view = gid[sl]
+        obj = view == i
+        holes = ndimage.binary_fill_holes(obj) & ~obj & (view == 0)
+        if holes.any():
+            hl, nh = ndimage.label(holes, structure=CROSS)
+            size = np.bincount(hl.ravel(), minlength=nh + 1)
+            small = (size * pixel_m2 < mmu_m2)
+            small[0] = False
+            view[small[hl]] = i
+            obj = view == i
+        if obj.sum() * pixel_m2 < mmu_m2:
+            view[obj] = 0
+            dropped += 1
+    return dropped
+
+
+def split_by_divides(gid: np.ndarray, divides: gpd.GeoSeries, grid: Grid,
+                     max_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split and join glaciers by reference divides: (new labels, reference number 1..k per pixel, 0 none)."""
+    ref = divides.to_crs(grid.crs)
+    shapes_ = [(g, k) for k, g in enumerate(ref.geometry, start=1) if g is not None and not g.is_empty]
+    refr = rasterio.features.rasterize(shapes_, out_shape=grid.shape, transform=grid.transform, fill=0,
+                                       dtype="int32")
+    if not (refr > 0).any():
+        return gid, np.zeros(gid.shape, np.int32)
+    dist, (iy, ix) = ndimage.distance_transform_edt(refr == 0, return_indices=True)
+    nearest = np.where(dist * grid.res <= max_m, refr[iy, ix], 0)
+    ref_of = np.where(gid > 0, nearest, 0)
+    # all ice of one reference glacier is one object (its parts may be apart); other ice keeps its component
+    key = np.where(ref_of > 0, ref_of, np.where(gid > 0, gid.astype(np.int64) + len(ref) + 1, 0))
+    return key, ref_of
+
+
+ATTRIBUTE_COLUMNS = ["n_px", "debris_frac", "confidence", "term_type", "zmin_m", "zmed_m", "zmax_m", "zmean_m",
+                     "slope_deg", "aspect_deg", "ndsi", "thermal_anomaly_k", "vv_db", "term_x", "term_y"]
+
+
+def _attributes(obj: np.ndarray, win: tuple[slice, slice], prob: np.ndarray, is_debris: np.ndarray,
+                feats: dict[str, np.ndarray], water: np.ndarray, grid: Grid, rules: Rules) -> dict:
+    """Per-glacier attributes from its pixels (small holes filled; filled pixels count as clean ice)."""
+    elev = feats.get("elevation")
+    n = int(obj.sum())
+
+    def mean(name: str) -> float:
+        v = feats.get(name)
+        if v is None:
+            return float("nan")
+        v = v[win][obj]
+        v = v[np.isfinite(v)]
+        return float(v.mean()) if v.size else float("nan")
+
+    row = {"n_px": n, "debris_frac": float(is_debris[win][obj].sum() / n),
+           "confidence": float(np.nanmean(prob[win][obj])), "slope_deg": mean("slope"), "ndsi": mean("ndsi"),
+           "vv_db": mean("vv_db"), "thermal_anomaly_k": mean("thermal_anomaly")}
+    s, c = mean("aspect_sin"), mean("aspect_cos")
+    row["aspect_deg"] = float(np.degrees(np.arctan2(s, c)) % 360) if np.isfinite(s) and np.isfinite(c) else np.nan
+    # terminus: the lowest pixel (first in raster order on ties); term type from water next to the ice
+    ring = ndimage.binary_dilation(obj, structure=CROSS) & ~obj
+    wet = water[win] & ring
+    z = elev[win] if elev is not None else None
+    zs = z[obj] if z is not None else np.array([])
+    zs = zs[np.isfinite(zs)]
+    if zs.size:
+        row.update(zmin_m=float(zs.min()), zmed_m=float(np.median(zs)), zmax_m=float(zs.max()),
+                   zmean_m=float(zs.mean()))
+        zz = np.where(obj & np.isfinite(z), z, np.inf)
+        r, c = np.unravel_index(int(np.argmin(zz)), zz.shape)
+        x, y = grid.transform * (win[1].start + c + 0.5, win[0].start + r + 0.5)
+        row.update(term_x=x, term_y=y)
+    else:
+        row.update(zmin_m=np.nan, zmed_m=np.nan, zmax_m=np.nan, zmean_m=np.nan, term_x=np.nan, term_y=np.nan)
+    if not wet.any():
+        row["term_type"] = TERM_LAND
+    elif z is None or not np.isfinite(z[wet]).any():
+        row["term_type"] = TERM_UNKNOWN
+    else:
+        row["term_type"] = TERM_MARINE if np.nanmedian(z[wet]) <= rules.sea_level_m else TERM_LAKE
+    return row
+
+
+def _finish(gdf: gpd.GeoDataFrame, grid: Grid) -> None:
+    """Areas on the ellipsoid, perimeter, ±½-pixel uncertainty, centroid and terminus in lon/lat."""
+    gdf.insert(0, "obj", np.arange(1, len(gdf) + 1, dtype=np.int32))
+    wgs = gdf.geometry.to_crs(4326)
+    area, perim = geodesic_area_perimeter(wgs)
+    planar = gdf.area.to_numpy()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        scale = np.where(planar > 0, area / planar, 1.0)
+    gdf["area_km2"] = area / 1e6
+    gdf["area_unc_km2"] = area_uncertainty_m2(gdf.geometry, grid.res) * scale / 1e6
+    gdf["perimeter_km"] = perim / 1e3
+    to_ll = Transformer.from_crs(grid.crs, 4326, always_xy=True)
+    cen = gdf.geometry.centroid
+    gdf["cenlon"], gdf["cenlat"] = to_ll.transform(cen.x.to_numpy(), cen.y.to_numpy())
+    gdf["termlon"], gdf["termlat"] = to_ll.transform(gdf["term_x"].to_numpy(float), gdf["term_y"].to_numpy(float))
+    gdf["term_type"] = gdf["term_type"].astype(np.int16)
+    gdf.drop(columns=["term_x", "term_y"], inplace=True)
+
+
+def to_wgs84(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
+    """The outlines in EPSG:4326 (the inventory's CRS), made valid again after reprojection."""
+    out = gdf.to_crs(4326)
+    bad = ~out.geometry.is_valid
+    if bad.any():
+        out.loc[bad, "geometry"] = out.geometry[bad].make_valid()
+    return out
