@@ -43,7 +43,83 @@ class Mutation:
 
 
 MUTATIONS: list[Mutation] = [
+    Mutation(
+        name="front-door-log-redaction-removed",
+        invariant="no secret in any log record",
+        path="glacier_stac/redact.py",
+        old="        logging.setLogRecordFactory(_redacting(factory))",
+        new="        pass",
+        tests=("tests/test_front_door.py::test_signed_hrefs_that_fail_never_reach_logs_records_or_errors",),
+    ),
+    Mutation(
+        name="front-door-leading-minus-bbox",
+        invariant="the README's western-hemisphere bbox is an AOI, not an option",
+        path="glacier_stac/cli.py",
+        old='@catalog_app.command("search", context_settings={"ignore_unknown_options": True})',
+        new='@catalog_app.command("search")',
+        tests=("tests/test_front_door.py::test_bad_input_exit_2_named_no_traceback_no_secret_nothing_left"
+               "[search bbox west reversed]",),
+    ),
+    Mutation(
+        name="front-door-make-valid-dropped",
+        invariant="invalid outlines are repaired the same way in every command",
+        path="glacier_stac/grid.py",
+        old="        fixed = make_valid(g)",
+        new="        fixed = g",
+        tests=("tests/test_front_door.py::test_bowtie_is_repaired_and_planned_whole",),
+    ),
+    Mutation(
+        name="front-door-future-years-accepted",
+        invariant="years no sensor has seen are refused, the same way everywhere",
+        path="glacier_stac/catalog.py",
+        old="    future = [int(y) for y in ys if y > this_year]",
+        new="    future = []",
+        tests=("tests/test_front_door.py::test_bad_input_exit_2_named_no_traceback_no_secret_nothing_left"
+               "[generate years 2035]",),
+    ),
+    Mutation(
+        name="front-door-train-out-checked-late",
+        invariant="output paths are checked before the work",
+        path="glacier_stac/cli.py",
+        old='        check_out_file(out, "--out")\n        _check_device(device)',
+        new='        _check_device(device)',
+        tests=("tests/test_front_door.py::test_bad_input_exit_2_named_no_traceback_no_secret_nothing_left"
+               "[train out under file]",),
+    ),
+    Mutation(
+        name="front-door-read-error-reason-dropped",
+        invariant="a read error records its underlying reason",
+        path="glacier_stac/reader.py",
+        old='"error": redact(error_reason(error))[:500]',
+        new='"error": redact(str(error))[:500]',
+        tests=("tests/test_front_door.py::test_truncated_cog_records_the_underlying_reason",),
+    ),
+    Mutation(
+        name="front-door-untagged-dem-holes",
+        invariant="undeclared -9999 DEM holes are holes, not sea",
+        path="glacier_stac/synthetic/user.py",
+        old="            holes = np.isin(raw, UNTAGGED_NODATA) | (raw < LOWEST_EARTH_M)",
+        new="            holes = np.zeros(raw.shape, bool)",
+        tests=("tests/test_front_door.py::test_render_repairs_outlines_and_fills_untagged_dem_holes",),
+    ),
     # entries are added by each invariant's tests; see the module docstring
+    Mutation(
+        name="obia-label-per-chunk",
+        invariant="no seams (3)",
+        path="glacier_stac/obia.py",
+        old="    pairs = _face_pairs(lab, ry[1:-1], rx[1:-1])\n",
+        new="    pairs = np.zeros((0, 2), np.int64)\n",
+        tests=("tests/test_obia.py::test_label_joins_objects_across_chunks",
+               "tests/test_obia.py::test_seam_free_byte_identical_whatever_the_chunking"),
+    ),
+    Mutation(
+        name="obia-mmu-ignored",
+        invariant="RGI minimum mapping unit",
+        path="glacier_stac/obia.py",
+        old="        if obj.sum() * pixel_m2 < mmu_m2:\n",
+        new="        if False:\n",
+        tests=("tests/test_obia.py::test_minimum_mapping_unit",),
+    ),
     Mutation("chunk-anchored-patch-grid", "2. chunk invariance", "glacier_stac/infer.py",
              "    gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel",
              "    origin = (-r0, -c0)  # MUTANT: tiles anchored at the chunk's core, not the global lattice\n"
@@ -62,7 +138,7 @@ MUTATIONS: list[Mutation] = [
              "        pass  # MUTANT: the GPU worker group no longer offers GPU=1 to Dask",
              ("tests/test_deploy.py::test_gpu_worker_groups",)),
     Mutation("k8s-quantity-int", "deploy: manifests pass the CRD schemas", "glacier_stac/k8s.py",
-             'memory_limit="32Gi", gpus="1"),', 'memory_limit="32Gi", gpus=1),  # MUTANT: int quantity',
+             'memory_limit="24Gi", gpus="1"),', 'memory_limit="24Gi", gpus=1),  # MUTANT: int quantity',
              ("tests/test_deploy.py::test_dask_kinds_match_crd_schemas",)),
     Mutation("dask-job-runner-restarts", "deploy: a failed run is final and visible", "glacier_stac/k8s.py",
              '    return {\n        "restartPolicy": "Never",', '    return {\n        "restartPolicy": "OnFailure",',
