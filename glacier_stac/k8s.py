@@ -90,8 +90,8 @@ class Settings:
     global_job: str = "glacier-global"  # the one-off global run (a DaskJob names its cluster after itself)
     update_prefix: str = "glacier-update"  # annual update jobs: glacier-update-<year>
     update_schedule: str = "0 2 15 11 *"  # 15 November 02:00 UTC: after the northern ablation season
-    cpu_workers: int = 16
-    gpu_workers: int = 4
+    cpu_workers: int = 48  # 16 nodes x 3: the capacity estimate in benchmarks/README.md
+    gpu_workers: int = 1  # the UNet needs ~0.03 GPU-s a tile: one GPU keeps up with 48 readers
     secrets: tuple[SecretRef, ...] = field(default_factory=lambda: (
         SecretRef("PC_SDK_SUBSCRIPTION_KEY", "glacier-stac-planetary-computer", "subscription-key"),
         SecretRef("AWS_ACCESS_KEY_ID", "glacier-stac-object-store", "access-key-id"),
@@ -129,15 +129,17 @@ def _env(s: Settings) -> list[Manifest]:
 
 
 def cpu_group(s: Settings) -> WorkerGroup:
-    """Reading workers: many threads of COG reads and cube building; a tile's cube peaks near 0.4 GB."""
+    """Reading workers: threads of COG reads and cube building (a tile's cube peaks near 0.4 GB); three fit
+    on a 16-vCPU, 64 GiB node (Azure D16s_v5, AWS m6i.4xlarge)."""
     return WorkerGroup(name="cpu", image=s.cpu_image, replicas=s.cpu_workers, nthreads=4, memory_limit="14GiB",
                        resources=Resources(cpu="4", memory="16Gi", cpu_limit="4", memory_limit="16Gi"))
 
 
 def gpu_group(s: Settings) -> WorkerGroup:
     """Inference workers: one GPU each, offered to Dask as the resource GPU=1 that predict tasks ask for."""
-    return WorkerGroup(name="gpu", image=s.gpu_image, replicas=s.gpu_workers, nthreads=2, memory_limit="28GiB",
-                       resources=Resources(cpu="8", memory="32Gi", cpu_limit="8", memory_limit="32Gi", gpus="1"),
+    # 6 CPUs and 24 GiB fit one worker on an 8-vCPU, 56 GiB, 1-GPU node (Azure NC8as_T4_v3, AWS g4dn.2xlarge)
+    return WorkerGroup(name="gpu", image=s.gpu_image, replicas=s.gpu_workers, nthreads=2, memory_limit="22GiB",
+                       resources=Resources(cpu="6", memory="24Gi", cpu_limit="6", memory_limit="24Gi", gpus="1"),
                        dask_resources=(("GPU", 1),),
                        node_selector=(("nvidia.com/gpu.present", "true"),),
                        tolerations=(("nvidia.com/gpu", "Exists", "NoSchedule"),))
