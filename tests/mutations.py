@@ -133,6 +133,18 @@ MUTATIONS: list[Mutation] = [
              "    radius = ckpt.receptive_field // 2\n    if margin is None:",
              "    radius = ckpt.receptive_field // 6\n    if margin is None:",
              ("tests/test_infer.py::test_no_seams_tiles_match_one_forward_pass[glavitu]",)),
+    Mutation("search-reads-a-pixel", "1. laziness", "glacier_stac/catalog.py",
+             "            items = [normalise_item(i, allow_local=local_ok) for i in found]\n",
+             "            items = [normalise_item(i, allow_local=local_ok) for i in found]\n"
+             "            import rasterio  # MUTANT: the search opens an asset and reads a pixel\n"
+             "            for _a in [a for i in items[:1] for a in i.assets.values() if a.href.endswith('.tif')][:1]:\n"
+             "                with rasterio.open(_a.href) as _src:\n"
+             "                    _src.read(1, window=((0, 1), (0, 1)))\n",
+             ("tests/test_cube_world.py::test_search_and_build_read_no_pixels",)),
+    Mutation("reader-zero-fill", "6. clear failure (never a silent zero)", "glacier_stac/reader.py",
+             "return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)",
+             "return np.zeros((window.height, window.width), dtype=self.dtype)  # MUTANT: zeros, not no-data",
+             ("tests/test_cube_world.py::test_missing_asset_is_recorded_nodata",)),
     Mutation("gpu-group-without-resources-flag", "deploy: GPU work lands on GPU workers", "glacier_stac/k8s.py",
              '        args += ["--resources", ",".join(f"{k}={v}" for k, v in g.dask_resources)]',
              "        pass  # MUTANT: the GPU worker group no longer offers GPU=1 to Dask",

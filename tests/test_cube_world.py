@@ -45,13 +45,16 @@ def test_search_finds_every_sensor_and_year(found):
     assert not found.gaps
 
 
-def test_search_and_build_read_no_pixels(world_dir, found, monkeypatch):
-    gb = world_grid(world_dir)
+def test_search_and_build_read_no_pixels(world_dir, rustac_url, monkeypatch):
+    """The counters are installed before the search (a module-scoped result would be searched unobserved)."""
+    gb, aoi = world_grid(world_dir), world_aoi(world_dir)  # the world's own files say where it is
     reads = []
     orig = reader.CogReader.read
     monkeypatch.setattr(reader.CogReader, "read", lambda self, w, **k: reads.append(1) or orig(self, w, **k))
     orig_open = rasterio.open
     monkeypatch.setattr(rasterio, "open", lambda *a, **k: reads.append(1) or orig_open(*a, **k))
+    found = catalog.search(aoi, [YEAR], catalog=catalog.open_catalog(rustac_url))
+    assert reads == [], "searching read pixels"
     c = cube.build(found, gb, YEAR)
     assert reads == [], "building the cube read pixels"
     assert c.dtype == np.float32 and tuple(c.feature.values) == cube.FEATURES
@@ -184,6 +187,15 @@ def test_missing_asset_is_recorded_nodata(world_dir, found, tmp_path):
     # the acquisition with the missing asset is not counted; nothing became zero
     assert c.sel(feature="s1_count").max() <= len(items) - 1
     assert np.nanmin(c.sel(feature="vv_db").values) > -60
+    # SAR power 0 is invalid anyway, so a zero-filling reader would pass the lines above; 0 m is a valid
+    # elevation (sea level), so a missing DEM tile must come out as NaN, not as a silent zero
+    dem = [it.clone() for it in found.items["copdem"][0]]
+    for it in dem:
+        it.assets["data"].href = (tmp_path / "gone-dem.tif").as_uri()
+    reader.READ_ERRORS.clear()
+    e = cube.build({"copdem": dem}, gb.crop((64, 64)), YEAR, sensors=["copdem"]).compute(scheduler="threads")
+    assert reader.read_errors(), "the missing DEM tile was not recorded"
+    assert np.isnan(e.sel(feature="elevation").values).all()
 
 
 def _as_hh_hv(item):
