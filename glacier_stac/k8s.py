@@ -91,7 +91,7 @@ class Settings:
     update_prefix: str = "glacier-update"  # annual update jobs: glacier-update-<year>
     update_schedule: str = "0 2 15 11 *"  # 15 November 02:00 UTC: after the northern ablation season
     cpu_workers: int = 48  # 16 nodes x 3: the capacity estimate in benchmarks/README.md
-    gpu_workers: int = 1  # the UNet needs ~0.03 GPU-s a tile: one GPU keeps up with 48 readers
+    gpu_workers: int = 2  # each GPU node is bound by receiving cubes (~0.1 GB a tile), not by the GPU
     secrets: tuple[SecretRef, ...] = field(default_factory=lambda: (
         SecretRef("PC_SDK_SUBSCRIPTION_KEY", "glacier-stac-planetary-computer", "subscription-key"),
         SecretRef("AWS_ACCESS_KEY_ID", "glacier-stac-object-store", "access-key-id"),
