@@ -22,6 +22,7 @@ from glacier_stac.baselines import ndsi_threshold
 from glacier_stac.infer import predict
 from glacier_stac.synthetic.world import Label, WorldConfig
 from glacier_stac.synthetic.writer import generate
+from glacier_stac.testing.regions import world_regions
 
 RESULTS = Path(__file__).parent / "results"
 CHECKPOINTS = Path(__file__).parent.parent / "glacier_stac" / "checkpoints"
@@ -51,7 +52,7 @@ def main() -> None:
     regions = []
     for s in seeds:
         cfg = WorldConfig(seed=s, size_km=size, years=years)
-        regions += train.world_regions(generate(cfg, args.world / f"accuracy-{s}-{size:g}km-{len(years)}y"))
+        regions += world_regions(generate(cfg, args.world / f"accuracy-{s}-{size:g}km-{len(years)}y"))
 
     missing = [f for n, f in MODELS.items() if f and not (CHECKPOINTS / f).exists()]
     if missing:

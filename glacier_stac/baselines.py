@@ -16,8 +16,8 @@ import numpy as np
 import xarray as xr
 
 from glacier_stac.infer import NODATA_CLASS, classes_from_probability
-from glacier_stac.models import CLASSES
 from glacier_stac.labels import Label
+from glacier_stac.models import CLASSES
 
 NDSI_THRESHOLD = 0.4
 NIR_MIN = 0.11  # B08 reflectance: water below, snow and ice above

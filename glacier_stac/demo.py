@@ -14,14 +14,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import geopandas as gpd
-import rasterio
 from odc.geo.geobox import GeoBox
 from rich.console import Console
 from rich.table import Table
 
-from glacier_stac import catalog, cube, stac_server
+from glacier_stac import catalog, cube
 from glacier_stac.reader import read_errors
 from glacier_stac.synthetic.world import WorldConfig
+from glacier_stac.testing import stac_server
+from glacier_stac.testing.worlds import WorldDir
 
 log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "unet.pt"
@@ -39,17 +40,13 @@ class DemoReport:
 
 
 def world_grid(world_dir: Path) -> GeoBox:
-    """The world's 10 m grid, read from its truth raster."""
-    label = sorted((world_dir / "truth").glob("labels_*.tif"))
-    if not label:
-        raise FileNotFoundError(f"{world_dir} has no truth rasters; is it a generated world?")
-    with rasterio.open(label[0]) as src:
-        return GeoBox.from_rio(src)
+    """The world's 10 m grid (`WorldDir.grid`; kept for callers of the demo's helpers)."""
+    return WorldDir(world_dir).grid()
 
 
 def world_aoi(world_dir: Path) -> catalog.AOI:
-    gb = world_grid(world_dir)
-    return catalog.load_aoi(gb.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=world_dir.name)
+    """The world's extent as an AOI (`WorldDir.aoi`)."""
+    return WorldDir(world_dir).aoi()
 
 
 def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = DEFAULT_CHECKPOINT,
@@ -68,7 +65,7 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
 
     geobox = world_grid(world_dir)
     aoi = world_aoi(world_dir)
-    truth = gpd.read_parquet(world_dir / "truth" / "outlines.parquet")
+    truth = gpd.read_parquet(WorldDir(world_dir).outlines_path)
     rep.glaciers = {int(y): int(n) for y, n in truth.groupby("year").size().items()}
     rep.area_km2 = geobox.shape[0] * geobox.shape[1] * abs(geobox.resolution.x) ** 2 / 1e6
 
@@ -132,13 +129,12 @@ def _predict(data, checkpoint: Path, world_dir: Path, year: int, geobox: GeoBox,
     from glacier_stac import metrics
     from glacier_stac.infer import predict
     from glacier_stac.models.checkpoint import load
-    from glacier_stac.train import labels_from_raster
 
     ckpt = load(checkpoint)
     t = time.perf_counter()
     out = predict(data, checkpoint).compute()  # an in-memory cube is cut on the tile grid by predict
     dt = time.perf_counter() - t
-    truth = labels_from_raster(world_dir / "truth" / f"labels_{year}.tif", geobox)
+    truth = WorldDir(world_dir).truth_labels(year, geobox)
     scores = metrics.evaluate(out["classes"].values, truth, out["valid"].values & (truth != 255),
                               res=abs(geobox.resolution.x))
     s = metrics.summary(scores)

@@ -30,9 +30,9 @@ from torch import nn
 from glacier_stac import cube as cubes
 from glacier_stac import metrics
 from glacier_stac.infer import normalise, pick_device
+from glacier_stac.labels import Label
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
-from glacier_stac.labels import Label
 
 log = logging.getLogger(__name__)
 IGNORE = 255
@@ -238,26 +238,6 @@ def score(ckpt: Checkpoint, region: Region) -> dict:
     klass, valid = predict_labels(ckpt, region.features)
     res = abs(float(region.features.x[1] - region.features.x[0]))
     return metrics.evaluate(klass, region.labels, valid & (region.labels != IGNORE), res=res)
-
-
-def world_regions(world_dir: str | Path, years: Sequence[int] | None = None) -> list[Region]:
-    """Regions of a generated world, one per year: searched through a real local STAC API, built as
-    cubes, computed, with the truth labels on the same grid."""
-    from glacier_stac import catalog, stac_server
-    from glacier_stac.demo import world_aoi, world_grid
-
-    world_dir = Path(world_dir)
-    geobox = world_grid(world_dir)
-    if years is None:
-        years = sorted(int(p.stem.split("_")[1]) for p in (world_dir / "truth").glob("labels_*.tif"))
-    with stac_server.serve(world_dir) as url:
-        found = catalog.search(world_aoi(world_dir), list(years), catalog=catalog.open_catalog(url))
-    out = []
-    for y in years:
-        feats = cubes.build(found, geobox, y).compute(scheduler="threads")
-        labels = labels_from_raster(world_dir / "truth" / f"labels_{y}.tif", geobox)
-        out.append(Region(f"{world_dir.name}:{y}", feats, labels))
-    return out
 
 
 def spatial_split(region: Region, fraction: float = 0.3, gap: int = 64) -> tuple[Region, Region]:

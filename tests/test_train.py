@@ -7,15 +7,16 @@ import pytest
 
 from glacier_stac import cube, metrics, train
 from glacier_stac.baselines import ndsi_threshold
-from glacier_stac.models.checkpoint import load
 from glacier_stac.labels import Label
+from glacier_stac.models.checkpoint import load
+from glacier_stac.testing.regions import world_regions
 
 SHIPPED = Path(__file__).parent.parent / "glacier_stac" / "checkpoints"
 
 
 @pytest.fixture(scope="module")
 def regions(world_dir):
-    return train.world_regions(world_dir)
+    return world_regions(world_dir)
 
 
 def test_world_regions_are_cubes_with_truth(regions):
@@ -32,8 +33,8 @@ def test_few_steps_beat_ndsi_on_debris(regions, tmp_path_factory):
     from glacier_stac.synthetic.world import WorldConfig
     from glacier_stac.synthetic.writer import generate
 
-    val = train.world_regions(generate(WorldConfig(seed=11, size_km=4, years=(2022,)),
-                                       tmp_path_factory.mktemp("val-world") / "w", progress=False))
+    val = world_regions(generate(WorldConfig(seed=11, size_km=4, years=(2022,)),
+                                 tmp_path_factory.mktemp("val-world") / "w", progress=False))
     ckpt, hist = train.train(regions[:1], val, model="unet", epochs=8, steps_per_epoch=25, batch_size=8, patch=64,
                              seed=0, model_kwargs={"base": 16}, progress=False)
     assert len(hist) == 8 and hist[-1]["loss"] < hist[0]["loss"]

@@ -14,10 +14,10 @@ from collections.abc import Callable
 
 from torch import nn
 
+from glacier_stac.labels import CLASSES
 from glacier_stac.models.cnn5 import CNN5
 from glacier_stac.models.glavitu import GlaViTU
 from glacier_stac.models.unet import UNet
-from glacier_stac.labels import CLASSES
 
 MODELS: dict[str, Callable[..., nn.Module]] = {"cnn5": CNN5, "unet": UNet, "glavitu": GlaViTU}
 DEFAULT_MODEL = "unet"

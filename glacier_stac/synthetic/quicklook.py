@@ -6,7 +6,6 @@ so a quicklook that looks right is also a check of the written metadata.
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
@@ -14,13 +13,9 @@ from typing import Any
 import numpy as np
 
 from glacier_stac import sensors
+from glacier_stac.testing.worlds import WorldDir
 
 MAX_PX = 900  # quicklooks are read from the COG overviews at about this size
-
-
-def _items(root: Path, collection: str) -> list[dict[str, Any]]:
-    p = root / "stac" / collection / "items.json"
-    return json.loads(p.read_text())["features"] if p.is_file() else []
 
 
 def _read(item: dict[str, Any], key: str) -> tuple[np.ndarray, tuple[float, float, float, float], str]:
@@ -98,22 +93,20 @@ def _clearest(items: list[dict[str, Any]], year: int) -> dict[str, Any] | None:
 
 def quicklook(world_dir: str | Path) -> list[Path]:
     """PNGs per sensor and year (S2 SWIR/NIR/red, S1 VV/VH, Landsat ST, DEM hillshade) with outlines."""
-    import geopandas as gpd
-
-    root = Path(world_dir).expanduser()
-    if not (root / "world.json").is_file():
-        raise FileNotFoundError(f"{root} is not a complete world directory (no world.json)")
-    truth_path = root / "truth" / "outlines.parquet"
-    outlines = gpd.read_parquet(truth_path) if truth_path.is_file() else None
-    years = json.loads((root / "world.json").read_text()).get("years") or []
-    out_dir = root / "quicklook"
+    world = WorldDir(Path(world_dir))
+    meta = world.meta()
+    if meta is None:
+        raise FileNotFoundError(f"{world.root} is not a complete world directory (no world.json)")
+    outlines = world.outlines()
+    years = meta.get("years") or []
+    out_dir = world.quicklook_dir
     written: list[Path] = []
 
     def year_outlines(year: int):
         return None if outlines is None else outlines[outlines["year"] == year]
 
     for year in years:
-        item = _clearest(_items(root, "sentinel-2-l2a"), year)
+        item = _clearest(world.items("sentinel-2-l2a"), year)
         if item:
             bands = [_read(item, k) for k in ("B11", "B08", "B04")]
             shape = bands[1][0].shape
@@ -121,21 +114,21 @@ def quicklook(world_dir: str | Path) -> list[Path]:
             title = f"Sentinel-2 SWIR/NIR/red {item['id']}  cloud {item['properties'].get('eo:cloud_cover', 0):.1f}%"
             fig = _figure(rgb, bands[1][1], title, year_outlines(year), bands[1][2])
             written.append(_save(fig, out_dir / f"sentinel-2_{year}.png"))
-        item = _clearest(_items(root, "sentinel-1-rtc"), year)
+        item = _clearest(world.items("sentinel-1-rtc"), year)
         if item:
             (vv, ext, crs), (vh, _, _) = _read(item, "vv"), _read(item, "vh")
             vv_db, vh_db = 10 * np.log10(np.clip(vv, 1e-5, None)), 10 * np.log10(np.clip(vh, 1e-5, None))
             rgb = np.dstack([_stretch(vv_db), _stretch(vh_db), _stretch(vv_db - vh_db)])
             fig = _figure(rgb, ext, f"Sentinel-1 RTC VV/VH/ratio (dB) {item['id']}", year_outlines(year), crs)
             written.append(_save(fig, out_dir / f"sentinel-1_{year}.png"))
-        item = _clearest(_items(root, "landsat-c2-l2"), year)
+        item = _clearest(world.items("landsat-c2-l2"), year)
         if item:
             t, ext, crs = _read(item, "lwir11")
             fig = _figure(
                 t, ext, f"Landsat surface temperature {item['id']}", year_outlines(year), crs, cmap="inferno", label="K"
             )
             written.append(_save(fig, out_dir / f"landsat_{year}.png"))
-    dem = _items(root, "cop-dem-glo-30")
+    dem = world.items("cop-dem-glo-30")
     if dem:
         z, ext, crs = _read(dem[0], "data")
         lat = np.radians((ext[2] + ext[3]) / 2)

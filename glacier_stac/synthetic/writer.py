@@ -23,11 +23,11 @@ from glacier_stac import __version__, sensors
 from glacier_stac.synthetic import render as R
 from glacier_stac.synthetic import stac_docs
 from glacier_stac.synthetic.world import World, WorldConfig
+from glacier_stac.testing.worlds import SUBDIRS, WORLD_JSON, WorldDir
 
 log = logging.getLogger(__name__)
 
 COG_TYPE = "image/tiff; application=geotiff; profile=cloud-optimized"
-OUR_SUBDIRS = ("cogs", "stac", "truth", "quicklook")
 WORKERS = 2  # the renderer and the deflate encoder both release the GIL for most of their work
 
 
@@ -94,7 +94,7 @@ def _write_scene(
     assets = {}
     for key, raster in scene.assets.items():
         band = sensor.band(key)
-        path = root / "cogs" / sensor.collection / item_id / f"{key}.tif"
+        path = WorldDir(root).cog_path(sensor.collection, item_id, key)
         write_cog(path, raster, scene.crs, categorical=band.categorical)
         assets[key] = stac_docs.asset(sensor, key, path.resolve().as_uri(), raster)
     return stac_docs.item(sensor, item_id, scene.crs, properties, geometry, bbox, assets)
@@ -166,7 +166,7 @@ def _polygonise(world: World):
 
 def _write_truth(world: World, root: Path) -> dict[str, Any]:
     gdf = truth_outlines(world)
-    out = root / "truth" / "outlines.parquet"
+    out = WorldDir(root).outlines_path
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.part")
     gdf.to_parquet(tmp)
@@ -174,7 +174,7 @@ def _write_truth(world: World, root: Path) -> dict[str, Any]:
     for year in world.years:
         labels = world.labels(year)
         write_cog(
-            root / "truth" / f"labels_{year}.tif",
+            WorldDir(root).labels_path(year),
             R.Raster(labels, world.geobox.affine, None),
             R._crs(world),
             categorical=True,
@@ -194,8 +194,8 @@ def _write_truth(world: World, root: Path) -> dict[str, Any]:
 
 def _clear(root: Path) -> None:
     """Remove a previous world's content (only our own subdirectories), marker first."""
-    (root / "world.json").unlink(missing_ok=True)
-    for sub in OUR_SUBDIRS:
+    WorldDir(root).world_json.unlink(missing_ok=True)
+    for sub in SUBDIRS:
         if (root / sub).exists():
             shutil.rmtree(root / sub)
 
@@ -265,9 +265,9 @@ def write_world(world: World, out_dir: str | Path, progress: bool = True, source
         its.sort(key=lambda d: (d["properties"]["datetime"], d["id"]))
         sensor = sensors.get(collection)
         coll = stac_docs.collection(sensor, its)
-        _atomic_write_text(root / "stac" / collection / "collection.json", json.dumps(coll, indent=1))
+        _atomic_write_text(WorldDir(root).collection_path(collection), json.dumps(coll, indent=1))
         fc = {"type": "FeatureCollection", "features": its}
-        _atomic_write_text(root / "stac" / collection / "items.json", json.dumps(fc, indent=1))
+        _atomic_write_text(WorldDir(root).items_path(collection), json.dumps(fc, indent=1))
 
     truth = _write_truth(world, root)
     seconds = time.perf_counter() - t0
@@ -286,7 +286,7 @@ def write_world(world: World, out_dir: str | Path, progress: bool = True, source
         "truth": truth,
         "seconds": round(seconds, 1),
     }
-    _atomic_write_text(root / "world.json", json.dumps(meta, indent=1))  # LAST: the completion marker
+    _atomic_write_text(WorldDir(root).world_json, json.dumps(meta, indent=1))  # LAST: the completion marker
     log.info("wrote world %s: %d items in %.1f s", root, len(items), seconds)
     return root
 
@@ -307,13 +307,7 @@ def generator_fingerprint() -> str:
 
 def read_world_json(out_dir: str | Path) -> dict | None:
     """The completion record of a world directory, or None when the directory is incomplete."""
-    p = Path(out_dir).expanduser() / "world.json"
-    if not p.is_file():
-        return None
-    try:
-        return json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
+    return WorldDir(Path(out_dir)).meta()
 
 
 def check_output_dir(root: Path) -> None:
@@ -321,8 +315,8 @@ def check_output_dir(root: Path) -> None:
     if root.exists() and not root.is_dir():
         raise ValueError(f"output path {root} exists and is not a directory")
     if root.is_dir():
-        ours = (*OUR_SUBDIRS, "world.json")
-        foreign = [p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(".world.json")]
+        ours = (*SUBDIRS, WORLD_JSON)
+        foreign = [p.name for p in root.iterdir() if p.name not in ours and not p.name.startswith(f".{WORLD_JSON}")]
         if foreign:
             raise ValueError(
                 f"output directory {root} holds files that are not a synthetic world "

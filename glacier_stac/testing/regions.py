@@ -1,0 +1,31 @@
+"""Training and scoring regions cut from a generated world, searched through a real STAC API on loopback.
+
+Lives beside the worlds rather than in `train.py`: training takes Regions handed in and knows nothing
+of world directories or servers.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+
+from glacier_stac import catalog
+from glacier_stac import cube as cubes
+from glacier_stac.testing import stac_server
+from glacier_stac.testing.worlds import WorldDir
+from glacier_stac.train import Region
+
+
+def world_regions(world_dir: str | os.PathLike[str] | WorldDir, years: Sequence[int] | None = None) -> list[Region]:
+    """Regions of a generated world, one per year: searched through a real local STAC API, built as
+    cubes, computed, with the truth labels on the same grid."""
+    world = world_dir if isinstance(world_dir, WorldDir) else WorldDir(world_dir)
+    geobox = world.grid()
+    years = list(world.years() if years is None else years)
+    with stac_server.serve(world.root) as url:
+        found = catalog.search(world.aoi(), years, catalog=catalog.open_catalog(url))
+    out = []
+    for y in years:
+        feats = cubes.build(found, geobox, y).compute(scheduler="threads")
+        out.append(Region(f"{world.name}:{y}", feats, world.truth_labels(y, geobox)))
+    return out
