@@ -120,6 +120,14 @@ MUTATIONS: list[Mutation] = [
         new="        if False:\n",
         tests=("tests/test_obia.py::test_minimum_mapping_unit",),
     ),
+    Mutation(
+        name="inventory-update-lock-removed",
+        invariant="concurrent annual updates lose nothing (4)",
+        path="glacier_stac/inventory.py",
+        old="                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
+        new="                pass\n",
+        tests=("tests/test_inventory.py::test_two_processes_updating_at_once",),
+    ),
     Mutation("chunk-anchored-patch-grid", "2. chunk invariance", "glacier_stac/infer.py",
              "    gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel",
              "    origin = (-r0, -c0)  # MUTANT: tiles anchored at the chunk's core, not the global lattice\n"
@@ -164,6 +172,22 @@ MUTATIONS: list[Mutation] = [
     Mutation("committed-yaml-stale", "deploy: committed YAML is what the code generates",
              "deploy/k8s/10-daskcluster.yaml", "        - GPU=1\n", "        - GPU=2\n",
              ("tests/test_deploy.py::test_committed_yaml_is_what_the_code_generates",)),
+    Mutation(
+        name="imports-product-on-synthetic",
+        invariant="imports run one way: the product never imports synthetic/",
+        path="glacier_stac/metrics.py",
+        old="from glacier_stac.labels import Label\n",
+        new="from glacier_stac.synthetic.world import Label\n",
+        tests=("tests/test_imports.py",),
+    ),
+    Mutation(
+        name="imports-circle-glaciers-world",
+        invariant="imports run one way: no circles",
+        path="glacier_stac/synthetic/glaciers.py",
+        old="from glacier_stac.synthetic.config import Surface, WorldConfig\n",
+        new="from glacier_stac.synthetic.world import Surface, WorldConfig\n",
+        tests=("tests/test_imports.py",),
+    ),
 ]
 
 
