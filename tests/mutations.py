@@ -153,6 +153,11 @@ MUTATIONS: list[Mutation] = [
              "return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)",
              "return np.zeros((window.height, window.width), dtype=self.dtype)  # MUTANT: zeros, not no-data",
              ("tests/test_cube_world.py::test_missing_asset_is_recorded_nodata",)),
+    Mutation("build-reads-eagerly", "1. laziness", "glacier_stac/cube.py",
+             "    cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)\n",
+             "    cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)\n"
+             "    cube.isel(x=slice(0, 1), y=slice(0, 1)).compute(scheduler='sync')  # MUTANT: an eager read\n",
+             ("tests/test_cube_units.py::test_real_pc_items_give_a_correct_lazy_graph",)),
     Mutation("gpu-group-without-resources-flag", "deploy: GPU work lands on GPU workers", "glacier_stac/k8s.py",
              '        args += ["--resources", ",".join(f"{k}={v}" for k, v in g.dask_resources)]',
              "        pass  # MUTANT: the GPU worker group no longer offers GPU=1 to Dask",

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import threading
 import warnings
-from datetime import datetime
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import geopandas as gpd
@@ -14,7 +17,7 @@ import pytest
 from odc.geo import geom
 from shapely.geometry import box
 
-from glacier_stac import catalog, cube, grid, scenes
+from glacier_stac import catalog, cube, grid, reader, scenes
 
 FIX = Path(__file__).parent / "fixtures" / "planetary-computer"
 
@@ -171,14 +174,57 @@ def test_off_lattice_geobox_refused():
         cube.build({}, gb, 2021)
 
 
-def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch):
-    """Sentinel-2 and Landsat items from Planetary Computer build a cube without reading a pixel."""
+@pytest.fixture()
+def pc_token_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Planetary Computer's SAS token endpoint on loopback: signing runs offline, in milliseconds.
+
+    Why: offline, planetary_computer retries the real endpoint for minutes (issue 16). The paths asked
+    for are yielded, so a test can tell whether anything signed.
+    """
+    from planetary_computer import sas
+    from planetary_computer.settings import Settings
+
+    asked: list[str] = []
+
+    class Tokens(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):  # keep test output quiet
+            pass
+
+        def do_GET(self):
+            asked.append(self.path)
+            expiry = (datetime.now(UTC) + timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+            body = json.dumps({"msft:expiry": expiry, "token": "st=2026&sp=rl&sig=OFFLINE"}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Tokens)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    monkeypatch.setattr(Settings.get(), "sas_url", f"http://127.0.0.1:{srv.server_address[1]}/api/sas/v1/token")
+    monkeypatch.setattr(sas, "TOKEN_CACHE", {})
+    yield asked
+    srv.shutdown()
+    srv.server_close()
+
+
+def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch, pc_token_endpoint):
+    """Sentinel-2 and Landsat items from Planetary Computer build a cube without reading a pixel.
+
+    Opening is refused and every read counted: the reader turns a failed open into recorded no-data, so
+    refusing alone would let an eager read pass. Signing goes to a token endpoint on loopback.
+    """
     import rasterio
 
     def no_reads(*a, **k):
         raise AssertionError("a pixel read happened while building the cube")
 
+    reads: list[object] = []
+    real_read = reader.CogReader.read
     monkeypatch.setattr(rasterio, "open", no_reads)
+    monkeypatch.setattr(reader.CogReader, "read", lambda self, w, **k: reads.append(w) or real_read(self, w, **k))
+    n_errors = len(reader.read_errors())
     s2 = catalog.normalise_item(json.loads((FIX / "sentinel-2-l2a.item.S2B_T06VVN_20190629.json").read_text()))
     gb = grid.geobox_for(geom.box(-147.3, 61.1, -147.0, 61.25, "EPSG:4326"))
     c = cube.build({"sentinel-2": [s2]}, gb, 2019, signer="planetary-computer")
@@ -197,6 +243,10 @@ def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch):
     c2 = cube.build({"landsat": landsat[:3]}, gb2, 2023, sensors=["landsat"])
     assert list(c2.feature.values) == ["lwir11", "landsat_count"]
     assert c2.rio.crs.to_epsg() == gb2.crs.epsg
+    assert reads == [] and len(reader.read_errors()) == n_errors, "building the cubes read pixels"
+    # signing, when a read does happen, uses the loopback endpoint (so the lines above cannot hang)
+    signed = reader.sign_planetary_computer(s2.assets["B02"].href)
+    assert signed.endswith("?st=2026&sp=rl&sig=OFFLINE") and pc_token_endpoint
 
 
 def test_missing_asset_is_a_named_gap_in_a_real_item():
