@@ -62,7 +62,9 @@ def import_graph(modules: dict[str, Path] | None = None) -> dict[str, set[str]]:
                 if t.split(".")[0] != ROOT_NAME:
                     continue
                 dep = _resolve(t, modules)
-                if dep is not None and dep != mod:
+                # the root package (`__version__`, lazy facades) is initialised before any of its modules,
+                # so an edge into it is no ordering constraint and is left out
+                if dep is not None and dep not in (mod, ROOT_NAME):
                     deps.add(dep)
         graph[mod] = deps
     return graph
@@ -118,7 +120,7 @@ def graph() -> dict[str, set[str]]:
 def test_graph_sees_the_package(graph):
     """Guard against a walker that finds nothing and so passes vacuously."""
     assert {"glacier_stac.cube", "glacier_stac.synthetic.world", "glacier_stac.labels"} <= set(graph)
-    assert "glacier_stac.labels" in graph["glacier_stac.metrics"]
+    assert "glacier_stac.grid" in graph["glacier_stac.cube"]
     assert "glacier_stac.synthetic.world" in graph["glacier_stac.synthetic.render"]
 
 
