@@ -193,22 +193,6 @@ MUTATIONS: list[Mutation] = [
         new="from glacier_stac.synthetic.world import Surface, WorldConfig\n",
         tests=("tests/test_imports.py",),
     ),
-    Mutation(
-        name="imports-product-on-synthetic",
-        invariant="imports run one way: the product never imports synthetic/",
-        path="glacier_stac/metrics.py",
-        old="from glacier_stac.labels import Label\n",
-        new="from glacier_stac.synthetic.world import Label\n",
-        tests=("tests/test_imports.py",),
-    ),
-    Mutation(
-        name="imports-circle-glaciers-world",
-        invariant="imports run one way: no circles",
-        path="glacier_stac/synthetic/glaciers.py",
-        old="from glacier_stac.synthetic.config import Surface, WorldConfig\n",
-        new="from glacier_stac.synthetic.world import Surface, WorldConfig\n",
-        tests=("tests/test_imports.py",),
-    ),
 ]
 
 
