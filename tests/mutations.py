@@ -158,6 +158,12 @@ MUTATIONS: list[Mutation] = [
              "    cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)\n"
              "    cube.isel(x=slice(0, 1), y=slice(0, 1)).compute(scheduler='sync')  # MUTANT: an eager read\n",
              ("tests/test_cube_units.py::test_real_pc_items_give_a_correct_lazy_graph",)),
+    Mutation("metadata-ip-literal-removed", "6. clear failure (href security)", "glacier_stac/catalog.py",
+             '"metadata", "169.254.169.254", "fd00:ec2::254")', '"metadata", "fd00:ec2::254")',
+             ("tests/test_catalog.py::test_metadata_and_link_local_refused_even_for_local_catalogs",)),
+    Mutation("link-local-check-removed", "6. clear failure (href security)", "glacier_stac/catalog.py",
+             "if ip.is_link_local or (not allow_local", "if (not allow_local",
+             ("tests/test_catalog.py::test_metadata_and_link_local_refused_even_for_local_catalogs",)),
     Mutation("gpu-group-without-resources-flag", "deploy: GPU work lands on GPU workers", "glacier_stac/k8s.py",
              '        args += ["--resources", ",".join(f"{k}={v}" for k, v in g.dask_resources)]',
              "        pass  # MUTANT: the GPU worker group no longer offers GPU=1 to Dask",

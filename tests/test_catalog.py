@@ -146,6 +146,19 @@ def test_href_security(href, allow_local, ok):
             catalog.href_allowed(href, allow_local)
 
 
+@pytest.mark.parametrize("href, words", [
+    ("http://169.254.169.254/latest/meta-data/", "cloud metadata"),  # AWS, Azure, GCP instance metadata
+    ("https://[fd00:ec2::254]/latest/meta-data/", "cloud metadata"),  # AWS over IPv6: private, not link-local
+    ("https://metadata.google.internal/computeMetadata/v1/", "cloud metadata"),
+    ("https://169.254.1.1/B02.tif", "link-local"),  # any other link-local address
+    ("https://[fe80::1]/B02.tif", "link-local"),
+])
+def test_metadata_and_link_local_refused_even_for_local_catalogs(href, words):
+    """Each rule on its own: the metadata literal and the link-local check must not stand in for each other."""
+    with pytest.raises(PermissionError, match=words):
+        catalog.href_allowed(href, allow_local=True)
+
+
 def test_remote_catalog_cannot_point_at_local_files():
     d = s2_item()
     d["assets"]["B02"]["href"] = "file:///etc/shadow"
