@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from glacier_stac import __version__
+from glacier_stac.cli_inventory import inventory_app
 from glacier_stac.redact import install_log_redaction, redact
 
 app = typer.Typer(help="Annual glacier outlines from free multi-sensor satellite data.", no_args_is_help=True)
@@ -19,6 +20,7 @@ synthetic_app = typer.Typer(help="Generate, render and inspect synthetic glacier
 catalog_app = typer.Typer(help="Serve and search STAC catalogs.", no_args_is_help=True)
 app.add_typer(synthetic_app, name="synthetic")
 app.add_typer(catalog_app, name="catalog")
+app.add_typer(inventory_app, name="inventory")
 
 log = logging.getLogger("glacier_stac")
 

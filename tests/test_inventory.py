@@ -202,3 +202,22 @@ def test_split_and_merge_recorded():
     got = inventory.assign_ids(merged, prev, "00", 3)
     assert got.change_type.tolist() == ["merge"]
     assert got.parent_ids.tolist() == ["GS-00-00001,GS-00-00002"]
+
+
+def test_cli_inventory_summary_and_plot(tmp_path, preds):
+    path = tmp_path / "inv.parquet"
+    for y in YEARS:
+        inventory.add_year(path, y, preds, region="01")
+    cmd = [sys.executable, "-m", "glacier_stac.cli", "inventory"]
+    out = subprocess.run([*cmd, "summary", str(path)], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    header, row = out.stdout.splitlines()
+    assert header.split()[:2] == ["region", "years"] and "rate_km2_yr" in header
+    assert row.split()[:2] == ["01", "2021-2023"] and float(row.split()[5]) < 0
+    plots = subprocess.run([*cmd, "plot", str(path), "--out", str(tmp_path / "png")], capture_output=True, text=True,
+                           timeout=120)
+    assert plots.returncode == 0, plots.stderr
+    assert sorted(p.name for p in (tmp_path / "png").glob("*.png")) == ["area_by_year.png", "change_map.png"]
+    bad = subprocess.run([*cmd, "summary", str(tmp_path / "missing.parquet")], capture_output=True, text=True,
+                         timeout=120)
+    assert bad.returncode == 2 and "no inventory at" in bad.stderr and "Traceback" not in bad.stderr
