@@ -267,6 +267,8 @@ CASES = [
     ("search bbox 3 numbers", [*SEARCH, "10,46,10.1", "--years", "2021"], ["10,46,10.1", "4"]),
     ("search bbox nan", [*SEARCH, "10,46,nan,46.1", "--years", "2021"], ["10,46,nan,46.1", "finite"]),
     ("search bbox min>max", [*SEARCH, "10.1,46,10,46.1", "--years", "2021"], ["10.1,46,10,46.1", "reversed"]),
+    ("search bbox west reversed", [*SEARCH, "-147.0,61.1,-147.3,61.25", "--years", "2021"],  # leading '-'
+     ["-147,61.1,-147.3,61.25", "reversed"]),
     ("search bbox lat reversed", [*SEARCH, "10,46.1,10.1,46", "--years", "2021"], ["10,46.1,10.1,46", "reversed"]),
     ("search bbox antimeridian", [*SEARCH, "179.5,60,-179.5,61", "--years", "2021"], ["antimeridian"]),
     ("search bbox metres", [*SEARCH, "500000,6.7e6,510000,6.8e6", "--years", "2021"], ["lon/lat"]),
