@@ -15,9 +15,8 @@ import dask.array as da
 import numpy as np
 import xarray as xr
 
-from glacier_stac.infer import NODATA_CLASS, classes_from_probability
-from glacier_stac.labels import Label
-from glacier_stac.models import CLASSES
+from glacier_stac.infer import prediction_dataset
+from glacier_stac.labels import CLASSES, Label
 
 NDSI_THRESHOLD = 0.4
 NIR_MIN = 0.11  # B08 reflectance: water below, snow and ice above
@@ -65,16 +64,5 @@ def ndsi_threshold(cube: xr.DataArray, *, threshold: float = NDSI_THRESHOLD, nir
         lambda b: ndsi_block(b[0], b[1], b[2], threshold=threshold, nir_min=nir_min, ndwi_water=ndwi_water),
         bands, dtype=np.float32, chunks=((len(CLASSES),), *bands.chunks[1:]), name="ndsi-threshold",
     )
-    klass = da.map_blocks(classes_from_probability, prob, drop_axis=0, dtype=np.uint8)
-    coords = {k: v for k, v in cube.coords.items() if "feature" not in v.dims}
-    ds = xr.Dataset(
-        {
-            "probability": (("class", "y", "x"), prob),
-            "classes": (("y", "x"), klass, {"nodata": NODATA_CLASS}),
-            "valid": (("y", "x"), da.isfinite(prob[0])),
-        },
-        coords={**coords, "class": list(CLASSES)},
-        attrs={"model": "ndsi-threshold", "threshold": threshold, "nir_min": -1.0 if nir_min is None else nir_min},
-    )
-    ds["glacier_probability"] = ds["probability"].sel({"class": ["clean_ice", "debris_ice"]}).sum("class", skipna=False)
-    return ds
+    return prediction_dataset(prob, cube, CLASSES, {"model": "ndsi-threshold", "threshold": threshold,
+                                                    "nir_min": -1.0 if nir_min is None else nir_min})

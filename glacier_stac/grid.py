@@ -33,11 +33,6 @@ def utm_crs(lon: float, lat: float) -> CRS:
     return CRS(f"EPSG:{(32600 if lat >= 0 else 32700) + zone}")
 
 
-def is_south(crs: CRS) -> bool:
-    epsg = crs.epsg or 0
-    return 32701 <= epsg <= 32760
-
-
 def tile_grid(crs: CRS | str, resolution: float = RESOLUTION, tile_px: int = TILE_PX) -> GridSpec:
     """The global tile grid of one CRS: `tile_px` square tiles anchored at the CRS origin."""
     return GridSpec(CRS(crs) if isinstance(crs, str) else crs, tile_shape=(tile_px, tile_px),
@@ -61,18 +56,32 @@ def geobox_for(
     return GeoBox.from_bbox(area.boundingbox, crs=crs, resolution=resolution, anchor=XY(0.0, 0.0))
 
 
+def lattice_index(centres: np.ndarray | list[float], res: float, *, descending: bool = False,
+                  what: str = "grid") -> int:
+    """Global lattice index of the first of `centres` (pixel-centre coordinates along one axis).
+
+    The global index of a pixel is floor(edge / res) with the edge on the side of increasing index,
+    i.e. round(x / res - 0.5) for columns and round(-y / res - 0.5) for north-up rows (`descending`).
+    Every centre must sit on the lattice, else the grid was not built with `geobox_for`.
+    """
+    c = np.asarray(centres, dtype=np.float64)
+    g = (-1.0 if descending else 1.0) * c / res - 0.5
+    gi = np.round(g)
+    if not np.allclose(g, gi, rtol=0, atol=1e-3):
+        raise ValueError(f"{what} coordinates are not pixel centres on the global {res} m lattice "
+                         f"(first {c[0]!r}); build it on a grid.geobox_for GeoBox")
+    return int(gi[0])
+
+
 def global_origin(geobox: GeoBox) -> tuple[int, int]:
     """(row, col) of the geobox's top-left pixel in the global lattice (rows grow southwards)."""
     a = geobox.affine
     res = a.a
-    col = round(a.c / res)
-    row = round(-a.f / res)
-    if not (math.isclose(a.c / res, col, abs_tol=1e-6) and math.isclose(-a.f / res, row, abs_tol=1e-6)):
-        raise ValueError(f"geobox {a} is not on the global {res} m lattice; build it with grid.geobox_for")
-    return row, col
+    return (lattice_index([a.f - res / 2], res, descending=True, what=f"geobox {tuple(a)[:6]} y"),
+            lattice_index([a.c + res / 2], res, what=f"geobox {tuple(a)[:6]} x"))
 
 
-def _aligned_chunks(start: int, size: int, tile_px: int) -> tuple[int, ...]:
+def aligned_chunks(start: int, size: int, tile_px: int) -> tuple[int, ...]:
     """Chunk sizes along one axis so that boundaries fall on multiples of `tile_px` (global)."""
     chunks = []
     pos = start
@@ -88,12 +97,7 @@ def tile_chunks(geobox: GeoBox, tile_px: int = TILE_PX) -> tuple[tuple[int, ...]
     """(y chunks, x chunks) of a geobox cut on the global tile edges (chunk = tile where inside)."""
     row, col = global_origin(geobox)
     h, w = geobox.shape
-    return _aligned_chunks(row, h, tile_px), _aligned_chunks(col, w, tile_px)
-
-
-def halo_geobox(geobox: GeoBox, halo: int) -> GeoBox:
-    """The geobox grown by `halo` pixels on every side (the window a chunk reads for its halo)."""
-    return geobox.pad(halo)
+    return aligned_chunks(row, h, tile_px), aligned_chunks(col, w, tile_px)
 
 
 ID_COLUMNS = ("rgi_id", "RGIId", "glac_id", "id", "glacier_id")  # how outline files name their features

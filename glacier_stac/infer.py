@@ -38,13 +38,14 @@ import numpy as np
 import torch
 import xarray as xr
 
+from glacier_stac.grid import aligned_chunks, lattice_index
+from glacier_stac.labels import CLASSES_VAR, GLACIER_CLASSES, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.models.checkpoint import load as load_checkpoint
 
 log = logging.getLogger(__name__)
 
 DEFAULT_STRIDE = 1024  # tile core side; with the production 1024/2048 px chunks a tile never straddles chunks
-NODATA_CLASS = 255
 COST_TARGET = 1.3
 
 
@@ -156,22 +157,10 @@ def _resolution(cube: xr.DataArray, dim: str) -> float:
 
 
 def global_start(cube: xr.DataArray, dim: str) -> int:
-    """Global lattice index of the cube's first pixel along `dim` (x: columns east; y: rows south).
-
-    The global index of a pixel is floor(edge / res) with the edge on the side of increasing index,
-    i.e. round(x / res - 0.5) for columns and round(-y / res - 0.5) for north-up rows.
-    """
+    """Global lattice index of the cube's first pixel along `dim` (x: columns east; y: rows south)."""
     c = np.asarray(cube[dim].values, dtype=np.float64)
-    res = _resolution(cube, dim)
-    sign = 1.0
-    if dim == "y" and (c.size < 2 or c[1] < c[0]):
-        sign = -1.0  # north-up: rows grow southwards
-    g = sign * c / res - 0.5
-    gi = np.round(g)
-    if not np.allclose(g, gi, rtol=0, atol=1e-3):
-        raise ValueError(f"cube {dim} coordinates are not pixel centres on the global {res} m lattice "
-                         f"(first {c[0]!r}); build the cube on a grid.geobox_for GeoBox")
-    return int(gi[0])
+    descending = dim == "y" and (c.size < 2 or c[1] < c[0])  # north-up: rows grow southwards
+    return lattice_index(c, _resolution(cube, dim), descending=descending, what=f"cube {dim}")
 
 
 # --------------------------------------------------------------------------- the plan
@@ -202,16 +191,6 @@ def _axis_need(chunks: Sequence[int], g0: int, grid: PatchGrid) -> tuple[int, in
         computed += len(grid.tiles(pos, pos + c)) * grid.patch
         pos += c
     return need, computed
-
-
-def aligned_chunks(g0: int, n: int, stride: int) -> tuple[int, ...]:
-    """Chunks of an axis cut at multiples of `stride` in global pixel coordinates."""
-    out, pos = [], g0
-    while pos < g0 + n:
-        nxt = min((pos // stride + 1) * stride, g0 + n)
-        out.append(nxt - pos)
-        pos = nxt
-    return tuple(out)
 
 
 def plan(cube: xr.DataArray, ckpt: Checkpoint, *, halo: int | None = None, patch: int | None = None,
@@ -491,23 +470,34 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     orig = cube.chunks
     if prob.chunks[1:] != (orig[1], orig[2]):
         prob = prob.rechunk({1: orig[1], 2: orig[2]})
+    return prediction_dataset(
+        prob, cube, ckpt.classes,
+        {"model": ckpt.model, "checkpoint_created": ckpt.created, "patch": pl.grid.patch,
+         "stride": pl.grid.stride, "margin": pl.grid.margin, "blend": pl.grid.blend,
+         "halo_y": hy, "halo_x": hx, "computed_over_output": pl.computed_over_output})
+
+
+def prediction_dataset(prob: da.Array, cube: xr.DataArray, classes: Sequence[str], attrs: dict) -> xr.Dataset:
+    """The prediction Dataset every classifier returns, from lazy (class, y, x) probabilities (NaN = invalid).
+
+    `probability`, `classes` (uint8, NODATA_CLASS where invalid), `valid` and, when the classes hold
+    glacier classes, `glacier_probability`, on the cube's coordinates (less `feature`) and CRS; one
+    builder so the learned models and the baselines cannot drift apart.
+    """
+    names = list(classes)
     klass = da.map_blocks(classes_from_probability, prob, drop_axis=0, dtype=np.uint8)
-    valid = da.isfinite(prob[0])
     coords = {k: v for k, v in cube.coords.items() if "feature" not in v.dims}
-    names = list(ckpt.classes)
     ds = xr.Dataset(
         {
-            "probability": (("class", "y", "x"), prob),
-            "classes": (("y", "x"), klass, {"nodata": NODATA_CLASS, "flag_values": list(range(n_cls)),
-                                          "flag_meanings": " ".join(names)}),
-            "valid": (("y", "x"), valid),
+            PROBABILITY: (("class", "y", "x"), prob),
+            CLASSES_VAR: (("y", "x"), klass, {"nodata": NODATA_CLASS, "flag_values": list(range(len(names))),
+                                            "flag_meanings": " ".join(names)}),
+            VALID: (("y", "x"), da.isfinite(prob[0])),
         },
         coords={**coords, "class": names},
-        attrs={"model": ckpt.model, "checkpoint_created": ckpt.created, "patch": pl.grid.patch,
-               "stride": pl.grid.stride, "margin": pl.grid.margin, "blend": pl.grid.blend,
-               "halo_y": hy, "halo_x": hx, "computed_over_output": pl.computed_over_output},
+        attrs=attrs,
     )
-    glacier = [c for c in ("clean_ice", "debris_ice") if c in names]
+    glacier = [c for c in GLACIER_CLASSES if c in names]
     if glacier:
-        ds["glacier_probability"] = ds["probability"].sel({"class": glacier}).sum("class", skipna=False)
+        ds[GLACIER_PROBABILITY] = ds[PROBABILITY].sel({"class": glacier}).sum("class", skipna=False)
     return ds
