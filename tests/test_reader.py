@@ -138,13 +138,18 @@ def test_strict_reader_raises_without_token(blob_server):
 
 
 def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
+    """A signed reader pickles its settings and signer, never its token; the copy signs afresh."""
     url, _ = blob_server
-    r = make_reader(url, None)
+    reader.register_signer("test-expiring", test_signer)
+    r = make_reader(url, "test-expiring")
+    assert "sig=" in r.url  # the token the pickle must not carry
     state = r.__getstate__()
     clone = reader.CogReader.__new__(reader.CogReader)
     clone.__setstate__(state)
     assert clone.gdal_env.always.options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
-    assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5" and "sig=" not in state["url"]
+    assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5"
+    assert "sig=" not in str(state) and r.url.split("?")[1] not in str(state)
+    assert clone.signer == "test-expiring" and clone.unsigned_url == url and clone.url != r.url
 
 
 def test_block_cache_is_megabytes_not_bytes():
