@@ -2,7 +2,7 @@
 
 The same code searches Planetary Computer and the local synthetic catalog. Items are normalised in one
 place (`normalise_item`) so the cube never sees the differences between catalogs (`proj:code` vs
-`proj:epsg`, relative hrefs, bare paths). URLs are signed at read time (`signing.py`), never here, so
+`proj:epsg`, relative hrefs, bare paths). URLs are signed at read time (by the reader), never here, so
 no token is ever stored in an item, a log line, a Zarr attribute or the inventory.
 """
 

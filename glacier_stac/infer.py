@@ -11,10 +11,10 @@ Overlapping patches are blended with a separable cosine (Hann) taper of width `b
 the tile edges, and the weights are normalised by their sum. With `margin >= receptive_field // 2`
 and patch origins on multiples of the model's `divisor`, overlapping patches of a local model agree
 exactly where they overlap, so the default `blend=0` (plain overlap-tile, each pixel from the patch
-whose core holds it) is already seam-free and computes each output pixel about once:
-(stride + 2 * margin)^2 / stride^2 = 1.23 for the default U-Net on 1024 or 2048 px chunks (1.41 for
-GlaViTU, whose windowed attention reaches farther). `blend > 0` smooths models that are not exactly
-local, at the cost of computing the neighbouring patches too (about 2x more).
+whose core holds it) is already seam-free and computes each output pixel about
+(stride + 2 * margin)^2 / stride^2 times (`computed_over_output` gives the figure for a checkpoint and
+chunking). `blend > 0` smooths models that are not exactly local, at the cost of computing the
+neighbouring patches too.
 
 The Dask wiring lives in `predict` only; the per-block work is `predict_block`, a pure function of
 NumPy arrays. The model is loaded once per worker process (`_runner`, a module-level cache keyed by

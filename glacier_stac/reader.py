@@ -234,7 +234,7 @@ class CogReader:
     """stackstac `Reader` for single-band COGs: read-time signing, re-sign on expiry, recorded failures.
 
     Why not stackstac's own reader: it reads with `masked=True`, which makes GDAL warp the mask band as
-    well as the data (about 1.7x the work for every resampled band). GDAL's warper already keeps
+    well as the data (a second warp for every resampled band). GDAL's warper already keeps
     no-data out of bilinear kernels when the source declares it, so here no-data is found by value
     after the read. Sources already in the grid's CRS skip the warper where that gives the same values
     (see `_read_same_crs`). A handle is used by one thread at a time (GDAL handles are not thread-safe);
@@ -254,7 +254,7 @@ class CogReader:
         self.fill_value = fill_value
         self.scale_offset = scale_offset
         self.gdal_env = gdal_env or GDAL_ENV
-        self.errors_as_nodata = errors_as_nodata
+        del errors_as_nodata  # stackstac's Reader protocol passes it; every failed read is recorded no-data here
         self.url = SIGNERS[signer](self.unsigned_url) if signer else url
         self._handles: list[_Handle] = []  # every open handle
         self._free: list[_Handle] = []  # those no thread is reading from
@@ -416,7 +416,7 @@ class CogReader:
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.unsigned_url, "spec": self.spec, "resampling": self.resampling, "dtype": self.dtype,
                 "fill_value": self.fill_value, "scale_offset": self.scale_offset, "gdal_env": self.gdal_env,
-                "errors_as_nodata": self.errors_as_nodata, "signer": self.signer,
+                "signer": self.signer,
                 "record_errors": self.record_errors}  # never a token
 
     def __setstate__(self, state: dict[str, Any]) -> None:

@@ -102,7 +102,7 @@ def items_per_tile(items: Sequence[pystac.Item], groups: np.ndarray, geobox: Geo
     `groups` are the items' `acquisition_ids`).
 
     Why: a tile's task holds only the acquisitions over it, so its memory depends on the tile, not on
-    how many scenes the whole AOI gathers (invariant 5), and scenes off the tile cost nothing. The cap
+    how many scenes the whole AOI gathers (bounded memory, DESIGN.md), and scenes off the tile cost nothing. The cap
     bounds it where orbits converge (high latitudes see 50+ Sentinel-2 passes a season).
     """
     geoms = []

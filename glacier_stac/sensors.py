@@ -38,7 +38,6 @@ class Sensor:
     name: str
     collection: str
     bands: tuple[Band, ...]
-    native_crs: str  # "utm" or an EPSG string such as "EPSG:4326"
     role: str
     per_acquisition: bool = True  # False for static layers (the DEM): no season, no composite
     # other sets of data asset keys, each standing in for the data bands in their order
@@ -121,8 +120,7 @@ SCL = {
 }
 SCL_INVALID = (0, 1, 3, 8, 9, 10)
 
-# Landsat Collection 2 QA_PIXEL bits we mask (fill, dilated cloud, cirrus, cloud, cloud shadow).
-LANDSAT_QA_BITS = {"fill": 0, "dilated_cloud": 1, "cirrus": 2, "cloud": 3, "cloud_shadow": 4, "snow": 5}
+# Landsat Collection 2 QA_PIXEL bits we mask: fill, dilated cloud, cirrus, cloud, cloud shadow.
 LANDSAT_QA_INVALID_BITS = (0, 1, 2, 3, 4)
 
 S1_NODATA = -32768.0
@@ -130,7 +128,6 @@ S1_NODATA = -32768.0
 SENTINEL2 = Sensor(
     name="sentinel-2",
     collection="sentinel-2-l2a",
-    native_crs="utm",
     role="optical reflectance, NDSI/NDWI/NDVI, cloud/snow mask",
     bands=(
         Band("B02", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
@@ -146,7 +143,6 @@ SENTINEL2 = Sensor(
 SENTINEL1 = Sensor(
     name="sentinel-1",
     collection="sentinel-1-rtc",
-    native_crs="utm",
     role="SAR backscatter: wet snow, debris-covered ice, sea ice",
     bands=(
         Band("vv", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
@@ -160,7 +156,6 @@ SENTINEL1 = Sensor(
 LANDSAT = Sensor(
     name="landsat",
     collection="landsat-c2-l2",
-    native_crs="utm",
     role="thermal: debris-covered ice is colder than rock",
     bands=(
         Band("lwir11", 30, "uint16", 0, 0.00341802, 149.0, unit="kelvin"),
@@ -171,7 +166,6 @@ LANDSAT = Sensor(
 COPDEM = Sensor(
     name="copdem",
     collection="cop-dem-glo-30",
-    native_crs="EPSG:4326",
     role="elevation, slope, aspect",
     per_acquisition=False,
     bands=(Band("data", 30, "float32", -32767.0, unit="metre"),),
@@ -179,7 +173,6 @@ COPDEM = Sensor(
 
 SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL2, SENTINEL1, LANDSAT, COPDEM)}
 BY_COLLECTION: dict[str, Sensor] = {s.collection: s for s in SENSORS.values()}
-DEFAULT_SENSORS: tuple[str, ...] = tuple(SENSORS)
 
 
 def get(name: str) -> Sensor:

@@ -5,7 +5,7 @@ not mocks. `rustac serve` (memory backend) is the pip-only server for the demo a
 stac-fastapi-pgstac on a throwaway PostgreSQL/PostGIS cluster is the same software stack as
 Planetary Computer and the one that implements the `query` and `filter` extensions.
 
-Conformance (measured with rustac 0.9.18 and stac-fastapi-pgstac 7.2.0, see `conformance`):
+Conformance (`conformance` reads it from a running server; the tests pin it for the installed versions):
 rustac's memory backend advertises core, collections, ogcapi-features and item-search only: no
 `query`, no `filter`, no `sort`. Searches that carry `query`/`filter` are not applied there (the
 tests pin the exact behaviour), so callers must read `/conformance` and filter client-side.
