@@ -17,7 +17,7 @@ import pytest
 from odc.geo import geom
 from shapely.geometry import box
 
-from glacier_stac import catalog, cube, grid, reader, scenes
+from glacier_stac import catalog, cube, grid, reader, scenes, sensors
 
 FIX = Path(__file__).parent / "fixtures" / "planetary-computer"
 
@@ -106,6 +106,14 @@ def test_best_acquisitions_least_cloudy_or_spread_in_time():
     assert scenes.best_acquisitions(optical, groups, 9) == [0, 1, 2, 3, 4]
     sar = [item(k, None, 1 + 2 * k) for k in range(9)]
     assert scenes.best_acquisitions(sar, scenes.acquisition_ids(sar), 3) == [0, 4, 8]  # start, middle, end
+
+
+def test_scl_classes_masked_are_esas_clouds_shadows_and_bad_pixels():
+    """From ESA's L2A legend (not from sensors.SCL_INVALID): both code paths, table lookup and isin."""
+    codes = np.arange(12)
+    usable = [2, 4, 5, 6, 7, 11]  # dark area, vegetation, not vegetated, water, unclassified, snow
+    for dtype in (np.uint8, np.int32):
+        np.testing.assert_array_equal(sensors.scl_valid(codes.astype(dtype)), np.isin(codes, usable))
 
 
 def test_decode_applies_per_item_scale_offset():
