@@ -213,7 +213,7 @@ def check_years(years: Iterable[int], today: date | None = None) -> list[int]:
     """
     ys = list(years)
     if not ys:
-        raise ValueError("no years given; give at least one, e.g. 2019-2023")
+        raise ValueError("no years given (the list is empty); give at least one, e.g. 2019-2023")
     bad = [y for y in ys if isinstance(y, bool) or not isinstance(y, int | np.integer)]
     if bad:
         raise ValueError(f"years must be integers, got {bad}")
@@ -428,7 +428,7 @@ def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog
             if window is not None:
                 kw["datetime"] = f"{window[0]}/{window[1]}"
             cloud_server = False
-            if max_cloud is not None and sensor.name in ("sentinel-2", "landsat"):
+            if max_cloud is not None and sensor.cloud_cover:
                 if cat.supports_filter:
                     kw["filter"] = {"op": "<=", "args": [{"property": "eo:cloud_cover"}, max_cloud]}
                     kw["filter_lang"] = "cql2-json"
@@ -441,11 +441,11 @@ def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog
             except Exception as e:  # noqa: BLE001
                 raise CatalogError(f"search of {sensor.collection} for {year or 'static'} over {area} on "
                                    f"{cat.name} failed: {type(e).__name__}: {_short(e)}") from None
-            if max_cloud is not None and not cloud_server and sensor.name in ("sentinel-2", "landsat"):
+            if max_cloud is not None and not cloud_server and sensor.cloud_cover:
                 # Never rely on a server silently ignoring a filter: check every item here too.
                 found = [i for i in found if (i.properties.get("eo:cloud_cover") or 0) <= max_cloud]
-            if sensor.name == "landsat":
-                found = [i for i in found if "lwir11" in i.assets]  # L2SR scenes have no thermal band
+            if sensor.required_assets:  # e.g. Landsat L2SR scenes have no thermal band
+                found = [i for i in found if all(k in i.assets for k in sensor.required_assets)]
             items = [normalise_item(i, allow_local=local_ok) for i in found]
             items.sort(key=lambda i: (i.datetime or i.properties.get("start_datetime"), i.id))
             if not items:
