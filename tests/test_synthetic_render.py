@@ -394,6 +394,20 @@ def test_same_seed_same_bytes(world, world_dir, tmp_path):
     assert not np.array_equal(R.render(world, acq).assets["B03"].data, R.render(other, acq).assets["B03"].data)
 
 
+def test_generated_terrain_same_seed_same_world():
+    """`test_same_seed_same_bytes` starts from a user DEM; this one goes through the generated terrain."""
+    from glacier_stac.synthetic.world import build_world
+
+    config = WorldConfig(seed=3, size_km=2, years=(2021, 2022))
+    a, b = build_world(config), build_world(config)
+    np.testing.assert_array_equal(a.bed, b.bed)
+    np.testing.assert_array_equal(a.elevation, b.elevation)
+    for year in config.years:
+        np.testing.assert_array_equal(a.surface[year], b.surface[year])
+    acq = R.acquisitions(config)[0]
+    np.testing.assert_array_equal(R.render(a, acq).assets["B03"].data, R.render(b, acq).assets["B03"].data)
+
+
 # --------------------------------------------------------------------------- interruption, cache, errors
 
 
