@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import dask.array as da
@@ -34,14 +35,9 @@ from glacier_stac.reader import GDAL_ENV, CogReader, label_assets
 
 log = logging.getLogger(__name__)
 
-SENSOR_FEATURES: dict[str, tuple[str, ...]] = {
-    "sentinel-2": ("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count"),
-    "sentinel-1": ("vv_db", "vh_db", "vv_cv", "s1_count"),
-    "landsat": ("lwir11", "landsat_count"),
-    "copdem": ("elevation", "slope", "aspect_sin", "aspect_cos", "hillshade"),
-}
+# what each sensor yields, read from its record (`Sensor.features`), in the cube's feature order
+SENSOR_FEATURES: dict[str, tuple[str, ...]] = {s.name: s.features for s in S.SENSORS.values()}
 FEATURES: tuple[str, ...] = tuple(f for fs in SENSOR_FEATURES.values() for f in fs)
-COUNT_FEATURES = ("s2_count", "s1_count", "landsat_count")
 NAN = np.float32(np.nan)
 
 
@@ -260,35 +256,53 @@ def dem_features(elev: np.ndarray, res: float, out: np.ndarray) -> None:
     out[1:] = terrain(elev, res)
 
 
+# the per-tile kernel of each sensor (its record says what it yields; this says how)
 RECIPES: dict[str, Callable[..., None]] = {
     "sentinel-2": optical_features, "sentinel-1": sar_features, "landsat": thermal_features, "copdem": dem_features,
 }
 
 
-def tile_features(*blocks: np.ndarray, plan: tuple[tuple[str, int, dict[str, Any]], ...],
-                  shape: tuple[int, int]) -> np.ndarray:
+@dataclass(frozen=True)
+class SensorTile:
+    """One sensor's part of one tile's task: how many input blocks it takes and its kernel's parameters.
+
+    `groups` (acquisition index per scene) and `scaling` ((time, band, 2) scale/offset) are per scene of
+    this tile; `params` are the kernel's other keyword arguments. `n_blocks == 0`: no item over the tile.
+    """
+
+    sensor: str
+    n_blocks: int = 0
+    groups: np.ndarray | None = None
+    scaling: np.ndarray | None = None
+    params: Mapping[str, Any] = field(default_factory=dict)
+
+
+def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tuple[int, int]) -> np.ndarray:
     """All features of one tile, (feature, y, x) float32, written once into one array.
 
-    `plan` lists (sensor, number of input blocks, parameters) in feature order; a sensor with no
-    blocks has no items over this tile: NaN features and a zero count.
+    `plan` lists one `SensorTile` per sensor in feature order; a sensor with no blocks has no items
+    over this tile: NaN features and a zero count.
     """
-    out = np.empty((sum(len(SENSOR_FEATURES[name]) for name, _, _ in plan), *shape), np.float32)
+    sensors = [S.get(p.sensor) for p in plan]
+    out = np.empty((sum(len(s.features) for s in sensors), *shape), np.float32)
     f = b = 0
-    for name, k, params in plan:
-        view = out[f:f + len(SENSOR_FEATURES[name])]
+    for sensor, p in zip(sensors, plan, strict=True):
+        k = p.n_blocks
+        view = out[f:f + len(sensor.features)]
         if k:
-            args, params = list(blocks[b:b + k]), dict(params)
-            groups = params.pop("groups", None)
-            if groups is not None and len(np.unique(groups)) < len(groups):
-                args = mosaic_acquisitions(args, groups)
-                first = [int(np.flatnonzero(groups == g)[0]) for g in dict.fromkeys(groups.tolist())]
-                if "scaling" in params:
-                    params["scaling"] = params["scaling"][first]
-            RECIPES[name](*args, out=view, **params)
+            args, params, scaling = list(blocks[b:b + k]), dict(p.params), p.scaling
+            if p.groups is not None and len(np.unique(p.groups)) < len(p.groups):
+                args = mosaic_acquisitions(args, p.groups)
+                first = [int(np.flatnonzero(p.groups == g)[0]) for g in dict.fromkeys(p.groups.tolist())]
+                if scaling is not None:
+                    scaling = scaling[first]
+            if scaling is not None:
+                params["scaling"] = scaling
+            RECIPES[sensor.name](*args, out=view, **params)
         else:
             view[:] = np.nan
-            if SENSOR_FEATURES[name][-1] in COUNT_FEATURES:
-                view[-1] = 0
+            if sensor.count_feature is not None:
+                view[sensor.features.index(sensor.count_feature)] = 0
         f, b = f + len(view), b + k
     return out
 
@@ -333,52 +347,67 @@ def _scaling(sensor: S.Sensor, items: Sequence[pystac.Item], keys: Sequence[str]
 
 
 def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: list[str], geobox: GeoBox, chunks,
-                   signer: str | None) -> tuple[list[da.Array], dict[str, Any]]:
-    """A sensor recipe's lazy inputs ((time, band, y, x) stacks; the DEM with a halo) and its parameters."""
-    if sensor.name == "copdem":
+                   signer: str | None) -> Recipe:
+    """A sensor's lazy inputs ((time, band, y, x) stacks; a static layer with a halo) and its kernel's parameters."""
+    if not sensor.per_acquisition:  # a static layer (the DEM): one 2-D input, terrain needs a 1-pixel halo
         dem = _stack(items, sensor, data_keys, geobox, chunks, signer)
         # several DEM tiles: first valid wins (a DEM tile off this grid tile is never read)
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
-        return [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")], {"res": abs(geobox.resolution.x)}
+        return Recipe(sensor.name, [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")],
+                      params={"res": abs(geobox.resolution.x)})
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
-    params: dict[str, Any] = {}
-    if sensor.name in ("sentinel-2", "landsat"):
-        params["scaling"] = _scaling(sensor, items, data_keys)
-    return arrays, params
+    # stored integer DNs are decoded after compositing, with each item's scale/offset
+    decodes = any(np.dtype(sensor.band(k).dtype).kind in "iu" for k in data_keys)
+    return Recipe(sensor.name, arrays, scaling=_scaling(sensor, items, data_keys) if decodes else None)
 
 
-def _tile_task(plan: tuple[tuple[str, int, dict[str, Any]], ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
+def _tile_task(plan: tuple[SensorTile, ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
     """One tile's task: each input is a list of (1, band, y, x) blocks, one per acquisition (passed on as
     (band, y, x) views, never concatenated), or the DEM's haloed block."""
     blocks = [[b[0] for b in x] if isinstance(x, list) else x for x in inputs]
     return tile_features(*blocks, plan=plan, shape=shape)
 
 
-# sensor name, its lazy inputs, its recipe's parameters, and per tile the items over it (None: static)
-Recipe = tuple[str, list[da.Array], dict[str, Any], dict[tuple[int, int], list[int]] | None]
+@dataclass(frozen=True)
+class Recipe:
+    """How one sensor enters the cube graph: its lazy inputs, its kernel's parameters, and which scenes
+    meet each tile (`over`: tile (i, j) -> scene indices; None for a static layer read whole per tile)."""
+
+    sensor: str
+    arrays: list[da.Array] = field(default_factory=list)
+    params: Mapping[str, Any] = field(default_factory=dict)
+    scaling: np.ndarray | None = None  # (time, band, 2) per scene, for sensors storing integer DNs
+    groups: np.ndarray | None = None  # acquisition index per scene
+    over: dict[tuple[int, int], list[int]] | None = None
+
+    def for_tile(self, i: int, j: int) -> tuple[SensorTile, list[Any]]:
+        """This sensor's plan entry and graph inputs for tile (i, j)."""
+        idx = [0] if self.over is None else self.over.get((i, j), [])  # static layers: one 2-D input
+        if not self.arrays or not idx:
+            return SensorTile(self.sensor), []
+        inputs = [(a.name, i, j) if a.ndim == 2 else [(a.name, t, 0, i, j) for t in idx] for a in self.arrays]
+        return SensorTile(self.sensor, len(self.arrays),
+                          groups=None if self.groups is None else self.groups[idx],
+                          scaling=None if self.scaling is None else self.scaling[idx],
+                          params=self.params), inputs
 
 
 def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
                 prefix: str) -> da.Array:
     """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it."""
-    name = prefix + tokenize([(r[0], [a.name for a in r[1]], r[3]) for r in recipes], chunks)
+    name = prefix + tokenize([(r.sensor, [a.name for a in r.arrays], r.over) for r in recipes], chunks)
     dsk: dict[Any, Any] = {}
     for i, h in enumerate(chunks[0]):
         for j, w in enumerate(chunks[1]):
             plan, inputs = [], []
-            for sensor, arrays, params, over in recipes:
-                idx = [0] if over is None else over.get((i, j), [])  # static layers: one 2-D input
-                if not arrays or not idx:
-                    plan.append((sensor, 0, {}))
-                    continue
-                for arr in arrays:
-                    inputs.append((arr.name, i, j) if arr.ndim == 2 else [(arr.name, t, 0, i, j) for t in idx])
-                p = {k: v[idx] if k in ("scaling", "groups") else v for k, v in params.items()}
-                plan.append((sensor, len(arrays), p))
+            for r in recipes:
+                part, ins = r.for_tile(i, j)
+                plan.append(part)
+                inputs += ins
             dsk[(name, 0, i, j)] = (_tile_task, tuple(plan), (h, w), *inputs)
-    deps = [a for r in recipes for a in r[1]]
+    deps = [a for r in recipes for a in r.arrays]
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
     return da.Array(graph, name, chunks=((n_features,), *chunks), dtype=np.float32)
 
@@ -421,14 +450,14 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
                 alternates[sensor.name] = "+".join(keys).upper()
         if not its:  # none found, or none usable
             missing.append(sensor.name)
-            recipes.append((sensor.name, [], {}, None))
+            recipes.append(Recipe(sensor.name))
             continue
-        arrays, params = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
-        over = None
+        recipe = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
         if sensor.per_acquisition:
-            params["groups"] = scenes.acquisition_ids(its)
-            over = scenes.items_per_tile(its, params["groups"], geobox, chunks, max_acquisitions)
-        recipes.append((sensor.name, arrays, params, over))
+            groups = scenes.acquisition_ids(its)
+            recipe = replace(recipe, groups=groups,
+                             over=scenes.items_per_tile(its, groups, geobox, chunks, max_acquisitions))
+        recipes.append(recipe)
         provenance[sensor.name] = [i.id for i in its]
     data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-")
     y, x = pixel_centres(geobox)

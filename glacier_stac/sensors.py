@@ -29,6 +29,8 @@ class Band:
     categorical: bool = False
     unit: str = ""
     role: str = "data"  # "data" feeds features; "mask" only masks
+    stac_unit: str | None = None  # `raster:bands` unit the catalog's items state (None: they state none)
+    stac_scaling: bool = False  # the catalog's items state this band's scale/offset in `raster:bands`
 
 
 @dataclass(frozen=True)
@@ -39,7 +41,15 @@ class Sensor:
     collection: str
     bands: tuple[Band, ...]
     role: str
+    features: tuple[str, ...]  # what the sensor yields into the cube, in order
     per_acquisition: bool = True  # False for static layers (the DEM): no season, no composite
+    count_feature: str | None = None  # the feature counting valid observations (0 where no item)
+    cloud_cover: bool = False  # items carry `eo:cloud_cover`, so searches filter on it
+    required_assets: tuple[str, ...] = ()  # items lacking one are dropped at search (Landsat L2SP without ST)
+    # Sentinel-2 L2A from processing baseline 04.00 on: DN carry +1000 (BOA_ADD_OFFSET), i.e. this offset
+    # applies where the item states none
+    baseline_offset: float = 0.0
+    stac_extensions: tuple[str, ...] = ()  # beyond eo/raster/proj, the STAC extensions its items declare
     # other sets of data asset keys, each standing in for the data bands in their order
     # (Sentinel-1 HH/HV where no VV/VH was acquired)
     alternates: tuple[tuple[str, ...], ...] = ()
@@ -80,9 +90,9 @@ class Sensor:
         band = self.band(key)
         scale = float(rb.get("scale", band.scale))
         offset = float(rb.get("offset", band.offset))
-        if self.name == "sentinel-2" and "offset" not in rb and not band.categorical:
+        if self.baseline_offset and "offset" not in rb and not band.categorical:
             baseline = str(d.get("properties", {}).get("s2:processing_baseline", "00.00"))
-            offset = -0.1 if _baseline_tuple(baseline) >= (4, 0) else 0.0
+            offset = self.baseline_offset if _baseline_tuple(baseline) >= (4, 0) else 0.0
         return scale, offset
 
     def nodata(self, item: Mapping[str, Any] | Any, key: str) -> float | int | None:
@@ -129,6 +139,11 @@ SENTINEL2 = Sensor(
     name="sentinel-2",
     collection="sentinel-2-l2a",
     role="optical reflectance, NDSI/NDWI/NDVI, cloud/snow mask",
+    features=("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count"),
+    count_feature="s2_count",
+    cloud_cover=True,
+    baseline_offset=-0.1,
+    stac_extensions=("sat",),
     bands=(
         Band("B02", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
         Band("B03", 10, "uint16", 0, 1e-4, 0.0, unit="reflectance"),
@@ -144,6 +159,9 @@ SENTINEL1 = Sensor(
     name="sentinel-1",
     collection="sentinel-1-rtc",
     role="SAR backscatter: wet snow, debris-covered ice, sea ice",
+    features=("vv_db", "vh_db", "vv_cv", "s1_count"),
+    count_feature="s1_count",
+    stac_extensions=("sat", "sar"),
     bands=(
         Band("vv", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
         Band("vh", 10, "float32", S1_NODATA, unit="gamma0 linear power"),
@@ -157,9 +175,15 @@ LANDSAT = Sensor(
     name="landsat",
     collection="landsat-c2-l2",
     role="thermal: debris-covered ice is colder than rock",
+    features=("lwir11", "landsat_count"),
+    count_feature="landsat_count",
+    cloud_cover=True,
+    required_assets=("lwir11",),
+    stac_extensions=("sat", "view"),
     bands=(
-        Band("lwir11", 30, "uint16", 0, 0.00341802, 149.0, unit="kelvin"),
-        Band("qa_pixel", 30, "uint16", 1, resampling="nearest", categorical=True, role="mask"),
+        Band("lwir11", 30, "uint16", 0, 0.00341802, 149.0, unit="kelvin", stac_unit="kelvin", stac_scaling=True),
+        Band("qa_pixel", 30, "uint16", 1, resampling="nearest", categorical=True, role="mask",
+             stac_unit="bit index"),
     ),
 )
 
@@ -167,8 +191,9 @@ COPDEM = Sensor(
     name="copdem",
     collection="cop-dem-glo-30",
     role="elevation, slope, aspect",
+    features=("elevation", "slope", "aspect_sin", "aspect_cos", "hillshade"),
     per_acquisition=False,
-    bands=(Band("data", 30, "float32", -32767.0, unit="metre"),),
+    bands=(Band("data", 30, "float32", -32767.0, unit="metre", stac_unit="metre"),),
 )
 
 SENSORS: dict[str, Sensor] = {s.name: s for s in (SENTINEL2, SENTINEL1, LANDSAT, COPDEM)}

@@ -33,11 +33,12 @@ from glacier_stac.infer import normalise, pick_device
 from glacier_stac.labels import Label
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
+from glacier_stac.sensors import SENTINEL2
 
 log = logging.getLogger(__name__)
 IGNORE = 255
 
-OPTICAL_FEATURES = cubes.SENSOR_FEATURES["sentinel-2"]
+OPTICAL_FEATURES = SENTINEL2.features
 
 
 @dataclass

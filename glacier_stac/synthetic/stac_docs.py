@@ -37,6 +37,10 @@ S2_EO = {
     "B11": ("swir16", "Band 11 - SWIR (1.6)", 1.61, 0.143),
     "B12": ("swir22", "Band 12 - SWIR (2.2)", 2.19, 0.242),
 }
+THERMAL_EO = {  # eo:bands of thermal assets, keyed by asset key as on Planetary Computer
+    "lwir11": {"name": "TIRS_B10", "common_name": "lwir11", "description": "Long-wave infrared",
+               "center_wavelength": 10.9, "full_width_half_max": 0.59},
+}
 TITLES = {
     "SCL": "Scene classfication map (SCL)",  # sic, as on Planetary Computer
     "vv": "VV: vertical transmit, vertical receive",
@@ -179,16 +183,14 @@ def asset(sensor: sensors.Sensor, key: str, href: str, raster: R.Raster) -> dict
     band = sensor.band(key)
     h, w = raster.data.shape
     t = raster.transform
-    gsd = band.resolution if sensor.name != "copdem" else 30
+    gsd = band.resolution
     rb: dict[str, Any] = {"nodata": raster.nodata, "data_type": raster.data.dtype.name, "spatial_resolution": gsd}
     if raster.nodata is None:
         del rb["nodata"]
-    if sensor.name == "landsat" and key == "lwir11":
-        rb.update(unit="kelvin", scale=band.scale, offset=band.offset)
-    if sensor.name == "landsat" and key == "qa_pixel":
-        rb["unit"] = "bit index"
-    if sensor.name == "copdem":
-        rb["unit"] = "metre"
+    if band.stac_unit is not None:
+        rb["unit"] = band.stac_unit
+    if band.stac_scaling:
+        rb.update(scale=band.scale, offset=band.offset)
     a: dict[str, Any] = {
         "href": href,
         "type": COG_TYPE,
@@ -207,16 +209,8 @@ def asset(sensor: sensors.Sensor, key: str, href: str, raster: R.Raster) -> dict
                 "full_width_half_max": fwhm,
             }
         ]
-    if sensor.name == "landsat" and key == "lwir11":
-        a["eo:bands"] = [
-            {
-                "name": "TIRS_B10",
-                "common_name": "lwir11",
-                "description": "Long-wave infrared",
-                "center_wavelength": 10.9,
-                "full_width_half_max": 0.59,
-            }
-        ]
+    if key in THERMAL_EO:
+        a["eo:bands"] = [THERMAL_EO[key]]
     a["raster:bands"] = [rb]
     a["proj:shape"] = [h, w]
     a["proj:transform"] = [t.a, t.b, t.c, t.d, t.e, t.f]
@@ -234,13 +228,7 @@ def item(
     assets: dict[str, dict],
 ) -> dict[str, Any]:
     """A STAC Item dict (links are filled in by whoever serves it)."""
-    exts = [EXT["eo"], EXT["raster"], EXT["proj"]]
-    if sensor.name in ("sentinel-2", "sentinel-1", "landsat"):
-        exts.append(EXT["sat"])
-    if sensor.name == "sentinel-1":
-        exts.append(EXT["sar"])
-    if sensor.name == "landsat":
-        exts.append(EXT["view"])
+    exts = [EXT["eo"], EXT["raster"], EXT["proj"], *(EXT[e] for e in sensor.stac_extensions)]
     return {
         "type": "Feature",
         "stac_version": STAC_VERSION,
@@ -268,8 +256,8 @@ def collection(sensor: sensors.Sensor, items: list[dict[str, Any]]) -> dict[str,
         for k, a in first.items()
     }
     summaries: dict[str, Any] = {"platform": sorted({i["properties"].get("platform", "") for i in items})}
-    if sensor.name == "sentinel-1":
-        summaries["sar:polarizations"] = [["VV", "VH"]]
+    if "sar" in sensor.stac_extensions:
+        summaries["sar:polarizations"] = [[b.key.upper() for b in sensor.data_bands]]
     return {
         "type": "Collection",
         "id": sensor.collection,
