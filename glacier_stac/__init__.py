@@ -1,11 +1,8 @@
 """glacier_stac: annual glacier outlines from free multi-sensor satellite data."""
 
-from importlib.metadata import PackageNotFoundError, version
+from glacier_stac.version import __version__
 
-try:
-    __version__ = version("glacier_stac")
-except PackageNotFoundError:  # running from a source tree without installing
-    __version__ = "0.0.0+unknown"
+__all__ = ["__version__", "open_predictions"]
 
 
 def __getattr__(name: str):

@@ -47,18 +47,18 @@ from odc.geo import geom
 from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox
 
-from glacier_stac import __version__
-from glacier_stac.grid import RESOLUTION, TILE_PX, geobox_for, global_origin
+from glacier_stac.grid import RESOLUTION, TILE_PX, aligned_chunks, geobox_for, global_origin
 from glacier_stac.labels import CLASSES, CLASSES_VAR, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
 from glacier_stac.redact import redact
+from glacier_stac.version import __version__
 
 log = logging.getLogger(__name__)
 
 LAYOUT = "glacier_stac.predictions"
 LAYOUT_VERSION = 1
 FIRST_YEAR, LAST_YEAR = 1980, 2099
-TILE_ROWS = (-980, 10)  # global tile rows held (rows grow southwards): northings up to ~10,035 km
-TILE_COLS = (-10, 108)  # global tile columns held: eastings -102 km .. 1106 km (zones overlap a little)
+NORTHINGS_M = (-102_400.0, 10_035_200.0)  # the lattice held per zone: both hemispheres' UTM northings
+EASTINGS_M = (-102_400.0, 1_105_920.0)  # and eastings, a little beyond the zone (zones overlap at high latitude)
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is no data
 META = "_glacier_stac"
 COMPRESSOR = {"name": "zstd", "configuration": {"level": 5, "checksum": False}}
@@ -158,18 +158,25 @@ class Zone:
     def name(self) -> str:
         return zone_name(self.crs)
 
+    def __post_init__(self) -> None:
+        for v in (*NORTHINGS_M, *EASTINGS_M):
+            px = v / self.resolution
+            if px != round(px) or round(px) % self.tile_px:
+                raise StoreError(f"a {self.resolution} m grid with {self.tile_px} px tiles does not tile the zone's "
+                                 f"extent (edge at {v} m); use 10 m and a tile size dividing 1024")
+
     @property
     def row0(self) -> int:
-        return TILE_ROWS[0] * self.tile_px
+        return -round(NORTHINGS_M[1] / self.resolution)
 
     @property
     def col0(self) -> int:
-        return TILE_COLS[0] * self.tile_px
+        return round(EASTINGS_M[0] / self.resolution)
 
     @property
     def shape(self) -> tuple[int, int, int]:
-        return (LAST_YEAR - FIRST_YEAR + 1, (TILE_ROWS[1] - TILE_ROWS[0]) * self.tile_px,
-                (TILE_COLS[1] - TILE_COLS[0]) * self.tile_px)
+        return (LAST_YEAR - FIRST_YEAR + 1, round((NORTHINGS_M[1] - NORTHINGS_M[0]) / self.resolution),
+                round((EASTINGS_M[1] - EASTINGS_M[0]) / self.resolution))
 
     def year_index(self, year: int) -> int:
         if not FIRST_YEAR <= int(year) <= LAST_YEAR:
@@ -248,6 +255,13 @@ def _check_location(loc: Location, create: bool) -> None:
             parent = next((q for q in p.parents if q.exists()), None)
             if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK)):
                 raise StoreError(f"cannot create the store at {p}: {parent} is not a writable directory")
+    fs, root = loc.fs()
+    if fs.exists(root) and not fs.exists(posixpath.join(root, "zarr.json")):
+        names = {posixpath.basename(n) for n in fs.ls(root, detail=False)}
+        if names & {".zgroup", ".zarray", ".zattrs", ".zmetadata"}:
+            raise StoreError(f"{loc} is a Zarr format 2 store; glacier_stac writes Zarr format 3 (a new store path)")
+        if names - {META}:
+            raise StoreError(f"{loc} exists and is not a Zarr store (it holds {sorted(names)[:5]})")
 
 
 def _open_root(loc: Location, mode: str, resolution: float = RESOLUTION, tile_px: int = TILE_PX) -> zarr.Group:
@@ -352,6 +366,7 @@ def _meta(loc: Location, *parts: object) -> tuple[Any, str]:
 def record_run(loc: Location | str, config: Mapping[str, Any]) -> str:
     """Store a run's configuration, credentials redacted (`redact.redact`); returns its id (a digest)."""
     loc = Location.of(loc)
+    _check_location(loc, create=True)  # a path that cannot be a store is refused before anything is written
     body = redact(json.dumps({"software_version": __version__, **config}, sort_keys=True, default=str)).encode()
     run_id = hashlib.sha256(body).hexdigest()[:16]
     fs, path = _meta(loc, "runs", f"{run_id}.json")
@@ -649,10 +664,14 @@ def open_predictions(store: Location | str, aoi=None, years: Sequence[int] | int
                            for y, m in bad.items())
         raise StoreError(f"predictions in {loc} are incomplete: {detail}. Finish the run, or pass complete_only=False "
                          "to read undone tiles as no data")
+    # opened unchunked (lazy indexing) and cut first: a zone-wide Dask graph would have ~10^8 chunks
     ds = xr.open_zarr(loc.zarr_store(read_only=True), group=zone, zarr_format=3, consolidated=False,
-                      chunks={"year": 1, "y": tile_px, "x": tile_px}, decode_coords="all")
+                      chunks=None, decode_coords="all")
     i0, j0 = r0 - z.row0, c0 - z.col0
     ds = ds.isel(y=slice(i0, i0 + h), x=slice(j0, j0 + w)).sel(year=years)
+    cy = aligned_chunks(r0, h, tile_px)
+    cx = aligned_chunks(c0, w, tile_px)
+    ds = ds.chunk({"year": 1, "y": cy, "x": cx})  # one chunk per stored tile (partial at the AOI's edges)
     done_set = frozenset((y, t) for y in years for t in done[y])
     ds[PROBABILITY] = ds[PROBABILITY].astype(np.float32)
     ds[CLASSES_VAR] = ds[CLASSES_VAR].fillna(NODATA_CLASS).astype(np.uint8)  # codes, not a masked float

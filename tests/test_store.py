@@ -1,0 +1,288 @@
+"""The Zarr store: global layout, CF georeferencing, resumable and atomic writes, S3, STAC, clear errors.
+
+Predictions come from the real `infer.predict` over a seeded cube (glacier_stac.testing.predictions),
+with 128 px tiles so that a 3 x 3 tile region stays small; writer processes are real subprocesses,
+killed with SIGKILL; the S3 store is a moto server on 127.0.0.1; the output STAC is served by
+`rustac serve` and searched with pystac-client.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import numpy as np
+import pytest
+import rioxarray  # noqa: F401
+import xarray as xr
+import zarr
+
+from glacier_stac import store
+from glacier_stac.testing import predictions as P
+
+TILE = 128
+YEAR = 2023
+
+
+@pytest.fixture(scope="module")
+def pred() -> xr.Dataset:
+    """A 3 x 3 tile prediction, computed once (kept lazy-shaped: chunked one tile per chunk)."""
+    return P.prediction(P.Region(3, TILE)).persist(scheduler="threads")
+
+
+def _write(pred: xr.Dataset, path, year: int = YEAR, only: int | None = None, **kw) -> store.WritePlan:
+    run_id = store.record_run(path, {"test": True})
+    wp = store.write(pred, year, path, run_id=run_id, tile_px=TILE, **kw)
+    dask.compute(*(wp.tasks if only is None else wp.tasks[:only]), scheduler="threads")
+    return wp
+
+
+def _array_bytes(root: Path) -> dict[str, str]:
+    """Digest of every file of the store's arrays (chunks and metadata), by relative path."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_file() and "_glacier_stac" not in p.parts:
+            out[str(p.relative_to(root))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def _aoi(region: P.Region):
+    return region.geobox.extent
+
+
+def test_read_back_is_georeferenced_and_matches_predict(pred, tmp_path):
+    path = tmp_path / "preds.zarr"
+    _write(pred, path)
+    region = P.Region(3, TILE)
+    ds = store.open_predictions(path, aoi=_aoi(region), years=[YEAR])
+    gb = region.geobox
+    assert ds.rio.crs.to_epsg() == 32606
+    assert tuple(ds.rio.transform())[:6] == tuple(gb.affine)[:6]
+    assert ds.sizes == {"year": 1, "y": gb.shape[0], "x": gb.shape[1]}
+    got = ds["probability"].sel(year=YEAR).values
+    want = pred["glacier_probability"].values
+    assert np.array_equal(np.isnan(got), np.isnan(want)), "no-data must stay no-data (never zero)"
+    assert np.isnan(want).any() and np.isfinite(want).any()
+    assert np.nanmax(np.abs(got - want)) <= 0.5 / store.PROB_SCALE + 1e-6
+    assert np.array_equal(ds["classes"].sel(year=YEAR).values, pred["classes"].values)
+    assert np.array_equal(ds["valid"].sel(year=YEAR).values, pred["valid"].values)
+    # one pixel by its coordinates, as an analyst would pick it
+    yy, xx = float(ds.y[200]), float(ds.x[50])
+    assert int(ds["classes"].sel(year=YEAR, y=yy, x=xx).values) == int(pred["classes"].sel(y=yy, x=xx).values)
+    # plain xarray + rioxarray, no glacier_stac: CRS and coordinates from the CF grid mapping
+    # (chunks=None: the zone's lattice has ~10^8 tile-year chunks, too many for one Dask graph; cut, then chunk)
+    raw = xr.open_zarr(path, group="EPSG32606", consolidated=False, decode_coords="all", chunks=None)
+    assert raw.rio.crs.to_epsg() == 32606
+    assert raw["probability"].attrs.get("grid_mapping") == "spatial_ref" or raw["probability"].encoding.get(
+        "grid_mapping") == "spatial_ref"
+    sub = raw["probability"].sel(year=YEAR, y=ds.y, x=ds.x)
+    assert np.allclose(sub.values, got, equal_nan=True)
+
+
+def test_unwritten_tiles_are_refused_or_nodata_never_zero(pred, tmp_path):
+    path = tmp_path / "partial.zarr"
+    wp = _write(pred, path, only=4)
+    region = P.Region(3, TILE)
+    with pytest.raises(store.StoreError, match=r"incomplete: 2023: 5 tile\(s\) not done \(E32606_"):
+        store.open_predictions(path, aoi=_aoi(region), years=[YEAR])
+    ds = store.open_predictions(path, aoi=_aoi(region), years=[YEAR], complete_only=False)
+    done = store.done_tiles(path, "EPSG32606", YEAR)
+    assert done == set(wp.todo[:4])
+    cls = ds["classes"].sel(year=YEAR).values
+    prob = ds["probability"].sel(year=YEAR).values
+    undone = [t for t in wp.todo if t not in done]
+    assert undone
+    # the last tile of the plan is undone: its block is all no-data, none of it zero
+    r, c = (wp.todo.index(undone[-1]) // 3) * TILE, (wp.todo.index(undone[-1]) % 3) * TILE
+    assert (cls[r:r + TILE, c:c + TILE] == 255).all()
+    assert np.isnan(prob[r:r + TILE, c:c + TILE]).all()
+    assert not ds["valid"].sel(year=YEAR).values[r:r + TILE, c:c + TILE].any()
+    # a year nobody planned is named
+    with pytest.raises(store.StoreError, match="no predictions for year.*2021"):
+        store.open_predictions(path, aoi=_aoi(region), years=[2021])
+
+
+def test_rerun_skips_done_tiles_and_never_rewrites(pred, tmp_path):
+    path = tmp_path / "again.zarr"
+    first = _write(pred, path)
+    assert len(first.todo) == 9 and not first.skipped
+    before = _array_bytes(path)
+    mtimes = {p: p.stat().st_mtime_ns for p in path.rglob("c/*/*/*")}
+    again = _write(pred, path)
+    assert again.todo == [] and len(again.skipped) == 9 and again.tasks == []
+    assert _array_bytes(path) == before
+    assert {p: p.stat().st_mtime_ns for p in path.rglob("c/*/*/*")} == mtimes
+    # appending a year writes new chunks only; 2023's bytes do not move
+    _write(pred, path, year=2024)
+    after = _array_bytes(path)
+    assert {k: v for k, v in after.items() if k in before} == before
+    ds = store.open_predictions(path, years=[YEAR, 2024])
+    assert list(ds.year.values) == [YEAR, 2024]
+
+
+def _writer(path, *extra: str, sleep: float = 0.0) -> subprocess.Popen:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
+    return subprocess.Popen([sys.executable, "-m", "glacier_stac.testing.predictions", str(path), "--tiles", "3",
+                             "--tile-px", str(TILE), "--sleep", str(sleep), *extra],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+
+
+def _summary(proc: subprocess.Popen, timeout: float = 300) -> dict:
+    out, err = proc.communicate(timeout=timeout)
+    assert proc.returncode == 0, err[-3000:]
+    lines = [json.loads(x) for x in out.splitlines() if x.startswith("{")]
+    return {"written": [d["written"] for d in lines if "written" in d], **lines[-1]}
+
+
+def test_killed_writer_resumes_to_identical_bytes(tmp_path):
+    clean, killed = tmp_path / "clean.zarr", tmp_path / "killed.zarr"
+    ref = _summary(_writer(clean))
+    assert ref["todo"] == 9
+    proc = _writer(killed, sleep=1.0)
+    done_dir = killed / "_glacier_stac" / "done" / "EPSG32606" / str(YEAR)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and len(list(done_dir.glob("*.json"))) < 3:
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    n_done = len(list(done_dir.glob("*.json")))
+    assert 3 <= n_done < 9, f"the writer was to be killed mid-run, {n_done} tiles done"
+    resumed = _summary(_writer(killed))
+    assert resumed["skipped"] == n_done and resumed["todo"] == 9 - n_done, "the rerun redoes only unfinished tiles"
+    assert len(resumed["written"]) == 9 - n_done
+    assert _array_bytes(killed) == _array_bytes(clean)
+    recs = {r.tile: r for r in store.records(killed, "EPSG32606", YEAR)}
+    assert set(recs) == set(ref["written"])
+
+
+def test_two_processes_write_different_regions_of_one_store(tmp_path):
+    path = tmp_path / "shared.zarr"
+    a = _writer(path, "--tcol", "0")
+    b = _writer(path, "--tcol", "3")  # the 3 x 3 tiles to the east: same zone, same new store, at once
+    sa, sb = _summary(a), _summary(b)
+    assert sa["todo"] == 9 and sb["todo"] == 9
+    both = store.done_tiles(path, "EPSG32606", YEAR)
+    assert len(both) == 18
+    left = store.open_predictions(path, aoi=_aoi(P.Region(3, TILE, 0, 0)), years=[YEAR])
+    right = store.open_predictions(path, aoi=_aoi(P.Region(3, TILE, 0, 3)), years=[YEAR])
+    for ds, region in ((left, P.Region(3, TILE, 0, 0)), (right, P.Region(3, TILE, 0, 3))):
+        want = P.prediction(region)["classes"].values
+        assert np.array_equal(ds["classes"].sel(year=YEAR).values, want)
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint():
+    from moto.server import ThreadedMotoServer
+
+    from glacier_stac.testing.stac_server import free_port
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def test_s3_store_through_a_local_s3_api(pred, s3_endpoint):
+    import s3fs
+
+    opts = {"endpoint_url": s3_endpoint, "key": "testing", "secret": "testing"}
+    fs = s3fs.S3FileSystem(client_kwargs={"endpoint_url": s3_endpoint}, key="testing", secret="testing")
+    fs.mkdir("glacier-bucket")
+    loc = store.Location.of("s3://glacier-bucket/runs/preds.zarr", opts)
+    wp = _write(pred, loc)
+    assert len(wp.todo) == 9
+    assert fs.exists("glacier-bucket/runs/preds.zarr/EPSG32606/classes/zarr.json")
+    assert len(store.done_tiles(loc, "EPSG32606", YEAR)) == 9
+    ds = store.open_predictions(loc, aoi=_aoi(P.Region(3, TILE)), years=[YEAR])
+    assert np.array_equal(ds["classes"].sel(year=YEAR).values, pred["classes"].values)
+    assert ds.rio.crs.to_epsg() == 32606
+    assert _write(pred, loc).todo == []
+    raw = b"".join(fs.cat(p) for p in fs.find("glacier-bucket/runs/preds.zarr"))
+    assert b"testing" not in raw, "storage credentials must not be written into the store"
+
+
+def test_no_secret_reaches_the_store(pred, tmp_path):
+    secret = "sv=2024-05-04&se=2031-01-01&sig=S3CRETt0ken"
+    path = tmp_path / "signed.zarr"
+    run_id = store.record_run(path, {"catalog": "https://pc.example/api/stac/v1?subscription-key=KEYSECRET",
+                                     "href": f"https://x.blob.core.windows.net/c/B03.tif?{secret}"})
+    items = {"sentinel-2": ["S2A_OK_ID", f"https://x.blob.core.windows.net/c/B03.tif?{secret}"],
+             "sentinel-1": ["S1_ID?token=TOKSECRET"]}
+    wp = store.write(pred, YEAR, path, run_id=run_id, tile_px=TILE, items=items)
+    dask.compute(*wp.tasks, scheduler="threads")
+    blob = b"".join(p.read_bytes() for p in path.rglob("*") if p.is_file())
+    for s in (b"S3CRETt0ken", b"KEYSECRET", b"TOKSECRET", b"sig="):
+        assert s not in blob, f"{s!r} leaked into the store"
+    rec = store.records(path, "EPSG32606", YEAR)[0]
+    assert "S2A_OK_ID" in rec.items["sentinel-2"]
+    assert all("://" not in i for ids in rec.items.values() for i in ids)
+
+
+def test_bad_stores_get_clear_errors(pred, tmp_path):
+    a_file = tmp_path / "file.zarr"
+    a_file.write_text("not a store")
+    with pytest.raises(store.StoreError, match="is a file"):
+        _write(pred, a_file)
+    with pytest.raises(store.StoreError, match="not a writable directory"):
+        _write(pred, a_file / "sub" / "preds.zarr")
+    with pytest.raises(store.StoreError, match="no prediction store"):
+        store.open_predictions(tmp_path / "absent.zarr")
+    v2 = tmp_path / "v2.zarr"
+    zarr.open_group(str(v2), mode="w", zarr_format=2)
+    with pytest.raises(store.StoreError, match="format 3|not a glacier_stac"):
+        _write(pred, v2)
+    foreign = tmp_path / "foreign.zarr"
+    zarr.open_group(str(foreign), mode="w", zarr_format=3, attributes={"title": "someone else's"})
+    with pytest.raises(store.StoreError, match="not a glacier_stac prediction store"):
+        _write(pred, foreign)
+    other = tmp_path / "other-grid.zarr"
+    _write(pred, other)
+    with pytest.raises(store.StoreError, match="128 px tiles; this run uses 10.0 m and 256 px"):
+        store.write(pred, YEAR, other, run_id="x", tile_px=256)
+    with pytest.raises(store.StoreError, match="year 1970 is outside"):
+        store.write(pred, 1970, other, run_id="x", tile_px=TILE)
+    with pytest.raises(store.StoreError, match="has no CRS"):
+        store.write(pred.drop_vars("spatial_ref"), YEAR, other, run_id="x", tile_px=TILE)
+    with pytest.raises(store.StoreError, match="straddles"):
+        store.write(pred.chunk({"y": 100, "x": 100}), YEAR, tmp_path / "straddle.zarr", run_id="x", tile_px=TILE)
+
+
+def test_output_stac_is_served_and_found_by_bbox_and_year(pred, tmp_path):
+    import pystac_client
+
+    from glacier_stac.testing import stac_server
+
+    path = tmp_path / "found.zarr"
+    _write(pred, path)
+    _write(pred, path, year=2024, only=3)  # incomplete: no item for 2024
+    out = store.write_stac(path, tmp_path / "stac")
+    coll, items = out / "collection.json", out / "items.json"
+    feats = json.loads(items.read_text())["features"]
+    assert [f["id"] for f in feats] == ["EPSG32606-2023"]
+    assert feats[0]["assets"]["predictions"]["xarray:open_kwargs"]["group"] == "EPSG32606"
+
+    def cmd(port: int) -> list[str]:
+        return [*stac_server.rustac_command(), "serve", "--addr", f"127.0.0.1:{port}", str(coll), str(items)]
+
+    with stac_server._http_server("rustac outputs", cmd, "127.0.0.1", 0) as url:
+        client = pystac_client.Client.open(url)
+        lon, lat = -147.0, 61.1
+        bbox = [p for p in P.Region(3, TILE).geobox.extent.to_crs("EPSG:4326").boundingbox]
+        hit = list(client.search(collections=["glacier-stac-predictions"], bbox=bbox, datetime="2023").items())
+        assert [i.id for i in hit] == ["EPSG32606-2023"]
+        miss = list(client.search(collections=["glacier-stac-predictions"], bbox=[lon + 20, lat, lon + 21, lat + 1],
+                                  datetime="2023").items())
+        assert miss == []
+        asset = hit[0].assets["predictions"]
+        ds = xr.open_dataset(asset.href, **asset.extra_fields["xarray:open_kwargs"])
+        assert ds.rio.crs.to_epsg() == 32606 if ds.rio.crs is not None else "spatial_ref" in ds
