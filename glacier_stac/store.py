@@ -492,7 +492,7 @@ def _items_of(pred: xr.Dataset) -> dict[str, list[str]]:
     out = {}
     for k, v in dict(raw).items():
         ids = v.split(",") if isinstance(v, str) else list(v)
-        out[str(k)] = [redact(i) for i in ids if i and "://" not in i]  # ids only, never URLs
+        out[str(k)] = [i for i in ids if i]  # URLs and credentials are dropped in one place: write_tile
     return out
 
 

@@ -211,6 +211,38 @@ MUTATIONS: list[Mutation] = [
         new="from glacier_stac.synthetic.world import Surface, WorldConfig\n",
         tests=("tests/test_imports.py",),
     ),
+    Mutation(
+        name="store-rewrites-done-tiles",
+        invariant="idempotent, resumable writes (4)",
+        path="glacier_stac/store.py",
+        old="            if key.id in done:\n",
+        new="            if False:\n",
+        tests=("tests/test_store.py::test_rerun_skips_done_tiles_and_never_rewrites",),
+    ),
+    Mutation(
+        name="store-undone-tiles-read-as-zero",
+        invariant="clear failure, never a silent zero (6)",
+        path="glacier_stac/store.py",
+        old="    for name, fill in ((PROBABILITY, np.nan), (CLASSES_VAR, NODATA_CLASS), (VALID, False)):\n",
+        new="    for name, fill in ((PROBABILITY, 0.0), (CLASSES_VAR, 0), (VALID, False)):\n",
+        tests=("tests/test_store.py::test_unwritten_tiles_are_refused_or_nodata_never_zero",),
+    ),
+    Mutation(
+        name="store-incomplete-year-visible",
+        invariant="a reader never sees a half-written year as done (4)",
+        path="glacier_stac/store.py",
+        old="    if bad and complete_only:\n",
+        new="    if False:\n",
+        tests=("tests/test_store.py::test_unwritten_tiles_are_refused_or_nodata_never_zero",),
+    ),
+    Mutation(
+        name="store-provenance-not-redacted",
+        invariant="no secrets in outputs",
+        path="glacier_stac/store.py",
+        old="items={k: sorted(redact(str(i)) for i in v if \"://\" not in str(i))",
+        new="items={k: sorted(str(i) for i in v)",
+        tests=("tests/test_store.py::test_no_secret_reaches_the_store",),
+    ),
 ]
 
 
