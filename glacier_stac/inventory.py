@@ -157,12 +157,45 @@ def load_reference(reference: gpd.GeoDataFrame | str | Path, id_column: str | No
     return gpd.GeoSeries(gdf.geometry.values, index=pd.Index(ids, name="glac_id"), crs=gdf.crs)
 
 
-def predictions_for(predictions: xr.Dataset | str | Path, year: int) -> xr.Dataset:
-    """One year of predictions; opening a store reads only that year. Clear error when there are none."""
+def _store_years(loc, zone: str) -> list[int]:
+    from glacier_stac import store
+
+    return sorted(int(y) for y in store._years_with(loc, "planned", zone))
+
+
+def zone_predictions(predictions: xr.Dataset | str | Path, year: int, aoi=None) -> list[xr.Dataset]:
+    """One year of predictions per UTM zone that holds it; opening a store reads only that year.
+
+    A store path (or URL) gives one Dataset per zone group with tiles planned for `year` (a region
+    that straddles zones was written in each tile's zone); an in-memory Dataset is one zone.
+    Clear error when no zone has the year, or when it has no valid pixel.
+    """
     if isinstance(predictions, str | Path):
         from glacier_stac import store  # written beside this module; opened lazily
 
-        predictions = store.open_predictions(predictions, years=[year])
+        loc = store.Location.of(predictions)
+        try:
+            zones = store.zones(loc)
+        except store.StoreError as e:
+            raise InventoryError(str(e)) from None
+        if aoi is not None:
+            return [predictions_for(store.open_predictions(loc, aoi=aoi, years=[year]), year)]
+        held = {z: _store_years(loc, z) for z in zones}
+        with_year = [z for z in zones if year in held[z]]
+        if not with_year:
+            have = sorted({y for ys in held.values() for y in ys})
+            raise InventoryError(f"no predictions for year {year} in the store {loc}; it holds {have}")
+        return [predictions_for(store.open_predictions(loc, years=[year], zone=z), year) for z in with_year]
+    return [predictions_for(predictions, year)]
+
+
+def predictions_for(predictions: xr.Dataset | str | Path, year: int) -> xr.Dataset:
+    """One year of predictions of one zone. Clear error when there are none."""
+    if isinstance(predictions, str | Path):
+        parts = zone_predictions(predictions, year)
+        if len(parts) > 1:
+            raise InventoryError(f"{predictions} holds year {year} in {len(parts)} UTM zones; use zone_predictions")
+        return parts[0]
     if "year" in predictions.dims:
         years = [int(v) for v in predictions["year"].values]
         if year not in years:
@@ -171,6 +204,34 @@ def predictions_for(predictions: xr.Dataset | str | Path, year: int) -> xr.Datas
     if not bool(predictions[VALID].any()):
         raise InventoryError(f"no predictions for year {year}: no pixel of it is valid")
     return predictions
+
+
+def _features_for(features: xr.DataArray | list[xr.DataArray] | None, pred: xr.Dataset,
+                  several: bool) -> xr.DataArray | None:
+    """The features on `pred`'s grid: the one DataArray given (one zone), or the list's one in its CRS."""
+    if features is None:
+        return None
+    if isinstance(features, xr.DataArray):
+        if not several:
+            return features
+        features = [features]
+    epsg = pred.rio.crs.to_epsg()
+    same = [f for f in features if f.rio.crs is not None and f.rio.crs.to_epsg() == epsg
+            and f.sizes.get("y") == pred.sizes["y"] and f.sizes.get("x") == pred.sizes["x"]]
+    return same[0] if same else None
+
+
+def outlines_for(predictions: xr.Dataset | str | Path, year: int, *,
+                 features: xr.DataArray | list[xr.DataArray] | None = None, rules: obia.Rules = obia.Rules(),
+                 divides: gpd.GeoSeries | None = None, aoi=None) -> gpd.GeoDataFrame:
+    """OBIA outlines of one year: in the zone's CRS for one zone; for a store holding the year in several
+    UTM zones, each zone outlined and the pieces of a glacier cut by a zone boundary joined (EPSG:4326)."""
+    parts = zone_predictions(predictions, year, aoi)
+    several = len(parts) > 1
+    outl = [obia.outlines(p, _features_for(features, p, several), rules, divides=divides) for p in parts]
+    if not several:
+        return outl[0]
+    return obia.merge_zones(outl, obia.grid_of(parts[0]).res)
 
 
 # --------------------------------------------------------------------------- identity
@@ -204,6 +265,8 @@ def assign_ids(new: gpd.GeoDataFrame, previous: gpd.GeoDataFrame | None, region:
             kind[i] = "continued" if ids[i] in prev_ids else ("reference" if previous is None else "new")
     todo = [i for i in range(n) if ids[i] is None]
     if previous is not None and todo:
+        if new.crs.is_geographic:  # outlines joined across zones: overlaps measured in metres
+            new = new.to_crs(new.estimate_utm_crs())
         prev = previous.to_crs(new.crs)
         prev = prev[~prev["glac_id"].isin([x for x in ids if x is not None])]
         overlaps: dict[int, list[tuple[str, float]]] = {}
@@ -247,12 +310,14 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
              features: xr.DataArray | None = None, reference: gpd.GeoDataFrame | str | Path | None = None,
              reference_id: str | None = None, rules: obia.Rules = obia.Rules(), region: str = "00",
              src_items: dict[str, str] | None = None, if_exists: str = "skip",
-             lock_timeout_s: float = 600.0) -> UpdateResult:
+             lock_timeout_s: float = 600.0, aoi=None) -> UpdateResult:
     """Add `year` to the inventory at `path` (created if absent): OBIA outlines, identity, change table.
 
     Idempotent: a year already present is skipped (`if_exists="skip"`) or refused (`"error"`). Two
     processes updating at once are serialised by a lock; readers see the old file or the new one.
-    Only `year`'s predictions are read.
+    Only `year`'s predictions are read. `predictions`: a Dataset, or a store (path or URL) whose zone
+    groups holding `year` are all outlined, a glacier crossing a zone boundary joined into one; `aoi`
+    cuts a store to one area (in the zone of its centroid). `features`: one DataArray, or one per zone.
     """
     if if_exists not in ("skip", "error"):
         raise InventoryError(f"if_exists must be 'skip' or 'error', got {if_exists!r}")
@@ -268,8 +333,7 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
                 raise InventoryError(f"year {year} is already in the inventory {path} "
                                      f"(it holds {sorted(set(old['year'].astype(int)))})")
             return UpdateResult(path, year, 0, True)
-        pred = predictions_for(predictions, year)
-        outl = obia.outlines(pred, features, rules, divides=ref)
+        outl = outlines_for(predictions, year, features=features, rules=rules, divides=ref, aoi=aoi)
         previous = _neighbour_year(old, year)
         ident = assign_ids(outl, previous, region, _next_number(old["glac_id"]) if old is not None else 1)
         rows = _rows(outl, ident, year, region, src_items if src_items is not None else _items(features))
@@ -290,8 +354,13 @@ def _jsonable(d: dict) -> dict:
     return json.loads(json.dumps(d, default=lambda v: v.item() if hasattr(v, "item") else str(v)))
 
 
-def _items(features: xr.DataArray | None) -> dict[str, str]:
-    return dict(features.attrs.get("items", {})) if features is not None else {}
+def _items(features: xr.DataArray | list[xr.DataArray] | None) -> dict[str, str]:
+    if features is None:
+        return {}
+    out: dict[str, str] = {}
+    for f in [features] if isinstance(features, xr.DataArray) else features:
+        out.update(dict(f.attrs.get("items", {})))
+    return out
 
 
 def _neighbour_year(old: gpd.GeoDataFrame | None, year: int) -> gpd.GeoDataFrame | None:
@@ -314,7 +383,8 @@ def _rows(outl: gpd.GeoDataFrame, ident: pd.DataFrame, year: int, region: str,
     rows["year"] = np.int32(year)
     rows["region"] = region
     rows["src_items"] = json.dumps(items, sort_keys=True)
-    rows["utm_epsg"] = np.int32(outl.crs.to_epsg() or -1)
+    rows["utm_epsg"] = (outl["utm_epsg"].to_numpy(np.int32) if "utm_epsg" in outl.columns
+                        else np.int32(outl.crs.to_epsg() or -1))
     gdf = gpd.GeoDataFrame(rows, geometry=wgs.geometry.to_numpy(), crs=4326)
     return gdf[COLUMNS]
 

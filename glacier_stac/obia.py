@@ -558,3 +558,123 @@ def to_wgs84(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
     if bad.any():
         out.loc[bad, "geometry"] = out.geometry[bad].make_valid()
     return out
+
+
+# --------------------------------------------------------------------------- across UTM zones
+
+
+WEIGHTED = ("debris_frac", "confidence", "slope_deg", "ndsi", "thermal_anomaly_k", "vv_db", "zmean_m", "zmed_m")
+
+
+def _touching_pieces(pieces: gpd.GeoDataFrame, tol_m: float) -> list[tuple[int, int]]:
+    """Pairs (i, j) of pieces of different zones within `tol_m` of each other (measured in i's zone CRS)
+    whose reference glaciers agree (both none, or the same id)."""
+    pad = tol_m / 111_000.0 / max(np.cos(np.radians(min(abs(float(pieces.cenlat.max())), 89.0))), 1e-3)
+    left, right = pieces.sindex.query(shapely.buffer(pieces.geometry.values, pad), predicate="intersects")
+    has_ref = "ref_id" in pieces.columns
+    out = []
+    for i, j in zip(left.tolist(), right.tolist(), strict=True):
+        if i >= j or pieces["_zone"].iat[i] == pieces["_zone"].iat[j]:
+            continue
+        if has_ref and pieces["ref_id"].iat[i] != pieces["ref_id"].iat[j]:
+            continue
+        crs = CRS.from_epsg(int(pieces["utm_epsg"].iat[i]))
+        a, b = gpd.GeoSeries([pieces.geometry.iat[i], pieces.geometry.iat[j]], crs=4326).to_crs(crs)
+        if a.distance(b) <= tol_m:
+            out.append((i, j))
+    return out
+
+
+def merge_zones(parts: list[gpd.GeoDataFrame], res: float) -> gpd.GeoDataFrame:
+    """The outlines of several UTM zones (each from `outlines`, in its zone's CRS) as one set in EPSG:4326,
+    a glacier cut by a zone boundary joined into ONE polygon.
+
+    Each zone outlines the pixels on its own side of the boundary; the two lattices do not line up, so
+    the halves of a glacier touch, overlap or leave a gap under one pixel. Pieces of different zones
+    closer than one pixel (`res`) and with the same reference glacier are joined: the union of the
+    pieces and of the seam between them (the area within `res` of both). The joined glacier's areas and
+    uncertainty are computed again on the union; per-pixel means are weighted by pixel counts (`zmed_m`
+    becomes the pixel-weighted mean of the pieces' medians); the terminus is the lowest piece's;
+    `utm_epsg` is the zone of the glacier's centroid. Rows are ordered by zone, then by the first
+    piece's order in its zone.
+    """
+    from glacier_stac.grid import utm_crs
+
+    frames = []
+    for k, gdf in enumerate(parts):
+        if gdf.crs is None or gdf.crs.to_epsg() is None:
+            raise ValueError(f"zone outlines {k} carry no EPSG CRS; pass each zone's `outlines` output")
+        w = to_wgs84(gdf)
+        w["utm_epsg"] = np.int32(gdf.crs.to_epsg())
+        w["_zone"] = k
+        frames.append(w)
+    pieces = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=4326)
+    if pieces.empty:
+        out = pieces.drop(columns=["_zone"])
+        out.attrs["obia"] = {"zones": [p.attrs.get("obia", {}) for p in parts], "joined": 0}
+        return out
+    edges = _touching_pieces(pieces, res)
+    n = len(pieces)
+    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
+    _, comp = connected_components(graph, directed=False)
+    rows, geoms, multi = [], [], []
+    for c in pd.unique(comp):
+        idx = np.flatnonzero(comp == c)
+        multi.append(len(idx) > 1)
+        if len(idx) == 1:
+            rows.append(pieces.iloc[idx[0]].drop(labels=["geometry", "_zone"]).to_dict())
+            geoms.append(pieces.geometry.iat[idx[0]])
+            continue
+        rows.append(_joined_row(pieces.iloc[idx]))
+        geoms.append(_joined_geometry(pieces.iloc[idx], [(i, j) for i, j in edges if comp[i] == c], res))
+    out = gpd.GeoDataFrame(pd.DataFrame(rows), geometry=geoms, crs=4326)
+    for i in np.flatnonzero(multi):  # areas, uncertainty and centroid of a joined glacier, on its union
+        g = out.geometry.iat[i]
+        cen = g.centroid
+        zone = utm_crs(cen.x, cen.y)
+        local = gpd.GeoSeries([g], crs=4326).to_crs(zone.epsg)
+        area, perim = geodesic_area_perimeter(gpd.GeoSeries([g], crs=4326))
+        at = out.index[i]
+        out.loc[at, ["area_km2", "perimeter_km", "cenlon", "cenlat", "utm_epsg"]] = [
+            area[0] / 1e6, perim[0] / 1e3, cen.x, cen.y, zone.epsg]
+        out.loc[at, "area_unc_km2"] = area_uncertainty_m2(local, res)[0] * area[0] / float(local.area.iat[0]) / 1e6
+    out["obj"] = np.arange(1, len(out) + 1, dtype=np.int32)
+    out["utm_epsg"] = out["utm_epsg"].astype(np.int32)
+    out["term_type"] = out["term_type"].astype(np.int16)
+    out.attrs["obia"] = {"zones": [p.attrs.get("obia", {}) for p in parts], "joined": int(n - len(out))}
+    return out
+
+
+def _joined_row(p: gpd.GeoDataFrame) -> dict:
+    """Attributes of pieces joined into one glacier (areas are redone on the union by the caller)."""
+    w = p["n_px"].to_numpy(float)
+    row = p.iloc[int(np.argmax(w))].drop(labels=["geometry", "_zone"]).to_dict()
+    row["n_px"] = int(w.sum())
+    for col in WEIGHTED:
+        v = p[col].to_numpy(float)
+        ok = np.isfinite(v)
+        row[col] = float(np.average(v[ok], weights=w[ok])) if ok.any() else np.nan
+    row["zmin_m"] = float(np.nanmin(p["zmin_m"])) if p["zmin_m"].notna().any() else np.nan
+    row["zmax_m"] = float(np.nanmax(p["zmax_m"])) if p["zmax_m"].notna().any() else np.nan
+    a = np.radians(p["aspect_deg"].to_numpy(float))
+    ok = np.isfinite(a)
+    row["aspect_deg"] = (float(np.degrees(np.arctan2((np.sin(a[ok]) * w[ok]).sum(), (np.cos(a[ok]) * w[ok]).sum()))
+                               % 360) if ok.any() else np.nan)
+    if p["zmin_m"].notna().any():  # the terminus is the lowest piece's
+        low = p.iloc[int(np.nanargmin(p["zmin_m"].to_numpy(float)))]
+        row.update(termlon=low["termlon"], termlat=low["termlat"], term_type=low["term_type"])
+    return row
+
+
+def _joined_geometry(p: gpd.GeoDataFrame, edges: list[tuple[int, int]], res: float):
+    """The union of the pieces and of the seams between touching pieces, in the largest piece's zone."""
+    crs = CRS.from_epsg(int(p["utm_epsg"].iat[int(np.argmax(p["n_px"].to_numpy()))]))
+    pos = {i: k for k, i in enumerate(p.index)}
+    local = p.geometry.to_crs(crs)
+    seams = [local.iat[pos[i]].buffer(res, join_style="mitre").intersection(
+             local.iat[pos[j]].buffer(res, join_style="mitre")) for i, j in edges]
+    geom = shapely.union_all([*local, *seams])
+    if not geom.is_valid:
+        geom = shapely.make_valid(geom)
+    return shapely.normalize(gpd.GeoSeries([geom], crs=crs).to_crs(4326).iat[0])
