@@ -58,7 +58,7 @@ def tile_peak(items: dict, geobox, year: int, tile: tuple[int, int]) -> tuple[fl
     ys, xs = (sum(c[:i]) for c, i in zip(data.chunks[1:], tile, strict=True))
     h, w = data.chunks[1][tile[0]], data.chunks[2][tile[1]]
     one = data.isel(y=slice(ys, ys + h), x=slice(xs, xs + w))
-    reader.BLOCKS.clear()  # each row decodes (and caches) its blocks afresh: comparable peaks
+    reader.process_state().blocks.clear()  # each row decodes (and caches) its blocks afresh: comparable peaks
     tracemalloc.start()
     t0 = time.perf_counter()
     with dask.config.set(scheduler="sync"):

@@ -28,7 +28,7 @@ from rasterio.windows import Window
 
 from glacier_stac import catalog, cube, grid, reader, sensors, stac_server
 from glacier_stac.demo import world_aoi, world_grid
-from glacier_stac.reader import GDAL_CLOUD
+from glacier_stac.reader import gdal_options
 from glacier_stac.synthetic.world import WorldConfig
 from glacier_stac.synthetic.writer import generate
 
@@ -42,7 +42,7 @@ def rasterio_reads(jobs: list[tuple[str, Resampling]], geobox, tile_px: int, thr
     def read_asset(job: tuple[str, Resampling]) -> int:
         href, resampling = job
         n = 0
-        with rasterio.Env(**GDAL_CLOUD), rasterio.open(href) as src, WarpedVRT(
+        with rasterio.Env(**gdal_options()), rasterio.open(href) as src, WarpedVRT(
                 src, crs=geobox.crs.to_wkt(), transform=geobox.affine, width=geobox.shape[1],
                 height=geobox.shape[0], resampling=resampling) as vrt:
             for win in windows:
@@ -91,14 +91,14 @@ def main() -> None:
     values[:] = 0
     cube_times, rio_times = [], []
     for _ in range(args.repeat):  # interleave so both sides see the same machine state
-        reader.BLOCKS.clear()  # every run decodes from the files, as the rasterio side does
+        reader.process_state().blocks.clear()  # every run decodes from the files, as the rasterio side does
         t0 = time.perf_counter()
         with dask.config.set(scheduler="threads", num_workers=args.threads):
             da.store(data.data, values, lock=False)
         cube_times.append(time.perf_counter() - t0)
         rio_times.append(rasterio_reads(jobs, geobox, data.attrs["tile_px"], args.threads))
     assert np.isfinite(values[list(data.feature.values).index("elevation")]).mean() > 0.9, "cube read no DEM pixels"
-    reader.BLOCKS.clear()
+    reader.process_state().blocks.clear()
     t0 = time.perf_counter()  # for reference: into a fresh result array, as `.compute()` does
     with dask.config.set(scheduler="threads", num_workers=args.threads):
         data.compute()

@@ -26,12 +26,13 @@ from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 from odc.geo.geobox import GeoBox
 from rasterio.enums import Resampling
+from stackstac.rio_env import LayeredEnv
 
 from glacier_stac import scenes
 from glacier_stac import sensors as S
 from glacier_stac.catalog import SearchResult, redact
 from glacier_stac.grid import TILE_PX, global_origin, pixel_centres, tile_chunks
-from glacier_stac.reader import GDAL_ENV, CogReader, label_assets
+from glacier_stac.reader import CogReader, ReaderState, Signer, asset_table, capture_gdal_env, resolve_signer
 
 log = logging.getLogger(__name__)
 
@@ -310,8 +311,18 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
 # --------------------------------------------------------------------------- the Dask wiring
 
 
+@dataclass(frozen=True)
+class ReadSetup:
+    """How this cube's readers read, decided where the graph is built and shipped inside every read task:
+    the signer (a callable), the captured GDAL environment, and the reader state (None: each process's own)."""
+
+    signer: Signer | None = None
+    gdal_env: LayeredEnv | None = None
+    state: ReaderState | None = None
+
+
 def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geobox: GeoBox, chunks,
-           signer: str | None) -> xr.DataArray:
+           read: ReadSetup) -> xr.DataArray:
     """One stackstac stack of some assets of some items, exactly on `geobox`, in the bands' stored dtype.
 
     One chunk per acquisition and tile, so a tile's task gathers only the acquisitions over it.
@@ -325,7 +336,6 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         raise ValueError(f"one stack needs one resampling, dtype and no-data; {sensor.name} {keys} have {kinds}")
     resampling, dtype, nodata = kinds.pop()
     dtype = np.dtype(dtype) if np.issubdtype(np.dtype(dtype), np.integer) else np.dtype(np.float32)
-    label_assets({redact(it.assets[k].href): (it.id, k) for it in items for k in keys if k in it.assets})
     b = geobox.boundingbox
     arr = stackstac.stack(
         [i.to_dict(transform_hrefs=False) for i in items], assets=keys, epsg=geobox.crs.epsg,
@@ -334,7 +344,7 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         resampling=Resampling[resampling], chunksize=(1, -1, *chunks), dtype=dtype,
         fill_value=dtype.type(nodata) if dtype.kind in "iu" else NAN,
         rescale=False, sortby_date=False, properties=False, band_coords=False,
-        reader=functools.partial(CogReader, signer=signer), gdal_env=GDAL_ENV,
+        reader=functools.partial(CogReader, signer=read.signer, state=read.state), gdal_env=read.gdal_env,
     )
     if arr.shape[-2:] != geobox.shape:
         raise RuntimeError(f"stack shape {arr.shape[-2:]} does not match the grid {tuple(geobox.shape)}")
@@ -347,17 +357,17 @@ def _scaling(sensor: S.Sensor, items: Sequence[pystac.Item], keys: Sequence[str]
 
 
 def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: list[str], geobox: GeoBox, chunks,
-                   signer: str | None) -> Recipe:
+                   read: ReadSetup) -> Recipe:
     """A sensor's lazy inputs ((time, band, y, x) stacks; a static layer with a halo) and its kernel's parameters."""
     if not sensor.per_acquisition:  # a static layer (the DEM): one 2-D input, terrain needs a 1-pixel halo
-        dem = _stack(items, sensor, data_keys, geobox, chunks, signer)
+        dem = _stack(items, sensor, data_keys, geobox, chunks, read)
         # several DEM tiles: first valid wins (a DEM tile off this grid tile is never read)
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
         return Recipe(sensor.name, [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")],
                       params={"res": abs(geobox.resolution.x)})
-    arrays = [_stack(items, sensor, data_keys, geobox, chunks, signer).data]
+    arrays = [_stack(items, sensor, data_keys, geobox, chunks, read).data]
     if sensor.mask_band is not None:
-        arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, signer).data)
+        arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, read).data)
     # stored integer DNs are decoded after compositing, with each item's scale/offset
     decodes = any(np.dtype(sensor.band(k).dtype).kind in "iu" for k in data_keys)
     return Recipe(sensor.name, arrays, scaling=_scaling(sensor, items, data_keys) if decodes else None)
@@ -413,8 +423,9 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
 
 
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
-          sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | None = None,
-          max_acquisitions: int | None = 24) -> xr.DataArray:
+          sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | Signer | None = None,
+          max_acquisitions: int | None = 24, gdal_env: LayeredEnv | None = None,
+          state: ReaderState | None = None) -> xr.DataArray:
     """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
@@ -423,6 +434,12 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     the features are written once, with no concatenation or rechunking afterwards. A tile composites
     at most `max_acquisitions` acquisitions per sensor (the least cloudy; SAR spread over the season);
     None takes every one.
+
+    Reads use `signer` (a callable, or a name such as "planetary-computer"; default the search's), the GDAL
+    environment captured here (`gdal_env`, default `reader.capture_gdal_env()`) and `state` (default: each
+    process's own, which cluster.py's plugins hold on workers). The cube's `assets` attribute is the table
+    digest of asset URL -> [item id, asset key] that names the item and asset of each read error
+    (`reader.label_errors`, `cluster.read_errors`); it carries no URL.
     """
     if max_acquisitions is not None and max_acquisitions < 1:
         raise ValueError(f"max_acquisitions must be >= 1 or None, got {max_acquisitions}")
@@ -438,6 +455,8 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     for name in by_sensor:
         S.get(name)
     chunks = tile_chunks(geobox, tile_px)
+    read = ReadSetup(resolve_signer(signer), gdal_env if gdal_env is not None else capture_gdal_env(), state)
+    urls: dict[str, tuple[str, str]] = {}
     names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
     recipes: list[Recipe] = []
     missing, provenance, gaps, alternates = [], {}, {}, {}
@@ -452,7 +471,9 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             missing.append(sensor.name)
             recipes.append(Recipe(sensor.name))
             continue
-        recipe = _sensor_inputs(sensor, its, keys, geobox, chunks, signer)
+        recipe = _sensor_inputs(sensor, its, keys, geobox, chunks, read)
+        read_keys = [*keys, *([sensor.mask_band.key] if sensor.mask_band is not None else [])]
+        urls.update({redact(it.assets[k].href): (it.id, k) for it in its for k in read_keys if k in it.assets})
         if sensor.per_acquisition:
             groups = scenes.acquisition_ids(its)
             recipe = replace(recipe, groups=groups,
@@ -472,6 +493,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
             "alternate_assets": alternates,  # sensor -> the alternate set composited, e.g. "HH+HV"
             "tile_px": tile_px,
             "max_acquisitions": -1 if max_acquisitions is None else max_acquisitions,
+            "assets": asset_table(urls),  # digest of asset URL -> [item id, asset key], for read errors
         },
     )
     cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)

@@ -18,8 +18,7 @@ from odc.geo.geobox import GeoBox
 from rich.console import Console
 from rich.table import Table
 
-from glacier_stac import catalog, cube
-from glacier_stac.reader import read_errors
+from glacier_stac import catalog, cluster, cube
 from glacier_stac.synthetic.world import WorldConfig
 from glacier_stac.testing import stac_server
 from glacier_stac.testing.worlds import WorldDir
@@ -51,7 +50,7 @@ def world_aoi(world_dir: Path) -> catalog.AOI:
 
 def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = DEFAULT_CHECKPOINT,
         workers: int = 2, console: Console | None = None) -> DemoReport:
-    from distributed import Client, LocalCluster, progress, wait
+    from distributed import progress, wait
 
     from glacier_stac.synthetic.writer import generate
 
@@ -93,9 +92,7 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
                   f"{abs(geobox.resolution.x):g} m, EPSG:{geobox.crs.epsg}")
 
     year = years[-1]
-    with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, dashboard_address=None,
-                      silence_logs=logging.WARNING) as cluster, \
-            Client(cluster) as client:
+    with cluster.connect(cluster.ClusterSpec(workers=workers, threads_per_worker=1)) as client:
         data = cube.build(found, geobox, year)
         t2 = time.perf_counter()
         data = data.persist()  # stays on the workers; predict reads it from there
@@ -110,7 +107,7 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
                       f"{data.shape[1] * data.shape[2] / 1e6:.1f} Mpx from {n_assets} items in {dt:.1f} s "
                       f"({rep.cube['output_mpx_per_s']:.2f} output Mpx/s)")
         console.print("features: " + " ".join(rep.cube["features"]))
-        errors = read_errors(client)
+        errors = cluster.read_errors(client, data.attrs["assets"])
         rep.cube["read_errors"] = errors
         if errors:
             console.print(f"[yellow]{len(errors)} unreadable reads recorded as no-data[/yellow]")

@@ -17,18 +17,23 @@ chunking). `blend > 0` smooths models that are not exactly local, at the cost of
 neighbouring patches too.
 
 The Dask wiring lives in `predict` only; the per-block work is `predict_block`, a pure function of
-NumPy arrays. The model is loaded once per worker process (`_runner`, a module-level cache keyed by
-the checkpoint path and mtime, or by the in-memory checkpoint's digest).
+NumPy arrays. The model is built once per process (`ModelCache`, keyed by the checkpoint path and
+mtime, or by the in-memory checkpoint's digest); a cache can be passed in, else each process uses its
+own (`process_models()`), which cluster.py's worker plugin holds on Dask workers, where it also gives
+torch the worker's share of the cores. This module never imports `distributed`: which Dask resources
+the model tasks ask for (GPU=1 on a cluster with GPU workers) is passed in too.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import os
 import threading
-from collections.abc import Callable, Sequence
+import uuid
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -233,10 +238,7 @@ def computed_over_output(chunk_px: int, ckpt: Checkpoint, *, patch: int | None =
 # --------------------------------------------------------------------------- model cache and device
 
 
-_CACHE: dict[tuple, tuple[torch.nn.Module, Checkpoint, torch.device]] = {}
-_CACHE_LOCK = threading.Lock()
 _RUN_LOCK = threading.Lock()  # one forward at a time per process: torch already uses every core
-_THREADS_SET = False
 
 
 def pick_device(device: str | torch.device | None = None) -> torch.device:
@@ -246,37 +248,59 @@ def pick_device(device: str | torch.device | None = None) -> torch.device:
     return torch.device(device)
 
 
-def _configure_threads() -> None:
-    """Inside a Dask worker with N threads, give torch its share of the cores, once per process."""
-    global _THREADS_SET
-    if _THREADS_SET:
-        return
-    _THREADS_SET = True
-    try:
-        from distributed import get_worker
-
-        nthreads = get_worker().state.nthreads
-    except (ImportError, ValueError, AttributeError):
-        return  # not in a distributed worker: keep torch's default (all cores), forwards are serialised
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // max(1, nthreads)))
+Runner = tuple[torch.nn.Module, Checkpoint, torch.device]
 
 
-def _runner(ref: str | tuple[str, Checkpoint], device: str | None) -> tuple[torch.nn.Module, Checkpoint, torch.device]:
-    """The model for a checkpoint, built once per process and device."""
-    if isinstance(ref, tuple):
-        key, ckpt = ("mem", ref[0], device), ref[1]
-    else:
-        st = os.stat(ref)
-        key, ckpt = ("file", os.path.abspath(ref), st.st_mtime_ns, st.st_size, device), None
-    with _CACHE_LOCK:
-        hit = _CACHE.get(key)
-        if hit is None:
-            _configure_threads()
-            ckpt = ckpt if ckpt is not None else load_checkpoint(ref)
-            dev = pick_device(device)
-            model = ckpt.build_model().to(dev)
-            hit = _CACHE[key] = (model, ckpt, dev)
-    return hit
+class ModelCache:
+    """Models built from checkpoints, once per process and device, kept for the tasks that follow.
+
+    Keyed by the checkpoint file's path, mtime and size (a rewritten file is built again), or by an
+    in-memory checkpoint's digest, and the device. A cache belongs to one process: pickled inside a
+    task it stands for the receiving process's cache (`process_models()`), never a copy of this one.
+    """
+
+    def __init__(self) -> None:
+        self._models: dict[tuple, Runner] = {}
+        self._lock = threading.Lock()
+        self.builds = 0  # models built so far (a cache hit builds none)
+        self._token = uuid.uuid4().hex
+
+    def get(self, ref: str | tuple[str, Checkpoint], device: str | None) -> Runner:
+        """(model, checkpoint, device) for a checkpoint path or a (digest, checkpoint) pair; built on first use."""
+        if isinstance(ref, tuple):
+            key, ckpt = ("mem", ref[0], device), ref[1]
+        else:
+            st = os.stat(ref)
+            key, ckpt = ("file", os.path.abspath(ref), st.st_mtime_ns, st.st_size, device), None
+        with self._lock:
+            hit = self._models.get(key)
+            if hit is None:
+                ckpt = ckpt if ckpt is not None else load_checkpoint(ref)
+                dev = pick_device(device)
+                hit = self._models[key] = (ckpt.build_model().to(dev), ckpt, dev)
+                self.builds += 1
+        return hit
+
+    def clear(self) -> None:
+        with self._lock:
+            self._models.clear()
+
+    def __len__(self) -> int:
+        return len(self._models)
+
+    def __reduce__(self) -> tuple:
+        return (process_models, ())
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("glacier_stac.infer.ModelCache", self._token)
+
+
+@functools.cache
+def process_models() -> ModelCache:
+    """This process's model cache: the one per-process default, made on first use. On a Dask worker
+    cluster.py's `ModelPlugin` holds it (and sets torch's threads); without a cluster torch keeps its
+    default threads and forwards are serialised (`forward_probabilities`)."""
+    return ModelCache()
 
 
 def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> np.ndarray:
@@ -369,9 +393,10 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
 
 
 def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, halo: tuple[int, int],
-                starts: tuple[np.ndarray, np.ndarray], batch_size: int, block_id=None) -> np.ndarray:
+                starts: tuple[np.ndarray, np.ndarray], batch_size: int, block_id=None,
+                models: ModelCache | None = None) -> np.ndarray:
     """Dask task: global position of this block from its id, then `predict_block` with the cached model."""
-    model, ckpt, dev = _runner(ref, device)
+    model, ckpt, dev = (models if models is not None else process_models()).get(ref, device)
     iy, ix = block_id[1], block_id[2]
     h, w = block.shape[1] - 2 * halo[0], block.shape[2] - 2 * halo[1]
     origin = (int(starts[0][iy]) - halo[0], int(starts[1][ix]) - halo[1])
@@ -388,18 +413,6 @@ def classes_from_probability(prob: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- the Dask wiring
-
-
-def _gpu_cluster() -> bool:
-    """True when a connected distributed cluster has workers offering a GPU resource."""
-    try:
-        from distributed import get_client
-
-        client = get_client()
-    except (ImportError, ValueError):
-        return False
-    workers = client.scheduler_info().get("workers", {})
-    return any(w.get("resources", {}).get("GPU", 0) > 0 for w in workers.values())
 
 
 def _check_cube(cube: xr.DataArray) -> None:
@@ -422,13 +435,16 @@ def _resolve(checkpoint: Checkpoint | str | Path) -> tuple[Checkpoint, object]:
 
 def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: int | None = None,
             patch: int | None = None, batch_size: int = 4, device: str | None = None, blend: int = 0,
-            margin: int | None = None) -> xr.Dataset:
+            margin: int | None = None, resources: Mapping[str, float] | None = None,
+            models: ModelCache | None = None) -> xr.Dataset:
     """Lazy class probabilities for a (feature, y, x) cube.
 
     Returns a Dataset with `probability` (class, y, x) float32 (NaN where invalid),
     `glacier_probability` (y, x) = P(clean ice) + P(debris ice), `classes` (y, x) uint8 (255 where
     invalid) and `valid` (y, x) bool, on the cube's coordinates and CRS. Nothing is computed here.
     The checkpoint's features are picked from the cube by name; a missing one is an error.
+    `resources`: the Dask resources each model task asks for, e.g. {"GPU": 1} on a cluster with GPU
+    workers (`cluster.has_gpu_workers`); `models`: the model cache (None: each process's own).
     """
     _check_cube(cube)
     ckpt, ref = _resolve(checkpoint)
@@ -457,13 +473,13 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     core = (tuple(c - 2 * hy for c in ov.chunks[1]), tuple(c - 2 * hx for c in ov.chunks[2]))
     starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(pl.start, core, strict=True))
     n_cls = len(ckpt.classes)
-    annotations = {"resources": {"GPU": 1}} if _gpu_cluster() else {}
+    annotations = {"resources": dict(resources)} if resources else {}
     log.info("predict %s: patch %d (stride %d, margin %d, blend %d), halo %s, %.3f px computed per output px",
              ckpt.model, pl.grid.patch, pl.grid.stride, pl.grid.margin, pl.grid.blend, pl.halo,
              pl.computed_over_output)
     with dask.annotate(**annotations):
         prob = da.map_blocks(
-            _block_task, ov, ref, device, pl.grid, pl.halo, starts, batch_size,
+            _block_task, ov, ref, device, pl.grid, pl.halo, starts, batch_size, models=models,
             dtype=np.float32, chunks=((n_cls,), *core), name=f"predict-{ckpt.model}",
             meta=np.empty((0, 0, 0), dtype=np.float32),
         )

@@ -4,25 +4,36 @@ A stackstac `Reader` that signs URLs at read time (so tokens never sit in items,
 Zarr attributes), re-signs and retries once a token has expired, applies cloud-friendly GDAL
 settings on every worker, and turns an unreadable asset into recorded no-data (which asset, why)
 instead of a crash or silent zeros.
+
+State is passed in, never kept in this module: the signer is a callable (odc-stac's `patch_url`),
+the GDAL environment is captured where the graph is built (`capture_gdal_env`, odc-stac's
+`_capture_rio_env`) and travels inside each task's reader, and what the readers of one process
+share (decoded blocks, the read-error log) is a `ReaderState`. Without a state given, a reader uses
+`process_state()`, the one default per process, made on first use; on Dask workers `cluster.py`'s
+plugin holds that same object, sizes it and gathers its errors.
 """
 
 from __future__ import annotations
 
 import contextlib
-import itertools
+import functools
+import hashlib
 import logging
 import os
 import threading
 import time
-from collections import OrderedDict
-from collections.abc import Callable, Iterator
+import uuid
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from types import MappingProxyType
+from typing import Any, Protocol
 
 import numpy as np
 from affine import Affine
 from rasterio.enums import Resampling
 from rasterio.windows import Window
+from stackstac.reader_protocol import Reader as StackstacReader
 from stackstac.rio_env import LayeredEnv
 from stackstac.rio_reader import DEFAULT_GDAL_ENV
 
@@ -30,8 +41,9 @@ from glacier_stac.redact import install_log_redaction, redact
 
 log = logging.getLogger(__name__)
 
-# Applied inside every read, on every worker (the env travels inside the pickled reader).
-GDAL_CLOUD = {
+# Applied inside every read, on every worker (the env travels inside the pickled reader); GDAL_CACHEMAX is
+# added by `gdal_options`, when the environment is captured.
+GDAL_CLOUD: Mapping[str, str | int] = MappingProxyType({
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",  # do not list the container for sidecar files
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.TIF,.tiff,.TIFF",
     "GDAL_HTTP_MAX_RETRY": "5",
@@ -42,14 +54,40 @@ GDAL_CLOUD = {
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "VSI_CACHE": "TRUE",
     "VSI_CACHE_SIZE": 64 * 2**20,
-    # bytes: rasterio passes an int to GDALSetCacheMax64, so a bare 256 would mean 256 *bytes* and
-    # silently disable the block cache (tile windows that cut through COG blocks then decode them again;
-    # rasterio#2336). Workers with memory to spare keep more neighbouring blocks with
-    # GLACIER_STAC_GDAL_CACHE_MB (read when this module is imported, on the client).
-    "GDAL_CACHEMAX": int(os.environ.get("GLACIER_STAC_GDAL_CACHE_MB", "256")) * 2**20,
     "GDAL_NUM_THREADS": "1",  # parallelism comes from Dask
-}
-GDAL_ENV: LayeredEnv = DEFAULT_GDAL_ENV.updated(always=GDAL_CLOUD)
+})
+GDAL_CACHE_VAR = "GLACIER_STAC_GDAL_CACHE_MB"
+DEFAULT_GDAL_CACHE_MB = 256
+
+
+def gdal_cache_bytes(cache_mb: int | None = None) -> int:
+    """GDAL's (and the shared `BlockCache`'s) block cache in bytes: `cache_mb`, else $GLACIER_STAC_GDAL_CACHE_MB,
+    else 256 MB, read when called (on the client, as the graph is built), never at import.
+
+    Bytes: rasterio passes an int GDAL_CACHEMAX to GDALSetCacheMax64, so a bare 256 would mean 256 *bytes*
+    and silently disable the block cache (tile windows that cut through COG blocks then decode them
+    again; rasterio#2336). Workers with memory to spare keep more neighbouring blocks.
+    """
+    if cache_mb is None:
+        raw = os.environ.get(GDAL_CACHE_VAR, str(DEFAULT_GDAL_CACHE_MB))
+        try:
+            cache_mb = int(raw)
+        except ValueError:
+            raise ValueError(f"{GDAL_CACHE_VAR} must be a whole number of megabytes, got {raw!r}") from None
+    if cache_mb < 1:
+        raise ValueError(f"the GDAL block cache must be at least 1 MB, got {cache_mb} MB")
+    return int(cache_mb) * 2**20
+
+
+def gdal_options(cache_mb: int | None = None) -> dict[str, str | int]:
+    """The GDAL options of every read: `GDAL_CLOUD` plus the block cache size (`gdal_cache_bytes`)."""
+    return {**GDAL_CLOUD, "GDAL_CACHEMAX": gdal_cache_bytes(cache_mb)}
+
+
+def capture_gdal_env(cache_mb: int | None = None) -> LayeredEnv:
+    """The GDAL environment of every read, captured where the graph is built (the client) and shipped to the
+    workers inside each task's reader (odc-stac's `_capture_rio_env`): workers read with the client's settings."""
+    return DEFAULT_GDAL_ENV.updated(always=gdal_options(cache_mb))
 
 AUTH_MARKERS = ("403", "401", "AuthenticationFailed", "AuthorizationFailure", "Signature", "expired")
 
@@ -64,30 +102,94 @@ def sign_planetary_computer(url: str, refresh: bool = False) -> str:
     return planetary_computer.sign_url(redact(url))
 
 
-SIGNERS: dict[str, Callable[..., str]] = {"planetary-computer": sign_planetary_computer}
+class Signer(Protocol):
+    """Signs a URL for reading (odc-stac's `patch_url`); `refresh=True` when the last token was refused.
+    Shipped to workers inside readers, so it must pickle: a module-level function, or a picklable object."""
+
+    def __call__(self, url: str, refresh: bool = False) -> str: ...
 
 
-def register_signer(name: str, fn: Callable[..., str]) -> None:
-    """Add a signer (a module-level function `fn(url, refresh=False) -> url`) usable by name."""
-    SIGNERS[name] = fn
+# signers a catalog can name (`Catalog.signer`); read-only: pass any other Signer as a callable
+NAMED_SIGNERS: Mapping[str, Signer] = MappingProxyType({"planetary-computer": sign_planetary_computer})
 
 
-# Unsigned asset URL -> (item id, asset key), filled by `cube.build` where the graph is made (the
-# client), so read errors name item and asset without shipping a table inside every reader.
-ASSET_LABELS: dict[str, tuple[str, str]] = {}
-ASSET_LABELS_MAX = 500_000  # the most recent, so a client that runs for weeks does not grow without end
+def resolve_signer(signer: str | Signer | None) -> Signer | None:
+    """A Signer from a callable, a name in NAMED_SIGNERS, or None (unsigned reads)."""
+    if signer is None or callable(signer):
+        return signer
+    if signer not in NAMED_SIGNERS:
+        raise ValueError(f"unknown signer {signer!r}: known are {', '.join(NAMED_SIGNERS)}; "
+                         "pass any other as a callable(url, refresh=False) -> url")
+    return NAMED_SIGNERS[signer]
 
 
-def label_assets(labels: dict[str, tuple[str, str]]) -> None:
-    ASSET_LABELS.update(labels)
-    for url in list(itertools.islice(ASSET_LABELS, max(len(ASSET_LABELS) - ASSET_LABELS_MAX, 0))):
-        del ASSET_LABELS[url]
+# --------------------------------------------------------------------------- which asset a URL is
 
 
-# Read failures seen in this process; on a Dask worker they also go to the scheduler's event log.
-READ_ERRORS: list[dict[str, Any]] = []
-_errors_lock = threading.Lock()
-READ_ERROR_TOPIC = "glacier_stac.read_error"
+def asset_digest(url: str) -> str:
+    """A short digest of an unsigned asset URL: the key of a cube's `attrs["assets"]` table, so the cube's
+    attributes name items and assets without carrying URLs."""
+    return hashlib.blake2b(redact(url).encode(), digest_size=8).hexdigest()
+
+
+def asset_table(pairs: Mapping[str, tuple[str, str]]) -> dict[str, list[str]]:
+    """asset_digest(URL) -> [item id, asset key], from URL -> (item id, asset key)."""
+    return {asset_digest(url): [item, key] for url, (item, key) in pairs.items()}
+
+
+def label_errors(records: Sequence[Mapping[str, Any]],
+                 assets: Mapping[str, Sequence[str]] | None = None) -> list[dict[str, Any]]:
+    """Copies of read-error records naming their item and asset key, looked up in `assets` (a cube's
+    `attrs["assets"]`, returned by `cube.build` to its caller)."""
+    out = []
+    for rec in records:
+        rec = dict(rec)
+        if rec.get("item") is None and assets:
+            hit = assets.get(asset_digest(rec["asset"]))
+            if hit is not None:
+                rec["item"], rec["asset_key"] = hit[0], hit[1]
+        out.append(rec)
+    return out
+
+
+# --------------------------------------------------------------------------- per-process state
+
+
+READ_ERROR_TOPIC = "glacier_stac.read_error"  # the scheduler's event topic cluster.py forwards records to
+
+
+class ReadErrorLog:
+    """Unreadable assets seen by one process's readers, the most recent `max_records`.
+
+    `forward`, when set, also receives each record: on a Dask worker cluster.py's plugin sets it to the
+    scheduler's event log, so the client gathers every worker's records.
+    """
+
+    def __init__(self, max_records: int = 100_000) -> None:
+        self._records: deque[dict[str, Any]] = deque(maxlen=max_records)
+        self._lock = threading.Lock()
+        self.forward: Callable[[dict[str, Any]], None] | None = None
+
+    def record(self, rec: dict[str, Any]) -> None:
+        with self._lock:
+            self._records.append(rec)
+        forward = self.forward
+        if forward is not None:
+            try:
+                forward(dict(rec))
+            except Exception as e:  # noqa: BLE001 - the record is kept here; a lost forward must not fail a read
+                log.warning("could not forward a read error to the cluster: %s", e)
+
+    def records(self) -> list[dict[str, Any]]:
+        with self._lock:
+            return [dict(r) for r in self._records]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def __len__(self) -> int:
+        return len(self._records)
 
 
 def error_reason(error: BaseException) -> str:
@@ -103,34 +205,11 @@ def error_reason(error: BaseException) -> str:
     return " <- ".join(parts) or type(error).__name__
 
 
-def record_read_error(url: str, error: BaseException, where: str) -> None:
-    """Record an unreadable asset: which item, which asset, where in the grid, and why (never a token)."""
-    asset = redact(url)
-    item, asset_key = ASSET_LABELS.get(asset, (None, None))  # known here when the cube was built here
-    rec = {"item": item, "asset_key": asset_key, "asset": asset,
-           "error": redact(error_reason(error))[:500], "where": where, "time": time.time()}
-    with _errors_lock:
-        READ_ERRORS.append(rec)
-    log.warning("unreadable asset %s of item %s (%s): recorded as no-data", asset_key or rec["asset"], item,
-                rec["error"])
-    try:
-        from distributed import get_worker
-
-        get_worker().log_event(READ_ERROR_TOPIC, rec)
-    except (ImportError, ValueError):
-        pass
-
-
-def read_errors(client: Any = None) -> list[dict[str, Any]]:
-    """Unreadable assets recorded so far: in this process, plus the cluster's when a client is given;
-    each names its item and asset key when this process built the cube that read it."""
-    out = list(READ_ERRORS)
-    if client is not None:
-        out += [dict(msg) for _, msg in client.get_events(READ_ERROR_TOPIC)]
-    for rec in out:
-        if rec.get("item") is None and rec["asset"] in ASSET_LABELS:
-            rec["item"], rec["asset_key"] = ASSET_LABELS[rec["asset"]]
-    return out
+def read_error_record(url: str, error: BaseException, where: str) -> dict[str, Any]:
+    """An unreadable asset: which asset, where in the grid, and why (never a token). The item and asset
+    key are filled in by `label_errors` on the client, which has the cube's table."""
+    return {"item": None, "asset_key": None, "asset": redact(url), "error": redact(error_reason(error))[:500],
+            "where": where, "time": time.time()}
 
 
 class BlockCache:
@@ -153,6 +232,13 @@ class BlockCache:
         with self._lock:
             self._blocks.clear()
             self._bytes = 0
+
+    def resize(self, max_bytes: int) -> None:
+        """Keep at most `max_bytes` from now on (the oldest blocks go first)."""
+        with self._lock:
+            self.max_bytes = max_bytes
+            while self._bytes > self.max_bytes and self._blocks:
+                self._bytes -= self._blocks.popitem(last=False)[1].nbytes
 
     def get(self, keys: list[tuple], decode: Callable[[list[tuple]], dict[tuple, np.ndarray]]
             ) -> dict[tuple, np.ndarray]:
@@ -191,7 +277,30 @@ class BlockCache:
         return got
 
 
-BLOCKS = BlockCache(GDAL_CLOUD["GDAL_CACHEMAX"])
+class ReaderState:
+    """What the readers of one process share: the decoded-block cache and the read-error log.
+
+    Per process, never shipped: pickled inside a task it stands for the receiving process's state
+    (`process_state()`), so a graph built with an explicit state still shares the workers' caches.
+    """
+
+    def __init__(self, block_cache_bytes: int | None = None, max_errors: int = 100_000) -> None:
+        self.blocks = BlockCache(gdal_cache_bytes() if block_cache_bytes is None else block_cache_bytes)
+        self.errors = ReadErrorLog(max_errors)
+        self._token = uuid.uuid4().hex
+
+    def __reduce__(self) -> tuple:
+        return (process_state, ())
+
+    def __dask_tokenize__(self) -> tuple[str, str]:
+        return ("glacier_stac.reader.ReaderState", self._token)
+
+
+@functools.cache
+def process_state() -> ReaderState:
+    """This process's reader state: the one per-process default, made on first use (block cache sized by
+    `gdal_cache_bytes()` then). On a Dask worker cluster.py's `ReaderPlugin` holds and sizes this object."""
+    return ReaderState()
 
 
 @dataclass
@@ -243,19 +352,21 @@ class CogReader:
 
     def __init__(self, *, url: str, spec: Any, resampling: Any, dtype: np.dtype, fill_value: float | int,
                  scale_offset: tuple[float, float] = (1.0, 0.0), gdal_env: LayeredEnv | None = None,
-                 errors_as_nodata: tuple = (), signer: str | None = None, record_errors: bool = True) -> None:
+                 errors_as_nodata: tuple = (), signer: str | Signer | None = None, record_errors: bool = True,
+                 state: ReaderState | None = None) -> None:
         install_log_redaction()  # here too on Dask workers (unpickled readers): GDAL logs signed URLs on retries
         self.unsigned_url = redact(url)
-        self.signer = signer
+        self.signer = resolve_signer(signer)
         self.record_errors = record_errors
+        self.state = state  # None: this process's (`process_state()`), looked up when needed
         self.spec = spec
         self.resampling = resampling
         self.dtype = np.dtype(dtype)
         self.fill_value = fill_value
         self.scale_offset = scale_offset
-        self.gdal_env = gdal_env or GDAL_ENV
+        self.gdal_env = gdal_env or capture_gdal_env()
         del errors_as_nodata  # stackstac's Reader protocol passes it; every failed read is recorded no-data here
-        self.url = SIGNERS[signer](self.unsigned_url) if signer else url
+        self.url = self.signer(self.unsigned_url) if self.signer else url
         self._handles: list[_Handle] = []  # every open handle
         self._free: list[_Handle] = []  # those no thread is reading from
         self._lock = threading.Lock()
@@ -357,8 +468,13 @@ class CogReader:
         return ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), out_shape=(window.height, window.width),
                        resampling=self.resampling, out_dtype=out)
 
+    @property
+    def shared(self) -> ReaderState:
+        """The state this reader shares with the process's other readers."""
+        return self.state if self.state is not None else process_state()
+
     def _read_blocks(self, ds: Any, c: int, r: int, w: int, h: int, out: np.dtype) -> np.ndarray:
-        """A window of the source assembled from whole decoded blocks of the shared `BLOCKS` cache."""
+        """A window of the source assembled from whole decoded blocks of the process's shared block cache."""
         bh, bw = ds.block_shapes[0]
         keys = [(self.unsigned_url, out.str, by, bx) for by in range(r // bh, (r + h - 1) // bh + 1)
                 for bx in range(c // bw, (c + w - 1) // bw + 1)]
@@ -373,7 +489,7 @@ class CogReader:
             return {k: region[k[2] * bh - y0:min((k[2] + 1) * bh, ds.height) - y0,
                               k[3] * bw - x0:min((k[3] + 1) * bw, ds.width) - x0] for k in want}  # views
 
-        blocks = BLOCKS.get(keys, decode)
+        blocks = self.shared.blocks.get(keys, decode)
         data = np.empty((h, w), out)
         for (_, _, by, bx), blk in blocks.items():
             y0, x0 = max(r, by * bh), max(c, bx * bw)
@@ -383,7 +499,7 @@ class CogReader:
 
     def _resign(self) -> None:
         self.close()
-        self.url = SIGNERS[self.signer](self.unsigned_url, refresh=True)
+        self.url = self.signer(self.unsigned_url, refresh=True)
 
     def read(self, window, **kwargs) -> np.ndarray:
         for attempt in range(3):
@@ -396,7 +512,9 @@ class CogReader:
                     continue
                 if not self.record_errors:
                     raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(error_reason(e))}") from None
-                record_read_error(self.unsigned_url, e, where=str(window))
+                rec = read_error_record(self.unsigned_url, e, where=str(window))
+                log.warning("unreadable asset %s (%s): recorded as no-data", rec["asset"], rec["error"])
+                self.shared.errors.record(rec)
                 return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)
         raise AssertionError("unreachable")
 
@@ -416,8 +534,31 @@ class CogReader:
     def __getstate__(self) -> dict[str, Any]:
         return {"url": self.unsigned_url, "spec": self.spec, "resampling": self.resampling, "dtype": self.dtype,
                 "fill_value": self.fill_value, "scale_offset": self.scale_offset, "gdal_env": self.gdal_env,
-                "signer": self.signer,
-                "record_errors": self.record_errors}  # never a token
+                "signer": self.signer, "record_errors": self.record_errors,
+                "state": self.state}  # never a token; a state pickles as the receiving process's
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__init__(**state)
+
+
+class Reader(Protocol):
+    """The I/O seam typed: what `cube.build` hands stackstac as its reader, stackstac's `Reader` protocol
+    plus the state passed in (a signer, whether failures become recorded no-data, the process state)."""
+
+    def __init__(self, *, url: str, spec: Any, resampling: Resampling, dtype: np.dtype, fill_value: float | int,
+                 scale_offset: tuple[float, float], gdal_env: LayeredEnv | None, errors_as_nodata: tuple = (),
+                 signer: str | Signer | None = None, record_errors: bool = True,
+                 state: ReaderState | None = None) -> None: ...
+
+    def read(self, window: Window, **kwargs: Any) -> np.ndarray: ...
+
+    def close(self) -> None: ...
+
+    def __getstate__(self) -> dict[str, Any]: ...
+
+    def __setstate__(self, state: dict[str, Any]) -> None: ...
+
+
+# Type assertions (stackstac's style): a type checker fails here if CogReader drifts from either protocol.
+_: type[Reader] = CogReader
+_stackstac: type[StackstacReader] = CogReader

@@ -232,7 +232,7 @@ def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch, pc_token_endpoint)
     real_read = reader.CogReader.read
     monkeypatch.setattr(rasterio, "open", no_reads)
     monkeypatch.setattr(reader.CogReader, "read", lambda self, w, **k: reads.append(w) or real_read(self, w, **k))
-    n_errors = len(reader.read_errors())
+    n_errors = len(reader.process_state().errors)
     s2 = catalog.normalise_item(json.loads((FIX / "sentinel-2-l2a.item.S2B_T06VVN_20190629.json").read_text()))
     gb = grid.geobox_for(geom.box(-147.3, 61.1, -147.0, 61.25, "EPSG:4326"))
     c = cube.build({"sentinel-2": [s2]}, gb, 2019, signer="planetary-computer")
@@ -251,7 +251,7 @@ def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch, pc_token_endpoint)
     c2 = cube.build({"landsat": landsat[:3]}, gb2, 2023, sensors=["landsat"])
     assert list(c2.feature.values) == ["lwir11", "landsat_count"]
     assert c2.rio.crs.to_epsg() == gb2.crs.epsg
-    assert reads == [] and len(reader.read_errors()) == n_errors, "building the cubes read pixels"
+    assert reads == [] and len(reader.process_state().errors) == n_errors, "building the cubes read pixels"
     # signing, when a read does happen, uses the loopback endpoint (so the lines above cannot hang)
     signed = reader.sign_planetary_computer(s2.assets["B02"].href)
     assert signed.endswith("?st=2026&sp=rl&sig=OFFLINE") and pc_token_endpoint

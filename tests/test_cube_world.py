@@ -180,9 +180,10 @@ def test_missing_asset_is_recorded_nodata(world_dir, found, tmp_path):
     gone = tmp_path / "gone.tif"
     items[0].assets["vv"].href = gone.as_uri()
     assert src.exists() and not gone.exists()
-    reader.READ_ERRORS.clear()
-    c = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"]).compute(scheduler="threads")
-    errs = reader.read_errors()
+    state = reader.ReaderState()
+    lazy = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"], state=state)
+    c = lazy.compute(scheduler="threads")
+    errs = reader.label_errors(state.errors.records(), lazy.attrs["assets"])
     assert errs and all(e["asset"] == gone.as_uri() for e in errs)
     assert {(e["item"], e["asset_key"]) for e in errs} == {(items[0].id, "vv")}  # which item, which asset
     assert all("No such file" in e["error"] or "not recognized" in e["error"] or "exist" in e["error"]
@@ -195,9 +196,10 @@ def test_missing_asset_is_recorded_nodata(world_dir, found, tmp_path):
     dem = [it.clone() for it in found.items["copdem"][0]]
     for it in dem:
         it.assets["data"].href = (tmp_path / "gone-dem.tif").as_uri()
-    reader.READ_ERRORS.clear()
-    e = cube.build({"copdem": dem}, gb.crop((64, 64)), YEAR, sensors=["copdem"]).compute(scheduler="threads")
-    assert reader.read_errors(), "the missing DEM tile was not recorded"
+    state = reader.ReaderState()
+    e = cube.build({"copdem": dem}, gb.crop((64, 64)), YEAR, sensors=["copdem"], state=state).compute(
+        scheduler="threads")
+    assert state.errors.records(), "the missing DEM tile was not recorded"
     assert np.isnan(e.sel(feature="elevation").values).all()
 
 
@@ -211,15 +213,15 @@ def _as_hh_hv(item):
 
 def test_read_errors_on_worker_processes_name_item_and_asset(world_dir, found, tmp_path):
     """On a cluster the failure is logged by a worker process; the client's record names item and asset."""
-    distributed = pytest.importorskip("distributed")
+    from glacier_stac import cluster
+
     gb = world_grid(world_dir).crop((128, 128))
     items = [it.clone() for it in found.items["sentinel-1"][YEAR]]
     items[1].assets["vh"].href = (tmp_path / "gone-vh.tif").as_uri()
     c = cube.build({"sentinel-1": items}, gb, YEAR, sensors=["sentinel-1"])
-    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None) as lc, \
-            distributed.Client(lc) as client:
+    with cluster.connect(cluster.ClusterSpec(workers=1, threads_per_worker=1)) as client:
         client.compute(c.data).result()
-        errs = [e for e in reader.read_errors(client) if "gone-vh" in e["asset"]]
+        errs = [e for e in cluster.read_errors(client, c.attrs["assets"]) if "gone-vh" in e["asset"]]
     assert errs and {(e["item"], e["asset_key"]) for e in errs} == {(items[1].id, "vh")}
 
 

@@ -112,14 +112,13 @@ def all_logs() -> Iterator[Everything]:
 
 def test_signed_hrefs_that_fail_never_reach_logs_records_or_errors(refusing, all_logs):
     """GDAL retries a 503 and reports a 403 with the full signed URL; none of it may reach a log line."""
-    reader.register_signer("front-door-secret", secret_signer)
     spec = RasterSpec(epsg=32606, bounds=(500000, 6799360, 500640, 6800000), resolutions_xy=(10, 10))
-    env = reader.GDAL_ENV.updated(always={"GDAL_HTTP_MAX_RETRY": "2", "GDAL_HTTP_RETRY_DELAY": "0.1",
-                                          "CPL_DEBUG": "ON", "CPL_CURL_VERBOSE": "NO"})
-    reader.READ_ERRORS.clear()
+    env = reader.capture_gdal_env().updated(always={"GDAL_HTTP_MAX_RETRY": "2", "GDAL_HTTP_RETRY_DELAY": "0.1",
+                                                    "CPL_DEBUG": "ON", "CPL_CURL_VERBOSE": "NO"})
+    state = reader.ReaderState()
     readers = []
     for code in ("503", "403"):
-        r = reader.CogReader(url=f"{refusing}/{code}/c/item/B03.tif", spec=spec, signer="front-door-secret",
+        r = reader.CogReader(url=f"{refusing}/{code}/c/item/B03.tif", spec=spec, signer=secret_signer, state=state,
                              resampling=rasterio.enums.Resampling.nearest, dtype=np.dtype("float32"),
                              fill_value=np.float32(np.nan), gdal_env=env)
         assert SECRET in r.url  # the reader really reads signed hrefs
@@ -128,7 +127,7 @@ def test_signed_hrefs_that_fail_never_reach_logs_records_or_errors(refusing, all
     strict = readers[1].__class__(**{**readers[1].__getstate__(), "record_errors": False})
     with pytest.raises(RuntimeError) as err:
         strict.read(Window(0, 0, 16, 16))
-    errors = reader.read_errors()
+    errors = state.errors.records()
     assert len(errors) == 2 and {e["asset"].split("/")[3] for e in errors} == {"503", "403"}
     assert any("503" in line or "403" in line for line in all_logs.lines), "GDAL said nothing about the failure?"
     assert any(f"{refusing}/503/c/item/B03.tif" in line for line in all_logs.lines)  # the URL is named...
@@ -148,11 +147,11 @@ def test_truncated_cog_records_the_underlying_reason(tmp_path):
     data = path.read_bytes()
     path.write_bytes(data[: len(data) * 2 // 3])  # the last blocks are gone
     spec = RasterSpec(epsg=32606, bounds=(500000, 6794880, 505120, 6800000), resolutions_xy=(10, 10))
+    state = reader.ReaderState()
     r = reader.CogReader(url=str(path), spec=spec, resampling=rasterio.enums.Resampling.nearest,
-                         dtype=np.dtype("float32"), fill_value=np.float32(np.nan))
-    reader.READ_ERRORS.clear()
+                         dtype=np.dtype("float32"), fill_value=np.float32(np.nan), state=state)
     assert np.isnan(r.read(Window(256, 256, 256, 256))).all()
-    (err,) = reader.read_errors()
+    (err,) = state.errors.records()
     assert "IReadBlock" in err["error"] or "TIFFReadEncodedTile" in err["error"], err["error"]
     assert "See previous exception" not in err["error"]
 

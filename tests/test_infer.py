@@ -11,7 +11,7 @@ import pytest
 import torch
 import xarray as xr
 
-from glacier_stac import baselines, infer
+from glacier_stac import baselines, cluster, infer
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint, save
 
@@ -277,10 +277,10 @@ def test_ndsi_baseline():
 def test_model_is_loaded_once_per_process(tmp_path):
     ck = make_ckpt("cnn5", seed=5)
     path = save(ck, tmp_path / "m.pt")
-    before = len(infer._CACHE)
+    models = infer.ModelCache()
     with dask.config.set(scheduler="threads"):
-        infer.predict(make_cube(chunk=32), path, patch=64).probability.compute()
-    assert len(infer._CACHE) == before + 1
+        infer.predict(make_cube(chunk=32), path, patch=64, models=models).probability.compute()
+    assert len(models) == 1 and models.builds == 1
 
 
 def test_crs_and_coords_carried_over():
@@ -305,14 +305,16 @@ def test_distributed_gpu_annotation_and_shipped_checkpoint():
     cube = make_cube(chunk=100)
     local = infer.predict(cube, ck, patch=64).probability.values
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, resources={"GPU": 1},
-                                  dashboard_address=None) as cluster, distributed.Client(cluster):
-        ds = infer.predict(cube, ck, patch=64)
+                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+        assert cluster.has_gpu_workers(client)
+        ds = infer.predict(cube, ck, patch=64, resources={"GPU": 1})
         layers = ds.probability.data.__dask_graph__().layers.values()
         assert any((lay.annotations or {}).get("resources") == {"GPU": 1} for lay in layers)
         np.testing.assert_array_equal(ds.probability.values, local)
     with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                                  dashboard_address=None) as cluster, distributed.Client(cluster):
-        ds = infer.predict(cube, ck, patch=64)
+                                  dashboard_address=None) as lc, distributed.Client(lc) as client:
+        assert not cluster.has_gpu_workers(client)
+        ds = infer.predict(cube, ck, patch=64, resources={"GPU": 1} if cluster.has_gpu_workers(client) else None)
         layers = ds.probability.data.__dask_graph__().layers.values()
         assert not any((lay.annotations or {}).get("resources") for lay in layers)
 

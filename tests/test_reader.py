@@ -98,16 +98,16 @@ def blob_server(tmp_path):
     srv.shutdown()
 
 
-def make_reader(url: str, signer: str | None) -> reader.CogReader:
+def make_reader(url: str, signer: reader.Signer | None, state: reader.ReaderState | None = None) -> reader.CogReader:
     spec = RasterSpec(epsg=32606, bounds=(500000, 6799360, 500640, 6800000), resolutions_xy=(10, 10))
     return reader.CogReader(url=url, signer=signer, spec=spec, resampling=rasterio.enums.Resampling.nearest,
-                                dtype=np.dtype("float32"), fill_value=np.float32(np.nan), scale_offset=(1, 0))
+                            dtype=np.dtype("float32"), fill_value=np.float32(np.nan), scale_offset=(1, 0),
+                            state=state)
 
 
 def test_expired_token_is_resigned_and_read_succeeds(blob_server):
     url, arr = blob_server
-    reader.register_signer("test-expiring", test_signer)
-    r = make_reader(url, "test-expiring")
+    r = make_reader(url, test_signer)
     assert "stale" in r.url  # first signature is already expired: the server answers 403
     out = r.read(Window(0, 0, 64, 64))
     np.testing.assert_array_equal(out, arr.astype(np.float32))
@@ -119,11 +119,11 @@ def test_expired_token_is_resigned_and_read_succeeds(blob_server):
 
 def test_unreadable_asset_becomes_recorded_nodata(blob_server):
     url, _ = blob_server
-    reader.READ_ERRORS.clear()
-    r = make_reader(url.replace("B02.tif", "missing.tif") + "?sig=SECRET", signer=None)
+    state = reader.ReaderState()
+    r = make_reader(url.replace("B02.tif", "missing.tif") + "?sig=SECRET", signer=None, state=state)
     out = r.read(Window(0, 0, 16, 16))
     assert np.isnan(out).all()
-    errs = reader.read_errors()
+    errs = state.errors.records()
     assert len(errs) == 1 and errs[0]["asset"].endswith("missing.tif")
     assert "SECRET" not in str(errs)  # tokens never reach the record
 
@@ -140,8 +140,7 @@ def test_strict_reader_raises_without_token(blob_server):
 def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
     """A signed reader pickles its settings and signer, never its token; the copy signs afresh."""
     url, _ = blob_server
-    reader.register_signer("test-expiring", test_signer)
-    r = make_reader(url, "test-expiring")
+    r = make_reader(url, test_signer)
     assert "sig=" in r.url  # the token the pickle must not carry
     state = r.__getstate__()
     clone = reader.CogReader.__new__(reader.CogReader)
@@ -149,20 +148,25 @@ def test_gdal_cloud_settings_travel_with_the_reader(blob_server):
     assert clone.gdal_env.always.options["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
     assert clone.gdal_env.always.options["GDAL_HTTP_MAX_RETRY"] == "5"
     assert "sig=" not in str(state) and r.url.split("?")[1] not in str(state)
-    assert clone.signer == "test-expiring" and clone.unsigned_url == url and clone.url != r.url
+    assert clone.signer is test_signer and clone.unsigned_url == url and clone.url != r.url
 
 
-def test_block_cache_is_megabytes_not_bytes():
+def test_block_cache_is_megabytes_not_bytes(monkeypatch):
     """rasterio hands an int GDAL_CACHEMAX to GDALSetCacheMax64, in bytes: 256 would be a 256-byte cache,
     and every tile window cutting a COG block would decode it again (rasterio#2336)."""
     from rasterio._env import get_gdal_config
 
-    with reader.GDAL_ENV.read:
+    with reader.capture_gdal_env().read:
         assert get_gdal_config("GDAL_CACHEMAX") >= 64 * 2**20
+    # read when the environment is captured (on the client, as a cube is built), not when the module is imported
     sized = subprocess.run(
-        [sys.executable, "-c", "from glacier_stac.reader import GDAL_CLOUD; print(GDAL_CLOUD['GDAL_CACHEMAX'])"],
-        env={**os.environ, "GLACIER_STAC_GDAL_CACHE_MB": "1024"}, capture_output=True, text=True, check=True)
+        [sys.executable, "-c", "import os; from glacier_stac import reader; os.environ['GLACIER_STAC_GDAL_CACHE_MB'] = "
+         "'1024'; print(reader.capture_gdal_env().always.options['GDAL_CACHEMAX'])"],
+        env={**os.environ, "GLACIER_STAC_GDAL_CACHE_MB": "oops"}, capture_output=True, text=True, check=True)
     assert int(sized.stdout) == 1024 * 2**20
+    monkeypatch.setenv("GLACIER_STAC_GDAL_CACHE_MB", "oops")
+    with pytest.raises(ValueError, match="GLACIER_STAC_GDAL_CACHE_MB"):
+        reader.capture_gdal_env()
 
 
 def _cog(path, arr, res, origin, nodata):
