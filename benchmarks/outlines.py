@@ -1,0 +1,267 @@
+"""Glacier outlines and change on held-out worlds, through the whole chain, OBIA against raw thresholding.
+
+    python benchmarks/outlines.py [--quick]
+
+Per world: a real STAC API on loopback (`rustac serve`) -> `catalog.search` -> `cube.build` ->
+`infer.predict` (the shipped U-Net) -> `store.write` (Zarr) -> `inventory.add_year` (reads the store
+through `store.open_predictions`, OBIA outlines with the cube's features, identity from the first
+year's truth outlines as the reference inventory) for every year; the baseline is `obia.threshold_polygons`
+on the same stored predictions. Worlds: generator seeds never used in training (1001-1003), tests (0-99)
+or other benchmarks (501, 601-602), plus one world drawn by `glacier-stac synthetic render` from a DEM
+and outlines (those of another held-out generated world, whose physics the user renderer replaces).
+
+Scores against the truth outlines, per world (then median and worst over worlds):
+- outline_iou: median over truth glaciers > 0.1 km² and years of IoU(truth outline, the mapped polygons
+  whose largest overlap is with that glacier);
+- area_error_pct: median |mapped - true area| / true area, same glaciers;
+- change_within_uncertainty_fraction: share of glaciers > 0.1 km² in the first year whose mapped rate
+  (first to last year) is within the stated uncertainty of the true rate (target >= 0.9);
+- spurious_polygons_per_100km2: polygons touching no true glacier of the year, per 100 km² (mean over years);
+- false_glacier_km2: mapped area outside every true glacier (mean over years);
+- debris_iou: IoU of debris-covered ice (debris-class pixels inside the outlines) vs the truth, pooled.
+The same with `_threshold` for raw thresholding. Writes benchmarks/results/outlines.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import dask
+import geopandas as gpd
+import numpy as np
+import rasterio
+import rasterio.features
+import shapely
+
+from glacier_stac import catalog, cube, inventory, obia, store
+from glacier_stac.infer import predict
+from glacier_stac.labels import Label
+from glacier_stac.synthetic.world import WorldConfig, build_world
+from glacier_stac.synthetic.writer import generate
+from glacier_stac.testing import stac_server
+from glacier_stac.testing.worlds import WorldDir
+
+RESULTS = Path(__file__).parent / "results"
+CHECKPOINT = Path(__file__).parent.parent / "glacier_stac" / "checkpoints" / "unet.pt"
+GENERATED_SEEDS = (701, 702, 703)  # held out: training 1001-1003, tests 0-99, read 501, accuracy 601-602
+RENDER_SOURCE_SEED = 704  # the generated world whose DEM and outlines are rendered by `synthetic render`
+BIG_KM2 = 0.1
+METRICS = ("outline_iou", "area_error_pct", "change_within_uncertainty_fraction", "spurious_polygons_per_100km2",
+           "false_glacier_km2", "debris_iou")
+HIGHER_IS_BETTER = {"outline_iou", "change_within_uncertainty_fraction", "debris_iou"}
+
+
+@dataclass(frozen=True)
+class Setup:
+    size_km: float
+    years: tuple[int, ...]
+
+
+def rendered_world(root: Path, setup: Setup) -> Path:
+    """A world drawn by `glacier-stac synthetic render` from a DEM and outlines (written from world 704)."""
+    out = root / f"rendered-{RENDER_SOURCE_SEED}-{setup.size_km:g}km-{'-'.join(map(str, setup.years))}"
+    if WorldDir(out).meta() is not None:
+        return out
+    src = root / f"render-inputs-{RENDER_SOURCE_SEED}-{setup.size_km:g}km"
+    src.mkdir(parents=True, exist_ok=True)
+    w = build_world(WorldConfig(seed=RENDER_SOURCE_SEED, size_km=setup.size_km, years=setup.years[:1]))
+    gb = w.geobox
+    dem = src / "dem.tif"
+    with rasterio.open(dem, "w", driver="GTiff", width=gb.shape[1], height=gb.shape[0], count=1, dtype="float32",
+                       crs=gb.crs.to_wkt(), transform=gb.affine) as ds:
+        ds.write(w.elevation.astype("float32"), 1)
+    from glacier_stac.synthetic import truth
+
+    outl = src / "outlines.geojson"
+    truth.outlines(w, setup.years[0])[["glacier_id", "geometry"]].to_crs(4326).to_file(outl, driver="GeoJSON")
+    cmd = [sys.executable, "-m", "glacier_stac.cli", "synthetic", "render", "--dem", str(dem), "--outlines",
+           str(outl), "--out", str(out), "--years", ",".join(map(str, setup.years)), "--seed", "7"]
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return out
+
+
+def run_chain(world_dir: Path, work: Path, ckpt) -> dict:
+    """STAC -> cube -> predict -> store -> inventory for every year; returns what scoring needs."""
+    wd = WorldDir(world_dir)
+    years = wd.years()
+    geobox = wd.grid()
+    truth_all = wd.outlines()
+    ref = truth_all[truth_all.year == years[0]].rename(columns={"glacier_id": "glac_id"})[["glac_id", "geometry"]]
+    zarr_path, inv_path = work / "preds.zarr", work / "inventory.parquet"
+    for p in (inv_path, inv_path.with_name("inventory.changes.parquet")):
+        p.unlink(missing_ok=True)
+    seconds: dict[str, float] = {}
+    thresholds: dict[int, gpd.GeoDataFrame] = {}
+    debris: dict[int, np.ndarray] = {}
+    t = time.perf_counter()
+    with stac_server.serve(world_dir) as url:
+        found = catalog.search(wd.aoi(), list(years), catalog=catalog.open_catalog(url), missing="record")
+    seconds["search"] = time.perf_counter() - t
+    run_id = store.record_run(zarr_path, {"benchmark": "outlines", "world": world_dir.name})
+    for y in years:
+        t = time.perf_counter()
+        data = cube.build(found, geobox, y).compute(scheduler="threads")
+        seconds[f"cube_{y}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        wp = store.write(predict(data, ckpt), y, zarr_path, run_id=run_id)
+        dask.compute(*wp.tasks, scheduler="threads")
+        seconds[f"predict_store_{y}"] = time.perf_counter() - t
+        t = time.perf_counter()
+        inventory.add_year(inv_path, y, zarr_path, aoi=geobox.extent, features=data, reference=ref, region="bm")
+        seconds[f"obia_inventory_{y}"] = time.perf_counter() - t
+        stored = store.open_predictions(zarr_path, aoi=geobox.extent, years=[y]).sel(year=y).compute()
+        thresholds[y] = obia.threshold_polygons(stored)
+        debris[y] = np.asarray(stored["classes"].values == Label.DEBRIS_ICE)
+    return {"inventory": inventory.read(inv_path), "threshold": thresholds, "debris_class": debris,
+            "truth": truth_all, "years": years, "geobox": geobox, "world": wd, "seconds": seconds}
+
+
+def _assign(pred: gpd.GeoSeries, truth: gpd.GeoDataFrame) -> np.ndarray:
+    """For each mapped polygon, the row of the truth glacier it overlaps most (-1: none)."""
+    out = np.full(len(pred), -1)
+    left, right = truth.sindex.query(pred.values, predicate="intersects")
+    best = np.zeros(len(pred))
+    for i, j in zip(left, right, strict=True):
+        a = pred.iat[i].intersection(truth.geometry.iat[j]).area
+        if a > best[i]:
+            best[i], out[i] = a, j
+    return out
+
+
+def score(res: dict, method: str) -> dict:
+    """The metrics of one method ('obia' or 'threshold') on one world."""
+    gb, years, truth_all = res["geobox"], res["years"], res["truth"]
+    crs = gb.crs.to_wkt()
+    world_km2 = gb.shape[0] * gb.shape[1] * abs(gb.resolution.x) ** 2 / 1e6
+    ious, errs, spurious, false_km2 = [], [], [], []
+    areas: dict[int, dict[int, tuple[float, float]]] = {}
+    d_inter = d_union = 0
+    for y in years:
+        truth = truth_all[truth_all.year == y].reset_index(drop=True).to_crs(crs)
+        if method == "obia":
+            rows = res["inventory"][res["inventory"].year == y].to_crs(crs)
+            geoms = rows.geometry.reset_index(drop=True)
+        else:
+            geoms = res["threshold"][y].geometry.to_crs(crs).reset_index(drop=True)
+        who = _assign(geoms, truth)
+        spurious.append((who < 0).sum() / world_km2 * 100)
+        mapped = shapely.union_all(geoms.values) if len(geoms) else shapely.Polygon()
+        false_km2.append(mapped.difference(shapely.union_all(truth.geometry.values)).area / 1e6)
+        unc = obia.area_uncertainty_m2(geoms, abs(gb.resolution.x)) if len(geoms) else np.zeros(0)
+        for j, t in truth.iterrows():
+            mine = geoms[who == j]
+            g = shapely.union_all(mine.values) if len(mine) else shapely.Polygon()
+            a = g.area
+            areas.setdefault(int(t.glacier_id), {})[y] = (a / 1e6, float(unc[who == j].sum()) / 1e6)
+            if t.area_m2 / 1e6 > BIG_KM2:
+                u = g.union(t.geometry).area
+                ious.append(g.intersection(t.geometry).area / u if u else 0.0)
+                errs.append(abs(a - t.area_m2) / t.area_m2 * 100)
+        inside = rasterio.features.rasterize(geoms.values, out_shape=gb.shape, transform=gb.affine).astype(bool) \
+            if len(geoms) else np.zeros(gb.shape, bool)
+        d_pred = inside & res["debris_class"][y]
+        d_true = res["world"].truth_labels(y, gb) == Label.DEBRIS_ICE
+        d_inter += int((d_pred & d_true).sum())
+        d_union += int((d_pred | d_true).sum())
+    # change first -> last year against truth +- stated uncertainty
+    y0, y1 = years[0], years[-1]
+    tr = truth_all.pivot_table(index="glacier_id", columns="year", values="area_m2", aggfunc="sum").fillna(0) / 1e6
+    big = [int(g) for g in tr.index if tr.at[g, y0] > BIG_KM2]
+    ok = []
+    if method == "obia":
+        ch = inventory.change_table(res["inventory"])
+        ch = ch[(ch.year0 == y0) & (ch.year1 == y1)].set_index("glac_id")
+    for g in big:
+        true_rate = (tr.at[g, y1] - tr.at[g, y0]) / (y1 - y0)
+        if method == "obia":
+            if str(g) not in ch.index:
+                ok.append(False)
+                continue
+            rate, unc = ch.at[str(g), "rate_km2_yr"], ch.at[str(g), "rate_unc_km2_yr"]
+        else:
+            (a0, u0), (a1, u1) = areas[g].get(y0, (0.0, 0.0)), areas[g].get(y1, (0.0, 0.0))
+            rate, unc = (a1 - a0) / (y1 - y0), float(np.hypot(u0, u1)) / (y1 - y0)
+        ok.append(abs(rate - true_rate) <= unc)
+    return {"outline_iou": float(np.median(ious)) if ious else float("nan"),
+            "area_error_pct": float(np.median(errs)) if errs else float("nan"),
+            "change_within_uncertainty_fraction": float(np.mean(ok)) if ok else float("nan"),
+            "spurious_polygons_per_100km2": float(np.mean(spurious)),
+            "false_glacier_km2": float(np.mean(false_km2)),
+            "debris_iou": d_inter / d_union if d_union else float("nan"),
+            "glaciers_scored": len(ious), "glaciers_in_change": len(ok)}
+
+
+def aggregate(per_world: dict[str, dict]) -> dict:
+    """Median and worst over worlds of every metric (worst: lowest for scores, highest for errors)."""
+    out = {}
+    for m in METRICS:
+        for suffix in ("", "_threshold"):
+            v = np.array([w[m + suffix] for w in per_world.values()], dtype=float)
+            worst = np.nanmin(v) if m in HIGHER_IS_BETTER else np.nanmax(v)
+            out[m + suffix] = {"median": float(np.nanmedian(v)), "worst": float(worst)}
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="4 km worlds, 2 years (full: 6 km, 3 years)")
+    ap.add_argument("--world", type=Path, default=Path(".cache/benchmarks"))
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    setup = Setup(4.0, (2021, 2023)) if args.quick else Setup(6.0, (2019, 2021, 2023))
+    from glacier_stac.models.checkpoint import load
+
+    ckpt = load(CHECKPOINT)
+    t0 = time.perf_counter()
+    worlds = {f"generated-{s}": generate(WorldConfig(seed=s, size_km=setup.size_km, years=setup.years),
+                                         args.world / f"outlines-{s}-{setup.size_km:g}km-{len(setup.years)}y",
+                                         progress=False)
+              for s in GENERATED_SEEDS}
+    worlds[f"rendered-{RENDER_SOURCE_SEED}"] = rendered_world(args.world, setup)
+    world_s = time.perf_counter() - t0
+    per_world, seconds = {}, {}
+    for name, wdir in worlds.items():
+        work = args.world / f"outlines-run-{name}-{setup.size_km:g}km"
+        if work.exists():
+            import shutil
+
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        res = run_chain(wdir, work, ckpt)
+        o, t = score(res, "obia"), score(res, "threshold")
+        per_world[name] = {**o, **{k + "_threshold": v for k, v in t.items()}}
+        seconds[name] = res["seconds"]
+        print(f"{name}: " + ", ".join(f"{m} {o[m]:.3f} / {t[m]:.3f}" for m in METRICS), flush=True)
+    agg = aggregate(per_world)
+    worlds_ = per_world.values()
+    checks = {
+        "change_within_uncertainty_fraction_median>=0.9": agg["change_within_uncertainty_fraction"]["median"] >= 0.9,
+        "obia_fewer_spurious_polygons_every_world": all(
+            w["spurious_polygons_per_100km2"] < w["spurious_polygons_per_100km2_threshold"] for w in worlds_),
+        "obia_less_false_area_every_world": all(
+            w["false_glacier_km2"] < w["false_glacier_km2_threshold"] for w in worlds_),
+        "obia_debris_iou_not_lost_every_world": all(
+            w["debris_iou"] >= w["debris_iou_threshold"] - 0.005 for w in worlds_),
+    }
+    doc = {"quick": args.quick, **asdict(setup), "checkpoint": CHECKPOINT.name, "worlds": list(worlds),
+           "per_world": per_world, "aggregate": agg, "checks": checks,
+           "seconds": {"worlds": world_s, "chain": seconds, "total": time.perf_counter() - t0}}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "outlines.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"\n{len(worlds)} worlds, {setup.size_km:g} km, years {list(setup.years)}: median (worst), OBIA vs threshold")
+    print("| metric | OBIA | raw threshold |\n|---|---|---|")
+    for m in METRICS:
+        a, b = agg[m], agg[m + "_threshold"]
+        print(f"| {m} | {a['median']:.3f} ({a['worst']:.3f}) | {b['median']:.3f} ({b['worst']:.3f}) |")
+    print("\n" + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
+
+
+if __name__ == "__main__":
+    main()
