@@ -304,9 +304,12 @@ def connect(spec: ClusterSpec | None = None) -> Iterator[Client]:
             kwargs["memory_limit"] = spec.memory_limit
         if spec.gpu_workers:
             kwargs["resources"] = {"GPU": 1}
+        # the scheduler's HTTP server (health, metrics) always starts: on a free port, so that several
+        # clusters on one machine never fight over 8787; the dashboard is served on it only when asked
         with LocalCluster(n_workers=spec.workers, threads_per_worker=spec.threads_per_worker,
-                          processes=spec.processes, dashboard_address=":0" if spec.dashboard else None,
-                          silence_logs=logging.WARNING, **kwargs) as lc, Client(lc) as client:
+                          processes=spec.processes, dashboard_address=":0",
+                          scheduler_kwargs={"dashboard": spec.dashboard}, silence_logs=logging.WARNING,
+                          **kwargs) as lc, Client(lc) as client:
             install(client, spec)
             yield client
     elif spec.kind == "scheduler":
