@@ -100,6 +100,23 @@ class PatchGrid:
         t = self.tiles(g0, g1)
         return g0 - (t.start * self.stride - self.margin), (t.stop - 1) * self.stride + self.stride + self.margin - g1
 
+    def span(self, k: int, lo: int, hi: int) -> tuple[int, int]:
+        """Global [start, stop) of the input tile k needs to give its outputs inside [lo, hi) (the region).
+
+        Why: at a region's edge most of a full patch is padding. The patch is cut to the outputs of tile
+        k inside [lo, hi) plus `margin` of context, at multiples of gcd(stride, margin) (a multiple of
+        the model's divisor, as both are): the cut patch starts on the same pooling phase and holds the
+        whole receptive field of every output it gives, so those outputs are the full patch's. It
+        depends on the tile and the region only, never on the chunk asking.
+        """
+        s, m = self.stride, self.margin
+        q = math.gcd(s, m)
+        p0, p1 = k * s - m, k * s + s + m
+        a, b = max(k * s - self._lo, lo), min(k * s + s + self._hi, hi)
+        if b <= a:
+            return p0, p0
+        return max(p0, a // q * q - m), min(p1, -(-b // q) * q + m)
+
     def window(self) -> np.ndarray:
         """1-D blending weights over a patch: 1 on the core, cosine tapers across its edges, 0 beyond.
 
@@ -187,13 +204,15 @@ class Plan:
         return self.computed_px / self.output_px
 
 
-def _axis_need(chunks: Sequence[int], g0: int, grid: PatchGrid) -> tuple[int, int]:
-    """(halo needed, pixels computed along this axis) for one axis of chunks."""
+def _axis_need(chunks: Sequence[int], g0: int, grid: PatchGrid, cut: bool = True) -> tuple[int, int]:
+    """(halo needed, pixels computed along this axis) for one axis of chunks; `cut`: the chunks are the
+    whole region, so its edge patches are cut to it (`PatchGrid.span`), else they lie inside a larger one."""
     need, computed, pos = 0, 0, g0
+    lo_, hi_ = (g0, g0 + sum(chunks)) if cut else (-math.inf, math.inf)
     for c in chunks:
         lo, hi = grid.reach(pos, pos + c)
         need = max(need, lo, hi)
-        computed += len(grid.tiles(pos, pos + c)) * grid.patch
+        computed += sum(b - a for a, b in (grid.span(k, lo_, hi_) for k in grid.tiles(pos, pos + c)))
         pos += c
     return need, computed
 
@@ -231,7 +250,7 @@ def computed_over_output(chunk_px: int, ckpt: Checkpoint, *, patch: int | None =
                          margin: int | None = None, blend: int = 0) -> float:
     """Model pixels computed per output pixel for square chunks of `chunk_px` on the global tile grid."""
     grid = make_grid(ckpt, patch, margin, blend)
-    _, comp = _axis_need([chunk_px], 0, grid)
+    _, comp = _axis_need([chunk_px], 0, grid, cut=False)
     return (comp / chunk_px) ** 2
 
 
@@ -318,6 +337,24 @@ def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: tor
         return torch.softmax(logits.float(), dim=1).cpu().numpy()
 
 
+ACTIVATION_BYTES_PER_PX = 640  # fp32 U-Net (base 16) forward, peak bytes per input pixel (measured: 1136^2 -> 0.62 GB)
+GPU_MEMORY_FRACTION = 0.5  # of the device's free memory one batch may use (two tasks may share it)
+
+
+def device_batch_size(device: torch.device, patch: int, bytes_per_px: int = ACTIVATION_BYTES_PER_PX) -> int:
+    """Patches per forward: 1 on CPU, as many as fit half the free memory on CUDA (at most 32).
+
+    Why: on CPU a batch of 4 is no faster than 4 forwards of one (`inference_throughput.py` measures
+    it) but holds 4 patches' activations at once, 2.3 GB for 1136 px U-Net patches instead of 0.6 GB,
+    per worker thread. A GPU needs batches to fill it; under fp16 autocast activations take half.
+    """
+    if device.type != "cuda":
+        return 1
+    free, _ = torch.cuda.mem_get_info(device)
+    per_patch = patch * patch * bytes_per_px / 2
+    return int(max(1, min(32, GPU_MEMORY_FRACTION * free // per_patch)))
+
+
 # --------------------------------------------------------------------------- the per-block work
 
 
@@ -335,14 +372,55 @@ def normalise(x: np.ndarray, mean: Sequence[float], std: Sequence[float], fill: 
     return z
 
 
+@dataclass(frozen=True)
+class Extent:
+    """Global pixel bounds [y0, y1) x [x0, x1) of the region being predicted (patches are cut to it)."""
+
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+@dataclass(frozen=True)
+class _Patch:
+    """One tile's work inside a block: full patch origin, the (cut) input window, the core part it fills."""
+
+    py: int
+    px: int
+    ay: int
+    by: int
+    ax: int
+    bx: int
+    y0: int
+    y1: int
+    x0: int
+    x1: int
+
+
+def _batches(todo: list[_Patch], size: int) -> list[list[_Patch]]:
+    """Runs of at most `size` consecutive patches of one shape (kept in (ky, kx) order: sums reproducible)."""
+    out: list[list[_Patch]] = []
+    for t in todo:
+        if out and len(out[-1]) < size and (out[-1][0].by - out[-1][0].ay, out[-1][0].bx - out[-1][0].ax) == (
+                t.by - t.ay, t.bx - t.ax):
+            out[-1].append(t)
+        else:
+            out.append([t])
+    return out
+
+
 def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, int, int, int],
                   grid: PatchGrid, ckpt: Checkpoint,
-                  forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 4) -> np.ndarray:
+                  forward: Callable[[np.ndarray], np.ndarray], batch_size: int = 1,
+                  extent: Extent | None = None) -> np.ndarray:
     """Class probabilities (n_classes, h, w) for the core of one haloed block; NaN where invalid.
 
     block: (n_features, H, W) raw features in checkpoint order, NaN = missing; origin: global
     (row, col) of block[:, 0, 0]; core: (row0, col0, h, w) of the output inside the block;
-    forward: (B, F, P, P) normalised inputs -> (B, C, P, P) probabilities.
+    forward: (B, F, Ph, Pw) normalised inputs -> (B, C, Ph, Pw) probabilities; extent: the region,
+    when given patches at its edges are cut to it (`PatchGrid.span`), else every patch is full.
+    Patches are normalised batch by batch, never the whole block at once (a block-sized float32 copy).
     """
     r0, c0, h, w = core
     req = [ckpt.features.index(f) for f in ckpt.required]
@@ -351,39 +429,43 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
     out = np.full((n_cls, h, w), np.nan, dtype=np.float32)
     if not valid.any():
         return out
-    z = normalise(block, ckpt.mean, ckpt.std, ckpt.nan_fill)
     gy0, gx0 = origin[0] + r0, origin[1] + c0  # global index of the core's first pixel
     s, m, p = grid.stride, grid.margin, grid.patch
     todo = []
     for ky in grid.tiles(gy0, gy0 + h):
         for kx in grid.tiles(gx0, gx0 + w):
-            py, px = ky * s - m - origin[0], kx * s - m - origin[1]  # patch origin inside the block
-            if py < 0 or px < 0 or py + p > block.shape[1] or px + p > block.shape[2]:
+            py, px = ky * s - m - origin[0], kx * s - m - origin[1]  # full patch origin inside the block
+            # the input this tile is computed from: the full patch, or cut to the region
+            (ay, by), (ax, bx) = ((grid.span(ky, extent.y0, extent.y1), grid.span(kx, extent.x0, extent.x1))
+                                  if extent is not None else ((py + origin[0], py + origin[0] + p),
+                                                              (px + origin[1], px + origin[1] + p)))
+            ay, by, ax, bx = ay - origin[0], by - origin[0], ax - origin[1], bx - origin[1]
+            if ay < 0 or ax < 0 or by > block.shape[1] or bx > block.shape[2]:
                 raise ValueError(f"halo too small: tile ({ky}, {kx}) reaches outside the block")
             # the part of the core this tile's weights cover
             y0, y1 = max(0, py + m - grid._lo - r0), min(h, py + m + s + grid._hi - r0)
             x0, x1 = max(0, px + m - grid._lo - c0), min(w, px + m + s + grid._hi - c0)
             if y1 > y0 and x1 > x0 and valid[y0:y1, x0:x1].any():  # all-missing tiles are skipped
-                todo.append((py, px, y0, y1, x0, x1))
+                todo.append(_Patch(py, px, ay, by, ax, bx, y0, y1, x0, x1))
     win = grid.window().astype(np.float32)
     wsum = np.zeros((h, w), dtype=np.float32) if grid.blend else None
     if wsum is not None:
         out[:] = 0.0
-    for i in range(0, len(todo), batch_size):
-        part = todo[i:i + batch_size]
-        if len(part) == 1:  # a view, no copy (the common case: one patch per chunk)
-            py, px = part[0][:2]
-            batch = z[None, :, py:py + p, px:px + p]
-        else:
-            batch = np.stack([z[:, py:py + p, px:px + p] for py, px, *_ in part])
+    for part in _batches(todo, max(1, batch_size)):
+        batch = np.empty((len(part), block.shape[0], part[0].by - part[0].ay, part[0].bx - part[0].ax), np.float32)
+        for j, t in enumerate(part):
+            batch[j] = normalise(block[:, t.ay:t.by, t.ax:t.bx], ckpt.mean, ckpt.std, ckpt.nan_fill)
         prob = forward(batch)
-        for (py, px, y0, y1, x0, x1), pr in zip(part, prob, strict=True):
-            sy, sx = slice(y0 + r0 - py, y1 + r0 - py), slice(x0 + c0 - px, x1 + c0 - px)
+        del batch
+        for t, pr in zip(part, prob, strict=True):
+            y0, y1, x0, x1 = t.y0, t.y1, t.x0, t.x1
+            iy, ix = slice(y0 + r0 - t.ay, y1 + r0 - t.ay), slice(x0 + c0 - t.ax, x1 + c0 - t.ax)
             if wsum is None:  # no blending: tile cores are disjoint, each pixel from one patch
-                out[:, y0:y1, x0:x1] = pr[:, sy, sx]
+                out[:, y0:y1, x0:x1] = pr[:, iy, ix]
             else:  # ordered by (ky, kx) whatever the chunking, so sums are reproducible
+                sy, sx = slice(y0 + r0 - t.py, y1 + r0 - t.py), slice(x0 + c0 - t.px, x1 + c0 - t.px)
                 wt = win[sy, None] * win[None, sx]
-                out[:, y0:y1, x0:x1] += pr[:, sy, sx] * wt
+                out[:, y0:y1, x0:x1] += pr[:, iy, ix] * wt
                 wsum[y0:y1, x0:x1] += wt
     if wsum is not None:
         with np.errstate(invalid="ignore", divide="ignore"):
@@ -393,15 +475,18 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
 
 
 def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, halo: tuple[int, int],
-                starts: tuple[np.ndarray, np.ndarray], batch_size: int, block_id=None,
-                models: ModelCache | None = None) -> np.ndarray:
+                starts: tuple[np.ndarray, np.ndarray], batch_size: int | None, block_id=None,
+                models: ModelCache | None = None,
+                extent: Extent | None = None) -> np.ndarray:
     """Dask task: global position of this block from its id, then `predict_block` with the cached model."""
     model, ckpt, dev = (models if models is not None else process_models()).get(ref, device)
     iy, ix = block_id[1], block_id[2]
     h, w = block.shape[1] - 2 * halo[0], block.shape[2] - 2 * halo[1]
     origin = (int(starts[0][iy]) - halo[0], int(starts[1][ix]) - halo[1])
+    if batch_size is None:
+        batch_size = device_batch_size(dev, grid.patch)
     return predict_block(block, origin, (halo[0], halo[1], h, w), grid, ckpt,
-                         lambda b: forward_probabilities(model, b, dev), batch_size)
+                         lambda b: forward_probabilities(model, b, dev), batch_size, extent)
 
 
 def classes_from_probability(prob: np.ndarray) -> np.ndarray:
@@ -434,7 +519,7 @@ def _resolve(checkpoint: Checkpoint | str | Path) -> tuple[Checkpoint, object]:
 
 
 def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: int | None = None,
-            patch: int | None = None, batch_size: int = 4, device: str | None = None, blend: int = 0,
+            patch: int | None = None, batch_size: int | None = None, device: str | None = None, blend: int = 0,
             margin: int | None = None, resources: Mapping[str, float] | None = None,
             models: ModelCache | None = None) -> xr.Dataset:
     """Lazy class probabilities for a (feature, y, x) cube.
@@ -445,6 +530,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     The checkpoint's features are picked from the cube by name; a missing one is an error.
     `resources`: the Dask resources each model task asks for, e.g. {"GPU": 1} on a cluster with GPU
     workers (`cluster.has_gpu_workers`); `models`: the model cache (None: each process's own).
+    `batch_size` None picks it for the device (`device_batch_size`).
     """
     _check_cube(cube)
     ckpt, ref = _resolve(checkpoint)
@@ -480,6 +566,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     with dask.annotate(**annotations):
         prob = da.map_blocks(
             _block_task, ov, ref, device, pl.grid, pl.halo, starts, batch_size, models=models,
+            extent=Extent(pl.start[0], pl.start[0] + cube.sizes["y"], pl.start[1], pl.start[1] + cube.sizes["x"]),
             dtype=np.float32, chunks=((n_cls,), *core), name=f"predict-{ckpt.model}",
             meta=np.empty((0, 0, 0), dtype=np.float32),
         )
