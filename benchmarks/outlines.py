@@ -10,7 +10,8 @@ on the same stored predictions. Worlds: generator seeds never used in training (
 or other benchmarks (501, 601-602), plus one world drawn by `glacier-stac synthetic render` from a DEM
 and outlines (those of another held-out generated world, whose physics the user renderer replaces).
 
-Scores against the truth outlines, per world (then median and worst over worlds):
+Scores against the truth outlines (holes under the MMU filled: the RGI convention OBIA follows), per world
+(then median and worst over worlds):
 - outline_iou: median over truth glaciers > 0.1 km² and years of IoU(truth outline, the mapped polygons
   whose largest overlap is with that glacier);
 - area_error_pct: median |mapped - true area| / true area, same glaciers;
@@ -92,7 +93,7 @@ def run_chain(world_dir: Path, work: Path, ckpt) -> dict:
     wd = WorldDir(world_dir)
     years = wd.years()
     geobox = wd.grid()
-    truth_all = wd.outlines()
+    truth_all = rgi_truth(wd.outlines())
     ref = truth_all[truth_all.year == years[0]].rename(columns={"glacier_id": "glac_id"})[["glac_id", "geometry"]]
     zarr_path, inv_path = work / "preds.zarr", work / "inventory.parquet"
     for p in (inv_path, inv_path.with_name("inventory.changes.parquet")):
@@ -121,6 +122,21 @@ def run_chain(world_dir: Path, work: Path, ckpt) -> dict:
         debris[y] = np.asarray(stored["classes"].values == Label.DEBRIS_ICE)
     return {"inventory": inventory.read(inv_path), "threshold": thresholds, "debris_class": debris,
             "truth": truth_all, "years": years, "geobox": geobox, "world": wd, "seconds": seconds}
+
+
+def rgi_truth(truth: gpd.GeoDataFrame, mmu_m2: float = obia.Rules().mmu_km2 * 1e6) -> gpd.GeoDataFrame:
+    """The truth outlines drawn by the RGI convention the product follows: holes under the minimum mapping
+    unit filled (nunataks at or above it stay), areas from the outlines."""
+    def fill(g):
+        polys = g.geoms if g.geom_type == "MultiPolygon" else [g]
+        kept = [shapely.Polygon(p.exterior, [r for r in p.interiors if shapely.Polygon(r).area >= mmu_m2])
+                for p in polys]
+        return kept[0] if len(kept) == 1 else shapely.MultiPolygon(kept)
+
+    out = truth.copy()
+    out["geometry"] = [fill(g) for g in truth.geometry]
+    out["area_m2"] = out.geometry.area
+    return out
 
 
 def _assign(pred: gpd.GeoSeries, truth: gpd.GeoDataFrame) -> np.ndarray:

@@ -62,8 +62,9 @@ class Rules:
     threshold: float = 0.5  # glacier probability that makes a pixel a candidate
     mmu_km2: float = 0.01  # RGI minimum mapping unit; also the smallest hole kept as a nunatak
     clean_min_ndsi: float = 0.1  # a clean-ice segment with a lower mean NDSI is snow-free terrain
-    debris_max_slope_deg: float = 15.0  # isolated debris kept only on gentler slopes ...
+    debris_max_slope_deg: float = 24.0  # isolated debris kept only on gentler slopes (Paul et al. 2004) ...
     debris_cold_k: float = 1.5  # ... and at least this much colder than bare ground at its elevation
+    debris_face_deg: float = 45.0  # "debris" steeper than this is a rock face, even beside a glacier
     thermal_band_m: float = 100.0  # elevation band of the bare-ground temperature reference
     sea_level_m: float = 5.0  # water touching the glacier below this elevation is the sea (marine)
     divide_max_m: float = 200.0  # ice farther than this from every reference glacier is a new glacier
@@ -286,10 +287,13 @@ def keep_clean(clean: pd.DataFrame, rules: Rules) -> np.ndarray:
 
 
 def keep_debris(debris: pd.DataFrame, touches_clean: np.ndarray, rules: Rules) -> np.ndarray:
-    """Debris segments kept: touching kept clean ice, or gentle and cold for their elevation on their own."""
-    gentle = debris["slope_deg"].to_numpy() <= rules.debris_max_slope_deg
+    """Debris segments kept: connected to kept clean ice, or gentle and cold for their elevation on their own;
+    never on a rock face (debris does not rest on ice that steep: a wall beside the glacier)."""
+    slope = debris["slope_deg"].to_numpy()
+    gentle = slope <= rules.debris_max_slope_deg
     cold = debris["thermal_anomaly_k"].to_numpy() <= -rules.debris_cold_k
-    return touches_clean | (gentle & cold)
+    face = slope > rules.debris_face_deg  # unknown slope (NaN) is no face
+    return (touches_clean | (gentle & cold)) & ~face
 
 
 # --------------------------------------------------------------------------- polygons
@@ -394,8 +398,12 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
     pairs = _touching(debris_lab, clean_lab)
     pairs = pairs[clean_kept[pairs[:, 1]]] if pairs.size else pairs
     touches = np.zeros(nd + 1, bool)
-    if pairs.size:
-        touches[pairs[ice_body[pairs[:, 1]], 0]] = True
+    if pairs.size:  # connected to an ice body through any chain of kept clean and debris segments
+        chain = coo_matrix((np.ones(len(pairs)), (pairs[:, 1] - 1, nc + pairs[:, 0] - 1)), shape=(nc + nd, nc + nd))
+        _, part = connected_components(chain, directed=False)
+        has_ice = np.zeros(nc + nd, bool)
+        has_ice[part[:nc][ice_body[1:]]] = True
+        touches[1:] = has_ice[part[nc:]]
     debris_kept = np.concatenate([[False], keep_debris(debris, touches[1:], rules)])
 
     # glaciers: kept segments joined by adjacency (clean segments never touch each other, nor debris debris)
