@@ -153,15 +153,19 @@ def synthetic_generate(
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
     force: bool = typer.Option(False, "--force", help="Rewrite even if the directory holds this world already."),
     quicklooks: bool = typer.Option(False, "--quicklook", help="Also write PNG quicklooks."),
+    regime: str = typer.Option("maritime", "--regime",
+                               help="maritime | continental | high-mountain-asia | arctic | southern."),
 ) -> None:
     """Generate a synthetic glacier world: COGs + STAC + truth (reused if already complete)."""
     from glacier_stac.synthetic.world import WorldConfig
     from glacier_stac.synthetic.writer import generate
 
     try:
-        config = WorldConfig(seed=seed, size_km=size_km, years=_parse_years(years), difficulty=difficulty)
+        config = WorldConfig(seed=seed, size_km=size_km, years=_parse_years(years), difficulty=difficulty,
+                             regime=regime)
         ys = config.years
-        out = check_out_dir(out or DEFAULT_WORLD_DIR / f"seed{seed}-{size_km:g}km-{ys[0]}-{ys[-1]}-{difficulty}",
+        tag = "" if regime == "maritime" else f"-{regime}"
+        out = check_out_dir(out or DEFAULT_WORLD_DIR / f"seed{seed}-{size_km:g}km-{ys[0]}-{ys[-1]}-{difficulty}{tag}",
                             "--out")
         path = generate(config, out, force=force)
         if quicklooks:
@@ -181,6 +185,9 @@ def synthetic_render(
     years: str = typer.Option("2019-2023", "--years", help="Years, e.g. 2019-2023 or 2019,2021."),
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same bytes."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
+    regime: str = typer.Option("maritime", "--regime",
+                               help="Climate the sensors see (thermal lapse rate, season, SAR pols): maritime | "
+                                    "continental | high-mountain-asia | arctic | southern."),
 ) -> None:
     """Render the sensors over your own DEM and glacier outlines (glaciers retreat year by year)."""
     from glacier_stac.synthetic.user import from_user
@@ -189,7 +196,7 @@ def synthetic_render(
     try:
         ys = _parse_years(years)
         check_out_dir(out, "--out")
-        world = from_user(dem, outlines, ys, seed=seed, difficulty=difficulty)
+        world = from_user(dem, outlines, ys, seed=seed, difficulty=difficulty, regime=regime)
         path = write_world(world, out, source=f"user: dem={dem} outlines={outlines}")
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
@@ -330,6 +337,77 @@ def demo(
                      checkpoint or demo_mod.DEFAULT_CHECKPOINT, workers=workers)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
+
+
+# ------------------------------------------------------------------------------ runs
+
+
+def _load_run_config(config: Path):
+    from glacier_stac import pipeline
+
+    try:
+        return pipeline.load_config(config)
+    except pipeline.ConfigError as e:
+        fail(str(e))
+
+
+@app.command("run")
+def run_cmd(
+    config: Path = typer.Argument(..., help="Run configuration (TOML): AOI or reference outlines, years, store..."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="An existing Dask scheduler (tcp://host:8786)."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan (tiles, pixels, scenes, bytes, time)."),
+) -> None:
+    """Map every tile of the AOI (or around every reference glacier) for the configured years; resumable."""
+    import json
+
+    from glacier_stac import pipeline, store
+
+    cfg = _load_run_config(config)
+    try:
+        if dry_run:
+            typer.echo(json.dumps(pipeline.dry_run(cfg), indent=1))
+            return
+        rep = pipeline.run(cfg, scheduler=scheduler)
+    except (ValueError, FileNotFoundError, store.StoreError) as e:
+        fail(str(e))
+    _print_report(rep)
+    if rep.counts()["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command("update")
+def update_cmd(
+    config: Path = typer.Argument(..., help="The run configuration of the inventory to update."),
+    year: int = typer.Option(..., "--year", help="The year to add (earlier years are never recomputed)."),
+    scheduler: str | None = typer.Option(None, "--scheduler", help="An existing Dask scheduler (tcp://host:8786)."),
+) -> None:
+    """The annual update: add one year to the store, the outlines, the inventory and the change table."""
+    from dataclasses import replace
+
+    from glacier_stac import catalog, pipeline, store
+
+    cfg = _load_run_config(config)
+    try:
+        (year,) = catalog.check_years([year])
+        if not cfg.inventory:
+            raise ValueError(f"{config} has no [inventory] url: an update needs an inventory to add year {year} to")
+        rep = pipeline.run(replace(cfg, years=(year,)), scheduler=scheduler)
+    except (ValueError, FileNotFoundError, store.StoreError) as e:
+        fail(str(e))
+    _print_report(rep)
+    if rep.counts()["failed"]:
+        raise typer.Exit(1)
+
+
+def _print_report(rep) -> None:
+    c = rep.counts()
+    typer.echo(f"tiles: {c['done']} done, {c['skipped']} already done, {c['empty']} without scenes, "
+               f"{c['failed']} failed in {rep.wall_s:.1f} s")
+    for t in rep.tiles:
+        if t.status == "failed":
+            typer.echo(f"  failed {t.tile} {t.year}: {t.reason}")
+    for k, v in rep.inventory.items():
+        typer.echo(f"inventory {k}: {v}")
 
 
 # ------------------------------------------------------------------------------ training

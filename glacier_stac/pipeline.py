@@ -1,0 +1,538 @@
+"""The one composer: a run over the tiles of a region (or of every glacier) and years, on a Dask client.
+
+Work is the global tile grid. Each tile-year is one unit: search -> cube of the tile plus its model
+margin -> `infer.predict_tile` -> `store.write_tile` -> completion record. Units are submitted to the
+cluster as separate small graphs, in waves with backpressure (at most `tiles_in_flight` at once), so
+the graph never grows with the region, resources annotations survive (no fusion across tiles), and a
+failing tile is retried, then recorded with its reason while the others go on. Resuming needs no
+memory of earlier runs: the store's completion records say what is done, and a rerun does the rest.
+Once all tiles of a year are done, OBIA outlines of the region go into the inventory (the annual update).
+
+    cfg = pipeline.load_config("run.toml")
+    report = pipeline.run(cfg)              # a local cluster sized to the machine, unless cfg.cluster says otherwise
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+import tomllib
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from glacier_stac import store as S
+from glacier_stac.cluster import ClusterSpec
+from glacier_stac.redact import redact
+from glacier_stac.version import __version__
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "unet.pt"
+PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+
+class ConfigError(ValueError):
+    """A run configuration that cannot be used: the message names the key and the bad value."""
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A validated run: what to map (AOI or reference outlines), which years, with what, and where to put it."""
+
+    years: tuple[int, ...]
+    store: str
+    aoi: str | None = None  # bbox "minx,miny,maxx,maxy", GeoJSON or vector file
+    reference: str | None = None  # glacier outlines (RGI-like): tiles around every glacier, ids kept
+    buffer_m: float = 500.0
+    sensors: tuple[str, ...] | None = None
+    checkpoint: str = str(DEFAULT_CHECKPOINT)
+    catalog: str = PLANETARY_COMPUTER
+    max_cloud: float = 80.0
+    inventory: str | None = None  # GeoParquet path; None: predictions only
+    storage_options: Mapping[str, Any] = field(default_factory=dict)
+    tiles_in_flight: int = 4
+    retries: int = 2
+    report: str | None = None  # JSON report path; default beside the inventory, else ./glacier-stac-report.json
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
+
+    def describe(self) -> dict:
+        """The configuration as stored with the outputs: no storage options, credentials redacted."""
+        d = asdict(self)
+        d.pop("storage_options")
+        return json.loads(redact(json.dumps(d, default=str)))
+
+
+_SECTIONS = {"run", "aoi", "catalog", "store", "inventory", "cluster"}
+
+
+def _get(d: Mapping, key: str, kind: type | tuple[type, ...], where: str, default: Any = None) -> Any:
+    if key not in d:
+        return default
+    v = d[key]
+    if not isinstance(v, kind) or (isinstance(v, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))):
+        names = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise ConfigError(f"{where}.{key} must be {names}, got {v!r}")
+    return v
+
+
+def _years(v: Any, where: str) -> tuple[int, ...]:
+    from glacier_stac.catalog import check_years
+
+    if isinstance(v, str):
+        parts = v.replace(" ", "").split("-") if "-" in v.strip("-") else [v]
+        try:
+            nums = [int(p) for p in parts if p]
+        except ValueError:
+            raise ConfigError(f"{where} must be a list of years or 'YYYY-YYYY', got {v!r}") from None
+        v = list(range(nums[0], nums[-1] + 1)) if len(nums) == 2 else nums
+    if isinstance(v, int) and not isinstance(v, bool):
+        v = [v]
+    if not isinstance(v, list) or not v or not all(isinstance(y, int) and not isinstance(y, bool) for y in v):
+        raise ConfigError(f"{where} must be a non-empty list of years, got {v!r}")
+    try:
+        return tuple(check_years(sorted(set(v))))
+    except ValueError as e:
+        raise ConfigError(f"{where}: {e}") from None
+
+
+def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
+    """A RunConfig from the TOML document's tables; every error names the key (`section.key`) and the value."""
+    unknown = set(raw) - _SECTIONS
+    if unknown:
+        raise ConfigError(f"unknown section(s) {sorted(unknown)}; expected {sorted(_SECTIONS)}")
+    for sec in raw:
+        if not isinstance(raw[sec], Mapping):
+            raise ConfigError(f"[{sec}] must be a table, got {raw[sec]!r}")
+    allowed = {"run": {"years", "sensors", "checkpoint", "tiles_in_flight", "retries", "report"},
+               "aoi": {"bbox", "file", "inventory", "buffer_m"},
+               "catalog": {"url", "sign", "max_cloud"}, "store": {"url", "storage_options"},
+               "inventory": {"url"},
+               "cluster": {f.name for f in fields(ClusterSpec)}}
+    for sec, keys in allowed.items():
+        extra = set(raw.get(sec, {})) - keys
+        if extra:
+            raise ConfigError(f"unknown key(s) {sorted(f'{sec}.{k}' for k in extra)}; [{sec}] takes {sorted(keys)}")
+    run, aoi_t = raw.get("run", {}), raw.get("aoi", {})
+    if "years" not in run:
+        raise ConfigError("run.years is required (e.g. years = [2021, 2023] or years = \"2019-2023\")")
+    years = _years(run["years"], "run.years")
+
+    def rel(p: str | None) -> str | None:
+        if p is None or "://" in p or base is None or Path(p).is_absolute():
+            return p
+        return str((base / p).resolve())
+
+    bbox = _get(aoi_t, "bbox", (str, list), "aoi")
+    file = _get(aoi_t, "file", str, "aoi")
+    ref = _get(aoi_t, "inventory", str, "aoi")
+    given = [k for k, v in (("aoi.bbox", bbox), ("aoi.file", file), ("aoi.inventory", ref)) if v is not None]
+    if len(given) != 1:
+        raise ConfigError(f"give exactly one of aoi.bbox, aoi.file, aoi.inventory (got {given or 'none'})")
+    if isinstance(bbox, list):
+        if len(bbox) != 4 or not all(isinstance(b, int | float) for b in bbox):
+            raise ConfigError(f"aoi.bbox must be [minx, miny, maxx, maxy] in degrees, got {bbox!r}")
+        bbox = ",".join(str(b) for b in bbox)
+    buffer_m = float(_get(aoi_t, "buffer_m", (int, float), "aoi", 500.0))
+    if not math.isfinite(buffer_m) or buffer_m < 0:
+        raise ConfigError(f"aoi.buffer_m must be a finite number >= 0, got {buffer_m!r}")
+    sensors = _get(run, "sensors", list, "run")
+    if sensors is not None:
+        from glacier_stac import sensors as sensor_records
+
+        try:
+            sensor_records.resolve(sensors)
+        except (KeyError, ValueError) as e:
+            raise ConfigError(f"run.sensors: {e}") from None
+    ckpt = _get(run, "checkpoint", str, "run", str(DEFAULT_CHECKPOINT))
+    shipped = DEFAULT_CHECKPOINT.with_name(f"{ckpt}.pt")
+    ckpt = str(shipped) if "/" not in ckpt and shipped.is_file() else rel(ckpt)  # a shipped name, or a path
+    if "://" not in ckpt and not Path(ckpt).is_file():
+        raise ConfigError(f"run.checkpoint {ckpt!r} is not a file")
+    tif = _get(run, "tiles_in_flight", int, "run", 4)
+    retries = _get(run, "retries", int, "run", 2)
+    if tif < 1:
+        raise ConfigError(f"run.tiles_in_flight must be >= 1, got {tif}")
+    if retries < 0:
+        raise ConfigError(f"run.retries must be >= 0, got {retries}")
+    st = raw.get("store", {})
+    url = _get(st, "url", str, "store")
+    if not url:
+        raise ConfigError("store.url is required (a local path or s3://bucket/prefix.zarr)")
+    cat = raw.get("catalog", {})
+    max_cloud = float(_get(cat, "max_cloud", (int, float), "catalog", 80.0))
+    if not 0 <= max_cloud <= 100:
+        raise ConfigError(f"catalog.max_cloud must be within 0..100, got {max_cloud}")
+    try:
+        cluster_spec = ClusterSpec(**raw.get("cluster", {}))
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"[cluster]: {e}") from None
+    inv = raw.get("inventory", {})
+    inv_url = rel(_get(inv, "url", str, "inventory"))
+    if inv_url is not None and not inv_url.endswith(".parquet"):
+        inv_url = str(Path(inv_url) / "inventory.parquet")
+    return RunConfig(years=years, store=rel(url), aoi=rel(file) if file else bbox, reference=rel(ref),
+                     buffer_m=buffer_m, sensors=tuple(sensors) if sensors else None, checkpoint=ckpt,
+                     catalog=_get(cat, "url", str, "catalog", PLANETARY_COMPUTER), max_cloud=max_cloud,
+                     inventory=inv_url, storage_options=dict(_get(st, "storage_options", dict, "store", {})),
+                     tiles_in_flight=tif, retries=retries, report=rel(_get(run, "report", str, "run")),
+                     cluster=cluster_spec)
+
+
+def load_config(path: str | os.PathLike[str]) -> RunConfig:
+    """Read and validate a TOML run configuration (relative paths are relative to the file)."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {p} does not exist" if not p.exists() else f"config {p} is not a file")
+    try:
+        raw = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config {p} is not valid TOML: {e}") from None
+    return parse_config(raw, base=p.parent)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(frozen=True)
+class TileUnit:
+    """One tile of the global grid to map (its zone, lattice position and GeoBox)."""
+
+    zone: str  # "EPSG:32606"
+    key: S.TileKey
+    geobox: Any  # odc.geo GeoBox of the tile core
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What a run will do, before it reads a pixel."""
+
+    tiles: tuple[TileUnit, ...]
+    years: tuple[int, ...]
+    done: dict[int, frozenset[str]]  # year -> tile ids already complete in the store
+    margin: int
+
+    @property
+    def todo(self) -> int:
+        return sum(1 for y in self.years for t in self.tiles if t.key.id not in self.done.get(y, ()))
+
+    def pixels(self) -> int:
+        return sum(int(np.prod(t.geobox.shape)) for t in self.tiles) * len(self.years)
+
+
+def plan_tiles(cfg: RunConfig) -> list[TileUnit]:
+    """Tiles of the global grid over the AOI, or around every reference glacier (each in its centroid's zone)."""
+    from odc.geo.crs import CRS
+
+    from glacier_stac import catalog, grid
+
+    units = []
+    if cfg.reference is not None:
+        import geopandas as gpd
+
+        try:
+            outlines = gpd.read_file(cfg.reference) if not cfg.reference.endswith(".parquet") \
+                else gpd.read_parquet(cfg.reference)
+        except Exception as e:  # noqa: BLE001 - any reader error is a bad reference file for the user
+            raise ConfigError(f"aoi.inventory {cfg.reference!r} cannot be read: {e}") from None
+        table = grid.plan_tiles(outlines, buffer_m=cfg.buffer_m)
+        for row in table.itertuples():
+            gs = grid.tile_grid(CRS(row.crs))
+            gb = gs.tile_geobox((row.ix, row.iy))
+            units.append(_unit(str(row.crs), gb))
+    else:
+        aoi = catalog.load_aoi(cfg.aoi)
+        for t in grid.tiles_for(aoi.geometry):
+            units.append(_unit(t.crs, t.geobox))
+    return sorted(units, key=lambda u: (u.zone, u.key.trow, u.key.tcol))
+
+
+def _unit(zone: str, gb) -> TileUnit:
+    from glacier_stac.grid import global_origin
+
+    r, c = global_origin(gb)
+    z = S.Zone(zone)
+    return TileUnit(zone, z.tile_of(r, c), gb)
+
+
+def make_plan(cfg: RunConfig) -> Plan:
+    from glacier_stac.infer import tile_margin
+
+    tiles = tuple(plan_tiles(cfg))
+    loc = S.Location.of(cfg.store, cfg.storage_options)
+    done: dict[int, frozenset[str]] = {}
+    if S.store_grid(loc) is not None:
+        for y in cfg.years:
+            done[y] = frozenset(t for z in {u.key.zone for u in tiles} for t in S.done_tiles(loc, z, y))
+    return Plan(tiles, cfg.years, done, tile_margin(cfg.checkpoint))
+
+
+# --------------------------------------------------------------------------- one tile-year
+
+
+@dataclass(frozen=True)
+class TileOutcome:
+    """How one tile-year ended (records, not tuples, in the report)."""
+
+    tile: str
+    year: int
+    status: str  # done | skipped | failed | empty
+    seconds: float = 0.0
+    valid_px: int = 0
+    reason: str = ""
+
+
+def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str):
+    """The lazy work of one tile-year (search happens here, on the client): a Delayed returning a TileRecord.
+
+    None when the catalog has no scenes over the tile for the year (recorded, not an error).
+    """
+    from glacier_stac import catalog, cube
+    from glacier_stac.infer import predict_tile
+
+    ctx = unit.geobox.pad(margin)
+    aoi = catalog.load_aoi(ctx.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=unit.key.id)
+    found = catalog.search(aoi, [year], list(cfg.sensors) if cfg.sensors else None, catalog=cat,
+                           missing="record", max_cloud=cfg.max_cloud)
+    if not any(found.for_year(year).values()):
+        return None
+    data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None)
+    pred = predict_tile(data, cfg.checkpoint, margin=margin)
+    wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
+                 checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},
+                 items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()})
+    return wp.tasks[0] if wp.tasks else None
+
+
+# --------------------------------------------------------------------------- the run
+
+
+@dataclass
+class Report:
+    """What a run did: written as JSON beside the outputs."""
+
+    config: dict
+    software_version: str = __version__
+    started: str = ""
+    wall_s: float = 0.0
+    tiles: list[TileOutcome] = field(default_factory=list)
+    years_complete: list[int] = field(default_factory=list)
+    inventory: dict = field(default_factory=dict)
+    dashboard: str | None = None
+
+    def counts(self) -> dict[str, int]:
+        out = {"done": 0, "skipped": 0, "failed": 0, "empty": 0}
+        for t in self.tiles:
+            out[t.status] += 1
+        return out
+
+    def to_dict(self) -> dict:
+        done_px = sum(t.valid_px for t in self.tiles if t.status == "done")
+        return {"software_version": self.software_version, "started": self.started, "wall_s": self.wall_s,
+                "counts": self.counts(), "valid_pixels": done_px,
+                "mpx_per_s": done_px / 1e6 / self.wall_s if self.wall_s else 0.0,
+                "failures": [asdict(t) for t in self.tiles if t.status == "failed"],
+                "tiles": [asdict(t) for t in self.tiles], "years_complete": self.years_complete,
+                "inventory": self.inventory, "dashboard": self.dashboard, "config": self.config}
+
+
+def _report_path(cfg: RunConfig) -> Path:
+    if cfg.report:
+        return Path(cfg.report)
+    if cfg.inventory and "://" not in cfg.inventory:
+        return Path(cfg.inventory).with_name("run-report.json")
+    return Path("glacier-stac-report.json")
+
+
+def _iter_units(plan: Plan) -> Iterator[tuple[TileUnit, int]]:
+    for year in plan.years:
+        for unit in plan.tiles:
+            yield unit, year
+
+
+def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
+           progress: Callable[[TileOutcome, int, int], None] | None = None) -> Report:
+    """Map every tile-year of the plan on `client`, in waves; then outlines and inventory per complete year."""
+    from distributed import as_completed
+
+    from glacier_stac import catalog
+    from glacier_stac.models.checkpoint import load as load_checkpoint
+
+    t0 = time.perf_counter()
+    plan = plan or make_plan(cfg)
+    rep = Report(config=cfg.describe(), started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                 dashboard=getattr(client, "dashboard_link", None))
+    loc = S.Location.of(cfg.store, cfg.storage_options)
+    run_id = S.record_run(loc, {"config": cfg.describe()})
+    digest = load_checkpoint(cfg.checkpoint).digest()
+    cat = catalog.open_catalog(cfg.catalog)
+    total = len(plan.tiles) * len(plan.years)
+    pending = as_completed()
+    meta: dict[Any, tuple[TileUnit, int, float]] = {}
+    units = _iter_units(plan)
+    in_flight = 0
+
+    def finish(outcome: TileOutcome) -> None:
+        rep.tiles.append(outcome)
+        if progress:
+            progress(outcome, len(rep.tiles), total)
+
+    def submit_next() -> bool:
+        nonlocal in_flight
+        for unit, year in units:
+            if unit.key.id in plan.done.get(year, ()):
+                finish(TileOutcome(unit.key.id, year, "skipped"))
+                continue
+            t = time.perf_counter()
+            try:
+                task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest)
+            except Exception as e:  # noqa: BLE001 - one tile's bad input must not stop the others
+                finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
+                                   reason=redact(f"{type(e).__name__}: {e}")))
+                continue
+            if task is None:
+                finish(TileOutcome(unit.key.id, year, "empty", time.perf_counter() - t,
+                                   reason="no scenes over the tile for the year"))
+                continue
+            fut = client.compute(task, retries=cfg.retries, optimize_graph=False)
+            meta[fut] = (unit, year, t)
+            pending.add(fut)
+            in_flight += 1
+            return True
+        return False
+
+    while in_flight < cfg.tiles_in_flight and submit_next():
+        pass
+    for fut in pending:
+        unit, year, t = meta.pop(fut)
+        in_flight -= 1
+        if fut.status == "finished":
+            rec = fut.result()
+            finish(TileOutcome(unit.key.id, year, "done", time.perf_counter() - t, rec.valid_px))
+        else:
+            exc = fut.exception()
+            finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
+                               reason=redact(f"{type(exc).__name__}: {exc}")))
+        fut.release()
+        while in_flight < cfg.tiles_in_flight and submit_next():
+            pass
+    failed = {(t.tile, t.year) for t in rep.tiles if t.status == "failed"}
+    rep.years_complete = [y for y in plan.years if not any(fy == y for _, fy in failed)]
+    if cfg.inventory:
+        rep.inventory = update_inventory(cfg, plan, rep.years_complete)
+    rep.wall_s = time.perf_counter() - t0
+    path = _report_path(cfg)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(rep.to_dict(), indent=1, default=str))
+    log.info("run report: %s", path)
+    return rep
+
+
+def update_inventory(cfg: RunConfig, plan: Plan, years: Sequence[int]) -> dict:
+    """OBIA outlines of each complete year into the inventory (a year already there is skipped, not redone)."""
+    from glacier_stac import inventory
+
+    out = {}
+    loc = S.Location.of(cfg.store, cfg.storage_options)
+    zones = sorted({u.zone for u in plan.tiles})
+    Path(cfg.inventory).parent.mkdir(parents=True, exist_ok=True)
+    for year in years:
+        for zone in zones:
+            preds = S.open_predictions(loc, zone=S.zone_name(zone), years=[year],
+                                       aoi=cfg.aoi if cfg.reference is None else None)
+            res = inventory.add_year(cfg.inventory, year, preds, reference=cfg.reference,
+                                     region=S.zone_name(zone).removeprefix("EPSG"))
+            out[f"{zone}/{year}"] = {"glaciers": res.glaciers if hasattr(res, "glaciers") else None,
+                                     "skipped": bool(getattr(res, "skipped", False))}
+    return out
+
+
+def run(cfg: RunConfig, *, scheduler: str | None = None, console=None) -> Report:
+    """`run_on` with a client from the configured cluster (or `scheduler`), a progress bar and a summary."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from glacier_stac import cluster
+
+    console = console or Console(stderr=True)
+    if scheduler:
+        cfg = replace(cfg, cluster=replace(cfg.cluster, kind="scheduler", scheduler=scheduler))
+    plan = make_plan(cfg)
+    with cluster.connect(cfg.cluster) as client:
+        console.print(f"dashboard: {client.dashboard_link}" if getattr(client, "dashboard_link", None)
+                      else "dashboard: off")
+        with Progress(TextColumn("[bold]tiles"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                      TextColumn("{task.description}"), console=console) as bar:
+            task = bar.add_task("", total=len(plan.tiles) * len(plan.years))
+
+            def tick(o: TileOutcome, n: int, total: int) -> None:
+                bar.update(task, completed=n, description=f"{o.tile} {o.year} {o.status}")
+
+            return run_on(client, cfg, plan=plan, progress=tick)
+
+
+# --------------------------------------------------------------------------- dry run
+
+
+def dry_run(cfg: RunConfig, measured: Mapping[str, float] | None = None) -> dict:
+    """The plan without computing: tiles, pixels, scenes and bytes to read, estimated time and cost.
+
+    Scenes are counted by searching the catalog once per zone over the tiles' extent; bytes from the
+    sensors' asset resolutions and dtypes; time from the measured per-tile seconds (benchmarks).
+    """
+    from odc.geo.geom import unary_union
+
+    from glacier_stac import catalog
+    from glacier_stac import sensors as sensor_records
+
+    plan = make_plan(cfg)
+    measured = dict(measured or _measured_per_tile())
+    cat = catalog.open_catalog(cfg.catalog)
+    scenes: dict[str, int] = {}
+    bytes_read = 0.0
+    for zone in sorted({u.zone for u in plan.tiles}):
+        ext = unary_union([u.geobox.extent for u in plan.tiles if u.zone == zone]).to_crs("EPSG:4326")
+        aoi = catalog.load_aoi(ext.geom.__geo_interface__, name=zone)
+        found = catalog.search(aoi, list(plan.years), list(cfg.sensors) if cfg.sensors else None, catalog=cat,
+                               missing="record", max_cloud=cfg.max_cloud)
+        for s in found.summary():
+            scenes[s["sensor"]] = scenes.get(s["sensor"], 0) + int(s.get("items", 0))
+    tile_px = sum(int(np.prod(u.geobox.shape)) for u in plan.tiles)
+    for rec in sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None):
+        n = scenes.get(rec.name, 0)
+        per_px = sum(np.dtype(b.dtype).itemsize * (10.0 / b.resolution) ** 2 for b in rec.data_bands)
+        # each scene covers ~the tiles it overlaps; a tile-year reads its share of each acquisition
+        bytes_read += per_px * tile_px * len(plan.years) * min(n / max(len(plan.years), 1), 24) / 2
+    s_per_tile = measured.get("seconds_per_tile", 30.0)
+    todo = plan.todo
+    cpu_h = todo * s_per_tile / 3600
+    return {"tiles": len(plan.tiles), "years": list(plan.years), "tile_years_todo": todo,
+            "tile_years_done": len(plan.tiles) * len(plan.years) - todo, "pixels": plan.pixels(),
+            "scenes": scenes, "bytes_to_read_estimate": int(bytes_read),
+            "seconds_per_tile_measured": s_per_tile, "cpu_hours_estimate": cpu_h,
+            "cost_usd_estimate": cpu_h * measured.get("usd_per_cpu_hour", 0.05),
+            "margin_px": plan.margin, "computed_over_output": ((1024 + 2 * plan.margin) / 1024) ** 2}
+
+
+def _measured_per_tile() -> dict[str, float]:
+    """Per-tile seconds from the latest scaling or store benchmark result, when present."""
+    here = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+    for name in ("scaling.json", "store_write.json"):
+        p = here / name
+        if p.is_file():
+            try:
+                d = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                continue
+            if "seconds_per_tile" in d:
+                return {"seconds_per_tile": float(d["seconds_per_tile"])}
+    return {}

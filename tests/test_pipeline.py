@@ -1,0 +1,182 @@
+"""pipeline.run: configs that name their errors, per-tile work equal to one big predict, resume from the store.
+
+Runs the real chain on the session's world (rustac STAC API on loopback -> search -> cube -> predict_tile
+-> Zarr store -> OBIA -> inventory) on real Dask worker processes, with the shipped cnn5 checkpoint to
+keep it quick. The client process is SIGKILLed mid-run and the run started again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glacier_stac import catalog, cube, infer, pipeline, store
+from glacier_stac.testing.worlds import WorldDir
+
+CNN5 = str(Path(pipeline.__file__).parent / "checkpoints" / "cnn5.pt")
+
+
+def _raw(url: str, out: Path, years=(2021, 2022), bbox=None, **run) -> dict:
+    return {"run": {"years": list(years), "checkpoint": CNN5, "tiles_in_flight": 2, **run},
+            "aoi": {"bbox": bbox}, "catalog": {"url": url},
+            "store": {"url": str(out / "preds.zarr")}, "inventory": {"url": str(out / "inventory.parquet")}}
+
+
+def _bbox(world_dir: Path) -> list[float]:
+    b = WorldDir(world_dir).aoi().geometry.boundingbox
+    return [b.left, b.bottom, b.right, b.top]
+
+
+@pytest.mark.parametrize("patch, message", [
+    ({"run": {"years": [2021], "tiles_in_flight": 0}}, "run.tiles_in_flight must be >= 1, got 0"),
+    ({"run": {"years": "twenty"}}, "run.years must be"),
+    ({"run": {"years": [2035]}}, "run.years: .*2035"),
+    ({"run": {"yeras": [2021]}}, r"unknown key\(s\) \['run.yeras'\]"),
+    ({"run": {"years": [2021], "checkpoint": "/nope.pt"}}, "run.checkpoint '/nope.pt' is not a file"),
+    ({"aoi": {"bbox": [1, 2, 3]}}, r"aoi.bbox must be \[minx, miny, maxx, maxy\]"),
+    ({"aoi": {"bbox": "1,2,3,4", "file": "x.gpkg"}}, "give exactly one of aoi.bbox, aoi.file, aoi.inventory"),
+    ({"catalog": {"max_cloud": 150}}, "catalog.max_cloud must be within 0..100, got 150"),
+    ({"cluster": {"kind": "yarn"}}, r"\[cluster\]: cluster kind must be one of .*'yarn'"),
+    ({"cluster": {"workers": 0}}, r"\[cluster\]: cluster workers must be an integer >= 1, got 0"),
+    ({"store": {"url": ""}}, "store.url is required"),
+    ({"storage": {}}, r"unknown section\(s\) \['storage'\]"),
+])
+def test_config_errors_name_the_key_and_value(tmp_path, patch, message):
+    raw = {"run": {"years": [2021], "checkpoint": CNN5}, "aoi": {"bbox": "-147.1,61.1,-147.0,61.2"},
+           "store": {"url": str(tmp_path / "s.zarr")}}
+    for sec, vals in patch.items():
+        raw.setdefault(sec, {}).update(vals)
+    with pytest.raises(pipeline.ConfigError, match=message):
+        pipeline.parse_config(raw)
+
+
+def test_config_file_paths_are_relative_to_the_file(tmp_path):
+    (tmp_path / "run.toml").write_text(
+        '[run]\nyears = "2021-2022"\ncheckpoint = "cnn5"\n[aoi]\nbbox = "-147.1,61.1,-147.0,61.2"\n'
+        '[store]\nurl = "out/preds.zarr"\n[inventory]\nurl = "out"\n')
+    cfg = pipeline.load_config(tmp_path / "run.toml")
+    assert cfg.years == (2021, 2022)
+    assert cfg.store == str(tmp_path / "out" / "preds.zarr")
+    assert cfg.inventory == str(tmp_path / "out" / "inventory.parquet")
+    assert cfg.checkpoint.endswith("cnn5.pt")
+    (tmp_path / "bad.toml").write_text("[run\nyears=")
+    with pytest.raises(pipeline.ConfigError, match="not valid TOML"):
+        pipeline.load_config(tmp_path / "bad.toml")
+
+
+def test_predict_tile_equals_predict_over_a_larger_cube():
+    """One tile predicted from its context alone is the same as that tile inside a whole-region predict."""
+    import dask.array as da
+    import xarray as xr
+
+    from glacier_stac.models.checkpoint import load
+
+    ckpt = load(CNN5)
+    m = infer.tile_margin(ckpt)
+    rng = np.random.default_rng(1)
+    row0, col0 = -678_912 - 100, 49_152 - 100  # a region starting 100 px before a tile corner
+    h = w = 1024 + 200
+    a = rng.normal(size=(len(ckpt.features), h, w)).astype(np.float32)
+    x = (col0 + 0.5 + np.arange(w)) * 10.0
+    y = -(row0 + 0.5 + np.arange(h)) * 10.0
+    big = xr.DataArray(da.from_array(a, chunks=(-1, 300, 300)), dims=("feature", "y", "x"),
+                       coords={"feature": ckpt.features, "y": y, "x": x})
+    whole = infer.predict(big, ckpt)["probability"][:, 100:1124, 100:1124].values
+    ctx = big.isel(y=slice(100 - m, 1124 + m), x=slice(100 - m, 1124 + m))
+    tile = infer.predict_tile(ctx, ckpt, margin=m)
+    assert tile.sizes == {"class": 4, "y": 1024, "x": 1024}
+    assert tile.attrs["computed_over_output"] <= 1.3
+    assert np.allclose(tile["probability"].values, whole, atol=1e-5)
+    with pytest.raises(ValueError, match="less than the"):
+        infer.predict_tile(ctx.isel(y=slice(1, -1), x=slice(1, -1)), ckpt, margin=m - 1)
+
+
+def _arrays(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and "_glacier_stac" not in p.parts}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from glacier_stac.cluster import ClusterSpec, connect
+
+    with connect(ClusterSpec(workers=2, threads_per_worker=1)) as c:
+        yield c
+
+
+@pytest.fixture(scope="module")
+def full_run(world_dir, rustac_url, client, tmp_path_factory):
+    out = tmp_path_factory.mktemp("pipeline")
+    cfg = pipeline.parse_config(_raw(rustac_url, out, bbox=_bbox(world_dir)))
+    rep = pipeline.run_on(client, cfg)
+    return cfg, rep, out
+
+
+def test_run_maps_every_tile_year_and_writes_store_inventory_report(full_run, world_dir, rustac_url):
+    cfg, rep, out = full_run
+    plan = pipeline.make_plan(cfg)
+    assert rep.counts()["failed"] == 0, rep.to_dict()["failures"]
+    assert rep.counts()["done"] + rep.counts()["empty"] == len(plan.tiles) * 2
+    assert rep.years_complete == [2021, 2022]
+    ds = store.open_predictions(cfg.store, aoi=cfg.aoi, years=[2021, 2022])
+    assert ds.attrs["complete"]
+    # the tile-by-tile result equals one predict over the whole world's cube (no seams between tiles)
+    gb = WorldDir(world_dir).grid()
+    found = catalog.search(catalog.load_aoi(cfg.aoi), [2022], catalog=rustac_url, missing="record")
+    whole = infer.predict(cube.build(found, gb.pad(64), 2022), cfg.checkpoint)["classes"].values[64:-64, 64:-64]
+    got = store.open_predictions(cfg.store, aoi=gb.extent, years=[2022])["classes"].sel(year=2022).values
+    assert got.shape == whole.shape
+    agree = (got == whole).mean()
+    assert agree > 0.999, f"tile-wise and whole-region classes agree on {agree:.4%} of pixels"
+    report = json.loads((out / "run-report.json").read_text())
+    assert report["counts"]["done"] == rep.counts()["done"] and report["wall_s"] > 0
+    import geopandas as gpd
+
+    inv = gpd.read_parquet(out / "inventory.parquet")
+    assert sorted(set(inv["year"].astype(int))) == [2021, 2022]
+    assert (inv["area_km2"] > 0).all()
+
+
+def test_rerun_redoes_nothing(full_run, client):
+    cfg, _, out = full_run
+    before = _arrays(Path(cfg.store))
+    inv_bytes = (out / "inventory.parquet").read_bytes()
+    rep = pipeline.run_on(client, cfg)
+    c = rep.counts()
+    assert c["done"] == 0 and c["failed"] == 0 and c["skipped"] >= 1
+    assert all(v["skipped"] for v in rep.inventory.values())
+    assert _arrays(Path(cfg.store)) == before
+    assert (out / "inventory.parquet").read_bytes() == inv_bytes
+
+
+def test_client_killed_mid_run_resumes_to_identical_outputs(full_run, world_dir, rustac_url, tmp_path):
+    cfg_ref, _, _ = full_run
+    raw = _raw(rustac_url, tmp_path, years=(2021, 2022), bbox=_bbox(world_dir), tiles_in_flight=1)
+    raw["cluster"] = {"workers": 1, "threads_per_worker": 1}
+    lines = [f"[{sec}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items()) for sec, vals in raw.items()]
+    (tmp_path / "run.toml").write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "glacier_stac.cli", "run", str(tmp_path / "run.toml")]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    done = tmp_path / "preds.zarr" / "_glacier_stac" / "done"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not list(done.rglob("*.json")) and proc.poll() is None:
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)  # the client and its local cluster, all at once
+    proc.wait(timeout=60)
+    n_done = len(list(done.rglob("*.json")))
+    total = len(pipeline.make_plan(cfg_ref).tiles) * 2
+    assert 1 <= n_done < total, f"killed after {n_done} of {total} tile-years"
+    res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert f"{n_done} already done" in res.stdout
+    assert _arrays(tmp_path / "preds.zarr") == _arrays(Path(cfg_ref.store))
