@@ -324,6 +324,38 @@ MUTATIONS: list[Mutation] = [
         new="        return (ReaderState, ())\n",
         tests=("tests/test_cluster.py::test_state_pickles_as_the_receiving_process_state",),
     ),
+    Mutation(
+        name="regime-thermal-ignored",
+        invariant="7. worlds of every regime: Landsat follows the regime's lapse rate, not the maritime one",
+        path="glacier_stac/synthetic/render.py",
+        old="prep.debris_field, world.config.physics.thermal)",
+        new="prep.debris_field)",
+        tests=("tests/test_synthetic_regimes.py::test_rendered_landsat_uses_the_regime_climate",),
+    ),
+    Mutation(
+        name="regime-heights-not-mapped",
+        invariant="7. worlds of every regime: heights, ELA and ice in the regime's range",
+        path="glacier_stac/synthetic/glaciers.py",
+        old="    if (regime.base_m, regime.vertical_scale) != (0.0, 1.0):\n",
+        new="    if False:\n",
+        tests=("tests/test_synthetic_regimes.py::test_height_ranges_and_ela",),
+    ),
+    Mutation(
+        name="regime-sar-polarisations-ignored",
+        invariant="7. worlds of every regime: Arctic Sentinel-1 is HH/HV",
+        path="glacier_stac/synthetic/render.py",
+        old="    co, cross = world.config.physics.polarizations",
+        new='    co, cross = "vv", "vh"',
+        tests=("tests/test_synthetic_regimes.py::test_sensors_and_season_follow_the_regime",),
+    ),
+    Mutation(
+        name="regime-sea-ice-not-drifted",
+        invariant="7. worlds of every regime: Arctic fjords carry sea ice",
+        path="glacier_stac/synthetic/glaciers.py",
+        old="    if regime.sea_ice > 0:\n",
+        new="    if False:\n",
+        tests=("tests/test_synthetic_regimes.py::test_sea_and_calving_only_where_the_regime_has_a_coast",),
+    ),
 ]
 
 

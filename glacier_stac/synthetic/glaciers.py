@@ -328,7 +328,7 @@ def debris_index(terrain: Terrain, st: IceState, ela: np.ndarray) -> np.ndarray:
 # --- The world on the fine grid, year by year --------------------------------------------------
 
 DEBRIS_THRESHOLD = {"easy": 1.1, "normal": 0.9, "hard": 0.75}  # lower: more debris cover
-COVERAGE = 0.45  # fraction of the land under ice in the first year
+COVERAGE = 0.45  # fraction of the land under ice in the first year (maritime; each Regime sets its own)
 ELA_RISE = 0.008  # per year, as a fraction of the relief: climate warming drives the retreat
 
 
@@ -530,6 +530,7 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
         world_geobox,
     )
 
+    regime = config.physics
     rng = np.random.default_rng(config.seed)
     geobox = world_geobox(config.size_km, config.resolution, config.center_lon, config.center_lat)
     n = geobox.shape[0]
@@ -539,7 +540,7 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
     min_area = 0.0025 * length**2  # 1 km^2 in a 20 km world
 
     # First year: a regional ice cover, then one glacier cut into a fjord so it calves.
-    ela0 = coverage_ela(terrain, COVERAGE)
+    ela0 = coverage_ela(terrain, regime.coverage)
     st = ice_state(terrain, MassBalance(ela_field(terrain, ela0)))
     gid = glacier_basins(terrain, st, min_area)
     if gid.max() == 0:
@@ -552,15 +553,22 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
     slope_c = smoothed_slope(terrain.bed, terrain.dx)
     st0 = st
     choice, reach_up = FJORD_TRIES[fjord_try]
-    drowned, _, trunk = drown_fjord(terrain, st0, gid, 0.1 * terrain.zmax, reach_up=reach_up,
-                                    choice=choice, ela=ela_field(terrain, ela0))
-    carve = np.minimum(ndimage.gaussian_filter(drowned.bed - terrain.bed, 1.0), 0.0)
+    if regime.tidewater:
+        drowned, _, trunk = drown_fjord(terrain, st0, gid, 0.1 * terrain.zmax, reach_up=reach_up,
+                                        choice=choice, ela=ela_field(terrain, ela0))
+        carve = np.minimum(ndimage.gaussian_filter(drowned.bed - terrain.bed, 1.0), 0.0)
+    else:  # inland: no fjord, and the coves of the reference frame's coast are valley floor
+        trunk = np.zeros(terrain.shape, dtype=bool)
+        carve = np.zeros(terrain.shape)
     ice_c = gid > 0
     d, (iy, ix) = ndimage.distance_transform_edt(~ice_c, return_indices=True)
     ids_f = _warped_nearest(gid[iy, ix], n, rng).astype(np.int32)
 
     bed_land = fine_relief(terrain, n, res, rng)
     bed = bed_land + upsample(carve, n)  # the ground under the ice and the sea: fjord cut in
+    if not regime.tidewater:
+        bed_land = np.maximum(bed_land, 2.0)
+        bed = bed_land.copy()
     margin_noise = 6.0 * spectral_noise(rng, (n, n), 2.8)
 
     def fine_ice(st: IceState) -> tuple[np.ndarray, np.ndarray]:
@@ -593,11 +601,14 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
     touching = ice0 & ndimage.binary_dilation(sea0)
     tide_ids = np.unique(ids_f[touching])
     tide_ids = tide_ids[tide_ids > 0]
-    if tide_ids.size == 0:
+    if tide_ids.size == 0 and not regime.tidewater:
+        tidewater = 0
+    elif tide_ids.size == 0:
         if fjord_try + 1 < len(FJORD_TRIES):
             return simulate(config, fjord_try + 1)
         raise RuntimeError(f"no glacier reaches the sea in this world (seed {config.seed}); try another seed")
-    tidewater = int(tide_ids[np.argmax(np.bincount(ids_f[touching])[tide_ids])])
+    else:
+        tidewater = int(tide_ids[np.argmax(np.bincount(ids_f[touching])[tide_ids])])
 
     # Debris: rockfall index from the coarse model, strongest on one land-terminating tongue.
     didx = upsample(debris_index(terrain, st0, ela_field(terrain, ela0)), n)
@@ -605,7 +616,7 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
     snow_noise = 40.0 * spectral_noise(rng, (n, n), 3.0)
     below = ice0 & (bed_land + np.maximum(depth0, 1.0) < ela_f0 - 10.0)
     nglac = int(ids_f.max())
-    thr = np.full(nglac + 1, DEBRIS_THRESHOLD[config.difficulty])
+    thr = np.full(nglac + 1, DEBRIS_THRESHOLD[config.difficulty] * regime.debris_scale)
     abl = np.bincount(ids_f[below], minlength=nglac + 1)
     mean_idx = np.bincount(ids_f[below], weights=didx[below], minlength=nglac + 1) / np.maximum(abl, 1)
     cand = [g for g in range(1, nglac + 1) if g != tidewater and abl[g] * res**2 >= 0.2 * min_area]
@@ -613,7 +624,7 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
     if cand:
         debris_glacier = max(cand, key=lambda g: (0.5 + mean_idx[g]) * abl[g])
         vals = didx[below & (ids_f == debris_glacier)]
-        thr[debris_glacier] = float(np.quantile(vals, 0.2))  # ~80% of its tongue is debris
+        thr[debris_glacier] = float(np.quantile(vals, regime.debris_tongue))  # maritime ~80% of its tongue
 
     # Proglacial lakes at one or two land-terminating termini.
     lake_cand = [g for g in range(1, nglac + 1) if g not in (tidewater, debris_glacier)] + [debris_glacier]
@@ -676,4 +687,32 @@ def simulate(config: WorldConfig, fjord_try: int = 0) -> Simulation:
         sim.ice[year], sim.ids[year], sim.thickness[year] = ice, ids, thick.astype(np.float32)
         sim.surface[year], sim.ela[year], sim.area_loss[year] = s, ela_f0 + k * rise, loss
         ice_prev = ice
+    if regime.sea_ice > 0:
+        _drift_sea_ice(sim, regime.sea_ice, config.seed)
+    if (regime.base_m, regime.vertical_scale) != (0.0, 1.0):
+        _to_regime_heights(sim, regime)
     return sim
+
+
+def _drift_sea_ice(sim: Simulation, cover: float, seed: int) -> None:
+    """Drifting floes over `cover` of each year's open sea (a generator of its own: no other draw moves)."""
+    from glacier_stac.synthetic.terrain import spectral_noise
+
+    for year, s in sim.surface.items():
+        sea = s == Surface.SEA
+        if not sea.any():
+            continue
+        rng = np.random.default_rng([seed, year, 0x73656169])  # "seai"
+        f = spectral_noise(rng, s.shape, 2.2)
+        s[sea & (f > np.quantile(f[sea], 1.0 - cover))] = Surface.SEA_ICE
+
+
+def _to_regime_heights(sim: Simulation, regime) -> None:  # noqa: ANN001 - config.Regime
+    """Map the reference frame's heights into the regime's range: bed, ice thickness and ELA alike."""
+    b = regime.vertical_scale
+    sim.bed = np.where(sim.bed < 0, b * sim.bed, regime.height(sim.bed))  # the sea floor stays below sea
+    for y in sim.thickness:
+        sim.thickness[y] = (sim.thickness[y] * b).astype(np.float32)
+        sim.ela[y] = regime.height(sim.ela[y])
+    sim.ela0 = float(regime.height(sim.ela0))
+    sim.ela_rise = sim.ela_rise * b

@@ -131,9 +131,11 @@ def _unit(a: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------------------------- dates
 
 
-def season(year: int, lat: float) -> tuple[datetime, datetime]:
-    """End-of-ablation season in which acquisitions fall: Jul-Oct north, Jan-Apr south."""
-    (m0, d0), (m1, d1) = SEASON_NORTH if lat >= 0 else SEASON_SOUTH
+def season(year: int, lat: float, months: tuple[tuple[int, int], tuple[int, int]] | None = None,
+           ) -> tuple[datetime, datetime]:
+    """End-of-ablation season in which acquisitions fall: `months` ((m, d), (m, d)) of a regime, else
+    Jul-Oct north, Jan-Apr south."""
+    (m0, d0), (m1, d1) = months or (SEASON_NORTH if lat >= 0 else SEASON_SOUTH)
     return datetime(year, m0, d0, tzinfo=UTC), datetime(year, m1, d1, tzinfo=UTC)
 
 
@@ -158,7 +160,7 @@ def acquisitions(config: WorldConfig, lon: float | None = None, lat: float | Non
             continue
         for year in config.years:
             rng = np.random.default_rng(_seed(config.seed, sensor, year, "dates"))
-            start, end = season(year, lat)
+            start, end = season(year, lat, config.physics.season)
             span = (end - start).days
             # A place is seen from a few fixed relative orbits (S1: one ascending, one descending).
             orbit_rng = np.random.default_rng(_seed(config.seed, sensor, "orbits"))
@@ -459,11 +461,13 @@ def render_sentinel1(world: World, acq: Acquisition, prep: Prepared | None = Non
     for arr in out:
         arr[invalid] = sensors.S1_NODATA
     a10 = world.geobox.affine
-    props = {"sar:polarizations": ["VV", "VH"], "s1:nodata_percentage": round(100.0 * float(invalid.mean()), 4)}
+    co, cross = world.config.physics.polarizations  # polar scenes: HH/HV in place of VV/VH
+    props = {"sar:polarizations": [co.upper(), cross.upper()],
+             "s1:nodata_percentage": round(100.0 * float(invalid.mean()), 4)}
     return Scene(
         acq,
         _crs(world),
-        {"vv": Raster(out[0], a10, sensors.S1_NODATA), "vh": Raster(out[1], a10, sensors.S1_NODATA)},
+        {co: Raster(out[0], a10, sensors.S1_NODATA), cross: Raster(out[1], a10, sensors.S1_NODATA)},
         props,
     )
 
@@ -481,7 +485,7 @@ def render_landsat(world: World, acq: Acquisition, prep: Prepared | None = None)
     classes = scene_classes(world, acq)
     rng = rng_for(world.config.seed, acq, "landsat")
     zen, az, cos_i = sun(world, acq, prep)
-    t = spectra.surface_temperature(classes, world.elevation, cos_i, prep.debris_field)
+    t = spectra.surface_temperature(classes, world.elevation, cos_i, prep.debris_field, world.config.physics.thermal)
     opacity = cloud_field(classes.shape, rng_for(world.config.seed, acq, "clouds"), acq.cloud_target)
     shadow = cloud_shadow(opacity, zen, az, res, float(rng.uniform(1500, 3500)))
     t = (1.0 - opacity) * (t - 4.0 * shadow) + opacity * 258.0

@@ -13,6 +13,7 @@ from datetime import datetime
 
 import numpy as np
 
+from glacier_stac.synthetic.config import Thermal
 from glacier_stac.synthetic.world import Surface
 
 S2_BANDS = ("B02", "B03", "B04", "B08", "B11", "B12")
@@ -52,7 +53,7 @@ BACKSCATTER_DB: dict[int, tuple[float, float]] = {
 }
 
 # Surface temperature (K) at sea level for a flat surface facing the sun; see `surface_temperature`.
-LAPSE_K_PER_M = 0.005  # land-surface temperature lapse rate
+LAPSE_K_PER_M = Thermal().lapse  # maritime land-surface temperature lapse rate (each regime has its own)
 
 
 def solar_position(when: datetime, lat: float, lon: float) -> tuple[float, float]:
@@ -115,23 +116,26 @@ def backscatter_table() -> np.ndarray:
 
 
 def surface_temperature(
-    classes: np.ndarray, elevation: np.ndarray, cos_i: np.ndarray, debris_field: np.ndarray
+    classes: np.ndarray, elevation: np.ndarray, cos_i: np.ndarray, debris_field: np.ndarray,
+    thermal: Thermal | None = None,
 ) -> np.ndarray:
-    """Land surface temperature (K) of a late-summer mid-morning scene.
+    """Land surface temperature (K) of a late-summer mid-morning scene in a regime's climate (`thermal`).
 
-    Ice and snow are pinned near melting point; thin debris over ice sits between (278-285 K, warmer
-    where thicker: `debris_field` in [0, 1]); sunlit rock, scree and ice-free moraine are warmest and
-    cool with height.
+    Ice and snow are pinned near melting point; debris over ice sits between ice and rock (warmer
+    where thicker: `debris_field` in [0, 1]) and cools with height more slowly than rock; sunlit rock,
+    scree and ice-free moraine are warmest at a given height and cool with the regime's lapse rate.
+    The default is the maritime regime (sea level to ~3000 m).
     """
+    th = thermal or Thermal()
     z = np.clip(elevation, 0, None)
     lit = np.clip(cos_i, 0, 1) - 0.6
     t = np.full(classes.shape, 293.0, dtype=np.float32)
     rock = np.isin(classes, (Surface.ROCK, Surface.SCREE, Surface.MORAINE))  # no ice under moraine: warm
-    t[rock] = (298.0 - LAPSE_K_PER_M * z + 9.0 * lit)[rock]
+    t[rock] = (th.rock_t0 - th.lapse * z + 9.0 * lit)[rock]
     veg = classes == Surface.VEGETATION
-    t[veg] = (292.0 - LAPSE_K_PER_M * z + 4.0 * lit)[veg]
+    t[veg] = (th.veg_t0 - th.lapse * z + 4.0 * lit)[veg]
     deb = classes == Surface.DEBRIS
-    t[deb] = (279.0 + 6.0 * debris_field - 0.002 * z + 2.0 * lit)[deb]
+    t[deb] = (th.debris_t0 + th.debris_k * debris_field - th.debris_lapse * z + 2.0 * lit)[deb]
     t[classes == Surface.ICE] = 273.0
     t[classes == Surface.SNOW] = 272.6
     t[classes == Surface.SEA_ICE] = 271.8

@@ -45,6 +45,8 @@ TITLES = {
     "SCL": "Scene classfication map (SCL)",  # sic, as on Planetary Computer
     "vv": "VV: vertical transmit, vertical receive",
     "vh": "VH: vertical transmit, horizontal receive",
+    "hh": "HH: horizontal transmit, horizontal receive",
+    "hv": "HV: horizontal transmit, vertical receive",
     "lwir11": "Surface Temperature Band",
     "qa_pixel": "Pixel Quality Assessment Band",
     "data": "Copernicus DEM GLO-30",
@@ -146,7 +148,7 @@ def properties(acq: R.Acquisition, scene: R.Scene, ids: ItemIds) -> dict[str, An
                 "sar:frequency_band": "C",
                 "sar:center_frequency": 5.405,
                 "sar:product_type": "GRD",
-                "sar:polarizations": ["VV", "VH"],
+                "sar:polarizations": scene.properties.get("sar:polarizations", ["VV", "VH"]),
                 "sar:observation_direction": "right",
                 "sar:looks_equivalent_number": R.S1_LOOKS,
                 "sat:orbit_state": acq.orbit_state,
@@ -257,7 +259,9 @@ def collection(sensor: sensors.Sensor, items: list[dict[str, Any]]) -> dict[str,
     }
     summaries: dict[str, Any] = {"platform": sorted({i["properties"].get("platform", "") for i in items})}
     if "sar" in sensor.stac_extensions:
-        summaries["sar:polarizations"] = [[b.key.upper() for b in sensor.data_bands]]
+        default = tuple(b.key.upper() for b in sensor.data_bands)
+        pols = dict.fromkeys(tuple(i["properties"].get("sar:polarizations", default)) for i in items)
+        summaries["sar:polarizations"] = [list(p) for p in pols]  # as the items say (polar: HH/HV)
     return {
         "type": "Collection",
         "id": sensor.collection,

@@ -175,8 +175,12 @@ def from_user(
     resolution: float = 10.0,
     difficulty: str = "hard",
     area_loss_per_year: tuple[float, float] = (0.02, 0.04),
+    regime: str = "maritime",
 ) -> World:
-    """A World on the UTM grid of the user's DEM with their glaciers, retreating over `years`."""
+    """A World on the UTM grid of the user's DEM with their glaciers, retreating over `years`.
+
+    `regime` is the climate the sensors see (thermal lapse rate, season, SAR polarisations, sea ice);
+    the terrain and glaciers are the user's own."""
     from rasterio import features
 
     ys = _check_years(years)
@@ -193,6 +197,7 @@ def from_user(
         years=ys,
         area_loss_per_year=area_loss_per_year,
         difficulty=difficulty,
+        regime=regime,
     )
     gid0 = features.rasterize(
         [(g, i + 1) for i, g in enumerate(geoms)],
