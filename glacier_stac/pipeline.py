@@ -154,8 +154,10 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
         except (KeyError, ValueError) as e:
             raise ConfigError(f"run.sensors: {e}") from None
     ckpt = _get(run, "checkpoint", str, "run", str(DEFAULT_CHECKPOINT))
-    shipped = DEFAULT_CHECKPOINT.with_name(f"{ckpt}.pt")
-    ckpt = str(shipped) if "/" not in ckpt and shipped.is_file() else rel(ckpt)  # a shipped name, or a path
+    if "/" not in ckpt and "." not in ckpt and DEFAULT_CHECKPOINT.with_name(f"{ckpt}.pt").is_file():
+        ckpt = str(DEFAULT_CHECKPOINT.with_name(f"{ckpt}.pt"))  # a shipped checkpoint by name
+    else:
+        ckpt = rel(ckpt)
     if "://" not in ckpt and not Path(ckpt).is_file():
         raise ConfigError(f"run.checkpoint {ckpt!r} is not a file")
     tif = _get(run, "tiles_in_flight", int, "run", 4)
