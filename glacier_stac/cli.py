@@ -323,8 +323,10 @@ def demo(
     years: str = typer.Option("2019-2023", "--years", help="Years of the world."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Model checkpoint (default: the shipped one)."),
     workers: int = typer.Option(2, "--workers", min=1, help="Dask worker processes."),
+    results: Path = typer.Option(Path("glacier-stac-demo"), "--results",
+                                 help="Where the predictions (Zarr), inventory (GeoParquet) and plots go."),
 ) -> None:
-    """Generate the default world, serve it as a STAC API, search it, build a cube, predict, score."""
+    """Generate the default world, serve it as a STAC API, and run the pipeline over it: store, outlines, inventory."""
     from glacier_stac import demo as demo_mod
     from glacier_stac.synthetic.world import WorldConfig
 
@@ -333,8 +335,9 @@ def demo(
         if checkpoint is not None and not checkpoint.is_file():
             raise ValueError(f"--checkpoint {checkpoint} is not a file")
         check_out_dir(out, "--out")
+        check_out_dir(results, "--results")
         demo_mod.run(out / f"seed{seed}-{size_km:g}km-{config.years[0]}-{config.years[-1]}", config,
-                     checkpoint or demo_mod.DEFAULT_CHECKPOINT, workers=workers)
+                     checkpoint or demo_mod.DEFAULT_CHECKPOINT, workers=workers, results=results)
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))
 

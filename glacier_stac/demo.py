@@ -1,16 +1,16 @@
 """`glacier-stac demo`: the whole chain on the embedded synthetic world, end to end.
 
 Generates the default world (cached), serves it with a real STAC API on loopback, searches it with
-pystac-client exactly as Planetary Computer is searched, builds the year's cube on a local Dask
-cluster, predicts with the shipped checkpoint and scores it against the truth. Leaves no process
-running.
+pystac-client exactly as Planetary Computer is searched, then runs the pipeline over the world's tiles
+for its first and last year on a local Dask cluster: predictions in Zarr, outlines and the change
+inventory in GeoParquet, plots; scores the stored classes against the truth. Leaves no process running.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import geopandas as gpd
@@ -18,13 +18,14 @@ from odc.geo.geobox import GeoBox
 from rich.console import Console
 from rich.table import Table
 
-from glacier_stac import catalog, cluster, cube
+from glacier_stac import catalog, cluster, pipeline
 from glacier_stac.synthetic.world import WorldConfig
 from glacier_stac.testing import stac_server
 from glacier_stac.testing.worlds import WorldDir
 
 log = logging.getLogger(__name__)
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "unet.pt"
+DEFAULT_RESULTS = Path("glacier-stac-demo")
 
 
 @dataclass
@@ -48,10 +49,10 @@ def world_aoi(world_dir: Path) -> catalog.AOI:
     return WorldDir(world_dir).aoi()
 
 
-def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = DEFAULT_CHECKPOINT,
-        workers: int = 2, console: Console | None = None) -> DemoReport:
-    from distributed import progress, wait
-
+def run(out: Path, config: WorldConfig | None = None, checkpoint: Path = DEFAULT_CHECKPOINT,
+        workers: int = 2, console: Console | None = None, results: Path = DEFAULT_RESULTS) -> DemoReport:
+    """The demo world, searched, then `pipeline.run` over its tiles for the first and last year: Zarr
+    predictions, OBIA outlines, inventory and change table, plots, all under `results`."""
     from glacier_stac.synthetic.writer import generate
 
     console = console or Console(soft_wrap=True)
@@ -91,35 +92,74 @@ def run(out: Path, config: WorldConfig | None = None, checkpoint: Path | None = 
     console.print(f"area {rep.area_km2:.0f} km², grid {geobox.shape[0]} x {geobox.shape[1]} px at "
                   f"{abs(geobox.resolution.x):g} m, EPSG:{geobox.crs.epsg}")
 
-    year = years[-1]
-    with cluster.connect(cluster.ClusterSpec(workers=workers, threads_per_worker=1)) as client:
-        data = cube.build(found, geobox, year)
-        t2 = time.perf_counter()
-        data = data.persist()  # stays on the workers; predict reads it from there
-        progress(data, notebook=False)
-        wait(data)
-        dt = time.perf_counter() - t2
-        n_assets = sum(len(v) for v in found.for_year(year).values())
-        rep.cube = {"year": year, "shape": list(data.shape), "features": list(map(str, data.feature.values)),
-                    "seconds": dt, "output_mpx_per_s": data.shape[1] * data.shape[2] / 1e6 / dt,
-                    "items": n_assets, "missing_sensors": data.attrs["missing_sensors"]}
-        console.print(f"\n[bold]cube {year}[/bold] {tuple(data.shape)} float32, "
-                      f"{data.shape[1] * data.shape[2] / 1e6:.1f} Mpx from {n_assets} items in {dt:.1f} s "
-                      f"({rep.cube['output_mpx_per_s']:.2f} output Mpx/s)")
-        console.print("features: " + " ".join(rep.cube["features"]))
-        errors = cluster.read_errors(client, data.attrs["assets"])
-        rep.cube["read_errors"] = errors
-        if errors:
-            console.print(f"[yellow]{len(errors)} unreadable reads recorded as no-data[/yellow]")
-            for e in {(e["item"], e["asset_key"], e["error"]): e for e in errors}.values():
-                console.print(f"  item {e['item']} asset {e['asset_key']}: {e['error']}", markup=False)
-        if checkpoint is not None and Path(checkpoint).exists():
-            rep.prediction = _predict(data, Path(checkpoint), world_dir, year, geobox, console)
-        elif checkpoint is not None:
-            console.print(f"[yellow]no checkpoint at {checkpoint}: skipping prediction[/yellow]")
+    first_last = sorted({years[0], years[-1]})
+    results = Path(results).absolute()
+    results.mkdir(parents=True, exist_ok=True)
+    b = aoi.geometry.boundingbox
+    cfg = pipeline.RunConfig(
+        years=tuple(first_last), store=str(results / "predictions.zarr"), aoi=f"{b.left},{b.bottom},{b.right},{b.top}",
+        checkpoint=str(checkpoint), catalog="", inventory=str(results / "inventory.parquet"),
+        report=str(results / "run-report.json"), tiles_in_flight=2 * workers,
+        cluster=cluster.ClusterSpec(workers=workers, threads_per_worker=1))
+    t2 = time.perf_counter()
+    with stac_server.serve(world_dir) as url:
+        cfg = replace(cfg, catalog=url)
+        plan = pipeline.make_plan(cfg)
+        console.print(f"\n[bold]run[/bold] {len(plan.tiles)} tiles of the global grid x {len(first_last)} years "
+                      f"({plan.todo} to do), {plan.margin} px model margin, store {cfg.store}")
+        run = pipeline.run(cfg, console=console)
+    rep.seconds["pipeline"] = time.perf_counter() - t2
+    c = run.counts()
+    console.print(f"tiles: {c['done']} done, {c['skipped']} already done, {c['empty']} empty, {c['failed']} failed "
+                  f"in {rep.seconds['pipeline']:.1f} s")
+    for t in run.tiles:
+        if t.status == "failed":
+            console.print(f"  [red]failed[/red] {t.tile} {t.year}: {t.reason}", markup=True)
+    if run.years_complete:
+        rep.prediction = _score(cfg, world_dir, geobox, run.years_complete, console)
+        _inventory(cfg, world_dir, results, console)
+    console.print(f"\nresults in {results}; open them with:\n"
+                  f"  import glacier_stac, geopandas\n"
+                  f"  preds = glacier_stac.open_predictions(\"{cfg.store}\")\n"
+                  f"  inv = geopandas.read_parquet(\"{cfg.inventory}\")")
     rep.seconds["total"] = time.perf_counter() - t0
     console.print(f"\ndone in {rep.seconds['total']:.1f} s")
     return rep
+
+
+def _score(cfg: pipeline.RunConfig, world_dir: Path, geobox: GeoBox, years: list[int], console: Console) -> dict:
+    """Pixel scores of the stored classes against the world's truth, per year."""
+    from glacier_stac import metrics, store
+
+    ds = store.open_predictions(cfg.store, aoi=geobox.extent, years=years)
+    out = {}
+    for year in years:
+        truth = WorldDir(world_dir).truth_labels(year, geobox)
+        pred = ds.sel(year=year)
+        valid = pred["valid"].values
+        scores = metrics.evaluate(pred["classes"].values, truth, valid & (truth != 255), res=abs(geobox.resolution.x))
+        s = metrics.summary(scores)
+        console.print(f"[bold]prediction[/bold] {ds.attrs.get('zone')} {year}: IoU glacier {s['iou_overall']:.3f}, "
+                      f"clean {s['iou_clean']:.3f}, debris {s['iou_debris']:.3f}, boundary {s['boundary_m']:.1f} m, "
+                      f"valid {scores['valid_fraction']:.1%}")
+        out[year] = {**s, "valid_fraction": scores["valid_fraction"]}
+    return out
+
+
+def _inventory(cfg: pipeline.RunConfig, world_dir: Path, results: Path, console: Console) -> None:
+    """The inventory's per-region summary and its plots."""
+    from glacier_stac import inventory
+
+    inv = inventory.read(cfg.inventory)
+    table = Table(title=f"inventory {cfg.inventory}")
+    summ = inventory.summary(inv)
+    for col in summ.columns:
+        table.add_column(str(col), justify="right")
+    for row in summ.itertuples(index=False):
+        table.add_row(*[f"{v:.3f}" if isinstance(v, float) else str(v) for v in row])
+    console.print(table)
+    change_map, chart = inventory.plot(inv, results)
+    console.print(f"plots: {change_map} {chart}")
 
 
 def _predict(data, checkpoint: Path, world_dir: Path, year: int, geobox: GeoBox, console: Console) -> dict:

@@ -12,16 +12,27 @@ def test_demo_runs_end_to_end_and_leaves_no_process(tmp_path):
     env = {**os.environ, "HOME": str(tmp_path)}
     proc = subprocess.run(
         [sys.executable, "-m", "glacier_stac.cli", "demo", "--size-km", "4", "--years", "2021-2022",
-         "--seed", "7", "--out", str(tmp_path / "demo")],
+         "--seed", "7", "--out", str(tmp_path / "demo"), "--results", str(tmp_path / "results")],
         capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = proc.stdout
     for sensor in ("sentinel-2", "sentinel-1", "landsat", "copdem"):
         assert sensor in out
-    assert "glaciers (truth)" in out and "cube 2022" in out and "features: B02" in out
-    assert "prediction unet" in out and "IoU glacier" in out
+    assert "glaciers (truth)" in out and "tiles of the global grid" in out
+    assert "prediction EPSG32606 2021" in out and "prediction EPSG32606 2022" in out
     iou = float(out.split("IoU glacier")[1].split(",")[0])
     assert iou > 0.7
+    assert "glacier_stac.open_predictions" in out
+    import geopandas as gpd
+
+    import glacier_stac
+
+    preds = glacier_stac.open_predictions(tmp_path / "results" / "predictions.zarr")
+    assert list(preds.year.values) == [2021, 2022] and preds.rio.crs is not None
+    inv = gpd.read_parquet(tmp_path / "results" / "inventory.parquet")
+    assert set(inv["year"].astype(int)) == {2021, 2022} and len(inv) > 0
+    assert (tmp_path / "results" / "run-report.json").is_file()
+    assert list((tmp_path / "results").glob("*.png"))
     leftover = [p for p in psutil.process_iter(["pid", "cmdline"])
                 if p.info["pid"] not in before and p.info["cmdline"]
                 and any(k in " ".join(p.info["cmdline"]) for k in ("rustac", "distributed", "glacier_stac"))]
