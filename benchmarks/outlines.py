@@ -131,7 +131,7 @@ def rgi_truth(truth: gpd.GeoDataFrame, mmu_m2: float = obia.Rules().mmu_km2 * 1e
         polys = g.geoms if g.geom_type == "MultiPolygon" else [g]
         kept = [shapely.Polygon(p.exterior, [r for r in p.interiors if shapely.Polygon(r).area >= mmu_m2])
                 for p in polys]
-        return kept[0] if len(kept) == 1 else shapely.MultiPolygon(kept)
+        return shapely.make_valid(shapely.union_all(kept))  # a part inside a filled hole joins it
 
     out = truth.copy()
     out["geometry"] = [fill(g) for g in truth.geometry]
