@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 
 # what each sensor yields, read from its record (`Sensor.features`), in the cube's feature order
 SENSOR_FEATURES: dict[str, tuple[str, ...]] = {s.name: s.features for s in S.SENSORS.values()}
-FEATURES: tuple[str, ...] = tuple(f for fs in SENSOR_FEATURES.values() for f in fs)
 NAN = np.float32(np.nan)
 
 
@@ -251,6 +250,116 @@ def thermal_features(lwir: Sequence[np.ndarray], qa: Sequence[np.ndarray], scali
     out[1] = n
 
 
+# ------------------------------------------------------------- derived features that carry across regimes
+# Raw surface temperature and elevation mean different things in different climates: at 5000 m in High
+# Asia sunlit rock is colder than debris-covered ice at 4000 m, while in a 0-3000 m maritime range it is
+# always warmer. Relative to the tile's own bare ground and snowline they mean the same everywhere.
+# Both are fitted per tile (10 km, `grid.TILE_PX`) over the tile alone: a lapse line and a snowline vary
+# over tens of kilometres, so the step between neighbouring tiles' fits is small (a few tenths of a kelvin,
+# tens of metres) next to the contrasts the features carry (debris 3-15 K below rock); it is not seam-free.
+
+LAPSE_DEFAULT = -0.0065  # K per metre, used when a tile's bare ground spans too little height to fit one
+MIN_FIT_PIXELS = 500
+
+
+def lapse_fit(temp: np.ndarray, elev: np.ndarray, ground: np.ndarray, max_samples: int = 200_000,
+              ) -> tuple[float, float] | None:
+    """Robust (Tukey biweight IRLS) line temp = a + b * elev over the `ground` pixels; None with too few.
+
+    Why robust: the snow-free land of a tile includes debris-covered ice and shaded slopes; they are a
+    minority at any height, and the biweight gives them no weight once they sit far off the line.
+    """
+    ok = ground & np.isfinite(temp) & np.isfinite(elev)
+    n = int(ok.sum())
+    if n < MIN_FIT_PIXELS:
+        return None
+    t, z = temp[ok].astype(np.float64), elev[ok].astype(np.float64)
+    step = max(1, n // max_samples)  # a deterministic stride: the same tile gives the same fit
+    t, z = t[::step], z[::step]
+    lo, hi = np.percentile(z, (5, 95))
+    if hi - lo < 150.0:
+        return float(np.median(t - LAPSE_DEFAULT * z)), LAPSE_DEFAULT
+    w = np.ones_like(t)
+    a, b = float(np.median(t)), LAPSE_DEFAULT
+    for _ in range(8):
+        sw = w.sum()
+        zm, tm = (w * z).sum() / sw, (w * t).sum() / sw
+        var = (w * (z - zm) ** 2).sum()
+        b = float(np.clip((w * (z - zm) * (t - tm)).sum() / max(var, 1e-9), -0.015, 0.005))
+        a = float(tm - b * zm)
+        r = t - (a + b * z)
+        scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-3
+        u = r / (4.685 * scale)
+        w = np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        if w.sum() < MIN_FIT_PIXELS // 5:
+            break
+    return a, b
+
+
+def lst_anomaly(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray) -> np.ndarray:
+    """Surface temperature minus that of bare ground at the same elevation (K), from the tile's lapse fit.
+
+    Bare ground: snow-free (NDSI < 0.2), not water (NDWI < 0.2). Debris-covered ice reads a few kelvin
+    below zero in every regime; NaN where there is no temperature or the tile has too little bare ground.
+    """
+    fit = lapse_fit(lwir, elev, (ndsi < 0.2) & (ndwi < 0.2))
+    if fit is None:
+        return np.full(lwir.shape, NAN)
+    a, b = fit
+    return (lwir - (np.float32(a) + np.float32(b) * elev)).astype(np.float32)
+
+
+def snowline(elev: np.ndarray, ndsi: np.ndarray, bin_m: float = 25.0) -> float | None:
+    """The tile's snowline: the height that best splits snow (NDSI > 0.4) below it from bare land above it.
+
+    It minimises snow pixels below plus snow-free pixels above (an optimal 1-D split, robust to seasonal
+    patches and dark debris); a tile all snow-free gets its top, one all snow its bottom. None: no data.
+    """
+    ok = np.isfinite(elev) & np.isfinite(ndsi)
+    if not ok.any():
+        return None
+    z, snow = elev[ok], ndsi[ok] > 0.4
+    lo, hi = float(z.min()), float(z.max())
+    edges = np.arange(np.floor(lo / bin_m) * bin_m, hi + 2 * bin_m, bin_m)
+    hs = np.histogram(z[snow], edges)[0]
+    hn = np.histogram(z[~snow], edges)[0]
+    # errors if the line sits at edges[k]: snow below it plus bare land above it
+    err = np.concatenate([[0], np.cumsum(hs)]) + np.concatenate([np.cumsum(hn[::-1])[::-1], [0]])
+    return float(edges[int(np.argmin(err))])
+
+
+def elevation_above_snowline(elev: np.ndarray, ndsi: np.ndarray) -> np.ndarray:
+    """Elevation relative to the tile's snowline (m): the ELA's stand-in, comparable across regimes."""
+    line = snowline(elev, ndsi)
+    if line is None:
+        return np.full(elev.shape, NAN)
+    return (elev - np.float32(line)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class Derived:
+    """A feature computed from other features of the same tile (after every sensor's kernel)."""
+
+    name: str
+    inputs: tuple[str, ...]
+    kernel: Callable[..., np.ndarray]
+
+
+DERIVED: tuple[Derived, ...] = (
+    Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi"), lst_anomaly),
+    Derived("elev_above_snowline", ("elevation", "ndsi"), elevation_above_snowline),
+)
+
+
+def derived_for(names: Sequence[str]) -> tuple[Derived, ...]:
+    """The derived features whose inputs are all among `names`."""
+    return tuple(d for d in DERIVED if set(d.inputs) <= set(names))
+
+
+# every feature a full cube holds, in order: each sensor's (its record says which), then the derived ones
+FEATURES: tuple[str, ...] = tuple(f for fs in SENSOR_FEATURES.values() for f in fs) + tuple(d.name for d in DERIVED)
+
+
 def dem_features(elev: np.ndarray, res: float, out: np.ndarray) -> None:
     """DEM into `out` (5, y, x): elevation, slope, aspect sin/cos, hillshade; `elev` has a 1-pixel halo."""
     out[0] = elev[1:-1, 1:-1]
@@ -285,7 +394,9 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
     over this tile: NaN features and a zero count.
     """
     sensors = [S.get(p.sensor) for p in plan]
-    out = np.empty((sum(len(s.features) for s in sensors), *shape), np.float32)
+    names = [f for s in sensors for f in s.features]
+    derived = derived_for(names)
+    out = np.empty((len(names) + len(derived), *shape), np.float32)
     f = b = 0
     for sensor, p in zip(sensors, plan, strict=True):
         k = p.n_blocks
@@ -305,6 +416,9 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
             if sensor.count_feature is not None:
                 view[sensor.features.index(sensor.count_feature)] = 0
         f, b = f + len(view), b + k
+    for d in derived:
+        out[f] = d.kernel(*(out[names.index(i)] for i in d.inputs))
+        f += 1
     return out
 
 
@@ -458,6 +572,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     read = ReadSetup(resolve_signer(signer), gdal_env if gdal_env is not None else capture_gdal_env(), state)
     urls: dict[str, tuple[str, str]] = {}
     names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
+    names += [d.name for d in derived_for(names)]
     recipes: list[Recipe] = []
     missing, provenance, gaps, alternates = [], {}, {}, {}
     for sensor in wanted:

@@ -356,6 +356,30 @@ MUTATIONS: list[Mutation] = [
         new="    if False:\n",
         tests=("tests/test_synthetic_regimes.py::test_sea_and_calving_only_where_the_regime_has_a_coast",),
     ),
+    Mutation(
+        name="lapse-fit-not-robust",
+        invariant="derived features: bare-ground lapse fit ignores debris and shade (biweight IRLS)",
+        path="glacier_stac/cube.py",
+        old="    for _ in range(8):\n        sw = w.sum()",
+        new="    for _ in range(1):\n        sw = w.sum()",
+        tests=("tests/test_cube_derived.py::test_lapse_fit_is_robust_to_debris_on_the_low_ground",),
+    ),
+    Mutation(
+        name="lst-anomaly-fits-snow-too",
+        invariant="derived features: the lapse line is fitted on snow-free, water-free ground only",
+        path="glacier_stac/cube.py",
+        old="fit = lapse_fit(lwir, elev, (ndsi < 0.2) & (ndwi < 0.2))",
+        new="fit = lapse_fit(lwir, elev, np.isfinite(ndsi))",
+        tests=("tests/test_cube_derived.py::test_snow_and_water_are_not_ground",),
+    ),
+    Mutation(
+        name="snowline-split-off-by-one-bin-side",
+        invariant="derived features: the snowline is the optimal split of snow below / bare land above",
+        path="glacier_stac/cube.py",
+        old="    err = np.concatenate([[0], np.cumsum(hs)]) + np.concatenate([np.cumsum(hn[::-1])[::-1], [0]])",
+        new="    err = np.concatenate([[0], np.cumsum(hn)]) + np.concatenate([np.cumsum(hs[::-1])[::-1], [0]])",
+        tests=("tests/test_cube_derived.py::test_snowline_splits_snow_from_bare_land",),
+    ),
 ]
 
 

@@ -1,0 +1,96 @@
+"""Derived cube features that carry across regimes: temperature relative to bare ground at the same
+elevation (a robust per-tile lapse fit) and elevation relative to the tile's snowline. Pure NumPy."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from glacier_stac import cube
+from glacier_stac import sensors as S
+
+
+def _tile(z0: float, z1: float, t0: float, lapse: float, seed: int = 0, n: int = 200):
+    """A tile whose elevation rises west to east, bare rock on a lapse line, debris-covered ice in a
+    low valley (colder than rock at its height), NDSI/NDWI of bare land."""
+    rng = np.random.default_rng(seed)
+    z = np.linspace(z0, z1, n, dtype=np.float32)[None, :].repeat(n, 0) + rng.normal(0, 20, (n, n)).astype(np.float32)
+    t = (t0 - lapse * z + rng.normal(0, 1.0, (n, n))).astype(np.float32)
+    debris = np.zeros((n, n), bool)
+    debris[60:140, : n // 3] = True  # the low third of the tile, part of it a debris-covered tongue
+    t[debris] -= 6.0
+    ndsi = np.full((n, n), -0.2, np.float32)
+    ndwi = np.full((n, n), -0.1, np.float32)
+    return t, z, ndsi, ndwi, debris
+
+
+def test_lapse_fit_is_robust_to_debris_on_the_low_ground() -> None:
+    t, z, ndsi, ndwi, debris = _tile(0, 3000, 298.0, 0.005)
+    a, b = cube.lapse_fit(t, z, np.ones(t.shape, bool))
+    assert b == pytest.approx(-0.005, abs=3e-4) and a == pytest.approx(298.0, abs=0.8)
+
+
+@pytest.mark.parametrize("z0,z1,t0,lapse", [(0, 3000, 298.0, 0.005), (3500, 7000, 315.0, 0.0075)])
+def test_debris_reads_colder_than_bare_ground_in_any_range(z0: float, z1: float, t0: float, lapse: float) -> None:
+    t, z, ndsi, ndwi, debris = _tile(z0, z1, t0, lapse)
+    anom = cube.lst_anomaly(t, z, ndsi, ndwi)
+    assert np.median(anom[debris]) == pytest.approx(-6.0, abs=0.8)
+    assert abs(np.median(anom[~debris])) < 0.5
+
+
+def test_anomaly_undoes_the_lapse_rate_reversal() -> None:
+    """High Asia: raw rock at ~5000 m is colder than debris at ~4000 m; the anomaly orders them right."""
+    t, z, ndsi, ndwi, debris = _tile(3500, 7000, 315.0, 0.0075)
+    rock_high = ~debris & (np.abs(z - 5500) < 100)
+    deb_low = debris & (z < 4200)
+    assert np.median(t[rock_high]) < np.median(t[deb_low])  # the raw cue reverses
+    anom = cube.lst_anomaly(t, z, ndsi, ndwi)
+    assert np.median(anom[deb_low]) < np.median(anom[rock_high]) - 4.0
+
+
+def test_snow_and_water_are_not_ground() -> None:
+    t, z, ndsi, ndwi, _ = _tile(0, 3000, 298.0, 0.005)
+    t[:, -90:] = 273.0  # snow on the upper half: at melting point, far off the rock line
+    ndsi[:, -90:] = 0.9
+    anom = cube.lst_anomaly(t, z, ndsi, ndwi)
+    assert abs(np.median(anom[:, :100])) < 0.5
+
+
+def test_flat_or_empty_tiles() -> None:
+    t, z, ndsi, ndwi, _ = _tile(1000, 1100, 290.0, 0.005)
+    a, b = cube.lapse_fit(t, z, np.ones(t.shape, bool))
+    assert b == cube.LAPSE_DEFAULT  # too little height to fit a lapse rate
+    none = np.full(t.shape, np.nan, np.float32)
+    assert np.isnan(cube.lst_anomaly(none, z, ndsi, ndwi)).all()
+    assert np.isnan(cube.lst_anomaly(t, z, np.full(t.shape, 0.9, np.float32), ndwi)).all()  # no bare ground
+
+
+def test_neighbouring_tiles_fit_nearly_the_same_line() -> None:
+    """Fitted per tile: at the border of two tiles of one slope, the two fits differ by little."""
+    t, z, ndsi, ndwi, _ = _tile(0, 3000, 298.0, 0.005, n=400)
+    left = cube.lst_anomaly(t[:, :200], z[:, :200], ndsi[:, :200], ndwi[:, :200])
+    right = cube.lst_anomaly(t[:, 200:], z[:, 200:], ndsi[:, 200:], ndwi[:, 200:])
+    assert abs(np.median(left[:, -5:]) - np.median(right[:, :5])) < 0.3
+
+
+def test_snowline_splits_snow_from_bare_land() -> None:
+    rng = np.random.default_rng(1)
+    z = np.linspace(1000, 3500, 300, dtype=np.float32)[None, :].repeat(300, 0)
+    ndsi = np.where(z + rng.normal(0, 60, z.shape) > 2500, 0.8, -0.1).astype(np.float32)
+    ndsi[rng.random(z.shape) < 0.03] = 0.8  # seasonal snow patches low down
+    ndsi[:50, :] = np.nan  # cloud
+    assert cube.snowline(z, ndsi) == pytest.approx(2500, abs=50)
+    rel = cube.elevation_above_snowline(z, ndsi)
+    assert rel[0, -1] == pytest.approx(1000, abs=50) and rel[0, 0] == pytest.approx(-1500, abs=50)
+    assert cube.snowline(z, np.full(z.shape, -0.1, np.float32)) >= 3500 - 25  # no snow: its top
+    assert np.isnan(cube.elevation_above_snowline(z, np.full(z.shape, np.nan, np.float32))).all()
+
+
+def test_tile_features_carry_the_derived_features_after_the_sensors() -> None:
+    plan = tuple(cube.SensorTile(s) for s in S.SENSORS)
+    out = cube.tile_features(plan=plan, shape=(8, 8))
+    assert out.shape[0] == len(cube.FEATURES)
+    assert list(cube.FEATURES[-len(cube.DERIVED):]) == [d.name for d in cube.DERIVED]
+    assert cube.derived_for(["elevation", "ndsi"]) == (cube.DERIVED[1],)
+    optical = cube.tile_features(plan=(cube.SensorTile("sentinel-2"),), shape=(8, 8))
+    assert optical.shape[0] == len(S.SENTINEL2.features)  # no elevation: no derived feature
