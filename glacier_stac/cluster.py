@@ -139,7 +139,8 @@ class ModelPlugin(WorkerPlugin):
     name = MODEL_PLUGIN
     idempotent = True
 
-    def __init__(self) -> None:
+    def __init__(self, cores: int | None = None) -> None:
+        self.cores = cores  # the cores this worker process may use; None: all it sees (a pod's CPU limit)
         self.models: Any = None
         self.torch_threads = 0
 
@@ -149,7 +150,7 @@ class ModelPlugin(WorkerPlugin):
         from glacier_stac import infer
 
         self.models = infer.process_models()
-        self.torch_threads = max(1, CPU_COUNT // max(1, worker.state.nthreads))
+        self.torch_threads = max(1, (self.cores or CPU_COUNT) // max(1, worker.state.nthreads))
         torch.set_num_threads(self.torch_threads)
 
     def teardown(self, worker: Any) -> None:
@@ -157,11 +158,12 @@ class ModelPlugin(WorkerPlugin):
             self.models.clear()
 
 
-def install(client: Client, spec: ClusterSpec | None = None) -> None:
-    """Install the worker plugins on every worker of `client`'s cluster, present and future."""
+def install(client: Client, spec: ClusterSpec | None = None, cores_per_worker: int | None = None) -> None:
+    """Install the worker plugins on every worker of `client`'s cluster, present and future.
+    `cores_per_worker`: when several worker processes share one machine, the cores each may use."""
     spec = spec or ClusterSpec()
     client.register_plugin(ReaderPlugin(spec.block_cache_bytes()), name=READER_PLUGIN)
-    client.register_plugin(ModelPlugin(), name=MODEL_PLUGIN)
+    client.register_plugin(ModelPlugin(cores_per_worker), name=MODEL_PLUGIN)
 
 
 # --------------------------------------------------------------------------- what workers report
@@ -310,7 +312,8 @@ def connect(spec: ClusterSpec | None = None) -> Iterator[Client]:
                           processes=spec.processes, dashboard_address=":0",
                           scheduler_kwargs={"dashboard": spec.dashboard}, silence_logs=logging.WARNING,
                           **kwargs) as lc, Client(lc) as client:
-            install(client, spec)
+            # the workers share this machine's cores: torch in each gets its share, not all of them
+            install(client, spec, cores_per_worker=max(1, CPU_COUNT // max(1, len(lc.workers))))
             yield client
     elif spec.kind == "scheduler":
         try:
