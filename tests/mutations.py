@@ -380,39 +380,6 @@ MUTATIONS: list[Mutation] = [
         new="    err = np.concatenate([[0], np.cumsum(hn)]) + np.concatenate([np.cumsum(hs[::-1])[::-1], [0]])",
         tests=("tests/test_cube_derived.py::test_snowline_splits_snow_from_bare_land",),
     ),
-    Mutation(
-        name="model-cache-per-task",
-        invariant="a model is built once per worker process, not per task",
-        path="glacier_stac/infer.py",
-        old="            hit = self._models.get(key)\n",
-        new="            hit = None\n",
-        tests=("tests/test_cluster.py::test_model_built_once_per_worker_process",
-               "tests/test_infer.py::test_model_is_loaded_once_per_process"),
-    ),
-    Mutation(
-        name="read-errors-not-gathered-from-workers",
-        invariant="6. clear failure: read errors of worker processes reach the client",
-        path="glacier_stac/cluster.py",
-        old="        self.state.errors.forward = self._forward\n",
-        new="        pass\n",
-        tests=("tests/test_cluster.py::test_read_errors_gathered_from_worker_processes",),
-    ),
-    Mutation(
-        name="torch-threads-not-sized-to-worker",
-        invariant="a worker's forwards share its cores (no N-fold oversubscription)",
-        path="glacier_stac/cluster.py",
-        old="        torch.set_num_threads(self.torch_threads)\n",
-        new="        pass\n",
-        tests=("tests/test_cluster.py::test_plugins_installed_on_worker_processes_with_torch_threads_sized",),
-    ),
-    Mutation(
-        name="reader-state-pickled-by-value",
-        invariant="per-process state is never copied into tasks",
-        path="glacier_stac/reader.py",
-        old="        return (process_state, ())\n",
-        new="        return (ReaderState, ())\n",
-        tests=("tests/test_cluster.py::test_state_pickles_as_the_receiving_process_state",),
-    ),
 ]
 
 
