@@ -119,6 +119,43 @@ def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.
     return np.ascontiguousarray(x), np.ascontiguousarray(y)
 
 
+# --------------------------------------------------------------------------- domain randomisation
+
+REFLECTANCE = ("B02", "B03", "B04", "B08", "B11", "B12")
+
+
+def randomise(x: np.ndarray, features: Sequence[str], mean: Sequence[float], std: Sequence[float],
+              rng: np.random.Generator) -> np.ndarray:
+    """Perturb one normalised (feature, y, x) patch as another place, season or sensor would.
+
+    Why: a model trained on one climate learns its absolute levels (how bright, how warm, how high);
+    these vary between regimes while the contrasts that map ice do not. Per patch: one illumination /
+    atmosphere gain on all reflectances (band ratios unchanged) and a small gain per band, a thermal
+    calibration/weather offset and a scaled debris thermal contrast, SAR calibration offsets, a shift of
+    the absolute elevation (a valley floor at 200 m or 4000 m), and sensor noise.
+    """
+    x = x.copy()
+    idx = {f: i for i, f in enumerate(features)}
+
+    def shift(f: str, add: float = 0.0, gain: float = 1.0) -> None:
+        i = idx.get(f)
+        if i is None:
+            return
+        raw = x[i] * std[i] + mean[i]
+        x[i] = ((raw * gain + add) - mean[i]) / std[i]
+
+    g = rng.uniform(0.8, 1.2)
+    for f in REFLECTANCE:
+        shift(f, gain=g * rng.uniform(0.97, 1.03))
+    shift("lwir11", add=rng.uniform(-6.0, 6.0))
+    shift("lst_anomaly", gain=rng.uniform(0.6, 1.4))
+    for f in ("vv_db", "vh_db"):
+        shift(f, add=rng.uniform(-1.5, 1.5))
+    shift("elevation", add=rng.uniform(-1500.0, 1500.0))
+    x += rng.normal(0.0, 0.03, x.shape).astype(np.float32)
+    return x
+
+
 # --------------------------------------------------------------------------- normalisation and batches
 
 
@@ -158,8 +195,11 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           features: Sequence[str] | None = None, required: Sequence[str] | None = None, epochs: int = 10,
           steps_per_epoch: int = 40, batch_size: int = 8, patch: int = 128, lr: float = 2e-3, seed: int = 0,
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
-          progress: bool = True) -> tuple[Checkpoint, list[dict]]:
-    """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history."""
+          progress: bool = True, domain_randomisation: bool = False) -> tuple[Checkpoint, list[dict]]:
+    """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
+
+    `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
+    the training worlds' climate carry less weight than the contrasts that hold everywhere."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -194,6 +234,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
                 (y0, x0), = sample_patches(train_regions[ri].labels, 1, patch, rng)
                 x, y = augment(arrays[ri][:, y0:y0 + patch, x0:x0 + patch],
                                train_regions[ri].labels[y0:y0 + patch, x0:x0 + patch], rng)
+                if domain_randomisation:
+                    x = randomise(x, feats, mean, std, rng)
                 xs.append(x)
                 ys.append(y)
             xb = torch.from_numpy(np.stack(xs)).to(dev)

@@ -380,6 +380,14 @@ MUTATIONS: list[Mutation] = [
         new="    err = np.concatenate([[0], np.cumsum(hn)]) + np.concatenate([np.cumsum(hs[::-1])[::-1], [0]])",
         tests=("tests/test_cube_derived.py::test_snowline_splits_snow_from_bare_land",),
     ),
+    Mutation(
+        name="randomise-elevation-not-shifted",
+        invariant="domain randomisation moves the absolute elevation per patch",
+        path="glacier_stac/train.py",
+        old='    shift("elevation", add=rng.uniform(-1500.0, 1500.0))',
+        new="    rng.uniform(-1500.0, 1500.0)",
+        tests=("tests/test_train_randomise.py::test_randomise_shifts_levels_and_keeps_contrasts",),
+    ),
 ]
 
 
