@@ -57,6 +57,7 @@ class RunConfig:
     sensors: tuple[str, ...] | None = None
     checkpoint: str = str(DEFAULT_CHECKPOINT)
     catalog: str = PLANETARY_COMPUTER
+    sign: str = "auto"  # "auto" (Planetary Computer URLs are signed), "planetary-computer" or "none"
     max_cloud: float = 80.0
     inventory: str | None = None  # GeoParquet path; None: predictions only
     storage_options: Mapping[str, Any] = field(default_factory=dict)
@@ -174,17 +175,29 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
     max_cloud = float(_get(cat, "max_cloud", (int, float), "catalog", 80.0))
     if not 0 <= max_cloud <= 100:
         raise ConfigError(f"catalog.max_cloud must be within 0..100, got {max_cloud}")
+    cl = dict(raw.get("cluster", {}))
+    if cl.get("kind") == "scheduler" and not cl.get("scheduler"):
+        if not os.environ.get("DASK_SCHEDULER_ADDRESS"):
+            raise ConfigError("cluster.kind = \"scheduler\" needs cluster.scheduler, --scheduler or "
+                              "DASK_SCHEDULER_ADDRESS (as the Dask operator sets it)")
+        cl["scheduler"] = os.environ["DASK_SCHEDULER_ADDRESS"]
+    sign = _get(cat, "sign", str, "catalog", "auto")
+    if sign not in ("auto", "planetary-computer", "none"):
+        raise ConfigError(f"catalog.sign must be auto, planetary-computer or none, got {sign!r}")
     try:
-        cluster_spec = ClusterSpec(**raw.get("cluster", {}))
+        cluster_spec = ClusterSpec(**cl)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"[cluster]: {e}") from None
     inv = raw.get("inventory", {})
     inv_url = rel(_get(inv, "url", str, "inventory"))
+    if inv_url is not None and "://" in inv_url and not inv_url.startswith("file://"):
+        raise ConfigError(f"inventory.url {inv_url!r}: the inventory is updated under a file lock and needs a local "
+                          "or mounted path (object storage is supported for the prediction store only)")
     if inv_url is not None and not inv_url.endswith(".parquet"):
         inv_url = str(Path(inv_url) / "inventory.parquet")
     return RunConfig(years=years, store=rel(url), aoi=rel(file) if file else bbox, reference=rel(ref),
                      buffer_m=buffer_m, sensors=tuple(sensors) if sensors else None, checkpoint=ckpt,
-                     catalog=_get(cat, "url", str, "catalog", PLANETARY_COMPUTER), max_cloud=max_cloud,
+                     catalog=_get(cat, "url", str, "catalog", PLANETARY_COMPUTER), sign=sign, max_cloud=max_cloud,
                      inventory=inv_url, storage_options=dict(_get(st, "storage_options", dict, "store", {})),
                      tiles_in_flight=tif, retries=retries, report=rel(_get(run, "report", str, "run")),
                      cluster=cluster_spec)
@@ -376,7 +389,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     loc = S.Location.of(cfg.store, cfg.storage_options)
     run_id = S.record_run(loc, {"config": cfg.describe()})
     digest = load_checkpoint(cfg.checkpoint).digest()
-    cat = catalog.open_catalog(cfg.catalog)
+    cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     total = len(plan.tiles) * len(plan.years)
     pending = as_completed()
     meta: dict[Any, tuple[TileUnit, int, float]] = {}
@@ -498,7 +511,7 @@ def dry_run(cfg: RunConfig, measured: Mapping[str, float] | None = None) -> dict
 
     plan = make_plan(cfg)
     measured = dict(measured or _measured_per_tile())
-    cat = catalog.open_catalog(cfg.catalog)
+    cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     scenes: dict[str, int] = {}
     bytes_read = 0.0
     for zone in sorted({u.zone for u in plan.tiles}):

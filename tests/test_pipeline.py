@@ -180,3 +180,46 @@ def test_client_killed_mid_run_resumes_to_identical_outputs(full_run, world_dir,
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert f"{n_done} already done" in res.stdout
     assert _arrays(tmp_path / "preds.zarr") == _arrays(Path(cfg_ref.store))
+
+
+def test_worker_killed_mid_run_gives_identical_outputs(full_run, world_dir, rustac_url, tmp_path):
+    """SIGKILL the worker process that is computing a tile: the nanny restarts it, the scheduler reruns the
+    task, the idempotent write lands once, and the store equals a clean run's byte for byte."""
+    import threading
+    from dataclasses import replace
+
+    from glacier_stac.cluster import ClusterSpec, connect
+
+    cfg_ref, _, _ = full_run
+    cfg = replace(pipeline.parse_config(_raw(rustac_url, tmp_path, bbox=_bbox(world_dir), tiles_in_flight=1)),
+                  inventory=None, report=str(tmp_path / "report.json"))
+    killed = []
+    with connect(ClusterSpec(workers=2, threads_per_worker=1)) as c:
+        pids = c.run(os.getpid)
+        out: dict = {}
+        th = threading.Thread(target=lambda: out.update(rep=pipeline.run_on(c, cfg)))
+        th.start()
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and not killed and th.is_alive():
+            busy = [w for w, keys in c.processing().items() if any("predict-tile" in str(k) for k in keys)]
+            if busy:
+                os.kill(pids[busy[0]], signal.SIGKILL)
+                killed.append(busy[0])
+            time.sleep(0.05)
+        th.join(timeout=900)
+    assert killed, "no worker was seen computing a tile"
+    rep = out["rep"]
+    assert rep.counts()["failed"] == 0, rep.to_dict()["failures"]
+    assert _arrays(tmp_path / "preds.zarr") == _arrays(Path(cfg_ref.store))
+
+
+def test_the_deployed_config_is_a_valid_run_config(monkeypatch):
+    """deploy/config/global.toml (the ConfigMap of the Kubernetes run) parses with the runner's environment."""
+    cfg_path = Path(__file__).resolve().parents[1] / "deploy" / "config" / "global.toml"
+    monkeypatch.delenv("DASK_SCHEDULER_ADDRESS", raising=False)
+    with pytest.raises(pipeline.ConfigError, match="DASK_SCHEDULER_ADDRESS"):
+        pipeline.load_config(cfg_path)
+    monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", "tcp://glacier-stac-scheduler:8786")
+    cfg = pipeline.load_config(cfg_path)
+    assert cfg.reference and cfg.store.startswith("s3://") and cfg.cluster.scheduler.endswith(":8786")
+    assert Path(cfg.checkpoint).is_file()
