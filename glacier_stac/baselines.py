@@ -62,7 +62,7 @@ def ndsi_threshold(cube: xr.DataArray, *, threshold: float = NDSI_THRESHOLD, nir
     bands = bands.astype(np.float32).rechunk({0: -1})
     prob = da.map_blocks(
         lambda b: ndsi_block(b[0], b[1], b[2], threshold=threshold, nir_min=nir_min, ndwi_water=ndwi_water),
-        bands, dtype=np.float32, chunks=((len(CLASSES),), *bands.chunks[1:]), name="ndsi-threshold",
+        bands, dtype=np.float32, chunks=((len(CLASSES),), *bands.chunks[1:]), token="ndsi-threshold",
     )
     return prediction_dataset(prob, cube, CLASSES, {"model": "ndsi-threshold", "threshold": threshold,
                                                     "nir_min": -1.0 if nir_min is None else nir_min})

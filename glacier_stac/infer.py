@@ -570,7 +570,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
         prob = da.map_blocks(
             _block_task, ov, ref, device, pl.grid, pl.halo, starts, batch_size, models=models,
             extent=Extent(pl.start[0], pl.start[0] + cube.sizes["y"], pl.start[1], pl.start[1] + cube.sizes["x"]),
-            dtype=np.float32, chunks=((n_cls,), *core), name=f"predict-{ckpt.model}",
+            dtype=np.float32, chunks=((n_cls,), *core), token=f"predict-{ckpt.model}",
             meta=np.empty((0, 0, 0), dtype=np.float32),
         )
     orig = cube.chunks
@@ -647,7 +647,7 @@ def predict_tile(context: xr.DataArray, checkpoint: Checkpoint | str | Path, *, 
     annotations = {"resources": dict(resources)} if resources else {}
     with dask.annotate(**annotations):
         prob = da.map_blocks(_block_task, data, ref, device, grid, (margin, margin), starts, batch_size, models=models,
-                             dtype=np.float32, chunks=((n_cls,), (h,), (w,)), name=f"predict-tile-{ckpt.model}",
+                             dtype=np.float32, chunks=((n_cls,), (h,), (w,)), token=f"predict-tile-{ckpt.model}",
                              meta=np.empty((0, 0, 0), dtype=np.float32))
     core = context.isel(y=slice(margin, margin + h), x=slice(margin, margin + w))
     computed = (h + 2 * margin) * (w + 2 * margin)

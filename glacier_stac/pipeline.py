@@ -453,21 +453,24 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
 
 
 def update_inventory(cfg: RunConfig, plan: Plan, years: Sequence[int]) -> dict:
-    """OBIA outlines of each complete year into the inventory (a year already there is skipped, not redone)."""
+    """OBIA outlines of each complete year into the inventory (a year already there is skipped, not redone).
+
+    All zones of a year go in at once, so a glacier across a zone boundary is joined into one outline.
+    """
     from glacier_stac import inventory
 
     out = {}
-    loc = S.Location.of(cfg.store, cfg.storage_options)
-    zones = sorted({u.zone for u in plan.tiles})
     Path(cfg.inventory).parent.mkdir(parents=True, exist_ok=True)
+    aoi = cfg.aoi if cfg.reference is None else None
     for year in years:
-        for zone in zones:
-            preds = S.open_predictions(loc, zone=S.zone_name(zone), years=[year],
-                                       aoi=cfg.aoi if cfg.reference is None else None)
-            res = inventory.add_year(cfg.inventory, year, preds, reference=cfg.reference,
-                                     region=S.zone_name(zone).removeprefix("EPSG"))
-            out[f"{zone}/{year}"] = {"glaciers": res.glaciers if hasattr(res, "glaciers") else None,
-                                     "skipped": bool(getattr(res, "skipped", False))}
+        if cfg.storage_options:  # object storage with explicit options: hand over each zone's opened Dataset
+            loc = S.Location.of(cfg.store, cfg.storage_options)
+            preds = [S.open_predictions(loc, zone=S.zone_name(z), years=[year], aoi=aoi)
+                     for z in sorted({u.zone for u in plan.tiles})]
+            res = [inventory.add_year(cfg.inventory, year, p, reference=cfg.reference) for p in preds][-1]
+        else:
+            res = inventory.add_year(cfg.inventory, year, cfg.store, reference=cfg.reference, aoi=aoi)
+        out[str(year)] = {"glaciers_added": res.added, "skipped": res.skipped}
     return out
 
 

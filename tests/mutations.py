@@ -388,6 +388,22 @@ MUTATIONS: list[Mutation] = [
         new="    rng.uniform(-1500.0, 1500.0)",
         tests=("tests/test_train_randomise.py::test_randomise_shifts_levels_and_keeps_contrasts",),
     ),
+    Mutation(
+        name="predict-tile-keys-collide",
+        invariant="tiles of one run never share results (key names unique per graph)",
+        path="glacier_stac/infer.py",
+        old='token=f"predict-tile-{ckpt.model}"',
+        new='name=f"predict-tile-{ckpt.model}"',
+        tests=("tests/test_pipeline.py::test_run_maps_every_tile_year_and_writes_store_inventory_report",),
+    ),
+    Mutation(
+        name="pipeline-redoes-done-tiles",
+        invariant="resumable from the store (4)",
+        path="glacier_stac/pipeline.py",
+        old="            if unit.key.id in plan.done.get(year, ()):\n",
+        new="            if False:\n",
+        tests=("tests/test_pipeline.py::test_rerun_redoes_nothing",),
+    ),
 ]
 
 
