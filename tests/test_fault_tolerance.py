@@ -1,0 +1,354 @@
+"""Fault tolerance of `pipeline.run_on` with real `dask scheduler` and `dask worker` processes on 127.0.0.1.
+
+- The scheduler SIGKILLed mid-run and started again (the workers die with it and are started again): a
+  rerun on a new client finishes with the store byte-identical to a clean run, and recomputes only the
+  tiles that were not recorded done before the kill.
+- A tile whose assets fail (served by a local HTTP server over the world's COGs that answers 403/404/503,
+  resets the connection or serves a corrupt file for the assets of ONE tile's scene): the tile is retried,
+  then recorded failed with its reason; the other tile completes; a rerun retries only the failed tile.
+
+The session world (tests/conftest.py) has two tiles of the global grid; one year keeps it quick, with the
+shipped cnn5 checkpoint.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import hashlib
+import http.server
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from glacier_stac import pipeline, store
+from glacier_stac.cluster import ClusterSpec, connect
+from glacier_stac.testing.stac_server import free_port, serve
+from glacier_stac.testing.worlds import WorldDir
+
+CNN5 = str(Path(pipeline.__file__).parent / "checkpoints" / "cnn5.pt")
+YEAR = 2022
+
+
+def _arrays(path: Path) -> dict[str, str]:
+    """Digest of every array file of a store (the run records under `_glacier_stac/` differ by design)."""
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file() and "_glacier_stac" not in p.parts}
+
+
+def _done(path: Path) -> list[Path]:
+    return sorted((path / "_glacier_stac" / "done").rglob("*.json"))
+
+
+def _raw(url: str, out: Path, bbox: list[float], **run) -> dict:
+    return {"run": {"years": [YEAR], "checkpoint": CNN5, "tiles_in_flight": 1, "retries": 1,
+                    "report": str(out / "report.json"), **run},
+            "aoi": {"bbox": bbox}, "catalog": {"url": url}, "store": {"url": str(out / "preds.zarr")}}
+
+
+def _bbox(world_dir: Path) -> list[float]:
+    b = WorldDir(world_dir).aoi().geometry.boundingbox
+    return [b.left, b.bottom, b.right, b.top]
+
+
+# --------------------------------------------------------------------------- real scheduler and workers
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL a process started here and its process group (a worker's nanny and its worker)."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(timeout=30)
+
+
+@dataclass
+class DaskProcesses:
+    """A `dask scheduler` and `dask worker` processes on 127.0.0.1, each in its own process group."""
+
+    port: int
+    log_dir: Path
+    n_workers: int = 2
+    scheduler: subprocess.Popen | None = None
+    workers: list[subprocess.Popen] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"tcp://127.0.0.1:{self.port}"
+
+    def _popen(self, name: str, args: list[str]) -> subprocess.Popen:
+        logf = (self.log_dir / f"{name}-{time.monotonic_ns()}.log").open("w")
+        env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+        return subprocess.Popen([sys.executable, "-m", *args], stdout=logf, stderr=subprocess.STDOUT, env=env,
+                                start_new_session=True)
+
+    def start(self) -> None:
+        self.scheduler = self._popen("scheduler", ["distributed.cli.dask_scheduler", "--host", "127.0.0.1",
+                                                   "--port", str(self.port), "--dashboard-address", ":0"])
+        deadline = time.monotonic() + 60
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    break
+            if self.scheduler.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"dask scheduler did not start on port {self.port} (see {self.log_dir})")
+            time.sleep(0.2)
+        self.workers = [self._popen(f"worker{i}", ["distributed.cli.dask_worker", self.address, "--nthreads", "1",
+                                                   "--no-dashboard", "--host", "127.0.0.1"])
+                        for i in range(self.n_workers)]
+        from distributed import Client
+
+        with Client(self.address, timeout="60s") as c:
+            c.wait_for_workers(self.n_workers, timeout=120)
+
+    def kill_scheduler(self) -> None:
+        if self.scheduler is not None:
+            _kill_group(self.scheduler)
+
+    def kill_all(self) -> None:
+        self.kill_scheduler()
+        for w in self.workers:
+            _kill_group(w)
+        self.workers = []
+
+
+@pytest.fixture(scope="module")
+def dask_procs(tmp_path_factory) -> Iterator[DaskProcesses]:
+    procs = DaskProcesses(free_port(), tmp_path_factory.mktemp("dask-logs"))
+    procs.start()
+    try:
+        yield procs
+    finally:
+        procs.kill_all()
+
+
+@pytest.fixture(scope="module")
+def clean_run(world_dir, rustac_url, dask_procs, tmp_path_factory):
+    """One clean run of the session world's year on the real scheduler: the reference bytes."""
+    out = tmp_path_factory.mktemp("clean")
+    cfg = pipeline.parse_config(_raw(rustac_url, out, _bbox(world_dir)))
+    with connect(ClusterSpec(kind="scheduler", scheduler=dask_procs.address)) as client:
+        rep = pipeline.run_on(client, cfg)
+    assert rep.counts() == {"done": 2, "skipped": 0, "failed": 0, "empty": 0}, rep.to_dict()["failures"]
+    return cfg, out / "preds.zarr"
+
+
+# --------------------------------------------------------------------------- the scheduler killed
+
+
+def test_scheduler_killed_mid_run_rerun_finishes_identical_recomputing_only_unfinished(
+        world_dir, rustac_url, dask_procs, clean_run, tmp_path):
+    _, ref = clean_run
+    raw = _raw(rustac_url, tmp_path, _bbox(world_dir))
+    lines = [f"[{sec}]\n" + "\n".join(f"{k} = {json.dumps(v)}" for k, v in vals.items()) for sec, vals in raw.items()]
+    (tmp_path / "run.toml").write_text("\n".join(lines) + "\n")
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [sys.executable, "-m", "glacier_stac.cli", "run", str(tmp_path / "run.toml"), "--scheduler",
+           dask_procs.address]
+    first = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    preds = tmp_path / "preds.zarr"
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and not _done(preds) and first.poll() is None:
+        time.sleep(0.1)
+    assert _done(preds), f"the first run recorded nothing: {first.communicate(timeout=60)[0][-2000:]!r}"
+    dask_procs.kill_scheduler()  # mid-run: one tile recorded, the other in flight
+    # the client loses its scheduler (what it does then is printed: it may fail or wait to reconnect)
+    t_kill = time.monotonic()
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        first.wait(timeout=90)
+    print(f"first client after the scheduler's kill: rc={first.poll()} after {time.monotonic() - t_kill:.0f} s")
+    _kill_group(first)
+    dask_procs.kill_all()
+    n_done = len(_done(preds))
+    assert n_done == 1, f"{n_done} tiles recorded done before the kill; the test needs the kill between the two"
+    dask_procs.start()  # the same address, a fresh scheduler without memory of the run
+    cfg = pipeline.load_config(tmp_path / "run.toml")
+    with connect(ClusterSpec(kind="scheduler", scheduler=dask_procs.address)) as client:
+        rep = pipeline.run_on(client, cfg)
+    assert rep.counts() == {"done": 1, "skipped": n_done, "failed": 0, "empty": 0}, rep.to_dict()["failures"]
+    assert _arrays(preds) == _arrays(ref)
+
+
+# --------------------------------------------------------------------------- assets that fail
+
+
+class FaultyFiles(http.server.ThreadingHTTPServer):
+    """Serves `root` with Range support (what GDAL's /vsicurl/ needs); paths under a prefix in `faults`
+    fail the given way. `hits` counts the requests to each failing path."""
+
+    daemon_threads = True
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.faults: dict[str, str] = {}  # path prefix -> "403" | "404" | "503" | "reset" | "corrupt"
+        self.hits: dict[str, int] = {}
+        self.lock = threading.Lock()
+        super().__init__(("127.0.0.1", 0), _FaultyHandler)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class _FaultyHandler(http.server.BaseHTTPRequestHandler):
+    server: FaultyFiles
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def _fault(self) -> str | None:
+        for prefix, mode in self.server.faults.items():
+            if self.path.startswith(prefix):
+                with self.server.lock:
+                    self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+                return mode
+        return None
+
+    def _serve(self, body: bool) -> None:
+        mode = self._fault()
+        if mode == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
+        if mode in ("403", "404", "503"):
+            self.send_error(int(mode))
+            return
+        path = self.server.root / self.path.lstrip("/").split("?")[0]
+        if not path.is_file():
+            self.send_error(404)
+            return
+        data = path.read_bytes()
+        if mode == "corrupt":
+            data = bytes(b ^ 0x5A for b in data)
+        rng = self.headers.get("Range")
+        if rng and rng.startswith("bytes="):
+            a, _, b = rng[6:].partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            data = data[start:end + 1]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._serve(True)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._serve(False)
+
+
+@contextlib.contextmanager
+def faulty_files(root: Path) -> Iterator[FaultyFiles]:
+    srv = FaultyFiles(root)
+    th = threading.Thread(target=srv.serve_forever, daemon=True)
+    th.start()
+    try:
+        yield srv
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def _http_world(world_dir: Path, out: Path, base_url: str, east_tile) -> tuple[Path, str]:
+    """A copy of the world's catalog with hrefs on `base_url`, plus one extra Sentinel-2 scene of YEAR whose
+    footprint covers only the east tile (so only that tile reads it), its assets under /broken/.
+    Returns the new world directory and the extra item's id."""
+    shutil.copytree(world_dir / "stac", out / "stac")
+    shutil.copy(world_dir / "world.json", out / "world.json")
+    root = world_dir.resolve().as_uri()
+    extra_id = ""
+    for items_json in sorted((out / "stac").glob("*/items.json")):
+        fc = json.loads(items_json.read_text())
+        for item in fc["features"]:
+            for asset in item["assets"].values():
+                if asset["href"].startswith(root):
+                    asset["href"] = base_url + asset["href"][len(root):]
+        if items_json.parent.name == "sentinel-2-l2a":
+            src = next(i for i in fc["features"] if i["properties"]["datetime"].startswith(str(YEAR)))
+            extra = copy.deepcopy(src)
+            extra["id"] = src["id"] + "-BROKEN"
+            # one day later: its own acquisition; a footprint over the east tile only, clear of the west's margin
+            extra["properties"]["datetime"] = src["properties"]["datetime"].replace(
+                src["properties"]["datetime"][8:10], f"{int(src['properties']['datetime'][8:10]) + 1:02d}", 1)
+            x0 = east_tile.geobox.extent.boundingbox.left + 200
+            ext = east_tile.geobox.extent.boundingbox
+            from odc.geo.geom import box
+
+            g = box(x0, ext.bottom, ext.right, ext.top, east_tile.geobox.crs).to_crs("EPSG:4326")
+            extra["geometry"] = g.json
+            extra["bbox"] = list(g.boundingbox)
+            for asset in extra["assets"].values():
+                asset["href"] = asset["href"].replace(base_url + "/", base_url + "/broken/", 1)
+            fc["features"].append(extra)
+            extra_id = extra["id"]
+        items_json.write_text(json.dumps(fc))
+    return out, extra_id
+
+
+def _serve_broken_from(world_dir: Path, srv_root: Path) -> None:
+    """/broken/<path> serves the same files as /<path> when no fault is set (a link to the world's COGs)."""
+    srv_root.mkdir(parents=True, exist_ok=True)
+    (srv_root / "cogs").symlink_to((world_dir / "cogs").resolve())
+    (srv_root / "broken").mkdir()
+    (srv_root / "broken" / "cogs").symlink_to((world_dir / "cogs").resolve())
+
+
+def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_retries_only_it(
+        world_dir, dask_procs, clean_run, tmp_path):
+    """Connection resets, then 404s, for the assets of a scene that only the east tile reads; then they heal."""
+    cfg_ref, ref = clean_run
+    plan = pipeline.make_plan(cfg_ref)
+    assert len(plan.tiles) == 2, "the session world should have two tiles"
+    west, east = sorted(plan.tiles, key=lambda u: u.geobox.extent.boundingbox.left)
+    _serve_broken_from(world_dir, tmp_path / "www")
+    with faulty_files(tmp_path / "www") as srv:
+        http_world, extra_id = _http_world(world_dir, tmp_path / "world", srv.url, east)
+        srv.faults["/broken/"] = "reset"
+        with serve(http_world) as url, connect(ClusterSpec(kind="scheduler", scheduler=dask_procs.address)) as c:
+            cfg = pipeline.parse_config(_raw(url, tmp_path, _bbox(world_dir)))
+            rep = pipeline.run_on(c, cfg)
+            by_tile = {o.tile: o for o in rep.tiles}
+            assert by_tile[west.key.id].status == "done", rep.to_dict()
+            bad = by_tile[east.key.id]
+            assert bad.status == "failed", f"the tile whose assets fail was recorded {bad.status!r}: {bad}"
+            assert "/broken/" in bad.reason, bad.reason
+            # retried: the first attempt and `retries` more reached the server
+            attempts = max(srv.hits.values())
+            assert attempts >= cfg.retries + 1, f"{attempts} requests for a failing asset, {cfg.retries} retries"
+            assert json.loads(Path(cfg.report).read_text())["failures"][0]["tile"] == east.key.id
+            # nothing recorded for the failed tile; the west tile is the clean run's
+            assert store.done_tiles(cfg.store, east.zone, YEAR) == {west.key.id}
+            west_ref = store.open_predictions(cfg_ref.store, aoi=west.geobox.extent, years=[YEAR])
+            west_got = store.open_predictions(cfg.store, aoi=west.geobox.extent, years=[YEAR])
+            assert np.array_equal(west_ref["classes"].values, west_got["classes"].values)
+            # still failing (404 now): a rerun attempts only the failed tile, and records why again
+            srv.faults["/broken/"] = "404"
+            rep2 = pipeline.run_on(c, cfg)
+            assert rep2.counts() == {"done": 0, "skipped": 1, "failed": 1, "empty": 0}, rep2.to_dict()
+            assert "404" in rep2.to_dict()["failures"][0]["reason"], rep2.to_dict()["failures"]
+            # the asset heals: a rerun does only the failed tile
+            srv.faults.clear()
+            rep3 = pipeline.run_on(c, cfg)
+            assert rep3.counts() == {"done": 1, "skipped": 1, "failed": 0, "empty": 0}, rep3.to_dict()["failures"]
+            assert [o.tile for o in rep3.tiles if o.status == "done"] == [east.key.id]
+            assert store.done_tiles(cfg.store, east.zone, YEAR) == {west.key.id, east.key.id}
+    assert extra_id and _arrays(tmp_path / "preds.zarr") != _arrays(ref)  # the east tile composites the extra scene
