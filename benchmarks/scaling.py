@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
+import math
 import os
 import platform
 import tempfile
@@ -169,6 +170,8 @@ def summarise(results: list[SizeResult], workers: int, checkpoint: str, quick: b
     notes = []
     if len(results) < 3:
         notes.append("time_linearity_r2 from two sizes is 1 by construction: run without --quick for a real fit")
+    if len({r.tiles_done for r in results}) < len(results):
+        notes.append("some sizes cover the same number of tiles: wall time cannot be fitted against tiles there")
     notes.append("wall_s includes the cluster's warm-up (worker start, first model build) at each size, "
                  "and search/cube/write; model_only_s is the forward pass alone on the same workers")
     if any(r.tiles * 100 > r.area_km2 * 1.5 for r in results):
@@ -184,7 +187,7 @@ def summarise(results: list[SizeResult], workers: int, checkpoint: str, quick: b
         "peak_memory_ratio": round(ratio_mem, 3),
         "end_to_end_over_model_only": round(e2e, 3),
         "computed_over_output_pixels": round(halo, 4),
-        "time_linearity_r2": round(lin, 4),
+        "time_linearity_r2": None if math.isnan(lin) else round(lin, 4),  # None: tiles did not vary
         "seconds_per_tile": round(large.wall_s * workers / max(large.tiles_done, 1), 2),
         "targets": {"peak_memory_ratio<=1.25": ratio_mem <= 1.25, "end_to_end_over_model_only>=0.75": e2e >= 0.75,
                     "computed_over_output_pixels<=1.3": halo <= 1.3, "time_linearity_r2>=0.98": lin >= 0.98},

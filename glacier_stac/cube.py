@@ -433,6 +433,7 @@ class ReadSetup:
     signer: Signer | None = None
     gdal_env: LayeredEnv | None = None
     state: ReaderState | None = None
+    record_errors: bool = True  # False: an unreadable asset fails the read task (the pipeline retries, then records it)
 
 
 def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geobox: GeoBox, chunks,
@@ -458,7 +459,8 @@ def _stack(items: Sequence[pystac.Item], sensor: S.Sensor, keys: list[str], geob
         resampling=Resampling[resampling], chunksize=(1, -1, *chunks), dtype=dtype,
         fill_value=dtype.type(nodata) if dtype.kind in "iu" else NAN,
         rescale=False, sortby_date=False, properties=False, band_coords=False,
-        reader=functools.partial(CogReader, signer=read.signer, state=read.state), gdal_env=read.gdal_env,
+        reader=functools.partial(CogReader, signer=read.signer, state=read.state, record_errors=read.record_errors),
+        gdal_env=read.gdal_env,
     )
     if arr.shape[-2:] != geobox.shape:
         raise RuntimeError(f"stack shape {arr.shape[-2:]} does not match the grid {tuple(geobox.shape)}")
@@ -539,7 +541,7 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
           sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | Signer | None = None,
           max_acquisitions: int | None = 24, gdal_env: LayeredEnv | None = None,
-          state: ReaderState | None = None) -> xr.DataArray:
+          state: ReaderState | None = None, on_read_error: str = "nodata") -> xr.DataArray:
     """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
@@ -553,8 +555,12 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     environment captured here (`gdal_env`, default `reader.capture_gdal_env()`) and `state` (default: each
     process's own, which cluster.py's plugins hold on workers). The cube's `assets` attribute is the table
     digest of asset URL -> [item id, asset key] that names the item and asset of each read error
-    (`reader.label_errors`, `cluster.read_errors`); it carries no URL.
+    (`reader.label_errors`, `cluster.read_errors`); it carries no URL. `on_read_error`: "nodata" records an
+    unreadable asset and reads it as no-data (a notebook still gets its cube); "raise" fails the task with the
+    asset and the reason, so that a run retries the tile and, if it keeps failing, records it failed, not done.
     """
+    if on_read_error not in ("nodata", "raise"):
+        raise ValueError(f"on_read_error must be 'nodata' or 'raise', got {on_read_error!r}")
     if max_acquisitions is not None and max_acquisitions < 1:
         raise ValueError(f"max_acquisitions must be >= 1 or None, got {max_acquisitions}")
     global_origin(geobox)  # refuses a geobox off the global lattice
@@ -569,7 +575,8 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     for name in by_sensor:
         S.get(name)
     chunks = tile_chunks(geobox, tile_px)
-    read = ReadSetup(resolve_signer(signer), gdal_env if gdal_env is not None else capture_gdal_env(), state)
+    read = ReadSetup(resolve_signer(signer), gdal_env if gdal_env is not None else capture_gdal_env(), state,
+                     record_errors=on_read_error == "nodata")
     urls: dict[str, tuple[str, str]] = {}
     names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
     names += [d.name for d in derived_for(names)]

@@ -320,7 +320,9 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
                            missing="record", max_cloud=cfg.max_cloud)
     if not any(found.for_year(year).values()):
         return None
-    data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None)
+    # an unreadable asset fails the tile's task (retried, then recorded failed with its reason): a tile read
+    # as no-data where an asset failed would be recorded done, and a rerun would never retry it
+    data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise")
     pred = predict_tile(data, cfg.checkpoint, margin=margin)
     wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
                  checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},
@@ -365,6 +367,8 @@ def _report_path(cfg: RunConfig) -> Path:
         return Path(cfg.report)
     if cfg.inventory and "://" not in cfg.inventory:
         return Path(cfg.inventory).with_name("run-report.json")
+    if "://" not in cfg.store:
+        return Path(cfg.store).parent / "run-report.json"
     return Path("glacier-stac-report.json")
 
 

@@ -404,6 +404,33 @@ MUTATIONS: list[Mutation] = [
         new="            if False:\n",
         tests=("tests/test_pipeline.py::test_rerun_redoes_nothing",),
     ),
+    Mutation(
+        name="pipeline-unreadable-asset-recorded-done",
+        invariant="a tile whose assets fail is retried, then recorded failed, never done with no-data (6)",
+        path="glacier_stac/pipeline.py",
+        old='on_read_error="raise")',
+        new='on_read_error="nodata")',
+        tests=("tests/test_fault_tolerance.py::test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete"
+               "_rerun_retries_only_it",),
+    ),
+    Mutation(
+        name="pipeline-failing-tile-not-retried",
+        invariant="a failing tile is retried before it is recorded failed",
+        path="glacier_stac/pipeline.py",
+        old="fut = client.compute(task, retries=cfg.retries, optimize_graph=False)",
+        new="fut = client.compute(task, retries=0, optimize_graph=False)",
+        tests=("tests/test_fault_tolerance.py::test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete"
+               "_rerun_retries_only_it",),
+    ),
+    Mutation(
+        name="pipeline-redoes-done-tiles-after-scheduler-restart",
+        invariant="resumable from the store, not the scheduler's memory (4)",
+        path="glacier_stac/pipeline.py",
+        old="            if unit.key.id in plan.done.get(year, ()):\n",
+        new="            if False:\n",
+        tests=("tests/test_fault_tolerance.py::test_scheduler_killed_mid_run_rerun_finishes_identical_recomputing"
+               "_only_unfinished",),
+    ),
 ]
 
 

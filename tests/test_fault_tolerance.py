@@ -336,7 +336,7 @@ def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_r
             assert attempts >= cfg.retries + 1, f"{attempts} requests for a failing asset, {cfg.retries} retries"
             assert json.loads(Path(cfg.report).read_text())["failures"][0]["tile"] == east.key.id
             # nothing recorded for the failed tile; the west tile is the clean run's
-            assert store.done_tiles(cfg.store, east.zone, YEAR) == {west.key.id}
+            assert store.done_tiles(cfg.store, east.key.zone, YEAR) == {west.key.id}
             west_ref = store.open_predictions(cfg_ref.store, aoi=west.geobox.extent, years=[YEAR])
             west_got = store.open_predictions(cfg.store, aoi=west.geobox.extent, years=[YEAR])
             assert np.array_equal(west_ref["classes"].values, west_got["classes"].values)
@@ -350,5 +350,5 @@ def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_r
             rep3 = pipeline.run_on(c, cfg)
             assert rep3.counts() == {"done": 1, "skipped": 1, "failed": 0, "empty": 0}, rep3.to_dict()["failures"]
             assert [o.tile for o in rep3.tiles if o.status == "done"] == [east.key.id]
-            assert store.done_tiles(cfg.store, east.zone, YEAR) == {west.key.id, east.key.id}
+            assert store.done_tiles(cfg.store, east.key.zone, YEAR) == {west.key.id, east.key.id}
     assert extra_id and _arrays(tmp_path / "preds.zarr") != _arrays(ref)  # the east tile composites the extra scene
