@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from glacier_stac import store as S
-from glacier_stac.cluster import ClusterSpec
+from glacier_stac.cluster import ClusterSpec, has_gpu_workers
 from glacier_stac.redact import redact
 from glacier_stac.version import __version__
 
@@ -306,7 +306,8 @@ class TileOutcome:
     reason: str = ""
 
 
-def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str):
+def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str,
+               resources: Mapping[str, float] | None = None):
     """The lazy work of one tile-year (search happens here, on the client): a Delayed returning a TileRecord.
 
     None when the catalog has no scenes over the tile for the year (recorded, not an error).
@@ -323,7 +324,7 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     # an unreadable asset fails the tile's task (retried, then recorded failed with its reason): a tile read
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
     data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise")
-    pred = predict_tile(data, cfg.checkpoint, margin=margin)
+    pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources)  # GPU=1 where GPU workers exist
     wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
                  checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},
                  items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()})
@@ -394,6 +395,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     run_id = S.record_run(loc, {"config": cfg.describe()})
     digest = load_checkpoint(cfg.checkpoint).digest()
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
+    resources = {"GPU": 1} if has_gpu_workers(client) else None
     total = len(plan.tiles) * len(plan.years)
     pending = as_completed()
     meta: dict[Any, tuple[TileUnit, int, float]] = {}
@@ -413,7 +415,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
                 continue
             t = time.perf_counter()
             try:
-                task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest)
+                task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources)
             except Exception as e:  # noqa: BLE001 - one tile's bad input must not stop the others
                 finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
                                    reason=redact(f"{type(e).__name__}: {e}")))
