@@ -43,4 +43,4 @@ def test_demo_bad_input_is_a_clear_error(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "glacier_stac.cli", "demo", "--size-km", "-3", "--out",
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
-    assert "size_km must be positive" in proc.stderr and "Traceback" not in proc.stderr
+    assert "--size-km" in proc.stderr and "> 0 and <= 60" in proc.stderr and "Traceback" not in proc.stderr

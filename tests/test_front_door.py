@@ -209,6 +209,14 @@ def inputs(tmp_path_factory) -> Path:
     _write(gpd.GeoDataFrame({"rgi_id": ["G-FLAT"]}, crs=32606,
                             geometry=[Polygon([(x0 + 900, y0 - 700), (x0 + 1000, y0 - 800), (x0 + 1100, y0 - 900)])]),
            d / "glacier_flat.gpkg")
+    ok = f'[aoi]\nbbox = "-147.1,61.1,-147.0,61.2"\n[store]\nurl = "{d}/preds.zarr"\n'
+    (d / "key.toml").write_text('[run]\nyeras = [2021]\n' + ok)
+    (d / "years.toml").write_text('[run]\nyears = [2035]\n' + ok)
+    (d / "flight.toml").write_text('[run]\nyears = [2021]\ntiles_in_flight = 0\n' + ok)
+    (d / "notoml.toml").write_text("[run\nyears=")
+    (d / "secretcat.toml").write_text('[run]\nyears = [2021]\n[catalog]\nurl = "{srv}"\nmax_cloud = 150\n' + ok)
+    (d / "s3inv.toml").write_text('[run]\nyears = [2021]\n[inventory]\nurl = "s3://b/inv"\n' + ok)
+    (d / "noinv.toml").write_text('[run]\nyears = [2021]\n' + ok)
     return d
 
 
@@ -346,6 +354,23 @@ CASES = [
     ("demo workers 0", [*DEMO, "--workers", "0"], ["--workers"]),
     ("demo checkpoint", [*DEMO, "--checkpoint", "{in}/nope.pt"], ["--checkpoint", "nope.pt"]),
     ("demo out is file", ["demo", "--out", "{in}/file.txt"], ["--out", "file.txt"]),
+    ("demo results under file", [*DEMO, "--results", "{in}/file.txt/r"], ["--results", "file.txt"]),
+    ("run missing config", ["run", "{in}/nope.toml"], ["nope.toml", "does not exist"]),
+    ("run config dir", ["run", "{in}/adir"], ["adir", "not a file"]),
+    ("run config not toml", ["run", "{in}/notoml.toml"], ["notoml.toml", "not valid TOML"]),
+    ("run unknown key", ["run", "{in}/key.toml"], ["run.yeras"]),
+    ("run future year", ["run", "{in}/years.toml"], ["run.years", "2035"]),
+    ("run tiles_in_flight 0", ["run", "{in}/flight.toml"], ["run.tiles_in_flight", "got 0"]),
+    ("run max_cloud 150", ["run", "{in}/secretcat.toml"], ["catalog.max_cloud", "150"]),
+    ("run inventory on s3", ["run", "{in}/s3inv.toml"], ["inventory.url", "s3://b/inv"]),
+    ("update year 1800", ["update", "{in}/noinv.toml", "--year", "1800"], ["1800"]),
+    ("update no inventory", ["update", "{in}/noinv.toml", "--year", "2021"], ["noinv.toml", "[inventory]", "2021"]),
+    ("update bad config", ["update", "{in}/key.toml", "--year", "2021"], ["run.yeras"]),
+    ("inventory summary missing", ["inventory", "summary", "{in}/nope.parquet"], ["nope.parquet"]),
+    ("inventory summary corrupt", ["inventory", "summary", "{in}/file.txt"], ["file.txt"]),
+    ("inventory plot missing", ["inventory", "plot", "{in}/nope.parquet"], ["nope.parquet"]),
+    ("inventory plot out under file", ["inventory", "plot", "{in}/nope.parquet", "--out", "{in}/file.txt/x"],
+     ["nope.parquet"]),
 ]
 
 
@@ -383,7 +408,8 @@ def test_every_command_is_in_the_table():
     names = set()
     for name, command in typer.main.get_command(cli.app).commands.items():
         names |= {f"{name} {sub}" for sub in command.commands} if hasattr(command, "commands") else {name}
-    tried = {" ".join(argv[:2]) if argv[0] in ("catalog", "synthetic") else argv[0] for _, argv, _ in CASES}
+    groups = ("catalog", "synthetic", "inventory")
+    tried = {" ".join(argv[:2]) if argv[0] in groups else argv[0] for _, argv, _ in CASES}
     assert names <= tried, names - tried
 
 
