@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
+from glacier_stac.labels import Label
 from glacier_stac.models import CLASSES, MODELS, get_model
 from glacier_stac.models.checkpoint import Checkpoint, load, save
-from glacier_stac.labels import Label
 
 FEATS = ["B03", "B08", "B11", "elevation", "slope"]
 
