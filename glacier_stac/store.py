@@ -218,6 +218,12 @@ class TileKey:
         """The same id as `grid.Tile.id` (odc-geo's ix, iy of the zone's GridSpec)."""
         return f"{self.zone.replace('EPSG', 'E')}_{self.tcol:+05d}_{-self.trow - 1:+05d}"
 
+    @classmethod
+    def from_id(cls, tile_id: str) -> TileKey:
+        """The inverse of `id` (records and planned tiles are stored by id)."""
+        zone, ix, iy = tile_id.split("_")
+        return cls(zone.replace("E", "EPSG", 1), -int(iy) - 1, int(ix))
+
 
 @dataclass(frozen=True)
 class TileRecord:
@@ -647,8 +653,8 @@ def open_predictions(store: Location | str, aoi=None, years: Sequence[int] | int
         keys = [k for y in years for k in planned[y]]
         if not keys:
             raise StoreError(f"no tiles were planned in {zone} for years {years}")
-        tr = [-int(k.split("_")[2]) - 1 for k in keys]
-        tc = [int(k.split("_")[1]) for k in keys]
+        tiles = [TileKey.from_id(k) for k in keys]
+        tr, tc = [t.trow for t in tiles], [t.tcol for t in tiles]
         r0, c0 = min(tr) * tile_px, min(tc) * tile_px
         h, w = (max(tr) + 1) * tile_px - r0, (max(tc) + 1) * tile_px - c0
     z.check_rows_cols(r0, c0, h, w)
@@ -712,6 +718,7 @@ def write_stac(loc: Location | str, out_dir: str | os.PathLike[str], *, collecti
     out.mkdir(parents=True, exist_ok=True)
     href = href or loc.url
     items = []
+    res, tp = store_grid(loc)
     for zn in zones(loc):
         for ys in _years_with(loc, "planned", zn):
             year = int(ys)
@@ -719,9 +726,8 @@ def write_stac(loc: Location | str, out_dir: str | os.PathLike[str], *, collecti
             if not planned or planned - done:
                 continue
             recs = records(loc, zn, year)
-            tr = [-int(k.split("_")[2]) - 1 for k in done]
-            tc = [int(k.split("_")[1]) for k in done]
-            res, tp = store_grid(loc)
+            tiles = [TileKey.from_id(k) for k in done]
+            tr, tc = [t.trow for t in tiles], [t.tcol for t in tiles]
             crs = f"EPSG:{zn.removeprefix('EPSG')}"
             ext = box(min(tc) * tp * res, -(max(tr) + 1) * tp * res, (max(tc) + 1) * tp * res, -min(tr) * tp * res,
                       crs).to_crs("EPSG:4326")
