@@ -2,7 +2,8 @@
 
 Clean ice and snow have a high NDSI = (green - SWIR) / (green + SWIR); so does water, which the NIR
 check removes (water is dark in NIR, ice is bright). Debris-covered ice looks like rock to a band
-ratio, so this baseline never predicts it — that is the gap the learned models close. The output has
+ratio, so this baseline never predicts it (nor rock glaciers: its classes are the four
+base ones) — that is the gap the learned models close. The output has
 the same structure as `infer.predict`, so the same evaluation and OBIA code runs on both.
 
 An "optical-only" learned model needs nothing here: it is a checkpoint whose feature list holds only
@@ -16,7 +17,7 @@ import numpy as np
 import xarray as xr
 
 from glacier_stac.infer import prediction_dataset
-from glacier_stac.labels import CLASSES, Label
+from glacier_stac.labels import BASE_CLASSES, Label
 
 NDSI_THRESHOLD = 0.4
 NIR_MIN = 0.11  # B08 reflectance: water below, snow and ice above
@@ -41,7 +42,7 @@ def ndsi_block(b03: np.ndarray, b08: np.ndarray, b11: np.ndarray, *, threshold: 
     klass = np.full(ok.shape, Label.BACKGROUND, dtype=np.uint8)
     klass[ice] = Label.CLEAN_ICE
     klass[water] = Label.WATER
-    prob = (np.arange(len(CLASSES))[:, None, None] == klass[None]).astype(np.float32)
+    prob = (np.arange(len(BASE_CLASSES))[:, None, None] == klass[None]).astype(np.float32)
     prob[:, ~ok] = np.nan
     return prob
 
@@ -62,7 +63,7 @@ def ndsi_threshold(cube: xr.DataArray, *, threshold: float = NDSI_THRESHOLD, nir
     bands = bands.astype(np.float32).rechunk({0: -1})
     prob = da.map_blocks(
         lambda b: ndsi_block(b[0], b[1], b[2], threshold=threshold, nir_min=nir_min, ndwi_water=ndwi_water),
-        bands, dtype=np.float32, chunks=((len(CLASSES),), *bands.chunks[1:]), token="ndsi-threshold",
+        bands, dtype=np.float32, chunks=((len(BASE_CLASSES),), *bands.chunks[1:]), token="ndsi-threshold",
     )
-    return prediction_dataset(prob, cube, CLASSES, {"model": "ndsi-threshold", "threshold": threshold,
+    return prediction_dataset(prob, cube, BASE_CLASSES, {"model": "ndsi-threshold", "threshold": threshold,
                                                     "nir_min": -1.0 if nir_min is None else nir_min})

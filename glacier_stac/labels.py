@@ -16,9 +16,13 @@ class Label(IntEnum):
     CLEAN_ICE = 1  # snow/firn and clean ice on a glacier
     DEBRIS_ICE = 2
     WATER = 3  # lakes and sea (not sea ice)
+    ROCK_GLACIER = 4  # permafrost debris with ice inside: its own landform, never glacier area (as in RGI)
 
 
 CLASSES: tuple[str, ...] = tuple(label.name.lower() for label in Label)
+# The classes of every checkpoint made before rock glaciers (and of the NDSI baseline). A checkpoint's
+# classes are always a prefix of CLASSES, so a model's output index is the Label code.
+BASE_CLASSES: tuple[str, ...] = CLASSES[:4]
 GLACIER_CLASSES: tuple[str, ...] = ("clean_ice", "debris_ice")  # summed into the glacier probability
 NODATA_CLASS = 255  # `classes` where no valid input reached the model
 

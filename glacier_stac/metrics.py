@@ -1,5 +1,8 @@
 """Accuracy of glacier maps: per-class IoU/F1/precision/recall, edge and calving-front distances.
 
+Glacier scores ("overall", boundary, front) count clean and debris-covered ice only; rock glaciers are
+scored as their own class and never as glacier area.
+
 Pure functions on label arrays (`Label` codes), so training, the benchmarks and the demo score maps
 the same way. Distances are in metres on the map grid (CaFFe-style mean front distance for calving
 fronts: the mean distance between predicted and true front pixels, both ways).
@@ -12,7 +15,9 @@ from scipy import ndimage
 
 from glacier_stac.labels import Label
 
-CLASSES = {"clean": Label.CLEAN_ICE, "debris": Label.DEBRIS_ICE, "water": Label.WATER}
+CLASSES = {"clean": Label.CLEAN_ICE, "debris": Label.DEBRIS_ICE, "water": Label.WATER,
+           "rock_glacier": Label.ROCK_GLACIER}
+GLACIER = (Label.CLEAN_ICE, Label.DEBRIS_ICE)  # glacier area; rock glaciers are not glaciers (RGI keeps them out)
 
 
 def _scores(pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
@@ -73,7 +78,7 @@ def evaluate(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None
     valid = np.ones(true.shape, bool) if valid is None else valid.astype(bool)
     p = np.where(valid, pred, 255)
     t = np.where(valid, true, 255)
-    ice = (Label.CLEAN_ICE, Label.DEBRIS_ICE)
+    ice = GLACIER
     out = {"overall": _scores(np.isin(p, ice), np.isin(t, ice))}
     for name, code in CLASSES.items():
         out[name] = _scores(p == code, t == code)
@@ -93,6 +98,7 @@ def summary(scores: dict) -> dict[str, float]:
         "iou_overall": scores["overall"]["iou"],
         "iou_clean": scores["clean"]["iou"],
         "iou_debris": scores["debris"]["iou"],
+        "iou_rock_glacier": scores["rock_glacier"]["iou"],  # NaN where neither map has any
         "f1_overall": scores["overall"]["f1"],
         "boundary_m": scores["boundary_m"],
         "front_m": scores["front_m"],

@@ -30,7 +30,7 @@ from torch import nn
 from glacier_stac import cube as cubes
 from glacier_stac import metrics
 from glacier_stac.infer import normalise, pick_device
-from glacier_stac.labels import Label
+from glacier_stac.labels import BASE_CLASSES, CLASSES, Label
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.sensors import SENTINEL2
@@ -69,7 +69,8 @@ def labels_from_outlines(outlines, geobox: GeoBox, class_column: str | None = No
     """Rasterise RGI/GLIMS-style glacier outlines onto `geobox`.
 
     Without `class_column` every polygon is clean ice; with it, values "debris"/"debris-covered"/2
-    mark debris-covered ice and "water"/3 water. Background elsewhere.
+    mark debris-covered ice, "water"/3 water and "rock glacier"/"rock_glacier"/"rockglacier"/4 rock
+    glaciers. Background elsewhere.
     """
     if outlines.crs is None:
         raise ValueError("glacier outlines have no CRS")
@@ -81,6 +82,7 @@ def labels_from_outlines(outlines, geobox: GeoBox, class_column: str | None = No
         v = g[class_column].astype(str).str.lower()
         codes[v.str.startswith("debris").to_numpy() | (v == "2").to_numpy()] = Label.DEBRIS_ICE
         codes[(v == "water").to_numpy() | (v == "3").to_numpy()] = Label.WATER
+        codes[v.isin(ROCK_GLACIER_VALUES).to_numpy()] = Label.ROCK_GLACIER
     order = np.argsort(codes, kind="stable")  # debris and water drawn over clean ice
     shapes = [(g.geometry.iloc[i], int(codes[i])) for i in order if g.geometry.iloc[i] is not None]
     if not shapes:
@@ -88,14 +90,38 @@ def labels_from_outlines(outlines, geobox: GeoBox, class_column: str | None = No
     return rasterize(shapes, out_shape=geobox.shape, transform=geobox.affine, fill=0, dtype="uint8")
 
 
+ROCK_GLACIER_VALUES = ("rock glacier", "rock_glacier", "rockglacier", "rock-glacier", "4")
+
+
+def classes_for(regions: Sequence[Region], classes: Sequence[str] | None = None) -> list[str]:
+    """The output classes of a model trained on `regions`: the four base ones, plus rock glaciers when
+    any region's truth has them (a prefix of `labels.CLASSES`, so the output index is the Label code)."""
+    if classes is not None:
+        names = [str(c) for c in classes]
+        if names != list(CLASSES[:len(names)]) or len(names) < len(BASE_CLASSES):
+            raise ValueError(f"classes {names} must be the first classes of {list(CLASSES)} (at least "
+                             f"{list(BASE_CLASSES)}), in that order")
+    else:
+        top = max((int(r.labels[r.labels != IGNORE].max(initial=0)) for r in regions), default=0)
+        names = list(CLASSES[:max(len(BASE_CLASSES), top + 1)])
+    for r in regions:
+        ok = r.labels != IGNORE
+        top = int(r.labels[ok].max(initial=0))
+        if top >= len(names):
+            raise ValueError(f"region {r.name} has label code {top} ({CLASSES[top] if top < len(CLASSES) else '?'}) "
+                             f"outside the model's classes {names}")
+    return names
+
+
 # --------------------------------------------------------------------------- sampling
 
 
 def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: float = 4.0) -> np.ndarray:
-    """Per-pixel sampling weight: more on glacier edges and debris-covered ice."""
+    """Per-pixel sampling weight: more on glacier edges, debris-covered ice and rock glaciers (both
+    look like the rock around them in optics, so the model must see many of them)."""
     ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
     edge = ndimage.binary_dilation(metrics.edges(ice), iterations=3)
-    w = 1.0 + edge_weight * edge + debris_weight * (labels == Label.DEBRIS_ICE)
+    w = 1.0 + edge_weight * edge + debris_weight * np.isin(labels, (Label.DEBRIS_ICE, Label.ROCK_GLACIER))
     return np.where(labels == IGNORE, 0.0, w)
 
 
@@ -195,11 +221,14 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           features: Sequence[str] | None = None, required: Sequence[str] | None = None, epochs: int = 10,
           steps_per_epoch: int = 40, batch_size: int = 8, patch: int = 128, lr: float = 2e-3, seed: int = 0,
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
-          progress: bool = True, domain_randomisation: bool = False) -> tuple[Checkpoint, list[dict]]:
+          progress: bool = True, domain_randomisation: bool = False,
+          classes: Sequence[str] | None = None) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
-    the training worlds' climate carry less weight than the contrasts that hold everywhere."""
+    the training worlds' climate carry less weight than the contrasts that hold everywhere.
+    `classes`: the output classes (default: `classes_for` the training regions: rock glaciers only
+    when the truth has them, so a model of glacier-only worlds keeps the four base classes)."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -213,13 +242,14 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     rng = np.random.default_rng(seed)
     dev = pick_device(device)
     kw = dict(model_kwargs or {})
-    net = get_model(model, len(feats), len(Label), **kw)
+    names = classes_for([*train_regions, *val_regions], classes)
+    net = get_model(model, len(feats), len(names), **kw)
     if patch % net.divisor:
         raise ValueError(f"patch {patch} px is not a multiple of {model}'s divisor {net.divisor}")
     net.to(dev)
     mean, std = normalisation(train_regions, feats)
     arrays = [normalise(r.features.sel(feature=feats).values, mean, std) for r in train_regions]
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_regions, len(Label)).to(dev), ignore_index=IGNORE)
+    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_regions, len(names)).to(dev), ignore_index=IGNORE)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     history: list[dict] = []
@@ -248,7 +278,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
             losses.append(float(loss.detach()))
         ckpt = Checkpoint.from_model(
             net.cpu(), model, feats, mean, std, model_kwargs=kw, patch_size=patch,
-            required_features=list(required) if required else None, data=data, seed=seed, command=command)
+            required_features=list(required) if required else None, data=data, seed=seed, command=command,
+            classes=names)
         net.to(dev)
         scores = [metrics.summary(score(ckpt, r)) for r in val_regions]
         with warnings.catch_warnings():  # a score can be NaN in every region (no calving front there)
@@ -260,6 +291,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
             log.info("epoch %d/%d loss %.4f val IoU %.3f (debris %.3f) boundary %.1f m [%.1fs]", epoch, epochs,
                      rec["loss"], val["iou_overall"], val["iou_debris"], val["boundary_m"], rec["seconds"])
         key = val["iou_overall"] + val["iou_debris"]
+        if len(names) > Label.ROCK_GLACIER and np.isfinite(val["iou_rock_glacier"]):
+            key += val["iou_rock_glacier"]
         if best is None or key > best[0]:
             ckpt.metrics = {"validation": val, "epoch": epoch}
             best = (key, ckpt)
@@ -299,6 +332,7 @@ def write_model_card(ckpt: Checkpoint, path: Path) -> Path:
     lines = [
         f"# Model card: `{path.stem}`", "",
         f"- model: `{ckpt.model}` {json.dumps(ckpt.model_kwargs)}; receptive field {ckpt.receptive_field} px",
+        f"- classes ({len(ckpt.classes)}): {', '.join(ckpt.classes)}",
         f"- features ({len(ckpt.features)}): {', '.join(ckpt.features)}",
         f"- required inputs: {', '.join(ckpt.required)}",
         f"- trained by: `{ckpt.command}`", f"- seed: {ckpt.seed}", f"- data: {ckpt.data}",

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from glacier_stac.models import CLASSES, get_model
+from glacier_stac.labels import BASE_CLASSES, CLASSES
+from glacier_stac.models import get_model
 
 FORMAT_VERSION = 1
 
@@ -34,7 +35,8 @@ class Checkpoint:
     patch_size: int = 256  # training patch side, pixels
     nan_fill: float = 0.0  # value of a missing input after normalisation (0 = the feature mean)
     required_features: list[str] | None = None  # NaN in any of these => pixel invalid; None = all features
-    classes: list[str] = field(default_factory=lambda: list(CLASSES))
+    # output channels in order; a checkpoint without the field (all before rock glaciers) has four
+    classes: list[str] = field(default_factory=lambda: list(BASE_CLASSES))
     model_kwargs: dict = field(default_factory=dict)
     divisor: int = 1
     # provenance
@@ -58,6 +60,12 @@ class Checkpoint:
         if any(not s > 0 for s in self.std):
             bad = [f for f, s in zip(self.features, self.std, strict=True) if not s > 0]
             raise ValueError(f"checkpoint std must be positive; not for {bad}")
+        # the model's output index is the Label code (infer, the store and OBIA read it so): the
+        # classes must be the vocabulary's first ones, in its order
+        self.classes = [str(c) for c in self.classes]
+        if len(self.classes) < 2 or self.classes != list(CLASSES[:len(self.classes)]):
+            raise ValueError(f"checkpoint classes {self.classes} must be the first classes of {list(CLASSES)}, "
+                             "in that order (a model's output index is the Label code)")
         unknown = set(self.required_features or ()) - set(self.features)
         if unknown:
             raise ValueError(f"required_features {sorted(unknown)} are not among the checkpoint features")

@@ -1,0 +1,121 @@
+"""Rock glaciers as their own class (issue 14): the vocabulary grows, four-class checkpoints keep working.
+
+A checkpoint carries its own class list; its output index is the `Label` code, so its classes must be
+the vocabulary's first ones. Shipped checkpoints (four classes) predict, score and feed the store as
+before; a five-class checkpoint predicts rock glaciers, which metrics score on their own and never as
+glacier area.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from glacier_stac import metrics, train
+from glacier_stac.baselines import ndsi_threshold
+from glacier_stac.infer import predict
+from glacier_stac.labels import BASE_CLASSES, CLASSES, Label
+from glacier_stac.models import get_model
+from glacier_stac.models.checkpoint import Checkpoint, load, save
+
+SHIPPED = Path(__file__).resolve().parents[1] / "glacier_stac" / "checkpoints"
+FEATS = ["B03", "B08", "B11"]
+
+
+def _cube(n: int = 64) -> xr.DataArray:
+    rng = np.random.default_rng(0)
+    data = rng.uniform(0.05, 0.6, (len(FEATS), n, n)).astype(np.float32)
+    return xr.DataArray(data, dims=("feature", "y", "x"),
+                        coords={"feature": FEATS, "y": 4995.0 - 10.0 * np.arange(n), "x": 5.0 + 10.0 * np.arange(n)})
+
+
+def test_vocabulary_appends_rock_glacier_after_the_base_classes() -> None:
+    assert Label.ROCK_GLACIER == 4 and CLASSES[4] == "rock_glacier"
+    assert BASE_CLASSES == ("background", "clean_ice", "debris_ice", "water")
+    assert Label.ROCK_GLACIER not in metrics.GLACIER
+
+
+def test_checkpoint_classes_must_be_a_prefix_of_the_vocabulary() -> None:
+    kw = dict(model="cnn5", state_dict={}, features=FEATS, mean=[0.0] * 3, std=[1.0] * 3, receptive_field=3)
+    assert Checkpoint(**kw).classes == list(BASE_CLASSES)  # a checkpoint without the field: four classes
+    assert Checkpoint(**kw, classes=list(CLASSES)).classes == list(CLASSES)
+    for bad in (["background", "clean_ice", "water"], ["clean_ice", "background"], ["background"],
+                [*BASE_CLASSES, "moraine"]):
+        with pytest.raises(ValueError, match="must be the first classes of"):
+            Checkpoint(**kw, classes=bad)
+
+
+@pytest.mark.parametrize("name", ["unet", "optical_unet"])
+def test_shipped_four_class_checkpoints_load_and_predict_four_classes(name: str) -> None:
+    ck = load(SHIPPED / f"{name}.pt")
+    assert ck.classes == list(BASE_CLASSES)
+    ck.build_model()  # the weights fit a four-class head
+
+
+def test_five_class_checkpoint_predicts_rock_glacier_codes(tmp_path: Path) -> None:
+    net = get_model("cnn5", len(FEATS), len(CLASSES))
+    ck = Checkpoint.from_model(net, "cnn5", FEATS, [0.3] * 3, [0.2] * 3, classes=list(CLASSES))
+    ck = load(save(ck, tmp_path / "five.pt"))
+    assert ck.classes == list(CLASSES)
+    out = predict(_cube(), ck).compute(scheduler="sync")
+    assert list(out["class"].values) == list(CLASSES)
+    assert out["classes"].attrs["flag_values"] == [0, 1, 2, 3, 4]
+    assert out["classes"].attrs["flag_meanings"].split()[-1] == "rock_glacier"
+    # the glacier probability sums clean and debris-covered ice only: rock glaciers are not glacier area
+    p = out["probability"]
+    np.testing.assert_allclose(out["glacier_probability"], p.sel({"class": ["clean_ice", "debris_ice"]}).sum("class"),
+                               rtol=1e-6)
+    # four-class models keep four channels and four flags
+    ck4 = Checkpoint.from_model(get_model("cnn5", len(FEATS), 4), "cnn5", FEATS, [0.3] * 3, [0.2] * 3)
+    out4 = predict(_cube(), ck4).compute(scheduler="sync")
+    assert out4["classes"].attrs["flag_values"] == [0, 1, 2, 3] and out4.sizes["class"] == 4
+
+
+def test_ndsi_baseline_keeps_the_base_classes() -> None:
+    out = ndsi_threshold(_cube()).compute(scheduler="sync")
+    assert list(out["class"].values) == list(BASE_CLASSES)
+
+
+def test_metrics_score_rock_glaciers_apart_from_glaciers() -> None:
+    true = np.zeros((40, 40), np.uint8)
+    true[5:15, 5:15] = Label.CLEAN_ICE
+    true[20:30, 20:30] = Label.ROCK_GLACIER
+    pred = true.copy()
+    pred[20:30, 20:25] = Label.BACKGROUND  # half the rock glacier missed
+    s = metrics.summary(metrics.evaluate(pred, true))
+    assert s["iou_rock_glacier"] == pytest.approx(0.5)
+    assert s["iou_overall"] == pytest.approx(1.0)  # not glacier area: missing it costs the glacier nothing
+    pred2 = true.copy()
+    pred2[true == Label.ROCK_GLACIER] = Label.DEBRIS_ICE  # called glacier: a glacier false positive
+    s2 = metrics.summary(metrics.evaluate(pred2, true))
+    assert s2["iou_overall"] == pytest.approx(0.5) and s2["iou_rock_glacier"] == 0.0
+    assert np.isnan(metrics.summary(metrics.evaluate(np.zeros_like(true), np.zeros_like(true)))["iou_rock_glacier"])
+
+
+def test_training_classes_follow_the_truth() -> None:
+    feats = _cube(8)
+    four = train.Region("a", feats, np.array([[0, 1], [2, 3]], np.uint8).repeat(4, 0).repeat(4, 1))
+    five = train.Region("b", feats, np.where(four.labels == 3, 4, four.labels).astype(np.uint8))
+    assert train.classes_for([four]) == list(BASE_CLASSES)
+    assert train.classes_for([four, five]) == list(CLASSES)
+    with pytest.raises(ValueError, match="label code 4 .rock_glacier. outside the model's classes"):
+        train.classes_for([five], BASE_CLASSES)
+    with pytest.raises(ValueError, match="must be the first classes"):
+        train.classes_for([four], ["background", "water"])
+
+
+def test_outlines_class_column_rasterises_rock_glaciers() -> None:
+    import geopandas as gpd
+    from odc.geo.geobox import GeoBox
+    from shapely.geometry import box
+
+    gb = GeoBox.from_bbox((0, 0, 400, 400), "EPSG:32632", resolution=10)
+    g = gpd.GeoDataFrame({"kind": ["glacier", "Rock glacier", "debris"]},
+                         geometry=[box(0, 0, 100, 100), box(200, 200, 300, 300), box(0, 300, 50, 400)],
+                         crs="EPSG:32632")
+    lab = train.labels_from_outlines(g, gb, class_column="kind")
+    assert set(np.unique(lab)) == {0, 1, 2, 4}
+    assert (lab == Label.ROCK_GLACIER).sum() == 100
