@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -97,6 +98,9 @@ class Settings:
         SecretRef("AWS_ACCESS_KEY_ID", "glacier-stac-object-store", "access-key-id"),
         SecretRef("AWS_SECRET_ACCESS_KEY", "glacier-stac-object-store", "secret-access-key"),
     ))
+    # the inventory's volume: ReadWriteOnce, so runners share it only on one node, where its file lock holds
+    inventory_storage: str = "50Gi"
+    inventory_storage_class: str | None = None  # None: the cluster's default StorageClass
     plain_env: tuple[tuple[str, str], ...] = (
         ("GDAL_DISABLE_READDIR_ON_OPEN", "EMPTY_DIR"),
         ("GDAL_HTTP_MAX_RETRY", "5"),
@@ -117,6 +121,7 @@ SECURITY = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}
 POD_SECURITY = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001, "fsGroup": 10001,
                 "seccompProfile": {"type": "RuntimeDefault"}}
 SCRATCH = "/scratch"  # Dask spill directory and GDAL temp files: an emptyDir, not the image's layers
+INVENTORY_CLAIM = "glacier-stac-inventory"  # the PersistentVolumeClaim holding the inventory (and run reports)
 
 
 def _meta(name: str, s: Settings, component: str) -> Manifest:
@@ -216,8 +221,38 @@ def dask_cluster(s: Settings) -> list[Manifest]:
     return [cluster, gpu_worker_group(s.cluster, s)]
 
 
-def _runner(args: list[str], s: Settings) -> Manifest:
-    """The DaskJob's runner pod: `glacier-stac` on the job's scheduler; a failure is final (no restart)."""
+def inventory_dir(config_toml: str) -> str | None:
+    """The local directory the run config's inventory lives in (what the runner must mount), or None when
+    the config keeps no inventory. Why: the inventory is updated under a file lock, on a mounted path."""
+    url = tomllib.loads(config_toml).get("inventory", {}).get("url")
+    if not url:
+        return None
+    if "://" in url and not url.startswith("file://"):
+        raise ValueError(f"inventory.url {url!r}: the inventory needs a mounted path, not object storage")
+    path = url.removeprefix("file://").rstrip("/")
+    if not path.startswith("/"):
+        raise ValueError(f"inventory.url {url!r}: a pod needs an absolute path to mount the inventory volume at")
+    return path.rsplit("/", 1)[0] if path.endswith(".parquet") else path
+
+
+def inventory_claim(s: Settings) -> Manifest:
+    """The volume the runners write the inventory and run reports to: it outlives every job."""
+    spec: Manifest = {"accessModes": ["ReadWriteOnce"],
+                      "resources": {"requests": {"storage": s.inventory_storage}}}
+    if s.inventory_storage_class is not None:
+        spec["storageClassName"] = s.inventory_storage_class
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": _meta(INVENTORY_CLAIM, s, "inventory"),
+            "spec": spec}
+
+
+def _runner(args: list[str], s: Settings, inventory: str | None = None) -> Manifest:
+    """The DaskJob's runner pod: `glacier-stac` on the job's scheduler; a failure is final (no restart).
+    `inventory`: the directory to mount the inventory's volume at (the runner updates the inventory)."""
+    mounts: list[Manifest] = [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}]
+    volumes: list[Manifest] = [{"name": "config", "configMap": {"name": "glacier-stac-config"}}]
+    if inventory is not None:
+        mounts.append({"name": "inventory", "mountPath": inventory})
+        volumes.append({"name": "inventory", "persistentVolumeClaim": {"claimName": INVENTORY_CLAIM}})
     return {
         "restartPolicy": "Never",
         "automountServiceAccountToken": False,
@@ -227,9 +262,9 @@ def _runner(args: list[str], s: Settings) -> Manifest:
             "env": _env(s),
             "resources": Resources(cpu="1", memory="4Gi", cpu_limit="2", memory_limit="8Gi").spec(),
             "securityContext": SECURITY,
-            "volumeMounts": [{"name": "config", "mountPath": CONFIG_DIR, "readOnly": True}],
+            "volumeMounts": mounts,
         }],
-        "volumes": [{"name": "config", "configMap": {"name": "glacier-stac-config"}}],
+        "volumes": volumes,
     }
 
 
@@ -240,10 +275,11 @@ UPDATE_ARGS = ["glacier-stac", "update", "--year", YEAR_PLACEHOLDER, CONFIG_PATH
                "--scheduler", "$(DASK_SCHEDULER_ADDRESS)"]
 
 
-def dask_job(name: str, args: list[str], s: Settings, component: str) -> list[Manifest]:
+def dask_job(name: str, args: list[str], s: Settings, component: str,
+             inventory: str | None = None) -> list[Manifest]:
     """A DaskJob (its own cluster, deleted when the runner ends) and the GPU group joining that cluster."""
     job = {"apiVersion": "kubernetes.dask.org/v1", "kind": "DaskJob", "metadata": _meta(name, s, component),
-           "spec": {"job": {"spec": _runner(args, s)}, "cluster": {"spec": _cluster_spec(name, s)}}}
+           "spec": {"job": {"spec": _runner(args, s, inventory)}, "cluster": {"spec": _cluster_spec(name, s)}}}
     return [job, gpu_worker_group(name, s)]
 
 
@@ -291,10 +327,10 @@ done
 """
 
 
-def annual_update(s: Settings) -> list[Manifest]:
+def annual_update(s: Settings, inventory: str | None = None) -> list[Manifest]:
     """A CronJob whose launcher creates the year's update DaskJob from a template and waits for its end."""
     name = f"{s.update_prefix}-{YEAR_PLACEHOLDER}"
-    template = HEADER + _dump(dask_job(name, UPDATE_ARGS, s, "annual-update"))
+    template = HEADER + _dump(dask_job(name, UPDATE_ARGS, s, "annual-update", inventory))
     templates = {"apiVersion": "v1", "kind": "ConfigMap",
                  "metadata": _meta("glacier-stac-update-template", s, "annual-update"),
                  "data": {"update.yaml": template}}
@@ -337,16 +373,19 @@ def annual_update(s: Settings) -> list[Manifest]:
 def manifests(config_toml: str, s: Settings | None = None) -> dict[str, list[Manifest]]:
     """File name (under deploy/k8s/) -> the manifests it holds, in the order to apply them."""
     s = s or Settings()
+    inventory = inventory_dir(config_toml)
     namespace = {"apiVersion": "v1", "kind": "Namespace",
                  "metadata": {"name": s.namespace, "labels": LABELS}}
-    return {
+    files = {
         "00-namespace.yaml": [namespace],
         "01-rbac.yaml": rbac(s),
         "02-config.yaml": [config_map(config_toml, s)],
+        "03-inventory-volume.yaml": [inventory_claim(s)] if inventory is not None else [],
         "10-daskcluster.yaml": dask_cluster(s),
-        "20-global-run.yaml": dask_job(s.global_job, RUN_ARGS, s, "global-run"),
-        "30-annual-update.yaml": annual_update(s),
+        "20-global-run.yaml": dask_job(s.global_job, RUN_ARGS, s, "global-run", inventory),
+        "30-annual-update.yaml": annual_update(s, inventory),
     }
+    return {name: docs for name, docs in files.items() if docs}
 
 
 class _Dumper(yaml.SafeDumper):

@@ -102,7 +102,8 @@ def validate_core(doc: Doc) -> None:
 
 def test_core_kinds_pass_kubernetes_validate_strict(docs: list[Doc]) -> None:
     core = [d for d in docs if d["apiVersion"] != DASK_GROUP]
-    assert {d["kind"] for d in core} >= {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob"}
+    assert {d["kind"] for d in core} >= {"Namespace", "ServiceAccount", "Role", "RoleBinding", "ConfigMap", "CronJob",
+                                        "PersistentVolumeClaim"}
     for d in core:
         validate_core(d)
 
@@ -128,6 +129,7 @@ CORE_BREAKS = {  # kind -> (path, value): each makes a manifest the API server w
     "ConfigMap": (("data", "run.toml"), 42),  # data values are strings
     "CronJob": (("spec", "jobTemplate", "spec", "template", "spec", "containers", 0, "resources", "limits"), ["cpu"]),
     "ServiceAccount": (("automountServiceAccountToken",), "yes"),
+    "PersistentVolumeClaim": (("spec", "accessModes"), "ReadWriteOnce"),  # a string where a list belongs
 }
 
 
@@ -400,6 +402,76 @@ def test_runners_read_the_config_map(docs: list[Doc]) -> None:
         mounted = {v["name"] for v in pod["volumes"] if v.get("configMap", {}).get("name") == name}
         assert any(m["name"] in mounted and k8s.CONFIG_PATH.startswith(m["mountPath"] + "/")
                    for m in runner["volumeMounts"])
+
+
+def inventory_problems(docs: list[Doc]) -> list[str]:
+    """Runners that could not write the config's inventory: no volume at its directory, or one that is not a
+    PersistentVolumeClaim of these manifests (an emptyDir or the image's layers would lose it with the pod)."""
+    (config,) = [d for d in by_kind(docs, "ConfigMap") if k8s.CONFIG_KEY in d.get("data", {})]
+    url = tomllib.loads(config["data"][k8s.CONFIG_KEY])["inventory"]["url"]
+    want = url.rsplit("/", 1)[0] if url.endswith(".parquet") else url.rstrip("/")
+    claims = {d["metadata"]["name"] for d in by_kind(docs, "PersistentVolumeClaim")}
+    problems = []
+    for job in by_kind(docs, "DaskJob"):
+        pod = job["spec"]["job"]["spec"]
+        (runner,) = pod["containers"]
+        name = job["metadata"]["name"]
+        mounts = [m for m in runner.get("volumeMounts", []) if want == m["mountPath"]
+                  or want.startswith(m["mountPath"].rstrip("/") + "/")]
+        if not mounts:
+            problems.append(f"{name}: nothing mounted at the inventory's {want}")
+            continue
+        volume = {v["name"]: v for v in pod.get("volumes", [])}.get(mounts[0]["name"], {})
+        claim = volume.get("persistentVolumeClaim", {}).get("claimName")
+        if claim not in claims:
+            problems.append(f"{name}: the inventory's volume {mounts[0]['name']!r} is not a claim of these manifests")
+        if mounts[0].get("readOnly"):
+            problems.append(f"{name}: the inventory is mounted read-only")
+    return problems
+
+
+def test_runners_write_the_inventory_to_a_persistent_volume(docs: list[Doc]) -> None:
+    assert {j["metadata"]["name"] for j in by_kind(docs, "DaskJob")} >= {
+        k8s.Settings.global_job, f"{k8s.Settings.update_prefix}-{YEAR}"}
+    assert inventory_problems(docs) == []
+    (claim,) = by_kind(docs, "PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteOnce"] and claim["spec"]["resources"]["requests"]["storage"]
+
+
+@pytest.mark.parametrize("break_", ["no-mount", "empty-dir", "no-claim", "read-only"])
+def test_inventory_problem_is_found(docs: list[Doc], break_: str) -> None:
+    docs = copy.deepcopy(docs)
+    pod = by_kind(docs, "DaskJob")[0]["spec"]["job"]["spec"]
+    mount = next(m for m in pod["containers"][0]["volumeMounts"] if m["name"] == "inventory")
+    if break_ == "no-mount":
+        pod["containers"][0]["volumeMounts"].remove(mount)
+    elif break_ == "empty-dir":
+        vol = next(v for v in pod["volumes"] if v["name"] == "inventory")
+        del vol["persistentVolumeClaim"]
+        vol["emptyDir"] = {}
+    elif break_ == "no-claim":
+        docs = [d for d in docs if d["kind"] != "PersistentVolumeClaim"]
+    else:
+        mount["readOnly"] = True
+    assert inventory_problems(docs) != []
+
+
+@pytest.mark.parametrize("url, want", [
+    ("/var/lib/glacier-stac/inventory", "/var/lib/glacier-stac/inventory"),
+    ("/data/inv/inventory.parquet", "/data/inv"),
+    ("file:///data/inv/", "/data/inv"),
+    ("s3://bucket/inventory", "object storage"),
+    ("inventory", "absolute path"),
+])
+def test_inventory_dir_from_the_run_config(url: str, want: str) -> None:
+    toml = f'[inventory]\nurl = "{url}"\n'
+    if want.startswith("/"):
+        assert k8s.inventory_dir(toml) == want
+    else:
+        with pytest.raises(ValueError, match=want):
+            k8s.inventory_dir(toml)
+    assert k8s.inventory_dir("[run]\nyears = [2024]\n") is None
+    assert "PersistentVolumeClaim" not in {d["kind"] for docs in k8s.manifests("[run]\n").values() for d in docs}
 
 
 def test_update_job_is_named_after_its_year(docs: list[Doc]) -> None:
