@@ -367,4 +367,47 @@ def test_off_lattice_demo_region_cost():
 
     off = make_cube(2000, 2000, chunk=1024, col0=49_000, row0=-679_506)
     off = off.chunk({d: aligned_chunks(infer.global_start(off, d), 2000, 1024) for d in ("y", "x")})  # as cube.build
-    assert infer.plan(off, ck).computed_over_output <= 1.4  # 2.9 with full edge patches
+    assert infer.plan(off, ck).computed_over_output <= infer.COST_TARGET  # 2.9 with full edge patches
+    assert infer.plan(off, ck, fold=0).computed_over_output > infer.COST_TARGET  # 1.37 cut, not folded
+
+
+def test_folded_edge_remainders_same_bytes_whatever_the_chunking(monkeypatch):
+    """Thin edge remainders of an off-lattice region are computed by the neighbouring patch, grown over them.
+
+    Rows: 10 | 64 | 64 | 64 | 64 | 12 px of 64 px tiles (both ends fold); columns 14 | 64 x 3 | 20 (both
+    fold, into different tiles). Fewer model pixels than without folding, the full patches' numbers,
+    and the same bytes from really different blocks.
+    """
+    ck = context_ckpt("unet")
+    m = infer.make_grid(ck).margin
+    patch = 2 * m + 64
+    h, w, col0, row0 = 278, 226, 50_016 + 18, -679_008 + 22  # 54 px into a tile down, 50 px across
+
+    def cube(cy, cx):
+        c = make_cube(h, w, chunk=(cy[0], cx[0]), col0=col0, row0=row0)
+        return c.chunk({"y": cy, "x": cx})
+
+    pl = infer.plan(cube((h,), (w,)), ck, patch=patch)
+    assert pl.grid.fold == 32
+    for i, n in enumerate((h, w)):
+        lo, hi = pl.start[i], pl.start[i] + n
+        k0, k1 = lo // 64, (hi - 1) // 64
+        assert (pl.grid.owner(k0, lo, hi), pl.grid.owner(k1, lo, hi)) == (k0 + 1, k1 - 1)
+    unfolded = infer.plan(cube((h,), (w,)), ck, patch=patch, fold=0)
+    assert pl.computed_px < 0.75 * unfolded.computed_px, (pl.computed_px, unfolded.computed_px)
+    calls = record_blocks(monkeypatch)
+    probs, blocks = [], []
+    for cy, cx in [((139, 139), (113, 113)), ((150, 128), (226,)), ((h,), (w,)), ((32,) * 8 + (22,), (100, 126))]:
+        calls.clear()
+        probs.append(infer.predict(cube(cy, cx), ck, patch=patch).probability.values)
+        blocks.append(sorted(calls))
+    assert len({tuple(b) for b in blocks}) == len(blocks), "some chunkings gave the same blocks"
+    a = probs[0]
+    assert np.isfinite(a).sum() > 0.9 * a.size
+    for other in probs[1:]:
+        np.testing.assert_array_equal(a, other)  # the same patches from the same pixels: the same bytes
+    ref = tiled_with_margin(cube((h,), (w,)), ck, m, 64)  # every tile its own full patch
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(ref))
+    assert np.nanmax(np.abs(a - ref)) <= 1e-5
+    np.testing.assert_array_equal(np.isnan(a), np.isnan(
+        infer.predict(cube((h,), (w,)), ck, patch=patch, fold=0).probability.values))
