@@ -47,6 +47,7 @@ from glacier_stac.grid import aligned_chunks, lattice_index
 from glacier_stac.labels import CLASSES_VAR, GLACIER_CLASSES, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.models.checkpoint import load as load_checkpoint
+from glacier_stac.models.inference import for_inference
 
 log = logging.getLogger(__name__)
 
@@ -373,7 +374,7 @@ class ModelCache:
             if hit is None:
                 ckpt = ckpt if ckpt is not None else load_checkpoint(ref)
                 dev = pick_device(device)
-                hit = self._models[key] = (ckpt.build_model().to(dev), ckpt, dev)
+                hit = self._models[key] = (for_inference(ckpt.build_model(), dev), ckpt, dev)
                 self.builds += 1
         return hit
 

@@ -411,3 +411,22 @@ def test_folded_edge_remainders_same_bytes_whatever_the_chunking(monkeypatch):
     assert np.nanmax(np.abs(a - ref)) <= 1e-5
     np.testing.assert_array_equal(np.isnan(a), np.isnan(
         infer.predict(cube((h,), (w,)), ck, patch=patch, fold=0).probability.values))
+
+
+@pytest.mark.parametrize("name", ["cnn5", "unet", "glavitu"])
+def test_models_built_for_inference_give_the_same_probabilities(name):
+    """The model cache folds BatchNorm into the convs and goes channels_last: same function, fewer passes."""
+    from glacier_stac.models.inference import fold_batchnorm, for_inference
+
+    ck = context_ckpt(name)  # measured BatchNorm statistics: a wrong fold shows in the numbers
+    x = torch.randn(2, len(FEATS), 64, 64, generator=torch.Generator().manual_seed(3))
+    with torch.inference_mode():
+        ref = torch.softmax(ck.build_model()(x), 1)
+        fast = for_inference(ck.build_model())
+        got = torch.softmax(fast(x.contiguous(memory_format=torch.channels_last)), 1)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert (got - ref).abs().max() <= 1e-5
+    cached, _, _ = infer.ModelCache().get(("digest", ck), "cpu")
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cached.modules())
+    with pytest.raises(ValueError, match="needs a model in eval mode"):
+        fold_batchnorm(ck.build_model().train())
