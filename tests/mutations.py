@@ -431,6 +431,14 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_fault_tolerance.py::test_scheduler_killed_mid_run_rerun_finishes_identical_recomputing"
                "_only_unfinished",),
     ),
+    Mutation(
+        name="deploy-inventory-not-mounted",
+        invariant="the runners write the inventory to a persistent volume, not the pod's disk",
+        path="glacier_stac/k8s.py",
+        old='        mounts.append({"name": "inventory", "mountPath": inventory})\n',
+        new="",
+        tests=("tests/test_deploy.py::test_runners_write_the_inventory_to_a_persistent_volume",),
+    ),
 ]
 
 
