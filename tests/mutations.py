@@ -288,7 +288,8 @@ MUTATIONS: list[Mutation] = [
              ("tests/test_infer.py::test_edge_patches_cut_to_the_region_give_the_full_patches_numbers",)),
     Mutation("edge-patch-not-cut", "cost: edge patches of an off-lattice region are cut to it",
              "glacier_stac/infer.py",
-             "        computed += sum(b - a for a, b in (grid.span(k, lo_, hi_) for k in grid.tiles(pos, pos + c)))",
+             "        computed += sum(b - a for a, b in (grid.span(k, lo_, hi_)"
+             " for k in grid.owners(pos, pos + c, lo_, hi_)))",
              "        computed += len(grid.tiles(pos, pos + c)) * grid.patch",
              ("tests/test_infer.py::test_off_lattice_demo_region_cost",)),
     Mutation(
@@ -439,6 +440,29 @@ MUTATIONS: list[Mutation] = [
         new="",
         tests=("tests/test_deploy.py::test_runners_write_the_inventory_to_a_persistent_volume",),
     ),
+    Mutation("edge-remainder-not-folded", "cost: a thin region-edge remainder is computed by its neighbour's patch",
+             "glacier_stac/infer.py",
+             "        f0, f1 = first < self.fold, last < self.fold\n",
+             "        f0, f1 = False, False\n",
+             ("tests/test_infer.py::test_off_lattice_demo_region_cost",)),
+    Mutation("edge-patch-full-not-cut", "cost: edge patches are cut to the region (the model sees less padding)",
+             "glacier_stac/infer.py",
+             "        return max(p0, a // q * q - m), min(p1, -(-b // q) * q + m)",
+             "        return p0, p1",
+             ("tests/test_infer.py::test_off_lattice_demo_region_cost",)),
+    Mutation("fold-decided-per-chunk", "2. chunk invariance: which patch computes a pixel depends on the region, "
+             "not on the chunk asking",
+             "glacier_stac/infer.py",
+             "    ry, rx = ((extent.y0, extent.y1), (extent.x0, extent.x1)) if extent is not None else "
+             "((-math.inf, math.inf),) * 2",
+             "    ry, rx = (gy0, gy0 + h), (gx0, gx0 + w)",
+             ("tests/test_infer.py::test_folded_edge_remainders_same_bytes_whatever_the_chunking",)),
+    Mutation("batchnorm-fold-drops-batchnorm", "inference models compute the trained function (BatchNorm folded, "
+             "not dropped)",
+             "glacier_stac/models/inference.py",
+             "                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()",
+             "                seq[i], seq[i + 1] = conv, nn.Identity()",
+             ("tests/test_infer.py::test_models_built_for_inference_give_the_same_probabilities[unet]",)),
 ]
 
 
