@@ -188,6 +188,8 @@ def synthetic_render(
     regime: str = typer.Option("maritime", "--regime",
                                help="Climate the sensors see (thermal lapse rate, season, SAR pols): maritime | "
                                     "continental | high-mountain-asia | arctic | southern."),
+    class_column: str = typer.Option(None, "--class-column",
+                                     help="Outlines column whose 'rock glacier' values are drawn as rock glaciers."),
 ) -> None:
     """Render the sensors over your own DEM and glacier outlines (glaciers retreat year by year)."""
     from glacier_stac.synthetic.user import from_user
@@ -196,7 +198,8 @@ def synthetic_render(
     try:
         ys = _parse_years(years)
         check_out_dir(out, "--out")
-        world = from_user(dem, outlines, ys, seed=seed, difficulty=difficulty, regime=regime)
+        world = from_user(dem, outlines, ys, seed=seed, difficulty=difficulty, regime=regime,
+                          class_column=class_column)
         path = write_world(world, out, source=f"user: dem={dem} outlines={outlines}")
     except (ValueError, FileNotFoundError) as e:
         fail(str(e))

@@ -23,6 +23,8 @@ CLASSES: tuple[str, ...] = tuple(label.name.lower() for label in Label)
 # The classes of every checkpoint made before rock glaciers (and of the NDSI baseline). A checkpoint's
 # classes are always a prefix of CLASSES, so a model's output index is the Label code.
 BASE_CLASSES: tuple[str, ...] = CLASSES[:4]
+# values of an outlines' class column that mean a rock glacier (compared lower-case)
+ROCK_GLACIER_NAMES: tuple[str, ...] = ("rock glacier", "rock_glacier", "rockglacier", "rock-glacier", "4")
 GLACIER_CLASSES: tuple[str, ...] = ("clean_ice", "debris_ice")  # summed into the glacier probability
 NODATA_CLASS = 255  # `classes` where no valid input reached the model
 

@@ -30,7 +30,7 @@ from torch import nn
 from glacier_stac import cube as cubes
 from glacier_stac import metrics
 from glacier_stac.infer import normalise, pick_device
-from glacier_stac.labels import BASE_CLASSES, CLASSES, Label
+from glacier_stac.labels import BASE_CLASSES, CLASSES, ROCK_GLACIER_NAMES, Label
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.sensors import SENTINEL2
@@ -82,15 +82,12 @@ def labels_from_outlines(outlines, geobox: GeoBox, class_column: str | None = No
         v = g[class_column].astype(str).str.lower()
         codes[v.str.startswith("debris").to_numpy() | (v == "2").to_numpy()] = Label.DEBRIS_ICE
         codes[(v == "water").to_numpy() | (v == "3").to_numpy()] = Label.WATER
-        codes[v.isin(ROCK_GLACIER_VALUES).to_numpy()] = Label.ROCK_GLACIER
+        codes[v.str.strip().isin(ROCK_GLACIER_NAMES).to_numpy()] = Label.ROCK_GLACIER
     order = np.argsort(codes, kind="stable")  # debris and water drawn over clean ice
     shapes = [(g.geometry.iloc[i], int(codes[i])) for i in order if g.geometry.iloc[i] is not None]
     if not shapes:
         return np.zeros(geobox.shape, np.uint8)
     return rasterize(shapes, out_shape=geobox.shape, transform=geobox.affine, fill=0, dtype="uint8")
-
-
-ROCK_GLACIER_VALUES = ("rock glacier", "rock_glacier", "rockglacier", "rock-glacier", "4")
 
 
 def classes_for(regions: Sequence[Region], classes: Sequence[str] | None = None) -> list[str]:

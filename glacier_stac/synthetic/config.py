@@ -24,6 +24,7 @@ class Surface(IntEnum):
     ICE = 7  # clean glacier ice
     DEBRIS = 8  # debris-covered glacier ice
     MORAINE = 9  # ice-free glacial debris (moraines, fresh forefield): optically like DEBRIS, background
+    ROCK_GLACIER = 10  # permafrost debris with ice inside (`rock_glaciers`): optically like scree, cooler
 
 
 DIFFICULTIES = ("easy", "normal", "hard")
@@ -46,6 +47,7 @@ class Thermal:
     debris_t0: float = 279.0
     debris_k: float = 6.0
     debris_lapse: float = 0.002
+    rock_glacier_dt: float = 3.0  # rock glaciers: this much cooler than rock at their height (ice under the blocks)
 
     @classmethod
     def tracking(cls, rock_t0: float, lapse: float, share: float) -> Thermal:
@@ -84,6 +86,7 @@ class Regime:
     polarizations: tuple[str, str] = ("vv", "vh")  # Sentinel-1 asset keys (co-pol, cross-pol)
     season: tuple[tuple[int, int], tuple[int, int]] | None = None  # ((m, d), (m, d)); None: by hemisphere
     thermal: Thermal = Thermal()
+    rock_glaciers: float = 0.0  # rock glaciers drawn per km2 of world (where talus meets the permafrost belt)
 
     def height(self, z):  # noqa: ANN001, ANN201 - floats and arrays alike
         """Reference-frame heights in this regime's range."""
@@ -97,10 +100,11 @@ REGIMES: dict[str, Regime] = {
         Regime("maritime", -147.0, 61.2),
         # European Alps: valley floors 1500-2500 m, peaks to ~4000 m, ELA ~2900 m, no sea
         Regime("continental", 7.9, 46.0, base_m=1600.0, vertical_scale=1.0, coverage=0.16, tidewater=False,
-               debris_scale=0.85, thermal=Thermal.tracking(306.0, 0.0065, 0.45)),
+               debris_scale=0.85, thermal=Thermal.tracking(306.0, 0.0065, 0.45), rock_glaciers=0.35),
         # Karakoram / Everest: floors 3500-4500 m, peaks to ~8000 m, ELA 5000-5500 m, long debris-covered trunks
         Regime("high-mountain-asia", 86.9, 28.0, base_m=3600.0, vertical_scale=1.6, coverage=0.30, tidewater=False,
-               debris_scale=0.08, debris_tongue=0.02, thermal=Thermal.tracking(315.0, 0.0075, 0.45)),
+               debris_scale=0.08, debris_tongue=0.02, thermal=Thermal.tracking(315.0, 0.0075, 0.45),
+               rock_glaciers=0.3),
         # Svalbard: sea level to ~1500 m, low ELA, sea ice in the fjords, HH/HV Sentinel-1, short summer
         Regime("arctic", 15.5, 78.6, vertical_scale=0.55, coverage=0.6, sea_ice=0.45, polarizations=("hh", "hv"),
                season=((7, 1), (9, 30)), debris_scale=1.2, thermal=Thermal.tracking(285.0, 0.005, 0.45)),

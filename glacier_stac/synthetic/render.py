@@ -34,11 +34,12 @@ S1_LOOKS = 4.4  # equivalent number of looks of Sentinel-1 GRD high resolution
 S1_INCIDENCE = 37.0
 COPDEM_DATETIME = datetime(2021, 4, 22, tzinfo=UTC)
 ARCSEC = 1.0 / 3600.0
+CREEP_DB = 1.5  # std of the yearly radar texture of creeping rock glaciers
 CLOUD_MASK_OPACITY = 0.3  # opacity from which a pixel counts as cloud (SCL 8/9, Landsat cloud bit)
 
 SNOWY = (Surface.SNOW, Surface.ICE, Surface.SEA_ICE)
 WATER = (Surface.LAKE, Surface.SEA)
-BARE = (Surface.ROCK, Surface.SCREE, Surface.DEBRIS, Surface.MORAINE)
+BARE = (Surface.ROCK, Surface.SCREE, Surface.DEBRIS, Surface.MORAINE, Surface.ROCK_GLACIER)
 ICE_CLIFF_SIGMA = 2.0  # `Prepared.cliffs` above this (~2% of debris) is a bare ice cliff in optics
 ICE_CLIFF_MIX = 0.05  # share of clean ice seen in such a pixel: debris stays optically like moraine
 
@@ -286,7 +287,7 @@ def scene_classes(world: World, acq: Acquisition) -> np.ndarray:
     if rng.uniform() >= p:
         return classes
     # Moraine stays bare like the debris tongue beside it: snow on one and not the other would tell them apart.
-    land = np.isin(classes, (Surface.ROCK, Surface.SCREE, Surface.VEGETATION))
+    land = np.isin(classes, (Surface.ROCK, Surface.SCREE, Surface.VEGETATION, Surface.ROCK_GLACIER))
     if not land.any():
         return classes
     z = world.elevation
@@ -441,6 +442,12 @@ def render_sentinel1(world: World, acq: Acquisition, prep: Prepared | None = Non
         for arr in (vv, vh):
             arr[cliff] *= 4.0
             arr[pond] = table[Surface.LAKE, 0 if arr is vv else 1]
+    rock_glacier = classes == Surface.ROCK_GLACIER
+    if rock_glacier.any():  # creep turns the blocks a little every year: a texture of the year, not the scene
+        creep = fractal_noise(classes.shape, rng_for(world.config.seed, None, f"creep-{acq.year}"), beta=1.5, coarse=1)
+        gain = (10.0 ** (0.1 * CREEP_DB * creep[rock_glacier])).astype(np.float32)
+        vv[rock_glacier] *= gain
+        vh[rock_glacier] *= gain
     # RTC flattens terrain but not perfectly: slopes facing the radar stay a little brighter.
     look_az = 78.0 if acq.orbit_state == "ascending" else 282.0  # right-looking, towards E / W
     ne, nn, nu = prep.normals

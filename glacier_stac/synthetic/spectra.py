@@ -34,6 +34,8 @@ REFLECTANCE: dict[int, tuple[float, ...]] = {
     # Moraine is the same rock the glacier carried: optically identical to debris-covered ice (only
     # thermal, SAR texture/change and terrain set them apart, as in real mountains).
     Surface.MORAINE: (0.10, 0.11, 0.125, 0.16, 0.20, 0.17),
+    # Rock glaciers are the talus of the headwall above them, crept downhill: optically scree.
+    Surface.ROCK_GLACIER: (0.13, 0.15, 0.17, 0.21, 0.27, 0.23),
 }
 FIRN = (0.70, 0.68, 0.64, 0.52, 0.04, 0.03)  # old snow at the snowline, between snow and ice
 CLOUD = (0.78, 0.77, 0.76, 0.74, 0.55, 0.40)  # clouds stay bright in the SWIR (unlike snow)
@@ -50,6 +52,7 @@ BACKSCATTER_DB: dict[int, tuple[float, float]] = {
     Surface.ICE: (-14.5, -22.5),
     Surface.DEBRIS: (-9.5, -16.8),  # close to rock; set apart only by texture (cliffs, ponds)
     Surface.MORAINE: (-9.5, -16.5),  # loose rock like scree: no ice cliffs, no ponds, no change
+    Surface.ROCK_GLACIER: (-9.0, -16.0),  # coarse blocks, a little rougher than scree; creep changes it yearly
 }
 
 # Surface temperature (K) at sea level for a flat surface facing the sun; see `surface_temperature`.
@@ -123,7 +126,8 @@ def surface_temperature(
 
     Ice and snow are pinned near melting point; debris over ice sits between ice and rock (warmer
     where thicker: `debris_field` in [0, 1]) and cools with height more slowly than rock; sunlit rock,
-    scree and ice-free moraine are warmest at a given height and cool with the regime's lapse rate.
+    scree and ice-free moraine are warmest at a given height and cool with the regime's lapse rate;
+    rock glaciers are that rock `thermal.rock_glacier_dt` cooler (ice a few metres under the blocks).
     The default is the maritime regime (sea level to ~3000 m).
     """
     th = thermal or Thermal()
@@ -132,6 +136,9 @@ def surface_temperature(
     t = np.full(classes.shape, 293.0, dtype=np.float32)
     rock = np.isin(classes, (Surface.ROCK, Surface.SCREE, Surface.MORAINE))  # no ice under moraine: warm
     t[rock] = (th.rock_t0 - th.lapse * z + 9.0 * lit)[rock]
+    rg = classes == Surface.ROCK_GLACIER
+    if rg.any():
+        t[rg] = (th.rock_t0 - th.rock_glacier_dt - th.lapse * z + 9.0 * lit)[rg]
     veg = classes == Surface.VEGETATION
     t[veg] = (th.veg_t0 - th.lapse * z + 4.0 * lit)[veg]
     deb = classes == Surface.DEBRIS

@@ -16,6 +16,8 @@ from shapely.ops import unary_union
 from glacier_stac.synthetic.world import Surface, World
 
 COLUMNS = ["year", "glacier_id", "area_m2", "clean_area_m2", "debris_area_m2", "calving", "geometry"]
+ROCK_GLACIER_COLUMNS = ["year", "rock_glacier_id", "area_m2", "primeclass", "geometry"]
+ROCK_GLACIER_CLASS = "rock_glacier"  # `primeclass` of their rows (RGI 7 keeps them out of its glaciers)
 
 
 def outlines(world: World, year: int) -> gpd.GeoDataFrame:
@@ -83,3 +85,24 @@ def _calving_ids(ids: np.ndarray, surf: np.ndarray) -> set[int]:
     water = np.isin(surf, (Surface.SEA, Surface.SEA_ICE))
     near = ndimage.binary_dilation(water, structure=np.ones((3, 3), bool))
     return {int(g) for g in np.unique(ids[near & (ids > 0)])}
+
+
+def rock_glacier_outlines(world: World) -> gpd.GeoDataFrame | None:
+    """Rock glacier outlines of every year (their own table: they are never glacier area), or None when
+    the world has none. They creep a few decimetres a year, so their outlines are the same each year."""
+    ids = world.rock_glacier_id
+    if ids is None or not ids.any():
+        return None
+    ids = ids.astype(np.int32)
+    px = abs(world.geobox.resolution.x * world.geobox.resolution.y)
+    pieces: dict[int, list] = {}
+    for geom, value in rasterio.features.shapes(ids, mask=ids > 0, connectivity=4, transform=world.geobox.affine):
+        pieces.setdefault(int(value), []).append(shape(geom))
+    counts = np.bincount(ids.ravel())
+    rows = []
+    for year in world.years:
+        for g in sorted(pieces):
+            geom = unary_union(pieces[g])
+            rows.append({"year": int(year), "rock_glacier_id": int(g), "area_m2": float(counts[g] * px),
+                         "primeclass": ROCK_GLACIER_CLASS, "geometry": geom if geom.is_valid else geom.buffer(0)})
+    return gpd.GeoDataFrame(rows, columns=ROCK_GLACIER_COLUMNS, geometry="geometry", crs=str(world.geobox.crs))

@@ -3,6 +3,9 @@
 The physics is deliberately simple (it is a test bed, not a glacier model): snow above each
 glacier's median elevation (a stand-in for the ELA), debris on the lowest quarter of large glaciers,
 and terminus retreat from the lowest elevations year after year, so truth exists for every year.
+With a class column, polygons whose class names a rock glacier (`labels.ROCK_GLACIER_NAMES`) are drawn
+as rock glaciers: no glacier id, the same outline every year, seen as the renderer sees them (scree in
+optics, cooler than rock in the thermal, a yearly radar texture); the DEM is the user's own.
 """
 
 from __future__ import annotations
@@ -104,8 +107,18 @@ def read_dem(dem_path: str | Path, resolution: float = 10.0) -> tuple[GeoBox, np
 
 def read_outlines(outlines_path: str | Path, geobox: GeoBox) -> list:
     """Glacier polygons in the grid's CRS, clipped to the grid, largest first."""
+    return [g for g, _ in read_classed_outlines(outlines_path, geobox)]
+
+
+def read_classed_outlines(outlines_path: str | Path, geobox: GeoBox,
+                          class_column: str | None = None) -> list[tuple[object, bool]]:
+    """(polygon, is_rock_glacier) in the grid's CRS, clipped to the grid, largest first.
+
+    Without `class_column` every polygon is a glacier."""
     import geopandas as gpd
     from shapely.geometry import box
+
+    from glacier_stac.labels import ROCK_GLACIER_NAMES
 
     path = Path(outlines_path)
     if not path.exists():
@@ -121,13 +134,19 @@ def read_outlines(outlines_path: str | Path, geobox: GeoBox) -> list:
     gdf = gdf[gdf.geometry.notna() & gdf.geom_type.isin(["Polygon", "MultiPolygon"])]
     if gdf.empty:
         raise ValueError(f"glacier outlines {path} hold no polygons")
+    if class_column is not None and class_column not in gdf.columns:
+        raise ValueError(f"glacier outlines {path} have no class column {class_column!r}; "
+                         f"columns: {[c for c in gdf.columns if c != gdf.geometry.name]}")
     gdf = valid_outlines(gdf, f"glacier outlines {path}")  # repaired like search and tiles do, or refused
+    rock = (gdf[class_column].astype(str).str.strip().str.lower().isin(ROCK_GLACIER_NAMES).to_numpy()
+            if class_column is not None else np.zeros(len(gdf), dtype=bool))
     frame = box(*geobox.boundingbox)
-    geoms = [g.intersection(frame) for g in gdf.to_crs(geobox.crs.to_wkt()).geometry]
-    geoms = [g for g in geoms if not g.is_empty and g.area > 0]
+    geoms = [(g.intersection(frame), bool(r)) for g, r in zip(gdf.to_crs(geobox.crs.to_wkt()).geometry, rock,
+                                                                strict=True)]
+    geoms = [(g, r) for g, r in geoms if not g.is_empty and g.area > 0]
     if not geoms:
         raise ValueError(f"glacier outlines {path} do not overlap the DEM")
-    return sorted(geoms, key=lambda g: -g.area)
+    return sorted(geoms, key=lambda gr: -gr[0].area)
 
 
 def _classify(z: np.ndarray, gid: np.ndarray, ids: Sequence[int], res: float, base: np.ndarray) -> np.ndarray:
@@ -176,16 +195,20 @@ def from_user(
     difficulty: str = "hard",
     area_loss_per_year: tuple[float, float] = (0.02, 0.04),
     regime: str = "maritime",
+    class_column: str | None = None,
 ) -> World:
     """A World on the UTM grid of the user's DEM with their glaciers, retreating over `years`.
 
     `regime` is the climate the sensors see (thermal lapse rate, season, SAR polarisations, sea ice);
-    the terrain and glaciers are the user's own."""
+    the terrain and glaciers are the user's own. `class_column`: the outlines' column whose rock glacier
+    values (`labels.ROCK_GLACIER_NAMES`) make a polygon a rock glacier instead of a glacier."""
     from rasterio import features
 
     ys = _check_years(years)
     geobox, z = read_dem(dem_path, resolution)
-    geoms = read_outlines(outlines_path, geobox)
+    classed = read_classed_outlines(outlines_path, geobox, class_column)
+    geoms = [g for g, rock in classed if not rock]
+    rock_geoms = [g for g, rock in classed if rock]
     h, w = z.shape
     lon, lat = (float(v) for v in geobox.extent.centroid.to_crs("EPSG:4326").coords[0])
     config = WorldConfig(
@@ -205,22 +228,30 @@ def from_user(
         transform=geobox.affine,
         fill=0,
         dtype="int32",
-    )
+    ) if geoms else np.zeros((h, w), dtype=np.int32)
     ids = [i for i in range(1, len(geoms) + 1) if (gid0 == i).any()]
-    if not ids:
+    rock_ids = features.rasterize(
+        [(g, i + 1) for i, g in enumerate(rock_geoms)], out_shape=(h, w), transform=geobox.affine, fill=0,
+        dtype="int32") if rock_geoms else None
+    if rock_ids is not None:
+        rock_ids[gid0 > 0] = 0  # a glacier drawn over a rock glacier outline stays a glacier
+    if not ids and (rock_ids is None or not rock_ids.any()):
         raise ValueError(f"glacier outlines {outlines_path} are smaller than one {resolution} m pixel")
     rng = np.random.default_rng([seed, 7])
     base = _background(z, resolution, rng)
     sea = base == Surface.SEA
     calving = tuple(i for i in ids if (ndimage.binary_dilation(gid0 == i, iterations=2) & sea).any())
     loss = {i: rng.uniform(*area_loss_per_year) for i in ids}
-    world = World(config=config, geobox=geobox, elevation=z, calving_ids=calving)
+    world = World(config=config, geobox=geobox, elevation=z, calving_ids=calving,
+                  rock_glacier_id=rock_ids if rock_ids is not None and rock_ids.any() else None)
     gid = gid0.copy()
     for k, year in enumerate(ys):
         if k > 0:
             gid = _retreat(gid, z, ids, loss)
         surface = _classify(z, gid, ids, resolution, base)
         surface[gid == 0] = base[gid == 0]
+        if world.rock_glacier_id is not None:
+            surface[world.rock_glacier_id > 0] = Surface.ROCK_GLACIER
         for i in calving:  # ice melange in the sea right in front of the calving front
             near = ndimage.binary_dilation(gid == i, iterations=int(300 / resolution)) & sea
             surface[near & (rng.uniform(size=z.shape) < 0.6)] = Surface.SEA_ICE

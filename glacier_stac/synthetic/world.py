@@ -31,6 +31,7 @@ class World:
     calving_ids: tuple[int, ...] = ()  # glacier ids that end in water
     bed: np.ndarray | None = None  # float32 (y, x) ground under the ice, metres (None: = elevation)
     ela: dict[int, np.ndarray] = field(default_factory=dict)  # year -> float32 ELA field, metres
+    rock_glacier_id: np.ndarray | None = None  # int32 (y, x), 0 = none; rock glaciers are never glaciers
 
     @property
     def years(self) -> tuple[int, ...]:
@@ -43,6 +44,7 @@ class World:
         out[np.isin(s, (Surface.SNOW, Surface.ICE)) & (self.glacier_id[year] > 0)] = Label.CLEAN_ICE
         out[(s == Surface.DEBRIS) & (self.glacier_id[year] > 0)] = Label.DEBRIS_ICE
         out[np.isin(s, (Surface.LAKE, Surface.SEA))] = Label.WATER
+        out[s == Surface.ROCK_GLACIER] = Label.ROCK_GLACIER
         return out
 
 
@@ -52,11 +54,13 @@ def build_world(config: WorldConfig) -> World:
     `elevation` is the DEM of the glaciers' first year (ice surface on glaciers, flat lake surfaces,
     negative bathymetry at sea); `bed` is the ground under the ice.
     """
+    from glacier_stac.synthetic import rock_glaciers
     from glacier_stac.synthetic.glaciers import simulate
     from glacier_stac.synthetic.terrain import sea_mask, world_geobox
 
     geobox = world_geobox(config.size_km, config.resolution, config.center_lon, config.center_lat)
     sim = simulate(config)
+    rg_ids = rock_glaciers.place(sim, config)  # raises the bed by their bodies; none outside their regimes
     first = config.years[0]
     dem = sim.bed + sim.thickness[first]
     lake = sim.surface[first] == Surface.LAKE
@@ -81,6 +85,7 @@ def build_world(config: WorldConfig) -> World:
         calving_ids=tuple(calving),
         bed=sim.bed.astype(np.float32),
         ela={y: sim.ela[y].astype(np.float32) for y in config.years},
+        rock_glacier_id=rg_ids if rg_ids.any() else None,
     )
 
 

@@ -131,6 +131,18 @@ def truth_outlines(world: World):
     return truth.outlines_all_years(world)
 
 
+def rock_glaciers_path(root: str | Path) -> Path:
+    """Where a world directory keeps its rock glacier outlines (only when it has any)."""
+    return WorldDir(Path(root)).outlines_path.with_name("rock_glaciers.parquet")
+
+
+def truth_rock_glaciers(world: World):
+    """Rock glacier outlines of every year with `primeclass`, or None when the world has none."""
+    from glacier_stac.synthetic import truth
+
+    return truth.rock_glacier_outlines(world)
+
+
 def _polygonise(world: World):
     """Minimal outlines (one row per glacier and year) straight from `glacier_id`/`surface`."""
     import geopandas as gpd
@@ -171,6 +183,12 @@ def _write_truth(world: World, root: Path) -> dict[str, Any]:
     tmp = out.with_name(f".{out.name}.part")
     gdf.to_parquet(tmp)
     os.replace(tmp, out)
+    rock = truth_rock_glaciers(world)
+    if rock is not None:  # their own table beside the glaciers' (never counted as glacier area)
+        rpath = rock_glaciers_path(root)
+        tmp = rpath.with_name(f".{rpath.name}.part")
+        rock.to_parquet(tmp)
+        os.replace(tmp, rpath)
     for year in world.years:
         labels = world.labels(year)
         write_cog(
@@ -186,6 +204,10 @@ def _write_truth(world: World, root: Path) -> dict[str, Any]:
             "area_km2": round(float(grp["area_m2"].sum()) / 1e6, 4),
             "debris_area_km2": round(float(grp["debris_area_m2"].sum()) / 1e6, 4),
         }
+        if rock is not None:  # only worlds that have them: the others' world.json stays as it was
+            mine = rock[rock["year"] == year]
+            summary[str(int(year))].update(rock_glaciers=int(len(mine)),
+                                           rock_glacier_area_km2=round(float(mine["area_m2"].sum()) / 1e6, 4))
     return summary
 
 

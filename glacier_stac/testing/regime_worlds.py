@@ -4,7 +4,7 @@ A generator world (`synthetic generate --regime R`) and its cross-renderer twin:
 world's Copernicus DEM asset) and the same truth outlines drawn again through `synthetic render`
 (`user.from_user`), whose own simple physics (snow above each glacier's median height, debris on the
 lowest quarter of large glaciers) and seed differ from the generator's. A model that only learned the
-generator's habits shows it on the twin.
+generator's habits shows it on the twin. Rock glaciers go along as their own class (`primeclass`).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from urllib.parse import urlparse
 
 from glacier_stac.synthetic.config import REGIMES, WorldConfig
 from glacier_stac.synthetic.user import from_user
-from glacier_stac.synthetic.writer import generate, write_world
+from glacier_stac.synthetic.writer import generate, generator_fingerprint, rock_glaciers_path, write_world
 from glacier_stac.testing.worlds import WorldDir
 
 RENDERERS = ("generator", "render")
@@ -54,18 +54,27 @@ def world_dir(spec: WorldSpec, cache: Path, progress: bool = False) -> WorldDir:
         return WorldDir(gen)
     out = cache / spec.name
     done = WorldDir(out).meta()
-    if done is not None:
+    if done is not None and done.get("generator") == generator_fingerprint():  # drawn by this renderer's code
         return WorldDir(out)
     src = WorldDir(gen)
     dem = next(iter(src.items("cop-dem-glo-30")))["assets"]["data"]["href"]
     outlines = src.outlines()
     if outlines is None or outlines.empty:
         raise RuntimeError(f"world {gen} has no truth outlines to render again")
-    first = outlines[outlines["year"] == min(spec.years)]
+    first = outlines[outlines["year"] == min(spec.years)][["geometry"]].assign(primeclass="glacier")
+    rock = rock_glaciers_path(src.root)  # rock glaciers (issue 14) drawn again as their own class
+    if rock.is_file():
+        import geopandas as gpd
+        import pandas as pd
+
+        rg = gpd.read_parquet(rock)
+        rg = rg[rg["year"] == min(spec.years)][["geometry", "primeclass"]]
+        first = gpd.GeoDataFrame(pd.concat([first, rg], ignore_index=True), geometry="geometry", crs=first.crs)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "outlines.gpkg"
-        first[["geometry"]].to_file(path, driver="GPKG")
+        first.to_file(path, driver="GPKG")
         # another seed than the generator's: the twin's clouds, snow and speckle are its own
-        world = from_user(Path(urlparse(dem).path), path, spec.years, seed=spec.seed + 50_000, regime=spec.regime)
+        world = from_user(Path(urlparse(dem).path), path, spec.years, seed=spec.seed + 50_000, regime=spec.regime,
+                          class_column="primeclass")
         write_world(world, out, progress=progress, source=f"synthetic render over {gen.name}")
     return WorldDir(out)
