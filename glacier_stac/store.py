@@ -116,17 +116,19 @@ class Location:
 
 def _put_atomic(fs, path: str, data: bytes) -> None:
     """Write one small object whole: local files via a temporary name and rename; object stores put whole."""
-    parent = posixpath.dirname(path)
-    fs.makedirs(parent, exist_ok=True)
-    if fs.protocol in ("file", "local") or "file" in getattr(fs, "protocol", ()):
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    else:
-        fs.pipe_file(path, data)
+    try:
+        fs.makedirs(posixpath.dirname(path), exist_ok=True)
+        if fs.protocol in ("file", "local") or "file" in getattr(fs, "protocol", ()):
+            tmp = f"{path}.{uuid.uuid4().hex}.tmp"
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        else:
+            fs.pipe_file(path, data)
+    except OSError as e:  # a store that was writable when checked, and no longer is (or was never for this key)
+        raise StoreError(f"cannot write {path} in the store: {e.strerror or e}") from None
 
 
 def _get_json(fs, path: str) -> dict | None:
@@ -261,6 +263,12 @@ def _check_location(loc: Location, create: bool) -> None:
             parent = next((q for q in p.parents if q.exists()), None)
             if parent is not None and (not parent.is_dir() or not os.access(parent, os.W_OK)):
                 raise StoreError(f"cannot create the store at {p}: {parent} is not a writable directory")
+            try:  # access() says yes to root everywhere: only creating the directory tells
+                p.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the store at {p}: {e.strerror or e}") from None
+        elif create and not os.access(p, os.W_OK):
+            raise StoreError(f"the store at {p} is not writable (read-only directory or file system)")
     fs, root = loc.fs()
     if fs.exists(root) and not fs.exists(posixpath.join(root, "zarr.json")):
         names = {posixpath.basename(n) for n in fs.ls(root, detail=False)}
@@ -547,7 +555,10 @@ def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
     done = done_tiles(loc, zone, year)
     ys = np.concatenate([[0], np.cumsum(prob.chunks[0])])
     xs = np.concatenate([[0], np.cumsum(prob.chunks[1])])
-    pb, cb, vb = prob.to_delayed(), cls.to_delayed(), val.to_delayed()
+    # unoptimised: optimising each array on its own fuses the shared model task into each of the three
+    # chains under new names, so every tile's prediction ran three times (measured: 27 model calls for
+    # 9 tiles); the keys stay shared this way, and resource annotations stay on the model task
+    pb, cb, vb = (a.to_delayed(optimize_graph=False) for a in (prob, cls, val))
     tasks, todo, skipped, keys = [], [], [], set()
     write_fn = dask.delayed(write_tile, pure=False)
     for i in range(len(ys) - 1):

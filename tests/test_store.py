@@ -9,6 +9,7 @@ killed with SIGKILL; the S3 store is a moto server on 127.0.0.1; the output STAC
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import os
 import signal
@@ -127,6 +128,32 @@ def test_rerun_skips_done_tiles_and_never_rewrites(pred, tmp_path):
     assert list(ds.year.values) == [YEAR, 2024]
 
 
+def test_write_runs_the_model_once_per_tile(tmp_path, monkeypatch):
+    """The three stored arrays share one model task per tile: writing must not recompute the prediction."""
+    import functools
+
+    from glacier_stac import infer
+
+    calls = []
+    real = infer._block_task
+
+    @functools.wraps(real)  # map_blocks reads the signature (block_info)
+    def counted(*a, **k):
+        calls.append(1)
+        return real(*a, **k)
+
+    monkeypatch.setattr(infer, "_block_task", counted)
+    region = P.Region(3, TILE)
+    # a patch one tile wide (stride = TILE): one model block per tile, as with production 1024 px tiles
+    pred = infer.predict(P.cube(region), P.checkpoint(), patch=TILE + 2 * infer.tile_margin(P.checkpoint()))
+    assert pred["probability"].data.numblocks == (1, 3, 3)
+    wp = _write(pred, tmp_path / "once.zarr")
+    assert len(wp.todo) == 9
+    assert len(calls) == 9, f"{len(calls)} model calls for 9 tiles: the prediction was computed more than once"
+    ds = store.open_predictions(tmp_path / "once.zarr", aoi=_aoi(region), years=[YEAR])
+    assert np.array_equal(ds["classes"].sel(year=YEAR).values, pred["classes"].values)
+
+
 def _writer(path, *extra: str, sleep: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "glacier_stac.testing.predictions", str(path), "--tiles", "3",
@@ -228,6 +255,99 @@ def test_no_secret_reaches_the_store(pred, tmp_path):
     assert all("://" not in i for ids in rec.items.values() for i in ids)
 
 
+class _SignedFiles(http.server.BaseHTTPRequestHandler):
+    """Serves a world's COGs with Range (what GDAL's /vsicurl/ needs); counts the requests carrying the token."""
+
+    root: Path
+    signed: list[str]
+
+    def log_message(self, *args) -> None:  # quiet
+        pass
+
+    def do_HEAD(self) -> None:  # noqa: N802 - http.server's name
+        self.do_GET(body=False)
+
+    def do_GET(self, body: bool = True) -> None:  # noqa: N802
+        path, _, query = self.path.partition("?")
+        if SIGNED_SECRET in query:
+            self.signed.append(path)
+        f = self.root / path.lstrip("/")
+        if not f.is_file():
+            self.send_error(404)
+            return
+        data = f.read_bytes()
+        rng = self.headers.get("Range", "")
+        if rng.startswith("bytes="):
+            a, _, b = rng[6:].partition("-")
+            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+            self.send_response(206)
+            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+            data = data[start:end + 1]
+        else:
+            self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.send_header("Accept-Ranges", "bytes")
+        self.end_headers()
+        if body:
+            self.wfile.write(data)
+
+
+SIGNED_SECRET = "SASs3cr3tSIG"
+
+
+def test_signed_url_catalog_leaves_no_token_in_the_store(world_dir, tmp_path):
+    """A catalog whose items carry SAS-signed hrefs (as Planetary Computer's signed items do), read for real
+    over HTTP on loopback, predicted and written: no byte of the store holds the token."""
+    import shutil
+    import threading
+
+    from glacier_stac import catalog, cube, infer
+    from glacier_stac.testing import stac_server
+    from glacier_stac.testing.worlds import WorldDir
+
+    token = f"st=2026-01-01&se=2031-01-01&sp=rl&sv=2021-06-08&sr=c&skoid=oid&sig={SIGNED_SECRET}"
+    handler = type("Handler", (_SignedFiles,), {"root": world_dir.resolve(), "signed": []})
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=srv.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{srv.server_address[1]}"
+    signed_world = tmp_path / "signed-world"
+    shutil.copytree(world_dir / "stac", signed_world / "stac")
+    shutil.copy(world_dir / "world.json", signed_world / "world.json")
+    root = world_dir.resolve().as_uri()
+    for items_json in (signed_world / "stac").glob("*/items.json"):
+        fc = json.loads(items_json.read_text())
+        for item in fc["features"]:
+            for asset in item["assets"].values():
+                if asset["href"].startswith(root):
+                    asset["href"] = f"{base}{asset['href'][len(root):]}?{token}"
+        items_json.write_text(json.dumps(fc))
+    path = tmp_path / "from-signed.zarr"
+    try:
+        wd = WorldDir(world_dir)
+        gb, year = wd.grid(), 2022
+        with stac_server.serve(signed_world) as url:
+            found = catalog.search(wd.aoi(), [year], catalog=catalog.open_catalog(url, signer=None))
+        hrefs = [a.href for items in found.for_year(year).values() for it in items for a in it.assets.values()]
+        assert hrefs and all(SIGNED_SECRET in h for h in hrefs if h.startswith(base)), "the catalog must sign"
+        data = cube.build(found, gb, year, on_read_error="raise")  # as the pipeline reads: a failed read fails
+        pred = infer.predict(data, P.checkpoint())
+        run_id = store.record_run(path, {"catalog": url, "hrefs": hrefs[:3]})
+        wp = store.write(pred, year, path, run_id=run_id, checkpoint={"model": "cnn5"},
+                         items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()})
+        recs = dask.compute(*wp.tasks, scheduler="threads")
+    finally:
+        srv.shutdown()
+        srv.server_close()
+    assert handler.signed, "the cube read no signed href: the test would prove nothing"
+    assert sum(r.valid_px for r in recs) > 0
+    assert any(ids for r in recs for ids in r.items.values()), "provenance (item ids) must be kept"
+    for p in path.rglob("*"):
+        if p.is_file():
+            body = p.read_bytes()
+            for s in (SIGNED_SECRET.encode(), b"skoid=oid"):
+                assert s not in body, f"{s!r} leaked into {p.relative_to(path)}"
+
+
 def test_bad_stores_get_clear_errors(pred, tmp_path):
     a_file = tmp_path / "file.zarr"
     a_file.write_text("not a store")
@@ -237,6 +357,9 @@ def test_bad_stores_get_clear_errors(pred, tmp_path):
         _write(pred, a_file / "sub" / "preds.zarr")
     with pytest.raises(store.StoreError, match="no prediction store"):
         store.open_predictions(tmp_path / "absent.zarr")
+    # unwritable: /proc refuses new directories to everyone, root included (access() would say yes to root)
+    with pytest.raises(store.StoreError, match="cannot create the store at /proc/glacier.zarr"):
+        _write(pred, Path("/proc/glacier.zarr"))
     v2 = tmp_path / "v2.zarr"
     zarr.open_group(str(v2), mode="w", zarr_format=2)
     with pytest.raises(store.StoreError, match="format 3|not a glacier_stac"):
@@ -247,6 +370,13 @@ def test_bad_stores_get_clear_errors(pred, tmp_path):
         _write(pred, foreign)
     other = tmp_path / "other-grid.zarr"
     _write(pred, other)
+    newer = tmp_path / "newer-layout.zarr"
+    _write(pred, newer)
+    zarr.open_group(str(newer), mode="r+", zarr_format=3).attrs["layout_version"] = store.LAYOUT_VERSION + 1
+    with pytest.raises(store.StoreError, match=f"layout version {store.LAYOUT_VERSION + 1}; this glacier_stac reads"):
+        store.open_predictions(newer)
+    with pytest.raises(store.StoreError, match=f"layout version {store.LAYOUT_VERSION + 1}"):
+        _write(pred, newer, year=2024)
     with pytest.raises(store.StoreError, match="128 px tiles; this run uses 10.0 m and 256 px"):
         store.write(pred, YEAR, other, run_id="x", tile_px=256)
     with pytest.raises(store.StoreError, match="year 1970 is outside"):
