@@ -463,6 +463,27 @@ MUTATIONS: list[Mutation] = [
              "                seq[i], seq[i + 1] = fuse_conv_bn_eval(conv, bn), nn.Identity()",
              "                seq[i], seq[i + 1] = conv, nn.Identity()",
              ("tests/test_infer.py::test_models_built_for_inference_give_the_same_probabilities[unet]",)),
+    Mutation("store-model-computed-per-array", "writing a tile computes its prediction once (one model task per "
+             "tile shared by the three arrays)",
+             "glacier_stac/store.py",
+             "    pb, cb, vb = (a.to_delayed(optimize_graph=False) for a in (prob, cls, val))",
+             "    pb, cb, vb = (a.to_delayed() for a in (prob, cls, val))",
+             ("tests/test_store.py::test_write_runs_the_model_once_per_tile",)),
+    Mutation("store-unwritable-path-traceback", "clear failure: an unwritable store path is a StoreError (6)",
+             "glacier_stac/store.py",
+             "                p.mkdir(parents=True, exist_ok=True)\n",
+             "                pass\n",
+             ("tests/test_store.py::test_bad_stores_get_clear_errors",)),
+    Mutation("store-layout-version-unchecked", "a store of another layout version is refused, naming it (6)",
+             "glacier_stac/store.py",
+             '    if attrs.get("layout_version") != LAYOUT_VERSION:\n',
+             "    if False:\n",
+             ("tests/test_store.py::test_bad_stores_get_clear_errors",)),
+    Mutation("store-run-config-not-redacted", "no signed URL or token reaches the store",
+             "glacier_stac/store.py",
+             "    body = redact(json.dumps(",
+             "    body = (json.dumps(",
+             ("tests/test_store.py::test_signed_url_catalog_leaves_no_token_in_the_store",)),
 ]
 
 
