@@ -13,7 +13,7 @@ import json
 import logging
 import math
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
@@ -259,8 +259,12 @@ def href_allowed(href: str, allow_local: bool) -> None:
         raise PermissionError(f"asset href {redact(href)} points at a link-local/private address")
 
 
-def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = False) -> pystac.Item:
+def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = False,
+                   sensor: S.Sensor | None = None) -> pystac.Item:
     """One normal form for items from any catalog (the only place that knows their differences).
+
+    `sensor` is the record the item was searched for (default: the registered sensor of its collection);
+    two sensors may read one collection (Landsat's thermal and OLI bands are both `landsat-c2-l2`).
 
     - `proj:epsg` and `proj:code` both present (stackstac reads `proj:epsg` only);
     - asset hrefs absolute URLs (relative ones resolved against the item's self link, bare paths
@@ -272,7 +276,7 @@ def normalise_item(item: pystac.Item | Mapping[str, Any], allow_local: bool = Fa
     props = d.setdefault("properties", {})
     base = next((ln["href"] for ln in d.get("links", []) if ln.get("rel") == "self"), None)
     _normalise_proj(props, where=f"item {d.get('id')}")
-    sensor = S.BY_COLLECTION.get(d.get("collection", ""))
+    sensor = sensor or S.BY_COLLECTION.get(d.get("collection", ""))
     for key, asset in d.get("assets", {}).items():
         _normalise_proj(asset, where=f"item {d.get('id')} asset {key}")
         asset["href"] = _absolute(asset["href"], base)
@@ -399,12 +403,14 @@ class SearchResult:
         return [dict(sensor=s, year=y, items=len(v)) for s, by in self.items.items() for y, v in sorted(by.items())]
 
 
-def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog | str | None = None, *,
-           max_cloud: float | None = 80.0, season_months: tuple[int, int] | None = None,
-           missing: str = "raise", allow_local: bool | None = None, limit: int = 100) -> SearchResult:
+def search(aoi: Any, years: Iterable[int], sensors: str | Sequence[str | S.Sensor] | None = None,
+           catalog: Catalog | str | None = None, *, max_cloud: float | None = 80.0,
+           season_months: tuple[int, int] | None = None, missing: str = "raise", allow_local: bool | None = None,
+           limit: int = 100) -> SearchResult:
     """Search a STAC API for every sensor and year over an AOI.
 
-    Cloud cover is filtered by the server only when it advertises `query` or CQL2 `filter`;
+    `sensors`: names or `Sensor` records (registered or not); default every registered sensor. Cloud
+    cover is filtered by the server only when it advertises `query` or CQL2 `filter`;
     otherwise here, after the search. `missing="raise"` raises `NoItemsError` naming sensor, year
     and AOI when one has no items; `missing="record"` records the gap and goes on.
     """
@@ -446,7 +452,7 @@ def search(aoi: Any, years: Iterable[int], sensors: Any = None, catalog: Catalog
                 found = [i for i in found if (i.properties.get("eo:cloud_cover") or 0) <= max_cloud]
             if sensor.required_assets:  # e.g. Landsat L2SR scenes have no thermal band
                 found = [i for i in found if all(k in i.assets for k in sensor.required_assets)]
-            items = [normalise_item(i, allow_local=local_ok) for i in found]
+            items = [normalise_item(i, allow_local=local_ok, sensor=sensor) for i in found]
             items.sort(key=lambda i: (i.datetime or i.properties.get("start_datetime"), i.id))
             if not items:
                 what = f"{sensor.name} ({sensor.collection})"

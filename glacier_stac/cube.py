@@ -4,8 +4,9 @@ Each sensor is a stackstac stack onto the same GeoBox (stored dtype, per-band re
 acquisition and tile. Each tile is one task over the scenes `scenes.py` chose for it: scenes of one
 acquisition are mosaicked, masked with their quality band, reduced to a seasonal median composite plus
 a count of valid observations, and turned into derived features. The per-tile maths are pure NumPy
-functions (`composite`, `spectral_indices`, `terrain`, the `*_features` recipes); `build` and
-`_tile_graph` do the Dask wiring, in one place. Nothing is read until compute.
+functions (`composite`, `spectral_indices`, `terrain`, and the `*_features` kernels, which a sensor's
+record picks by `Sensor.kernel`); `build` and `_tile_graph` do the Dask wiring, in one place. Nothing is
+read until compute.
 """
 
 from __future__ import annotations
@@ -36,8 +37,6 @@ from glacier_stac.reader import CogReader, ReaderState, Signer, asset_table, cap
 
 log = logging.getLogger(__name__)
 
-# what each sensor yields, read from its record (`Sensor.features`), in the cube's feature order
-SENSOR_FEATURES: dict[str, tuple[str, ...]] = {s.name: s.features for s in S.SENSORS.values()}
 NAN = np.float32(np.nan)
 
 
@@ -220,15 +219,16 @@ def _for_median(dns: Sequence[np.ndarray], scaling: np.ndarray) -> tuple[Sequenc
     return [decode(v[None], scaling[k:k + 1])[0] for k, v in enumerate(dns)], None
 
 
-def optical_features(refl: Sequence[np.ndarray], scl: Sequence[np.ndarray], scaling: np.ndarray,
-                     out: np.ndarray) -> None:
-    """Sentinel-2 into `out` (10, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, valid count.
+def optical_features(refl: Sequence[np.ndarray], mask: Sequence[np.ndarray], scaling: np.ndarray,
+                     out: np.ndarray, usable: Callable[[np.ndarray], np.ndarray]) -> None:
+    """An optical sensor into `out` (10, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, valid count.
 
-    refl: per acquisition (6, y, x) DNs; scl: per acquisition (1, y, x) scene classes; scaling:
-    (time, 6, 2).
+    refl: per acquisition (6, y, x) DNs of blue, green, red, nir, swir16, swir22 (Sentinel-2 B02 B03 B04
+    B08 B11 B12); mask: per acquisition (1, y, x) quality values, decoded by `usable` (the sensor's,
+    `Sensor.usable`); scaling: (time, 6, 2).
     """
     values, decoding = _for_median(refl, scaling)
-    _, n = composite(values, [S.scl_valid(c[0]) for c in scl], decoding, out=out[:6])
+    _, n = composite(values, [usable(c[0]) for c in mask], decoding, out=out[:6])
     out[6:9] = spectral_indices(out[:6])
     out[9] = n
 
@@ -242,11 +242,14 @@ def sar_features(power: Sequence[np.ndarray], out: np.ndarray) -> None:
     out[3] = n
 
 
-def thermal_features(lwir: Sequence[np.ndarray], qa: Sequence[np.ndarray], scaling: np.ndarray,
-                     out: np.ndarray) -> None:
-    """Landsat into `out` (2, y, x): median surface temperature (K) of QA-clear pixels, valid count."""
+def thermal_features(lwir: Sequence[np.ndarray], mask: Sequence[np.ndarray], scaling: np.ndarray,
+                     out: np.ndarray, usable: Callable[[np.ndarray], np.ndarray]) -> None:
+    """A thermal band into `out` (2, y, x): median surface temperature (K) of usable pixels, valid count.
+
+    mask: per acquisition (1, y, x) quality values (Landsat QA_PIXEL), decoded by `usable`.
+    """
     values, decoding = _for_median(lwir, scaling)
-    _, n = composite(values, [S.landsat_qa_valid(q[0]) for q in qa], decoding, out=out[:1])
+    _, n = composite(values, [usable(q[0]) for q in mask], decoding, out=out[:1])
     out[1] = n
 
 
@@ -356,8 +359,9 @@ def derived_for(names: Sequence[str]) -> tuple[Derived, ...]:
     return tuple(d for d in DERIVED if set(d.inputs) <= set(names))
 
 
-# every feature a full cube holds, in order: each sensor's (its record says which), then the derived ones
-FEATURES: tuple[str, ...] = tuple(f for fs in SENSOR_FEATURES.values() for f in fs) + tuple(d.name for d in DERIVED)
+# every feature a full cube holds, in order: each registered sensor's (its record says which), then the derived ones
+FEATURES: tuple[str, ...] = (tuple(f for s in S.SENSORS.values() for f in s.features)
+                             + tuple(d.name for d in DERIVED))
 
 
 def dem_features(elev: np.ndarray, res: float, out: np.ndarray) -> None:
@@ -366,9 +370,10 @@ def dem_features(elev: np.ndarray, res: float, out: np.ndarray) -> None:
     out[1:] = terrain(elev, res)
 
 
-# the per-tile kernel of each sensor (its record says what it yields; this says how)
-RECIPES: dict[str, Callable[..., None]] = {
-    "sentinel-2": optical_features, "sentinel-1": sar_features, "landsat": thermal_features, "copdem": dem_features,
+# each kind of per-tile kernel a sensor record names (`Sensor.kernel`; `sensors.KERNELS` says what each
+# takes and yields): a sensor's record picks its kernel, so no table here knows a sensor by name
+KERNELS: dict[str, Callable[..., None]] = {
+    "optical": optical_features, "sar": sar_features, "thermal": thermal_features, "dem": dem_features,
 }
 
 
@@ -376,11 +381,13 @@ RECIPES: dict[str, Callable[..., None]] = {
 class SensorTile:
     """One sensor's part of one tile's task: how many input blocks it takes and its kernel's parameters.
 
-    `groups` (acquisition index per scene) and `scaling` ((time, band, 2) scale/offset) are per scene of
-    this tile; `params` are the kernel's other keyword arguments. `n_blocks == 0`: no item over the tile.
+    The sensor's record travels with the task, so a worker needs no registry to know it (a sensor declared
+    in a notebook runs as a built-in one does). `groups` (acquisition index per scene) and `scaling`
+    ((time, band, 2) scale/offset) are per scene of this tile; `params` are the kernel's other keyword
+    arguments. `n_blocks == 0`: no item over the tile.
     """
 
-    sensor: str
+    sensor: S.Sensor
     n_blocks: int = 0
     groups: np.ndarray | None = None
     scaling: np.ndarray | None = None
@@ -393,7 +400,7 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
     `plan` lists one `SensorTile` per sensor in feature order; a sensor with no blocks has no items
     over this tile: NaN features and a zero count.
     """
-    sensors = [S.get(p.sensor) for p in plan]
+    sensors = [p.sensor for p in plan]
     names = [f for s in sensors for f in s.features]
     derived = derived_for(names)
     out = np.empty((len(names) + len(derived), *shape), np.float32)
@@ -410,7 +417,7 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
                     scaling = scaling[first]
             if scaling is not None:
                 params["scaling"] = scaling
-            RECIPES[sensor.name](*args, out=view, **params)
+            KERNELS[sensor.kernel](*args, out=view, **params)
         else:
             view[:] = np.nan
             if sensor.count_feature is not None:
@@ -479,14 +486,16 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
         dem = _stack(items, sensor, data_keys, geobox, chunks, read)
         # several DEM tiles: first valid wins (a DEM tile off this grid tile is never read)
         elev = dem.data[0, 0] if len(items) == 1 else stackstac.mosaic(dem, dim="time").sel(band="data").data
-        return Recipe(sensor.name, [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")],
+        return Recipe(sensor, [da.overlap.overlap(elev, depth={0: 1, 1: 1}, boundary="nearest")],
                       params={"res": abs(geobox.resolution.x)})
     arrays = [_stack(items, sensor, data_keys, geobox, chunks, read).data]
+    params: dict[str, Any] = {}
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, read).data)
+        params["usable"] = sensor.usable  # the mask band's decoder (SCL classes, QA bits)
     # stored integer DNs are decoded after compositing, with each item's scale/offset
     decodes = any(np.dtype(sensor.band(k).dtype).kind in "iu" for k in data_keys)
-    return Recipe(sensor.name, arrays, scaling=_scaling(sensor, items, data_keys) if decodes else None)
+    return Recipe(sensor, arrays, params=params, scaling=_scaling(sensor, items, data_keys) if decodes else None)
 
 
 def _tile_task(plan: tuple[SensorTile, ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
@@ -501,7 +510,7 @@ class Recipe:
     """How one sensor enters the cube graph: its lazy inputs, its kernel's parameters, and which scenes
     meet each tile (`over`: tile (i, j) -> scene indices; None for a static layer read whole per tile)."""
 
-    sensor: str
+    sensor: S.Sensor
     arrays: list[da.Array] = field(default_factory=list)
     params: Mapping[str, Any] = field(default_factory=dict)
     scaling: np.ndarray | None = None  # (time, band, 2) per scene, for sensors storing integer DNs
@@ -523,7 +532,7 @@ class Recipe:
 def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
                 prefix: str) -> da.Array:
     """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it."""
-    name = prefix + tokenize([(r.sensor, [a.name for a in r.arrays], r.over) for r in recipes], chunks)
+    name = prefix + tokenize([(r.sensor.name, [a.name for a in r.arrays], r.over) for r in recipes], chunks)
     dsk: dict[Any, Any] = {}
     for i, h in enumerate(chunks[0]):
         for j, w in enumerate(chunks[1]):
@@ -539,13 +548,14 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
 
 
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
-          sensors: Sequence[str] | None = None, tile_px: int = TILE_PX, signer: str | Signer | None = None,
-          max_acquisitions: int | None = 24, gdal_env: LayeredEnv | None = None,
+          sensors: str | Sequence[str | S.Sensor] | None = None, tile_px: int = TILE_PX,
+          signer: str | Signer | None = None, max_acquisitions: int | None = 24, gdal_env: LayeredEnv | None = None,
           state: ReaderState | None = None, on_read_error: str = "nodata") -> xr.DataArray:
     """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
-    chosen. A sensor without items gives NaN features and a zero count, and is listed in the
+    chosen. `sensors` are names of registered sensors or `Sensor` records, registered or not (default: every
+    registered one). A sensor without items gives NaN features and a zero count, and is listed in the
     `missing_sensors` attribute. Reads no pixels. Each tile is one task over all sensors' reads, so
     the features are written once, with no concatenation or rechunking afterwards. A tile composites
     at most `max_acquisitions` acquisitions per sensor (the least cloudy; SAR spread over the season);
@@ -571,14 +581,20 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
         by_sensor = items.for_year(year)
     else:
         by_sensor = dict(items)
-    wanted = S.resolve(list(sensors) if sensors is not None else list(SENSOR_FEATURES))
-    for name in by_sensor:
-        S.get(name)
+    wanted = S.resolve(sensors)
+    unknown = sorted(set(by_sensor) - {s.name for s in wanted} - set(S.SENSORS))
+    if unknown:
+        raise ValueError(f"items given for unknown sensors {unknown}; the cube reads {[s.name for s in wanted]} "
+                         "(pass a sensor's record in `sensors` to read one that is not registered)")
     chunks = tile_chunks(geobox, tile_px)
     read = ReadSetup(resolve_signer(signer), gdal_env if gdal_env is not None else capture_gdal_env(), state,
                      record_errors=on_read_error == "nodata")
     urls: dict[str, tuple[str, str]] = {}
-    names = [f for s in wanted for f in SENSOR_FEATURES[s.name]]
+    names = [f for s in wanted for f in s.features]
+    twice = sorted({f for f in names if names.count(f) > 1})
+    if twice:
+        raise ValueError(f"sensors {[s.name for s in wanted]} yield features {twice} more than once; "
+                         "give each sensor's record features of its own names")
     names += [d.name for d in derived_for(names)]
     recipes: list[Recipe] = []
     missing, provenance, gaps, alternates = [], {}, {}, {}
@@ -591,7 +607,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
                 alternates[sensor.name] = "+".join(keys).upper()
         if not its:  # none found, or none usable
             missing.append(sensor.name)
-            recipes.append(Recipe(sensor.name))
+            recipes.append(Recipe(sensor))
             continue
         recipe = _sensor_inputs(sensor, its, keys, geobox, chunks, read)
         read_keys = [*keys, *([sensor.mask_band.key] if sensor.mask_band is not None else [])]

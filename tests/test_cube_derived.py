@@ -87,10 +87,10 @@ def test_snowline_splits_snow_from_bare_land() -> None:
 
 
 def test_tile_features_carry_the_derived_features_after_the_sensors() -> None:
-    plan = tuple(cube.SensorTile(s) for s in S.SENSORS)
+    plan = tuple(cube.SensorTile(s) for s in S.SENSORS.values())
     out = cube.tile_features(plan=plan, shape=(8, 8))
     assert out.shape[0] == len(cube.FEATURES)
     assert list(cube.FEATURES[-len(cube.DERIVED):]) == [d.name for d in cube.DERIVED]
     assert cube.derived_for(["elevation", "ndsi"]) == (cube.DERIVED[1],)
-    optical = cube.tile_features(plan=(cube.SensorTile("sentinel-2"),), shape=(8, 8))
+    optical = cube.tile_features(plan=(cube.SensorTile(S.SENTINEL2),), shape=(8, 8))
     assert optical.shape[0] == len(S.SENTINEL2.features)  # no elevation: no derived feature

@@ -4,11 +4,15 @@ Same collection ids, asset keys, roles, media type, `eo:bands`, `raster:bands`, 
 properties the real items carry (`s2:mgrs_tile`, `s2:processing_baseline`, `sat:orbit_state`,
 `sar:polarizations`, ...), so code that reads Planetary Computer reads these unchanged.
 Sentinel-2 assets carry no scale/offset, exactly as on Planetary Computer: the baseline decides.
+What differs between documents is keyed by STAC collection (the contract with Planetary Computer), never
+by our name for a sensor: a second sensor reading a collection (Landsat OLI beside the thermal band)
+gets that collection's item ids and properties as they are.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -83,24 +87,34 @@ class ItemIds:
     lat: float
 
     def item_id(self, acq: R.Acquisition) -> str:
+        """The id Planetary Computer gives an item of this acquisition's collection."""
+        collection = sensors.get(acq.sensor).collection
+        scheme = ID_SCHEMES.get(collection)
+        if scheme is None:
+            raise ValueError(f"no item id scheme for collection {collection!r} (sensor {acq.sensor!r}); "
+                             f"known: {sorted(ID_SCHEMES)}")
+        return scheme(self, acq)
+
+    def s2_id(self, acq: R.Acquisition) -> str:
         t = acq.datetime
-        if acq.sensor == "sentinel-2":
-            made = t + timedelta(days=2, hours=3, minutes=17)
-            return (
-                f"S2{acq.platform[-1]}_MSIL2A_{t:%Y%m%dT%H%M%S}_R{acq.relative_orbit:03d}_"
-                f"T{mgrs_tile(self.lon, self.lat)}_{made:%Y%m%dT%H%M%S}"
-            )
-        if acq.sensor == "sentinel-1":
-            end = t + timedelta(seconds=25)
-            orbit = self.s1_absolute_orbit(acq)
-            return (
-                f"S1{acq.platform[-1]}_IW_GRDH_1SDV_{t:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}_{orbit:06d}_"
-                f"{(orbit * 7) & 0xFFFFFF:06X}_rtc"
-            )
-        if acq.sensor == "landsat":
-            path, row = self.wrs2()
-            return f"LC0{acq.platform[-1]}_L2SP_{path:03d}{row:03d}_{t:%Y%m%d}_02_T1"
-        raise ValueError(f"no item id scheme for sensor {acq.sensor!r}")
+        made = t + timedelta(days=2, hours=3, minutes=17)
+        return (
+            f"S2{acq.platform[-1]}_MSIL2A_{t:%Y%m%dT%H%M%S}_R{acq.relative_orbit:03d}_"
+            f"T{mgrs_tile(self.lon, self.lat)}_{made:%Y%m%dT%H%M%S}"
+        )
+
+    def s1_id(self, acq: R.Acquisition) -> str:
+        t = acq.datetime
+        end = t + timedelta(seconds=25)
+        orbit = self.s1_absolute_orbit(acq)
+        return (
+            f"S1{acq.platform[-1]}_IW_GRDH_1SDV_{t:%Y%m%dT%H%M%S}_{end:%Y%m%dT%H%M%S}_{orbit:06d}_"
+            f"{(orbit * 7) & 0xFFFFFF:06X}_rtc"
+        )
+
+    def landsat_id(self, acq: R.Acquisition) -> str:
+        path, row = self.wrs2()
+        return f"LC0{acq.platform[-1]}_L2SP_{path:03d}{row:03d}_{acq.datetime:%Y%m%d}_02_T1"
 
     def s1_absolute_orbit(self, acq: R.Acquisition) -> int:
         launch = datetime(2014, 4, 3, tzinfo=UTC) if acq.platform.endswith("A") else datetime(2016, 4, 25, tzinfo=UTC)
@@ -118,66 +132,80 @@ class ItemIds:
         return f"Copernicus_DSM_COG_10_{ns}{abs(la):02d}_00_{ew}{abs(lo):03d}_00_DEM"
 
 
+# item id scheme per collection (the DEM's ids come from `ItemIds.dem_id`: one item per 1° cell, no acquisition)
+ID_SCHEMES: dict[str, Callable[[ItemIds, R.Acquisition], str]] = {
+    "sentinel-2-l2a": ItemIds.s2_id, "sentinel-1-rtc": ItemIds.s1_id, "landsat-c2-l2": ItemIds.landsat_id,
+}
+
+
 def _iso(t: datetime) -> str:
     return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 def properties(acq: R.Acquisition, scene: R.Scene, ids: ItemIds) -> dict[str, Any]:
-    """Item properties as Planetary Computer writes them for this sensor."""
+    """Item properties as Planetary Computer writes them for this acquisition's collection."""
     p: dict[str, Any] = {"datetime": _iso(acq.datetime), "platform": acq.platform}
-    if acq.sensor == "sentinel-2":
-        base = scene.properties["s2:processing_baseline"]
-        p.update(
-            {
-                "constellation": "Sentinel 2",
-                "instruments": ["msi"],
-                "s2:mgrs_tile": mgrs_tile(ids.lon, ids.lat),
-                "s2:product_type": "S2MSI2A",
-                "sat:orbit_state": acq.orbit_state,
-                "sat:relative_orbit": acq.relative_orbit,
-                "s2:datatake_type": "INS-NOBS",
-                **scene.properties,
-                "s2:processing_baseline": base,
-            }
-        )
-    elif acq.sensor == "sentinel-1":
-        p.update(
-            {
-                "constellation": "Sentinel-1",
-                "sar:instrument_mode": "IW",
-                "sar:frequency_band": "C",
-                "sar:center_frequency": 5.405,
-                "sar:product_type": "GRD",
-                "sar:polarizations": scene.properties.get("sar:polarizations", ["VV", "VH"]),
-                "sar:observation_direction": "right",
-                "sar:looks_equivalent_number": R.S1_LOOKS,
-                "sat:orbit_state": acq.orbit_state,
-                "sat:relative_orbit": acq.relative_orbit,
-                "sat:absolute_orbit": ids.s1_absolute_orbit(acq),
-                "s1:processing_level": "1",
-                "s1:resolution": "high",
-                **{k: v for k, v in scene.properties.items() if k != "sar:polarizations"},
-            }
-        )
-    elif acq.sensor == "landsat":
-        path, row = ids.wrs2()
-        p.update(
-            {
-                "gsd": 30,
-                "instruments": ["oli", "tirs"],
-                "description": "Landsat Collection 2 Level-2",
-                "landsat:wrs_path": f"{path:03d}",
-                "landsat:wrs_row": f"{row:03d}",
-                "landsat:wrs_type": "2",
-                "landsat:correction": "L2SP",
-                "landsat:collection_number": "02",
-                "landsat:collection_category": "T1",
-                "sat:orbit_state": acq.orbit_state,
-                "view:off_nadir": 0,
-                **scene.properties,
-            }
-        )
+    own = COLLECTION_PROPERTIES.get(sensors.get(acq.sensor).collection)
+    if own is not None:
+        p.update(own(acq, scene, ids))
     return p
+
+
+def _s2_properties(acq: R.Acquisition, scene: R.Scene, ids: ItemIds) -> dict[str, Any]:
+    return {
+        "constellation": "Sentinel 2",
+        "instruments": ["msi"],
+        "s2:mgrs_tile": mgrs_tile(ids.lon, ids.lat),
+        "s2:product_type": "S2MSI2A",
+        "sat:orbit_state": acq.orbit_state,
+        "sat:relative_orbit": acq.relative_orbit,
+        "s2:datatake_type": "INS-NOBS",
+        **scene.properties,
+        "s2:processing_baseline": scene.properties["s2:processing_baseline"],
+    }
+
+
+def _s1_properties(acq: R.Acquisition, scene: R.Scene, ids: ItemIds) -> dict[str, Any]:
+    return {
+        "constellation": "Sentinel-1",
+        "sar:instrument_mode": "IW",
+        "sar:frequency_band": "C",
+        "sar:center_frequency": 5.405,
+        "sar:product_type": "GRD",
+        "sar:polarizations": scene.properties.get("sar:polarizations", ["VV", "VH"]),
+        "sar:observation_direction": "right",
+        "sar:looks_equivalent_number": R.S1_LOOKS,
+        "sat:orbit_state": acq.orbit_state,
+        "sat:relative_orbit": acq.relative_orbit,
+        "sat:absolute_orbit": ids.s1_absolute_orbit(acq),
+        "s1:processing_level": "1",
+        "s1:resolution": "high",
+        **{k: v for k, v in scene.properties.items() if k != "sar:polarizations"},
+    }
+
+
+def _landsat_properties(acq: R.Acquisition, scene: R.Scene, ids: ItemIds) -> dict[str, Any]:
+    path, row = ids.wrs2()
+    return {
+        "gsd": 30,
+        "instruments": ["oli", "tirs"],
+        "description": "Landsat Collection 2 Level-2",
+        "landsat:wrs_path": f"{path:03d}",
+        "landsat:wrs_row": f"{row:03d}",
+        "landsat:wrs_type": "2",
+        "landsat:correction": "L2SP",
+        "landsat:collection_number": "02",
+        "landsat:collection_category": "T1",
+        "sat:orbit_state": acq.orbit_state,
+        "view:off_nadir": 0,
+        **scene.properties,
+    }
+
+
+# properties per collection beyond datetime and platform (the DEM's items carry none)
+COLLECTION_PROPERTIES: dict[str, Callable[[R.Acquisition, R.Scene, ItemIds], dict[str, Any]]] = {
+    "sentinel-2-l2a": _s2_properties, "sentinel-1-rtc": _s1_properties, "landsat-c2-l2": _landsat_properties,
+}
 
 
 def asset(sensor: sensors.Sensor, key: str, href: str, raster: R.Raster) -> dict[str, Any]:
