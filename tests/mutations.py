@@ -532,6 +532,30 @@ MUTATIONS: list[Mutation] = [
              "    rock_geoms = [g for g, rock in classed if rock]",
              "    rock_geoms = []",
              ("tests/test_rock_glaciers.py::test_render_draws_rock_glaciers_from_a_class_column",)),
+    Mutation("sensor-kernel-by-name", "a sensor is one record: its `kernel` field, not its name, picks the cube's "
+             "per-tile kernel (a second optical sensor needs no table entry)",
+             "glacier_stac/cube.py",
+             "            KERNELS[sensor.kernel](*args, out=view, **params)",
+             '            KERNELS[{"sentinel-2": "optical", "sentinel-1": "sar", "landsat": "thermal", '
+             '"copdem": "dem"}[sensor.name]](*args, out=view, **params)',
+             ("tests/test_sensors.py::test_landsat_oli_is_one_record_read_by_the_optical_kernel_with_its_own_mask",)),
+    Mutation("sensor-mask-decoder-fixed", "a sensor's mask band is decoded as its record says (QA bits, SCL classes)",
+             "glacier_stac/cube.py",
+             '        params["usable"] = sensor.usable',
+             '        params["usable"] = S.scl_valid',
+             ("tests/test_sensors.py::test_landsat_oli_is_one_record_read_by_the_optical_kernel_with_its_own_mask",)),
+    Mutation("normalise-ignores-searched-record", "every asset the searching record reads passes the href check, "
+             "whichever record of the collection searched it",
+             "glacier_stac/catalog.py",
+             '    sensor = sensor or S.BY_COLLECTION.get(d.get("collection", ""))',
+             '    sensor = S.BY_COLLECTION.get(d.get("collection", ""))',
+             ("tests/test_sensors.py::test_every_asset_the_searched_record_reads_is_checked",)),
+    Mutation("sensor-record-shape-unchecked", "clear failure: a sensor record its kernel cannot fill is refused "
+             "when declared",
+             "glacier_stac/sensors.py",
+             "        if (n_data, len(self.features)) != (kind.data_bands, kind.features):",
+             "        if False:",
+             ("tests/test_sensors.py::test_a_record_the_cube_could_not_use_is_refused_when_declared",)),
 ]
 
 
