@@ -1,4 +1,4 @@
-"""STAC search: AOIs, season windows, conformance-aware filtering, item normalisation, signing.
+"""STAC search: AOIs, season windows, conformance-aware filtering, item normalisation, which signer applies.
 
 The same code searches Planetary Computer and the local synthetic catalog. Items are normalised in one
 place (`normalise_item`) so the cube never sees the differences between catalogs (`proj:code` vs
