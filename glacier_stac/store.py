@@ -48,7 +48,7 @@ from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox
 
 from glacier_stac.grid import RESOLUTION, TILE_PX, aligned_chunks, geobox_for, global_origin
-from glacier_stac.labels import CLASSES, CLASSES_VAR, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
+from glacier_stac.labels import BASE_CLASSES, CLASSES_VAR, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
 from glacier_stac.redact import redact
 from glacier_stac.version import __version__
 
@@ -319,10 +319,13 @@ def _spatial_ref_attrs(zone: Zone) -> dict:
             "grid_mapping_name": "transverse_mercator", "epsg": crs.epsg}
 
 
-def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUTION, tile_px: int = TILE_PX) -> Zone:
+def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUTION, tile_px: int = TILE_PX,
+                classes: Sequence[str] = BASE_CLASSES) -> Zone:
     """Create the zone's group and empty (sparse) arrays if absent; check them if present.
 
     Creating is deterministic, so two writers creating one zone at once write the same bytes.
+    `classes`: the writing model's (its output index is the Label code); the `classes` array's flags
+    list them, and widen when a model with more classes (rock glaciers, issue 14) writes later.
     """
     loc = Location.of(loc)
     zone = Zone(str(CRS(crs)), resolution, tile_px)
@@ -333,6 +336,8 @@ def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUT
         if g.attrs.get("crs") != zone.crs or tuple(g["probability"].shape) != zone.shape:
             raise StoreError(f"group {name} of {loc} has crs {g.attrs.get('crs')} and shape "
                              f"{tuple(g['probability'].shape)}; expected {zone.crs} and {zone.shape}")
+        if len(classes) > len(g["classes"].attrs.get("flag_values", ())):
+            g["classes"].attrs.update(flag_values=list(range(len(classes))), flag_meanings=" ".join(classes))
         return zone
     g = root.create_group(name, attributes={"crs": zone.crs, "row0": zone.row0, "col0": zone.col0})
     t, n, m = zone.shape
@@ -347,7 +352,7 @@ def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUT
     g.create_array("classes", shape=(t, n, m), chunks=chunks, dtype="uint8", fill_value=NODATA_CLASS,
                    dimension_names=dims, compressors=[COMPRESSOR],
                    attributes={**common, "long_name": "surface class", "_FillValue": NODATA_CLASS,
-                               "flag_values": list(range(len(CLASSES))), "flag_meanings": " ".join(CLASSES)})
+                               "flag_values": list(range(len(classes))), "flag_meanings": " ".join(classes)})
     g.create_array("valid", shape=(t, n, m), chunks=chunks, dtype="bool", fill_value=False,
                    dimension_names=dims, compressors=[COMPRESSOR],
                    attributes={**common, "long_name": "the model had its required inputs"})
@@ -537,7 +542,8 @@ def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
     res = abs(gb.resolution.x)
     if tile_px is None:
         tile_px = (store_grid(loc) or (res, TILE_PX))[1]
-    zone = ensure_zone(loc, CRS(str(crs)), resolution=res, tile_px=tile_px)
+    zone = ensure_zone(loc, CRS(str(crs)), resolution=res, tile_px=tile_px,
+                       classes=[str(c) for c in pred["class"].values] if "class" in pred.coords else BASE_CLASSES)
     zone.year_index(year)
     row0, col0 = global_origin(gb)
     prob = pred[GLACIER_PROBABILITY].transpose("y", "x").data

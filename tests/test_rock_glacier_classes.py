@@ -119,3 +119,34 @@ def test_outlines_class_column_rasterises_rock_glaciers() -> None:
     lab = train.labels_from_outlines(g, gb, class_column="kind")
     assert set(np.unique(lab)) == {0, 1, 2, 4}
     assert (lab == Label.ROCK_GLACIER).sum() == 100
+
+
+def test_store_flags_follow_the_writing_models_classes(tmp_path: Path) -> None:
+    """A store written by a four-class model lists four flags; a rock-glacier model writing later widens them."""
+    import dask
+    import zarr
+
+    from glacier_stac import store
+    from glacier_stac.testing import predictions as P
+
+    region = P.Region(1, 128)
+    cube = P.cube(region)
+
+    def write(ck: Checkpoint, year: int) -> None:
+        run_id = store.record_run(tmp_path / "s.zarr", {"test": True})
+        wp = store.write(predict(cube, ck), year, tmp_path / "s.zarr", run_id=run_id, tile_px=128)
+        dask.compute(*wp.tasks, scheduler="sync")
+
+    def flags() -> tuple[list[int], list[str]]:
+        root = zarr.open_group(str(tmp_path / "s.zarr"), mode="r")
+        (zone,) = [g for _, g in root.groups()]
+        a = zone["classes"].attrs
+        return list(a["flag_values"]), a["flag_meanings"].split()
+
+    write(P.checkpoint(), 2022)
+    assert flags() == ([0, 1, 2, 3], list(BASE_CLASSES))
+    net = get_model("cnn5", len(P.FEATURES), len(CLASSES))
+    five = Checkpoint.from_model(net, "cnn5", list(P.FEATURES), [0.0] * len(P.FEATURES), [1.0] * len(P.FEATURES),
+                                 classes=list(CLASSES))
+    write(five, 2023)
+    assert flags() == ([0, 1, 2, 3, 4], list(CLASSES))
