@@ -7,12 +7,15 @@ and debris segments (connected components of each class), each segment gets feat
 NDSI, slope, elevation, surface temperature relative to bare ground at the same elevation, SAR
 backscatter, area, adjacency), and rules keep or drop it:
 
-- a debris segment is kept when it touches kept clean ice (it is the tongue of that glacier), or when it
-  meets the criteria of debris-covered ice on its own: gentle slope and colder than bare ground at its
-  elevation (buried ice cools the surface); isolated "debris" on ridges and rock faces is dropped;
+- a debris segment is kept when it is chained to an ice body (it is the tongue of that glacier), or when
+  it is colder than bare ground at its elevation (buried ice cools the surface; unknown temperature is no
+  reason to drop) and shows a second sign of a glacier: a gentle slope, clean ice it touches or is joined
+  to through weakly probable pixels (hysteresis), or the edge of the data (its glacier may lie beyond);
+  isolated "debris" on ridges and rock faces is dropped;
 - a clean-ice segment whose mean NDSI says it is not snow or ice (snow-free high terrain) is dropped;
-- glaciers (kept segments joined by adjacency) under the minimum mapping unit are dropped; holes are
-  filled unless they are nunataks of at least the MMU.
+- glaciers (kept segments joined by adjacency; with a reference inventory, the pieces lying inside one
+  reference outline together) under the minimum mapping unit are dropped; holes are filled unless they
+  are nunataks of at least the MMU, or are closed off only by ice the model doubts (bays, nunatak edges).
 
 Seams: segments are labelled chunk by chunk and joined across chunk faces (union-find over the faces),
 then renumbered by their first pixel in raster order, so every number, feature and
@@ -67,12 +70,18 @@ class Rules:
     thermal_band_m: float = 100.0  # elevation band of the bare-ground temperature reference
     sea_level_m: float = 5.0  # water touching the glacier below this elevation is the sea (marine)
     divide_max_m: float = 200.0  # ice farther than this from every reference glacier is a new glacier
+    hole_confident: float = 0.7  # a hole is filled only where ice this sure closes around it
+    link_threshold: float = 0.25  # debris joined to ice through pixels at least this probable (hysteresis)
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold < 1:
             raise ValueError(f"threshold must be in (0, 1), got {self.threshold}")
         if self.mmu_km2 < 0:
             raise ValueError(f"mmu_km2 must be >= 0, got {self.mmu_km2}")
+        if not 0 < self.link_threshold <= self.threshold:
+            raise ValueError(f"link_threshold must be in (0, threshold={self.threshold}], got {self.link_threshold}")
+        if not self.threshold <= self.hole_confident <= 1:
+            raise ValueError(f"hole_confident must be in [threshold={self.threshold}, 1], got {self.hole_confident}")
         if self.thermal_band_m <= 0:
             raise ValueError(f"thermal_band_m must be > 0, got {self.thermal_band_m}")
 
@@ -285,13 +294,42 @@ def keep_clean(clean: pd.DataFrame, rules: Rules) -> np.ndarray:
     return ~(clean["ndsi"].to_numpy() < rules.clean_min_ndsi)
 
 
-def keep_debris(debris: pd.DataFrame, touches_clean: np.ndarray, rules: Rules) -> np.ndarray:
-    """Debris segments kept: connected to kept clean ice, or gentle and cold for their elevation on their own.
-    (A rock-face rule, steeper than 45 deg dropped, cost debris IoU on the rendered benchmark world: its
-    debris-covered tongues lie on steep real-DEM-like slopes.)"""
+def keep_debris(debris: pd.DataFrame, rules: Rules) -> np.ndarray:
+    """Debris segments kept: chained to an ice body (`ice_body`), or cold for their elevation (buried ice
+    cools the surface) and with a second sign of a glacier: a gentle slope, contact with clean ice however
+    small (`touches_ice`: the tongue of a glacier whose clean ice is mostly hidden, in shade or under the
+    threshold), or the edge of the data (`at_edge`: the ice it belongs to may lie beyond, unseen).
+    Cold alone is not enough: shaded rock reads cold too. (A rock-face rule, steeper than 45 deg dropped,
+    cost debris IoU on the rendered benchmark world: its debris-covered tongues lie on steep slopes.)"""
     gentle = debris["slope_deg"].to_numpy() <= rules.debris_max_slope_deg
-    cold = debris["thermal_anomaly_k"].to_numpy() <= -rules.debris_cold_k
-    return touches_clean | (gentle & cold)
+    anomaly = debris["thermal_anomaly_k"].to_numpy()
+    cold = (anomaly <= -rules.debris_cold_k) | np.isnan(anomaly)  # no temperature there: not a reason to drop
+    context = debris["touches_ice"].to_numpy(bool) | debris["at_edge"].to_numpy(bool)
+    return debris["ice_body"].to_numpy(bool) | (cold & (gentle | context))
+
+
+def linked_to_ice(debris_lab: np.ndarray, nd: int, ice: np.ndarray, weak: np.ndarray) -> np.ndarray:
+    """Per debris segment 0..nd: joined to kept clean ice through pixels the model calls at least weakly
+    glacier (`weak`: probability >= `Rules.link_threshold`, half the candidate threshold, the low threshold
+    of hysteresis as in Canny). A tongue and its source are often parted by a strip where the probability
+    dips under the threshold (the class boundary, a medial moraine); rock far from ice is not so joined."""
+    weak_lab, nw = ndimage.label(weak | ice | (debris_lab > 0), structure=CROSS)
+    with_ice = _flags(nw, weak_lab[ice])
+    return _flags(nd, debris_lab[with_ice[weak_lab] & (debris_lab > 0)])
+
+
+def _flags(n: int, labels: np.ndarray) -> np.ndarray:
+    """A boolean per label 0..n, True for the labels listed (0 ignored)."""
+    out = np.zeros(n + 1, bool)
+    out[np.asarray(labels, dtype=np.int64)] = True
+    out[0] = False
+    return out
+
+
+def _edge_of_data(valid: np.ndarray) -> np.ndarray:
+    """Pixels on the region's border or next to a pixel without data: what lies beyond them is unseen."""
+    edge = ~ndimage.binary_erosion(valid, structure=CROSS, border_value=0)
+    return edge & valid
 
 
 # --------------------------------------------------------------------------- polygons
@@ -402,7 +440,11 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
         has_ice = np.zeros(nc + nd, bool)
         has_ice[part[:nc][ice_body[1:]]] = True
         touches[1:] = has_ice[part[nc:]]
-    debris_kept = np.concatenate([[False], keep_debris(debris, touches[1:], rules)])
+    debris["ice_body"] = touches[1:]
+    debris["touches_ice"] = _flags(nd, pairs[:, 0] if pairs.size else pairs)[1:] | linked_to_ice(
+        debris_lab, nd, clean_kept[clean_lab], valid & (prob >= rules.link_threshold))[1:]
+    debris["at_edge"] = _flags(nd, debris_lab[_edge_of_data(valid)])[1:]
+    debris_kept = np.concatenate([[False], keep_debris(debris, rules)])
 
     # glaciers: kept segments joined by adjacency (clean segments never touch each other, nor debris debris)
     nodes = nc + nd
@@ -415,11 +457,13 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
     gid[clean_lab > 0] = comp_lut[clean_lab[clean_lab > 0] - 1]
     gid[debris_lab > 0] = comp_lut[nc + debris_lab[debris_lab > 0] - 1]
     gid, ng = canonical(gid)
-    dropped_small = fill_holes_and_mmu(gid, ng, mmu_m2, grid.pixel_m2)
+    refr = rasterize_reference(divides, grid) if divides is not None and len(divides) else None
+    groups = reference_groups(gid, ng, refr) if refr is not None else None
+    dropped_small = fill_holes_and_mmu(gid, ng, mmu_m2, grid.pixel_m2, prob, rules.hole_confident, groups)
 
     ref_ids: list = []
-    if divides is not None and len(divides):
-        gid, ref_of = split_by_divides(gid, divides, grid, rules.divide_max_m)
+    if refr is not None:
+        gid, ref_of = split_by_divides(gid, refr, grid, rules.divide_max_m)
         ref_ids = list(divides.index)
     gid, n = canonical(gid)
     is_debris = debris_lab > 0
@@ -450,11 +494,18 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
     return gdf
 
 
-def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float) -> int:
+def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float, prob: np.ndarray | None = None,
+                       confident: float = 0.7, groups: np.ndarray | None = None) -> int:
     """In place: fill each glacier's holes under the MMU (nunataks >= MMU stay holes), then drop glaciers
-    whose area is under the MMU. Returns how many were dropped. Glaciers are visited in label order and
-    only background pixels are filled, so the result does not depend on anything but the labels."""
-    dropped = 0
+    whose area is under the MMU. Returns how many were dropped.
+
+    A hole is filled only where the ice closes around it with confidence (`prob` >= `confident`): an
+    ice-free patch that the threshold only just closes off, through ice the model doubts, is a bay or a
+    piece of a larger nunatak, so the area that decides is that of the hole with the doubtful ice around
+    it (a bay: unbounded). `groups` (label -> group, 0: none) makes the MMU apply to a group's total area:
+    pieces of one reference glacier are that glacier, not glaciers of their own. Glaciers are visited in
+    label order and only background pixels are filled, so the result depends on the labels alone."""
+    filled = np.zeros(n + 1, np.int64)
     for i, sl in enumerate(ndimage.find_objects(gid), start=1):
         if sl is None:
             continue
@@ -464,30 +515,72 @@ def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float) 
         if holes.any():
             hl, nh = ndimage.label(holes, structure=CROSS)
             size = np.bincount(hl.ravel(), minlength=nh + 1)
-            small = (size * pixel_m2 < mmu_m2)
+            small = size * pixel_m2 < mmu_m2
             small[0] = False
+            if prob is not None and small.any():
+                small &= _closed_with_confidence(hl, nh, obj, prob[sl] >= confident, mmu_m2 / pixel_m2)
             view[small[hl]] = i
             obj = view == i
-        if obj.sum() * pixel_m2 < mmu_m2:
-            view[obj] = 0
-            dropped += 1
-    return dropped
+        filled[i] = int(obj.sum())
+    area = filled * pixel_m2
+    if groups is not None:
+        total = np.bincount(groups, weights=area, minlength=int(groups.max()) + 1)
+        area = np.where(groups > 0, total[groups], area)
+    small_glacier = area < mmu_m2
+    small_glacier[0] = False
+    gid[small_glacier[gid]] = 0
+    return int(small_glacier[1:][filled[1:] > 0].sum())
 
 
-def split_by_divides(gid: np.ndarray, divides: gpd.GeoSeries, grid: Grid,
-                     max_m: float) -> tuple[np.ndarray, np.ndarray]:
-    """Split and join glaciers by reference divides: (new labels, reference number 1..k per pixel, 0 none)."""
+def _closed_with_confidence(hl: np.ndarray, nh: int, obj: np.ndarray, sure: np.ndarray, mmu_px: float) -> np.ndarray:
+    """Per hole 0..nh: True where the hole, grown through the glacier's doubtful pixels, stays enclosed and
+    under the MMU (the window is padded so that everything outside the glacier is one region)."""
+    weak = np.pad(~(obj & sure), 1, constant_values=True)
+    wl, _ = ndimage.label(weak, structure=CROSS)
+    wsize = np.bincount(wl.ravel())
+    outside = wl[0, 0]
+    wl = wl[1:-1, 1:-1]
+    first = np.zeros(nh + 1, np.int64)  # the weak region of each hole (a hole lies in one weak region)
+    first[hl[hl > 0]] = wl[hl > 0]
+    ok = (first != outside) & (wsize[first] < mmu_px)
+    ok[0] = False
+    return ok
+
+
+def rasterize_reference(divides: gpd.GeoSeries, grid: Grid) -> np.ndarray:
+    """Reference outlines burnt onto the grid: reference number 1..k per pixel, 0 outside them all."""
     ref = divides.to_crs(grid.crs)
     shapes_ = [(g, k) for k, g in enumerate(ref.geometry, start=1) if g is not None and not g.is_empty]
-    refr = rasterio.features.rasterize(shapes_, out_shape=grid.shape, transform=grid.transform, fill=0,
+    if not shapes_:
+        return np.zeros(grid.shape, np.int32)
+    return rasterio.features.rasterize(shapes_, out_shape=grid.shape, transform=grid.transform, fill=0,
                                        dtype="int32")
+
+
+def reference_groups(gid: np.ndarray, n: int, refr: np.ndarray) -> np.ndarray:
+    """Label -> group (0: none): labels lying mostly (>= half their pixels) inside the same reference outline
+    are one group (the pieces the threshold left of one known glacier); any other label is a group of its
+    own (ice mostly outside every known outline is a new glacier and meets the MMU by itself)."""
+    hit = (gid > 0) & (refr > 0)
+    k = int(refr.max())
+    pairs, count = np.unique(np.stack([gid[hit], refr[hit]], axis=1), axis=0, return_counts=True)
+    size = np.bincount(gid.ravel(), minlength=n + 1)
+    pairs = pairs[count * 2 >= size[pairs[:, 0]]].reshape(-1, 2)  # mostly inside that reference outline
+    graph = coo_matrix((np.ones(len(pairs)), (pairs[:, 0], n + pairs[:, 1])), shape=(n + k + 1, n + k + 1))
+    _, comp = connected_components(graph, directed=False)
+    return (comp[:n + 1] + 1) * (np.arange(n + 1) > 0)
+
+
+def split_by_divides(gid: np.ndarray, refr: np.ndarray, grid: Grid, max_m: float) -> tuple[np.ndarray, np.ndarray]:
+    """Split and join glaciers by reference divides (`refr`: from `rasterize_reference`): (new labels,
+    reference number 1..k per pixel, 0 none)."""
     if not (refr > 0).any():
         return gid, np.zeros(gid.shape, np.int32)
     dist, (iy, ix) = ndimage.distance_transform_edt(refr == 0, return_indices=True)
     nearest = np.where(dist * grid.res <= max_m, refr[iy, ix], 0)
     ref_of = np.where(gid > 0, nearest, 0)
     # all ice of one reference glacier is one object (its parts may be apart); other ice keeps its component
-    key = np.where(ref_of > 0, ref_of, np.where(gid > 0, gid.astype(np.int64) + len(ref) + 1, 0))
+    key = np.where(ref_of > 0, ref_of, np.where(gid > 0, gid.astype(np.int64) + int(refr.max()) + 1, 0))
     return key, ref_of
 
 
