@@ -14,7 +14,9 @@ exactly where they overlap, so the default `blend=0` (plain overlap-tile, each p
 whose core holds it) is already seam-free and computes each output pixel about
 (stride + 2 * margin)^2 / stride^2 times (`computed_over_output` gives the figure for a checkpoint and
 chunking). `blend > 0` smooths models that are not exactly local, at the cost of computing the
-neighbouring patches too.
+neighbouring patches too. At a region's edges patches are cut to the region, and a tile holding only
+a thin remainder of it is folded into its neighbour, whose patch grows over it (`PatchGrid.fold`);
+both depend on the tile and the region, never on the chunk.
 
 The Dask wiring lives in `predict` only; the per-block work is `predict_block`, a pure function of
 NumPy arrays. The model is built once per process (`ModelCache`, keyed by the checkpoint path and
@@ -406,9 +408,10 @@ def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: tor
     # with a per-thread share of the cores (inside a multi-threaded Dask worker) they run side by side
     serialise = device.type == "cuda" or torch.get_num_threads() >= (os.cpu_count() or 1)
     with _RUN_LOCK if serialise else contextlib.nullcontext(), torch.inference_mode():
-        # channels_last: oneDNN's / cuDNN's NHWC kernels (CPU: 0.68x the time of NCHW, |dp| 6e-8, measured
-        # in inference_throughput.json cpu_variants; bf16 autocast is 20x slower without AVX512-BF16)
-        model.to(memory_format=torch.channels_last)  # once: a no-op when the weights already are
+        # channels_last: oneDNN's / cuDNN's NHWC kernels; models from the cache are already NHWC with
+        # BatchNorm folded (`models.inference.for_inference`; the figures: inference_throughput.json
+        # cpu_variants; bf16 autocast is ~20x slower on CPUs without AVX512-BF16)
+        model.to(memory_format=torch.channels_last)  # a no-op when the weights already are
         if device.type == "cuda":
             # pinned host memory: the copy runs as DMA; fp16 autocast keeps probabilities within 1e-3
             # of fp32 (benchmarks/gpu_check.py checks it)
