@@ -116,8 +116,8 @@ MUTATIONS: list[Mutation] = [
         name="obia-mmu-ignored",
         invariant="RGI minimum mapping unit",
         path="glacier_stac/obia.py",
-        old="        if obj.sum() * pixel_m2 < mmu_m2:\n",
-        new="        if False:\n",
+        old="    small_glacier = area < mmu_m2\n",
+        new="    small_glacier = area < 0\n",
         tests=("tests/test_obia.py::test_minimum_mapping_unit",),
     ),
     Mutation(
@@ -556,6 +556,35 @@ MUTATIONS: list[Mutation] = [
              "        if (n_data, len(self.features)) != (kind.data_bands, kind.features):",
              "        if False:",
              ("tests/test_sensors.py::test_a_record_the_cube_could_not_use_is_refused_when_declared",)),
+    Mutation("obia-debris-weak-link-ignored", "OBIA: a debris tongue parted from its clean ice by a dip under "
+             "the threshold stays joined to it (hysteresis)",
+             "glacier_stac/obia.py",
+             '    debris["touches_ice"] = _flags(nd, pairs[:, 0] if pairs.size else pairs)[1:] | linked_to_ice(',
+             '    debris["touches_ice"] = _flags(nd, pairs[:, 0] if pairs.size else pairs)[1:] & linked_to_ice(',
+             ("tests/test_obia_rules.py::test_cold_steep_debris_joined_to_ice_through_weak_pixels_is_kept",)),
+    Mutation("obia-debris-edge-of-data-ignored", "OBIA: cold debris cut by the edge of the data is not judged "
+             "isolated",
+             "glacier_stac/obia.py",
+             '    context = debris["touches_ice"].to_numpy(bool) | debris["at_edge"].to_numpy(bool)',
+             '    context = debris["touches_ice"].to_numpy(bool)',
+             ("tests/test_obia_rules.py::test_cold_debris_cut_by_the_edge_of_the_data_is_kept",)),
+    Mutation("obia-unknown-temperature-drops-debris", "OBIA: a rule that cannot be evaluated does not drop",
+             "glacier_stac/obia.py",
+             "    cold = (anomaly <= -rules.debris_cold_k) | np.isnan(anomaly)",
+             "    cold = anomaly <= -rules.debris_cold_k",
+             ("tests/test_obia_rules.py::test_unknown_temperature_is_no_reason_to_drop_gentle_debris",)),
+    Mutation("obia-holes-filled-whatever-the-confidence", "OBIA: holes closed off only by doubtful ice are not "
+             "filled",
+             "glacier_stac/obia.py",
+             "            if prob is not None and small.any():",
+             "            if False:",
+             ("tests/test_obia_rules.py::test_hole_closed_off_only_by_doubtful_ice_is_not_filled",)),
+    Mutation("obia-mmu-per-piece-of-a-reference-glacier", "OBIA: the MMU applies to a reference glacier's pieces "
+             "together",
+             "glacier_stac/obia.py",
+             "    groups = reference_groups(gid, ng, refr) if refr is not None else None",
+             "    groups = None",
+             ("tests/test_obia_rules.py::test_mmu_applies_to_the_pieces_of_one_reference_glacier_together",)),
 ]
 
 
