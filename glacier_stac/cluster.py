@@ -209,6 +209,22 @@ def read_errors(client: Client, assets: Mapping[str, Sequence[str]] | None = Non
     return label_errors([dict(msg) for _, msg in client.get_events(READ_ERROR_TOPIC)], assets)
 
 
+def _attempts_on_scheduler(dask_scheduler: Any, keys: Sequence[Any]) -> int:
+    wanted = set(keys)
+    counts: dict[Any, int] = {}
+    for t in dask_scheduler.transition_log:
+        if t.finish == "processing" and t.key in wanted:
+            counts[t.key] = counts.get(t.key, 0) + 1
+    return max(counts.values(), default=0)
+
+
+def task_attempts(client: Client, keys: Sequence[Any]) -> int:
+    """How many times the most-tried of `keys` was sent to a worker, from the scheduler's transition log
+    (1: ran once; 1 + n: retried n times, or rerun after its worker died). Why: Dask's retries are what
+    make a failing tile "retried"; counting requests at the data server cannot tell them from GDAL's own."""
+    return int(client.run_on_scheduler(_attempts_on_scheduler, keys=list(keys)))
+
+
 def has_gpu_workers(client: Client) -> bool:
     """True when some worker offers the Dask resource GPU (then inference tasks should ask for it)."""
     info = client.scheduler_info(n_workers=-1)

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 
 from glacier_stac import store as S
-from glacier_stac.cluster import ClusterSpec, has_gpu_workers
+from glacier_stac.cluster import ClusterSpec, has_gpu_workers, task_attempts
 from glacier_stac.redact import redact
 from glacier_stac.version import __version__
 
@@ -304,6 +304,8 @@ class TileOutcome:
     seconds: float = 0.0
     valid_px: int = 0
     reason: str = ""
+    attempts: int = 0  # times the tile's most-tried task ran on a worker (1 + Dask retries); 0: never submitted
+    graph_s: float = 0.0  # on the client: search and building the tile's graph (workers may idle meanwhile)
 
 
 def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str,
@@ -346,6 +348,7 @@ class Report:
     years_complete: list[int] = field(default_factory=list)
     inventory: dict = field(default_factory=dict)
     dashboard: str | None = None
+    timings: dict[str, float] = field(default_factory=dict)  # client-side seconds: setup, graphs, inventory
 
     def counts(self) -> dict[str, int]:
         out = {"done": 0, "skipped": 0, "failed": 0, "empty": 0}
@@ -360,7 +363,8 @@ class Report:
                 "mpx_per_s": done_px / 1e6 / self.wall_s if self.wall_s else 0.0,
                 "failures": [asdict(t) for t in self.tiles if t.status == "failed"],
                 "tiles": [asdict(t) for t in self.tiles], "years_complete": self.years_complete,
-                "inventory": self.inventory, "dashboard": self.dashboard, "config": self.config}
+                "inventory": self.inventory, "dashboard": self.dashboard, "timings": self.timings,
+                "config": self.config}
 
 
 def _report_path(cfg: RunConfig) -> Path:
@@ -397,8 +401,9 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     resources = {"GPU": 1} if has_gpu_workers(client) else None
     total = len(plan.tiles) * len(plan.years)
+    rep.timings["setup_s"] = time.perf_counter() - t0
     pending = as_completed()
-    meta: dict[Any, tuple[TileUnit, int, float]] = {}
+    meta: dict[Any, tuple[TileUnit, int, float, list, float]] = {}
     units = _iter_units(plan)
     in_flight = 0
 
@@ -418,14 +423,14 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
                 task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources)
             except Exception as e:  # noqa: BLE001 - one tile's bad input must not stop the others
                 finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
-                                   reason=redact(f"{type(e).__name__}: {e}")))
+                                   reason=redact(f"{type(e).__name__}: {e}"), graph_s=time.perf_counter() - t))
                 continue
             if task is None:
                 finish(TileOutcome(unit.key.id, year, "empty", time.perf_counter() - t,
-                                   reason="no scenes over the tile for the year"))
+                                   reason="no scenes over the tile for the year", graph_s=time.perf_counter() - t))
                 continue
             fut = client.compute(task, retries=cfg.retries, optimize_graph=False)
-            meta[fut] = (unit, year, t)
+            meta[fut] = (unit, year, t, list(task.__dask_graph__().keys()), time.perf_counter() - t)
             pending.add(fut)
             in_flight += 1
             return True
@@ -434,22 +439,27 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     while in_flight < cfg.tiles_in_flight and submit_next():
         pass
     for fut in pending:
-        unit, year, t = meta.pop(fut)
+        unit, year, t, keys, graph_s = meta.pop(fut)
         in_flight -= 1
+        attempts = task_attempts(client, keys)
         if fut.status == "finished":
             rec = fut.result()
-            finish(TileOutcome(unit.key.id, year, "done", time.perf_counter() - t, rec.valid_px))
+            finish(TileOutcome(unit.key.id, year, "done", time.perf_counter() - t, rec.valid_px, attempts=attempts,
+                               graph_s=graph_s))
         else:
             exc = fut.exception()
             finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
-                               reason=redact(f"{type(exc).__name__}: {exc}")))
+                               reason=redact(f"{type(exc).__name__}: {exc}"), attempts=attempts, graph_s=graph_s))
         fut.release()
         while in_flight < cfg.tiles_in_flight and submit_next():
             pass
     failed = {(t.tile, t.year) for t in rep.tiles if t.status == "failed"}
     rep.years_complete = [y for y in plan.years if not any(fy == y for _, fy in failed)]
+    rep.timings["graph_s"] = sum(o.graph_s for o in rep.tiles)
+    t_inv = time.perf_counter()
     if cfg.inventory:
         rep.inventory = update_inventory(cfg, plan, rep.years_complete)
+    rep.timings["inventory_s"] = time.perf_counter() - t_inv
     rep.wall_s = time.perf_counter() - t0
     path = _report_path(cfg)
     path.parent.mkdir(parents=True, exist_ok=True)

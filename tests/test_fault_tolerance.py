@@ -3,9 +3,10 @@
 - The scheduler SIGKILLed mid-run and started again (the workers die with it and are started again): a
   rerun on a new client finishes with the store byte-identical to a clean run, and recomputes only the
   tiles that were not recorded done before the kill.
-- A tile whose assets fail (served by a local HTTP server over the world's COGs that answers 403/404/503,
-  resets the connection or serves a corrupt file for the assets of ONE tile's scene): the tile is retried,
-  then recorded failed with its reason; the other tile completes; a rerun retries only the failed tile.
+- A tile whose assets fail (served by a local HTTP server over the world's COGs that resets the connection,
+  answers 404/403/503 or serves a corrupt or truncated COG for the assets of ONE tile's scene): the tile is
+  retried (Dask attempts counted from the scheduler's transition log), then recorded failed with its reason;
+  the other tile completes; a rerun retries only the failed tile; a 503 that heals gives a done tile.
 
 The session world (tests/conftest.py) has two tiles of the global grid; one year keeps it quick, with the
 shipped cnn5 checkpoint.
@@ -193,7 +194,8 @@ class FaultyFiles(http.server.ThreadingHTTPServer):
 
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.faults: dict[str, str] = {}  # path prefix -> "403" | "404" | "503" | "reset" | "corrupt"
+        # path prefix -> "403" | "404" | "503" | "reset" | "corrupt" | "truncated" | "503-twice" (then served)
+        self.faults: dict[str, str] = {}
         self.hits: dict[str, int] = {}
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _FaultyHandler)
@@ -213,7 +215,9 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
         for prefix, mode in self.server.faults.items():
             if self.path.startswith(prefix):
                 with self.server.lock:
-                    self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+                    n = self.server.hits[self.path] = self.server.hits.get(self.path, 0) + 1
+                if mode == "503-twice":
+                    return "503" if n <= 2 else None
                 return mode
         return None
 
@@ -232,8 +236,10 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(404)
             return
         data = path.read_bytes()
-        if mode == "corrupt":
+        if mode == "corrupt":  # garbage bytes: not a TIFF at all
             data = bytes(b ^ 0x5A for b in data)
+        elif mode == "truncated":  # a transfer cut short: the header is there, most tiles are not
+            data = data[: max(len(data) // 8, 1024)]
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
             a, _, b = rng[6:].partition("-")
@@ -312,9 +318,21 @@ def _serve_broken_from(world_dir: Path, srv_root: Path) -> None:
     (srv_root / "broken" / "cogs").symlink_to((world_dir / "cogs").resolve())
 
 
+# how each fault reads in the recorded reason (the last attempt's, in GDAL's words). A URL that failed to open
+# is "does not exist" to every later open in that worker process (GDAL's /vsicurl/ cache), so a retry that
+# lands on the same worker records that instead of the status the server gave
+CACHED = "does not exist"
+REASONS = {"reset": ("reset by peer", CACHED), "404": ("404", CACHED), "403": ("403", CACHED),
+           "503": ("503", CACHED), "corrupt": ("not recognized",), "truncated": ("TIFFRead", "IReadBlock")}
+
+
 def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_retries_only_it(
         world_dir, dask_procs, clean_run, tmp_path):
-    """Connection resets, then 404s, for the assets of a scene that only the east tile reads; then they heal."""
+    """One store, one cluster, every fault in turn for the assets of a scene that only the east tile reads:
+    a connection reset (the first run: the west tile completes), then reruns under 404, 403, 503 (for good),
+    a corrupt and a truncated COG, each on restarted workers (GDAL caches what a URL answered per process):
+    each time the east tile alone is attempted, retried by Dask, then recorded failed with its reason.
+    Then a 503 that heals after two answers: retried and done."""
     cfg_ref, ref = clean_run
     plan = pipeline.make_plan(cfg_ref)
     assert len(plan.tiles) == 2, "the session world should have two tiles"
@@ -322,37 +340,41 @@ def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_r
     _serve_broken_from(world_dir, tmp_path / "www")
     with faulty_files(tmp_path / "www") as srv:
         http_world, extra_id = _http_world(world_dir, tmp_path / "world", srv.url, east)
-        srv.faults["/broken/"] = "reset"
         with serve(http_world) as url, connect(ClusterSpec(kind="scheduler", scheduler=dask_procs.address)) as c:
             cfg = pipeline.parse_config(_raw(url, tmp_path, _bbox(world_dir)))
-            rep = pipeline.run_on(c, cfg)
-            by_tile = {o.tile: o for o in rep.tiles}
-            assert by_tile[west.key.id].status == "done", rep.to_dict()
-            bad = by_tile[east.key.id]
-            assert bad.status == "failed", f"the tile whose assets fail was recorded {bad.status!r}: {bad}"
-            assert "/broken/" in bad.reason, bad.reason
-            # retried: the first attempt and `retries` more reached the server
-            attempts = max(srv.hits.values())
-            assert attempts >= cfg.retries + 1, f"{attempts} requests for a failing asset, {cfg.retries} retries"
-            assert json.loads(Path(cfg.report).read_text())["failures"][0]["tile"] == east.key.id
-            # nothing recorded for the failed tile; the west tile is the clean run's
-            assert store.done_tiles(cfg.store, east.key.zone, YEAR) == {west.key.id}
-            west_ref = store.open_predictions(cfg_ref.store, aoi=west.geobox.extent, years=[YEAR])
-            west_got = store.open_predictions(cfg.store, aoi=west.geobox.extent, years=[YEAR])
-            assert np.array_equal(west_ref["classes"].values, west_got["classes"].values)
-            # still failing (404 now): a rerun attempts only the failed tile, and records why again
-            srv.faults["/broken/"] = "404"
-            rep2 = pipeline.run_on(c, cfg)
-            assert rep2.counts() == {"done": 0, "skipped": 1, "failed": 1, "empty": 0}, rep2.to_dict()
-            reason = rep2.to_dict()["failures"][0]["reason"]
-            assert "404" in reason or "does not exist" in reason, reason  # GDAL words an HTTP 404 as "does not exist"
-            assert ".tif" in reason and "sentinel-2-l2a" in reason, reason  # the asset is named
-            # the asset heals: a rerun does only the failed tile. GDAL remembers a 404 for the life of a process
-            # (its /vsicurl/ cache), so the rerun runs on restarted workers, as a later run on a new cluster does
-            srv.faults.clear()
+            for i, mode in enumerate(REASONS):
+                if i:
+                    c.restart()
+                srv.faults = {"/broken/": mode}
+                srv.hits.clear()
+                rep = pipeline.run_on(c, cfg)
+                by_tile = {o.tile: o for o in rep.tiles}
+                if i == 0:  # the west tile completes, byte for byte the clean run's
+                    assert by_tile[west.key.id].status == "done", rep.to_dict()
+                    west_ref = store.open_predictions(cfg_ref.store, aoi=west.geobox.extent, years=[YEAR])
+                    west_got = store.open_predictions(cfg.store, aoi=west.geobox.extent, years=[YEAR])
+                    assert np.array_equal(west_ref["classes"].values, west_got["classes"].values)
+                else:  # a rerun attempts only the failed tile
+                    assert rep.counts() == {"done": 0, "skipped": 1, "failed": 1, "empty": 0}, (mode, rep.to_dict())
+                    assert by_tile[west.key.id].status == "skipped"
+                bad = by_tile[east.key.id]
+                assert bad.status == "failed", f"{mode}: the tile whose assets fail was recorded {bad.status!r}: {bad}"
+                # retried by Dask (GDAL's own HTTP retries do not count): the first attempt and `retries` more
+                assert bad.attempts == cfg.retries + 1, f"{mode}: {bad.attempts} attempts, {cfg.retries} retries"
+                assert srv.hits, f"{mode}: the failing assets were never requested"
+                assert any(w in bad.reason for w in REASONS[mode]), f"{mode}: {bad.reason}"
+                assert "/broken/" in bad.reason and ".tif" in bad.reason, f"{mode}: asset not named: {bad.reason}"
+                failures = json.loads(Path(cfg.report).read_text())["failures"]
+                assert [(f["tile"], f["attempts"]) for f in failures] == [(east.key.id, cfg.retries + 1)], failures
+                # nothing recorded for the failed tile
+                assert store.done_tiles(cfg.store, east.key.zone, YEAR) == {west.key.id}, mode
+            # a 503 twice per asset, then the asset heals: the rerun does only that tile, and it is done
             c.restart()
-            rep3 = pipeline.run_on(c, cfg)
-            assert rep3.counts() == {"done": 1, "skipped": 1, "failed": 0, "empty": 0}, rep3.to_dict()["failures"]
-            assert [o.tile for o in rep3.tiles if o.status == "done"] == [east.key.id]
+            srv.faults = {"/broken/": "503-twice"}
+            srv.hits.clear()
+            rep = pipeline.run_on(c, cfg)
+            assert rep.counts() == {"done": 1, "skipped": 1, "failed": 0, "empty": 0}, rep.to_dict()["failures"]
+            assert [o.tile for o in rep.tiles if o.status == "done"] == [east.key.id]
+            assert srv.hits and min(srv.hits.values()) >= 3, f"503 twice then served: retried {srv.hits}"
             assert store.done_tiles(cfg.store, east.key.zone, YEAR) == {west.key.id, east.key.id}
     assert extra_id and _arrays(tmp_path / "preds.zarr") != _arrays(ref)  # the east tile composites the extra scene
