@@ -1,6 +1,8 @@
 """Accuracy on held-out worlds of every regime, drawn by both renderers (seeds never used in training).
 
     python benchmarks/accuracy.py [--quick] [--models ndsi,unet] [--regimes arctic,southern]
+        [--extra unet_rg=/tmp/unet_rg.pt,optical_rg=/tmp/optical_rg.pt --default unet_rg --optical optical_rg]
+        [--seeds 601,602,603]
 
 For each regime (maritime, continental, high-mountain-asia, arctic, southern) and held-out seed, a
 generator world and its `synthetic render` twin (the same DEM and truth outlines drawn again by the
@@ -13,6 +15,11 @@ glacier IoU, debris IoU, false debris (predicted debris outside every true glaci
 the glacier area) and calving-front distance (tidewater worlds only), and checks the issue-13 targets
 for the default model (unet). `--quick`: one seed per regime at 5 km (10 worlds) instead of two at
 8 km (20 worlds). Prints markdown tables; writes benchmarks/results/accuracy[-quick].json.
+
+Rock glaciers (issue 14): their IoU counts only worlds whose truth has them (continental and
+high-mountain-asia), as median and worst per regime, with the margin of the default model over the
+optical-only one (`--optical`); predicted rock glacier where the truth has none is `false_rock_glacier_km2`.
+Checkpoints that are not shipped (candidates) join with `--extra NAME=PATH` and can be made the default.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -41,17 +49,21 @@ DEFAULT_MODEL = "unet"
 TARGETS = {
     "iou_overall_median": 0.93, "iou_overall_worst": 0.85, "iou_debris_median": 0.80, "iou_debris_worst": 0.60,
     "false_debris_share_worst": 0.02, "front_m_median": 100.0, "debris_margin_over_optical_median": 0.10,
+    "iou_rock_glacier_median": 0.60, "rock_glacier_margin_over_optical_median": 0.10,
 }
-METRICS = ("iou_overall", "iou_debris", "false_debris_km2", "false_debris_share", "front_m")
+METRICS = ("iou_overall", "iou_debris", "false_debris_km2", "false_debris_share", "front_m", "iou_rock_glacier",
+           "false_rock_glacier_km2")
 WORST = {"iou_overall": np.nanmin, "iou_debris": np.nanmin, "false_debris_km2": np.nanmax,
-         "false_debris_share": np.nanmax, "front_m": np.nanmax}
+         "false_debris_share": np.nanmax, "front_m": np.nanmax, "iou_rock_glacier": np.nanmin,
+         "false_rock_glacier_km2": np.nanmax}
 
 
-def classify(name: str, region: train.Region, checkpoints: Path) -> tuple[np.ndarray, np.ndarray]:
-    if name == "ndsi":
+def classify(name: str, region: train.Region, paths: dict[str, Path | None]) -> tuple[np.ndarray, np.ndarray]:
+    path = paths[name]
+    if path is None:
         out = ndsi_threshold(region.features).compute(scheduler="threads")
     else:
-        out = predict(region.features, checkpoints / MODELS[name]).compute(scheduler="threads")
+        out = predict(region.features, path).compute(scheduler="threads")
     return out["classes"].values, out["valid"].values
 
 
@@ -65,7 +77,19 @@ def score(pred: np.ndarray, truth: np.ndarray, res: float = 10.0) -> dict[str, f
     s["false_debris_share"] = float(false_debris.sum() / max(glacier.sum(), 1))
     s["glacier_km2"] = float(glacier.sum() * px_km2)
     s["debris_km2"] = float((truth == Label.DEBRIS_ICE).sum() * px_km2)
+    rock = truth == Label.ROCK_GLACIER
+    s["rock_glacier_km2"] = float(rock.sum() * px_km2)
+    if not rock.any():  # scored only where they occur; elsewhere any is a false alarm
+        s["iou_rock_glacier"] = float("nan")
+    s["false_rock_glacier_km2"] = float(((pred == Label.ROCK_GLACIER) & ~rock & (truth != train.IGNORE)).sum()
+                                        * px_km2)
     return s
+
+
+def margins(rows: list[dict], model: str, optical: str, key: str) -> list[float]:
+    """Per world: `model`'s `key` minus the optical-only model's on the same world (NaN where undefined)."""
+    base = {r["world"]: r[key] for r in rows if r["model"] == optical}
+    return [r[key] - base[r["world"]] for r in rows if r["model"] == model and r["world"] in base]
 
 
 def distribution(rows: list[dict]) -> dict[str, float]:
@@ -87,6 +111,11 @@ def main() -> None:
     ap.add_argument("--regimes", default=",".join(REGIMES), help="comma-separated subset of regimes")
     ap.add_argument("--checkpoints", type=Path, default=CHECKPOINTS, help="directory of the .pt files")
     ap.add_argument("--out", type=Path, default=None, help="JSON to write (default results/accuracy[-quick].json)")
+    ap.add_argument("--extra", default="", help="candidate checkpoints to score too: NAME=PATH[,NAME=PATH]")
+    ap.add_argument("--default", default=DEFAULT_MODEL, help="model the targets are checked for")
+    ap.add_argument("--optical", default="optical_unet", help="optical-only model the margins are measured over")
+    ap.add_argument("--seeds", default="", help="held-out seeds (default 601,602; --quick 601)")
+    ap.add_argument("--size-km", type=float, default=None, help="world size (default 8; --quick 5)")
     args = ap.parse_args()
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -94,12 +123,23 @@ def main() -> None:
     bad = [m for m in models if m not in MODELS] + [r for r in regimes if r not in REGIMES]
     if bad:
         raise SystemExit(f"unknown models/regimes {bad}; models {list(MODELS)}, regimes {list(REGIMES)}")
-    missing = [MODELS[m] for m in models if MODELS[m] and not (args.checkpoints / MODELS[m]).exists()]
+    paths: dict[str, Path | None] = {m: (args.checkpoints / MODELS[m] if MODELS[m] else None) for m in models}
+    for pair in (p.strip() for p in args.extra.split(",") if p.strip()):
+        name, eq, path = pair.partition("=")
+        if not eq or not name or not path or name in paths:
+            raise SystemExit(f"--extra {pair!r}: write NAME=PATH with a name not already scored")
+        paths[name] = Path(path)
+        models.append(name)
+    missing = [str(p) for p in paths.values() if p is not None and not p.exists()]
     if missing:
         raise SystemExit(f"checkpoints missing: {missing}; train them with `glacier-stac train` "
                          "(the command is in each model card)")
-    seeds = HELD_OUT_SEEDS[:1] if args.quick else HELD_OUT_SEEDS
-    size = 5.0 if args.quick else 8.0
+    try:
+        seeds = (tuple(int(v) for v in args.seeds.split(",") if v.strip()) if args.seeds
+                 else HELD_OUT_SEEDS[:1] if args.quick else HELD_OUT_SEEDS)
+    except ValueError:
+        raise SystemExit(f"--seeds {args.seeds!r}: write seeds as 601,602") from None
+    size = args.size_km or (5.0 if args.quick else 8.0)
     years = (2022,) if args.quick else (2023,)
 
     rows: list[dict] = []
@@ -112,7 +152,7 @@ def main() -> None:
                 regions = world_regions(world_dir(spec, args.world))
                 for r in regions:
                     for name in models:
-                        klass, valid = classify(name, r, args.checkpoints)
+                        klass, valid = classify(name, r, paths)
                         pred = np.where(valid, klass, Label.BACKGROUND).astype(np.uint8)
                         rows.append({"world": spec.name, "regime": regime, "renderer": renderer, "seed": seed,
                                      "model": name, "valid_fraction": float(valid.mean()), **score(pred, r.labels)})
@@ -128,8 +168,9 @@ def main() -> None:
             table[name][renderer] = distribution([r for r in mine if r["renderer"] == renderer])
 
     checks: dict[str, bool] = {}
-    if DEFAULT_MODEL in table:
-        d = table[DEFAULT_MODEL]["overall"]
+    default = args.default
+    if default in table:
+        d = table[default]["overall"]
         checks = {
             "iou_overall_median>=0.93": d["iou_overall_median"] >= TARGETS["iou_overall_median"],
             "iou_overall_worst>=0.85": d["iou_overall_worst"] >= TARGETS["iou_overall_worst"],
@@ -138,14 +179,28 @@ def main() -> None:
             "false_debris_share_worst<=0.02": d["false_debris_share_worst"] <= TARGETS["false_debris_share_worst"],
             "front_m_median<=100": d["front_m_median"] <= TARGETS["front_m_median"],
         }
-        if "optical_unet" in table:
-            by_world = {r["world"]: r["iou_debris"] for r in rows if r["model"] == "optical_unet"}
-            margins = [r["iou_debris"] - by_world[r["world"]] for r in rows if r["model"] == DEFAULT_MODEL]
-            margin = float(np.nanmedian(margins))
-            checks["debris_margin_over_optical_median>=0.10"] = margin >= TARGETS["debris_margin_over_optical_median"]
-            table[DEFAULT_MODEL]["overall"]["debris_margin_over_optical_median"] = margin
+        has_rock = np.isfinite(d["iou_rock_glacier_median"])
+        if has_rock:
+            checks["iou_rock_glacier_median>=0.60"] = d["iou_rock_glacier_median"] >= TARGETS["iou_rock_glacier_median"]
+        if args.optical in table:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                margin = float(np.nanmedian(margins(rows, default, args.optical, "iou_debris")))
+                target = TARGETS["debris_margin_over_optical_median"]
+                checks["debris_margin_over_optical_median>=0.10"] = margin >= target
+                table[default]["overall"]["debris_margin_over_optical_median"] = margin
+                for group in [g for g in table[default] if g in regimes]:
+                    m = margins([r for r in rows if r["regime"] == group], default, args.optical, "iou_rock_glacier")
+                    table[default][group]["rock_glacier_margin_over_optical_median"] = float(np.nanmedian(m))
+                rmargin = float(np.nanmedian(margins(rows, default, args.optical, "iou_rock_glacier")))
+            table[default]["overall"]["rock_glacier_margin_over_optical_median"] = rmargin
+            if has_rock:
+                checks["rock_glacier_margin_over_optical_median>=0.10"] = (
+                    rmargin >= TARGETS["rock_glacier_margin_over_optical_median"])
 
-    doc = {"held_out_seeds": list(seeds), "size_km": size, "years": list(years), "quick": args.quick,
+    doc = {"held_out_seeds": list(seeds), "default": default, "optical": args.optical,
+           "checkpoints": {m: str(p) if p is not None else None for m, p in paths.items()},
+           "size_km": size, "years": list(years), "quick": args.quick,
            "regimes": regimes, "renderers": list(RENDERERS), "worlds": len({r["world"] for r in rows}),
            "seconds": round(time.perf_counter() - t0, 1), "models": table, "per_world": rows,
            "targets": TARGETS, "checks": checks}
@@ -155,15 +210,23 @@ def main() -> None:
 
     print(f"\n{doc['worlds']} held-out worlds ({len(regimes)} regimes x seeds {list(seeds)} x {list(RENDERERS)}, "
           f"{size:g} km, {list(years)}); median / worst\n")
-    print("| model | group | glacier IoU | debris IoU | false debris km2 (share) | front m |")
-    print("|---|---|---|---|---|---|")
+    print("| model | group | glacier IoU | debris IoU | false debris km2 (share) | front m | rock glacier IoU "
+          "| false rock glacier km2 |")
+    print("|---|---|---|---|---|---|---|---|")
     for name in models:
         for group, d in table[name].items():
             print(f"| {name} | {group} | {d['iou_overall_median']:.3f} / {d['iou_overall_worst']:.3f} | "
                   f"{d['iou_debris_median']:.3f} / {d['iou_debris_worst']:.3f} | "
                   f"{d['false_debris_km2_median']:.3f} / {d['false_debris_km2_worst']:.3f} "
                   f"({d['false_debris_share_worst']:.1%}) | "
-                  f"{d['front_m_median']:.0f} / {d['front_m_worst']:.0f} |")
+                  f"{d['front_m_median']:.0f} / {d['front_m_worst']:.0f} | "
+                  f"{d['iou_rock_glacier_median']:.3f} / {d['iou_rock_glacier_worst']:.3f} | "
+                  f"{d['false_rock_glacier_km2_median']:.3f} / {d['false_rock_glacier_km2_worst']:.3f} |")
+    if default in table and args.optical in table:
+        print(f"\nmargin of {default} over {args.optical} (median over worlds): debris "
+              f"{table[default]['overall']['debris_margin_over_optical_median']:.3f}, rock glacier "
+              + ", ".join(f"{g} {table[default][g].get('rock_glacier_margin_over_optical_median', float('nan')):.3f}"
+                          for g in [*regimes, "overall"]))
     print("\n" + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
     print(f"wrote {out}")
 
