@@ -62,6 +62,10 @@ EASTINGS_M = (-102_400.0, 1_105_920.0)  # and eastings, a little beyond the zone
 PROB_SCALE = 254  # probability p is stored as round(p * 254); 255 is no data
 META = "_glacier_stac"
 COMPRESSOR = {"name": "zstd", "configuration": {"level": 5, "checksum": False}}
+# the zone-wide x/y coordinates (8 MB of float64 for y): byte-shuffled lz4 compresses an arithmetic sequence
+# to 89 KB in 0.03 s where plain zstd took 0.66 s for 1.3 MB, and every open reads them (0.2 s -> 0.01 s)
+COORD_COMPRESSOR = {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle",
+                                                       "typesize": 8, "blocksize": 0}}
 
 
 class StoreError(ValueError):
@@ -361,11 +365,11 @@ def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUT
     years[:] = np.arange(FIRST_YEAR, LAST_YEAR + 1, dtype=np.int32)
     r = resolution
     y = g.create_array("y", shape=(n,), chunks=(n,), dtype="float64", fill_value=0.0, dimension_names=("y",),
-                       compressors=[COMPRESSOR],
+                       compressors=[COORD_COMPRESSOR],
                        attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"})
     y[:] = -(zone.row0 + np.arange(n) + 0.5) * r
     x = g.create_array("x", shape=(m,), chunks=(m,), dtype="float64", fill_value=0.0, dimension_names=("x",),
-                       compressors=[COMPRESSOR],
+                       compressors=[COORD_COMPRESSOR],
                        attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"})
     x[:] = (zone.col0 + np.arange(m) + 0.5) * r
     sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, dimension_names=(),
