@@ -450,12 +450,17 @@ MUTATIONS: list[Mutation] = [
              "        return max(p0, a // q * q - m), min(p1, -(-b // q) * q + m)",
              "        return p0, p1",
              ("tests/test_infer.py::test_off_lattice_demo_region_cost",)),
-    Mutation("fold-decided-per-chunk", "2. chunk invariance: which patch computes a pixel depends on the region, "
-             "not on the chunk asking",
+    Mutation("fold-decided-per-chunk", "cost: which patch computes a pixel depends on the region, not on the "
+             "chunk asking (the numbers do not show it; the plan's cost must be what the model sees)",
              "glacier_stac/infer.py",
              "    ry, rx = ((extent.y0, extent.y1), (extent.x0, extent.x1)) if extent is not None else "
              "((-math.inf, math.inf),) * 2",
              "    ry, rx = (gy0, gy0 + h), (gx0, gx0 + w)",
+             ("tests/test_infer.py::test_folded_edge_remainders_same_bytes_whatever_the_chunking",)),
+    Mutation("folded-remainder-left-empty", "6. never a silent gap: a folded remainder's pixels are predicted",
+             "glacier_stac/infer.py",
+             "        a = (k - 1) * s if self.owner(k - 1, lo, hi) == k else k * s - self._lo",
+             "        a = k * s - self._lo",
              ("tests/test_infer.py::test_folded_edge_remainders_same_bytes_whatever_the_chunking",)),
     Mutation("batchnorm-fold-drops-batchnorm", "inference models compute the trained function (BatchNorm folded, "
              "not dropped)",
@@ -570,8 +575,8 @@ MUTATIONS: list[Mutation] = [
              ("tests/test_obia_rules.py::test_cold_debris_cut_by_the_edge_of_the_data_is_kept",)),
     Mutation("obia-unknown-temperature-drops-debris", "OBIA: a rule that cannot be evaluated does not drop",
              "glacier_stac/obia.py",
-             "    cold = (anomaly <= -rules.debris_cold_k) | np.isnan(anomaly)",
-             "    cold = anomaly <= -rules.debris_cold_k",
+             "(cold & (gentle | context)) | (np.isnan(anomaly) & gentle)",
+             "(cold & (gentle | context))",
              ("tests/test_obia_rules.py::test_unknown_temperature_is_no_reason_to_drop_gentle_debris",)),
     Mutation("obia-holes-filled-whatever-the-confidence", "OBIA: holes closed off only by doubtful ice are not "
              "filled",

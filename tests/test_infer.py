@@ -396,11 +396,22 @@ def test_folded_edge_remainders_same_bytes_whatever_the_chunking(monkeypatch):
     unfolded = infer.plan(cube((h,), (w,)), ck, patch=patch, fold=0)
     assert pl.computed_px < 0.75 * unfolded.computed_px, (pl.computed_px, unfolded.computed_px)
     calls = record_blocks(monkeypatch)
+    seen: list[int] = []  # model input pixels, forward by forward
+    real_forward = infer.forward_probabilities
+
+    def counting(model, batch, device):
+        seen.append(batch.shape[0] * batch.shape[2] * batch.shape[3])
+        return real_forward(model, batch, device)
+
+    monkeypatch.setattr(infer, "forward_probabilities", counting)
     probs, blocks = [], []
     for cy, cx in [((139, 139), (113, 113)), ((150, 128), (226,)), ((h,), (w,)), ((32,) * 8 + (22,), (100, 126))]:
         calls.clear()
+        seen.clear()
         probs.append(infer.predict(cube(cy, cx), ck, patch=patch).probability.values)
         blocks.append(sorted(calls))
+        # the plan's cost is what the model saw: every block computes the patches the region assigns it
+        assert sum(seen) == infer.plan(cube(cy, cx), ck, patch=patch).computed_px, (cy, cx)
     assert len({tuple(b) for b in blocks}) == len(blocks), "some chunkings gave the same blocks"
     a = probs[0]
     assert np.isfinite(a).sum() > 0.9 * a.size
