@@ -8,9 +8,10 @@ NDSI, slope, elevation, surface temperature relative to bare ground at the same 
 backscatter, area, adjacency), and rules keep or drop it:
 
 - a debris segment is kept when it is chained to an ice body (it is the tongue of that glacier), or when
-  it is colder than bare ground at its elevation (buried ice cools the surface; unknown temperature is no
-  reason to drop) and shows a second sign of a glacier: a gentle slope, clean ice it touches or is joined
-  to through weakly probable pixels (hysteresis), or the edge of the data (its glacier may lie beyond);
+  it is colder than bare ground at its elevation (buried ice cools the surface) and shows a second sign of
+  a glacier: a gentle slope, clean ice it touches or is joined to through weakly probable pixels
+  (hysteresis), or the edge of the data (its glacier may lie beyond); without a temperature reading, a
+  gentle slope alone keeps it;
   isolated "debris" on ridges and rock faces is dropped;
 - a clean-ice segment whose mean NDSI says it is not snow or ice (snow-free high terrain) is dropped;
 - glaciers (kept segments joined by adjacency; with a reference inventory, the pieces lying inside one
@@ -303,15 +304,17 @@ def keep_clean(clean: pd.DataFrame, rules: Rules) -> np.ndarray:
 def keep_debris(debris: pd.DataFrame, rules: Rules) -> np.ndarray:
     """Debris segments kept: chained to an ice body (`ice_body`), or cold for their elevation (buried ice
     cools the surface) and with a second sign of a glacier: a gentle slope, contact with clean ice however
-    small (`touches_ice`: the tongue of a glacier whose clean ice is mostly hidden, in shade or under the
-    threshold), or the edge of the data (`at_edge`: the ice it belongs to may lie beyond, unseen).
-    Cold alone is not enough: shaded rock reads cold too. (A rock-face rule, steeper than 45 deg dropped,
+    small, direct or through weakly probable pixels (`touches_ice`: the tongue of a glacier whose clean ice
+    is mostly hidden, in shade or under the threshold), or the edge of the data (`at_edge`: the ice it
+    belongs to may lie beyond, unseen). Cold alone is not enough: shaded rock reads cold too. Without a
+    temperature reading there, a gentle slope is enough. (A rock-face rule, steeper than 45 deg dropped,
     cost debris IoU on the rendered benchmark world: its debris-covered tongues lie on steep slopes.)"""
     gentle = debris["slope_deg"].to_numpy() <= rules.debris_max_slope_deg
     anomaly = debris["thermal_anomaly_k"].to_numpy()
-    cold = (anomaly <= -rules.debris_cold_k) | np.isnan(anomaly)  # no temperature there: not a reason to drop
+    cold = anomaly <= -rules.debris_cold_k
     context = debris["touches_ice"].to_numpy(bool) | debris["at_edge"].to_numpy(bool)
-    return debris["ice_body"].to_numpy(bool) | (cold & (gentle | context))
+    # no temperature there (cloud, no thermal scene) is no reason to drop debris on a gentle slope
+    return debris["ice_body"].to_numpy(bool) | (cold & (gentle | context)) | (np.isnan(anomaly) & gentle)
 
 
 def linked_to_ice(debris_lab: np.ndarray, nd: int, ice: np.ndarray, weak: np.ndarray) -> np.ndarray:
