@@ -224,3 +224,32 @@ def test_the_deployed_config_is_a_valid_run_config(monkeypatch):
     cfg = pipeline.load_config(cfg_path)
     assert cfg.reference and cfg.store.startswith("s3://") and cfg.cluster.scheduler.endswith(":8786")
     assert Path(cfg.checkpoint).is_file()
+
+
+def _fails_first(marker: str) -> int:
+    """Fails on its first run (a file marks that it ran), succeeds on the next: a task Dask must retry."""
+    p = Path(marker)
+    if not p.exists():
+        p.write_text("ran")
+        raise OSError("transient")
+    return 1
+
+
+def test_task_attempts_count_dask_retries_not_requests(tmp_path):
+    """The report's attempts come from the scheduler's transition log: a task that fails once and is retried
+    ran twice, one that never fails ran once, and with no retries a failure is final after one attempt."""
+    from distributed import wait
+
+    from glacier_stac.cluster import ClusterSpec, connect, task_attempts
+
+    with connect(ClusterSpec(workers=1, threads_per_worker=1, processes=False)) as c:
+        flaky = c.submit(_fails_first, str(tmp_path / "a"), retries=1, pure=False)
+        steady = c.submit(_fails_first, str(tmp_path / "a"), retries=1, pure=False)
+        wait([flaky])
+        wait([steady])
+        assert flaky.result() == 1 and task_attempts(c, [flaky.key]) == 2
+        assert task_attempts(c, [steady.key]) == 1
+        assert task_attempts(c, [flaky.key, steady.key]) == 2  # a tile's graph: its most-tried task
+        final = c.submit(_fails_first, str(tmp_path / "b"), retries=0, pure=False)
+        wait([final])
+        assert final.status == "error" and task_attempts(c, [final.key]) == 1
