@@ -62,9 +62,11 @@ def main() -> None:
         print("no CUDA device on this machine: GPU checks skipped (CPU path checked above)")
         return
     dev = torch.device("cuda")
+    grid = infer.make_grid(ckpt)
     print(f"device: {torch.cuda.get_device_name(dev)}, "
           f"{torch.cuda.get_device_properties(dev).total_memory / 2**30:.1f} GiB; batch for "
-          f"{infer.make_grid(ckpt).patch} px patches: {infer.device_batch_size(dev, infer.make_grid(ckpt).patch)}")
+          f"{grid.patch} px patches (up to {grid.max_patch} px with a folded edge): "
+          f"{infer.device_batch_size(dev, grid.max_patch)}")
     # agreement: the same cube on CPU (fp32) and GPU (fp16 autocast, channels_last)
     small = make_cube(args.cpu_size, 1024, seed=1)
     small = small.copy(data=small.data.persist())
