@@ -4,8 +4,10 @@ Work is the global tile grid. Each tile-year is one unit: search -> cube of the 
 margin -> `infer.predict_tile` -> `store.write_tile` -> completion record. Units are submitted to the
 cluster as separate small graphs, in waves with backpressure (at most `tiles_in_flight` at once), so
 the graph never grows with the region, resources annotations survive (no fusion across tiles), and a
-failing tile is retried, then recorded with its reason while the others go on. Resuming needs no
-memory of earlier runs: the store's completion records say what is done, and a rerun does the rest.
+failing tile is retried, then recorded with its reason while the others go on. The next tiles' searches
+and graphs are built ahead in client threads while the cluster computes, so the client does not cap a
+big cluster's throughput. Resuming needs no memory of earlier runs: the store's completion records say
+what is done, and a rerun does the rest.
 Once all tiles of a year are done, OBIA outlines of the region go into the inventory (the annual update).
 
     cfg = pipeline.load_config("run.toml")
@@ -14,13 +16,17 @@ Once all tiles of a year are done, OBIA outlines of the region go into the inven
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import threading
 import time
 import tomllib
+from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_CHECKPOINT = Path(__file__).parent / "checkpoints" / "unet.pt"
 PLANETARY_COMPUTER = "https://planetarycomputer.microsoft.com/api/stac/v1"
+GRAPH_THREADS = 8  # client threads building the next tiles' search and graphs while the cluster computes
 
 
 class ConfigError(ValueError):
@@ -309,10 +316,12 @@ class TileOutcome:
 
 
 def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str,
-               resources: Mapping[str, float] | None = None):
+               resources: Mapping[str, float] | None = None, store_lock: threading.Lock | None = None):
     """The lazy work of one tile-year (search happens here, on the client): a Delayed returning a TileRecord.
 
-    None when the catalog has no scenes over the tile for the year (recorded, not an error).
+    None when the catalog has no scenes over the tile for the year (recorded, not an error). `store_lock`:
+    held around `store.write`, which may create the zone's arrays (two threads creating them at once
+    collide), when graphs are built in several threads.
     """
     from glacier_stac import catalog, cube
     from glacier_stac.infer import predict_tile
@@ -327,9 +336,10 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
     data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise")
     pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources)  # GPU=1 where GPU workers exist
-    wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
-                 checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},
-                 items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()})
+    with store_lock if store_lock is not None else contextlib.nullcontext():
+        wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
+                     checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},
+                     items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()})
     return wp.tasks[0] if wp.tasks else None
 
 
@@ -406,57 +416,84 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     meta: dict[Any, tuple[TileUnit, int, float, list, float]] = {}
     units = _iter_units(plan)
     in_flight = 0
+    # the next tiles' search and graphs are built ahead, in threads, while the cluster computes: one client
+    # building them one at a time (seconds each: catalog round trips, the store's zone check) would cap a big
+    # cluster at a few tiles a second. Searches and cube/predict graphs build side by side (annotations are
+    # context-local); the store's part holds a lock (it may create the zone); tiles are submitted in plan order
+    ahead: deque[tuple[TileUnit, int, float, Future]] = deque()
+    lookahead = cfg.tiles_in_flight
+    pool = ThreadPoolExecutor(max_workers=min(lookahead, GRAPH_THREADS), thread_name_prefix="tile-graph")
+    store_lock = threading.Lock()
 
     def finish(outcome: TileOutcome) -> None:
         rep.tiles.append(outcome)
         if progress:
             progress(outcome, len(rep.tiles), total)
 
-    def submit_next() -> bool:
-        nonlocal in_flight
-        for unit, year in units:
+    def build(unit: TileUnit, year: int) -> tuple[Any, float]:
+        t = time.perf_counter()
+        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock)
+        return task, time.perf_counter() - t
+
+    def top_up() -> None:
+        while len(ahead) < lookahead:
+            nxt = next(units, None)
+            if nxt is None:
+                return
+            unit, year = nxt
             if unit.key.id in plan.done.get(year, ()):
                 finish(TileOutcome(unit.key.id, year, "skipped"))
                 continue
-            t = time.perf_counter()
+            ahead.append((unit, year, time.perf_counter(), pool.submit(build, unit, year)))
+
+    def submit_next() -> bool:
+        nonlocal in_flight
+        top_up()
+        while ahead:
+            unit, year, t, built = ahead.popleft()
+            top_up()
             try:
-                task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources)
+                task, graph_s = built.result()
             except Exception as e:  # noqa: BLE001 - one tile's bad input must not stop the others
                 finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
                                    reason=redact(f"{type(e).__name__}: {e}"), graph_s=time.perf_counter() - t))
                 continue
             if task is None:
                 finish(TileOutcome(unit.key.id, year, "empty", time.perf_counter() - t,
-                                   reason="no scenes over the tile for the year", graph_s=time.perf_counter() - t))
+                                   reason="no scenes over the tile for the year", graph_s=graph_s))
                 continue
             fut = client.compute(task, retries=cfg.retries, optimize_graph=False)
-            meta[fut] = (unit, year, t, list(task.__dask_graph__().keys()), time.perf_counter() - t)
+            # the tile's seconds: its graph, then the cluster (not the wait for a free slot in between)
+            meta[fut] = (unit, year, time.perf_counter() - graph_s, list(task.__dask_graph__().keys()), graph_s)
             pending.add(fut)
             in_flight += 1
             return True
         return False
 
-    while in_flight < cfg.tiles_in_flight and submit_next():
-        pass
-    for fut in pending:
-        unit, year, t, keys, graph_s = meta.pop(fut)
-        in_flight -= 1
-        attempts = task_attempts(client, keys)
-        if fut.status == "finished":
-            rec = fut.result()
-            finish(TileOutcome(unit.key.id, year, "done", time.perf_counter() - t, rec.valid_px, attempts=attempts,
-                               graph_s=graph_s))
-        else:
-            exc = fut.exception()
-            finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
-                               reason=redact(f"{type(exc).__name__}: {exc}"), attempts=attempts, graph_s=graph_s))
-        fut.release()
+    try:
         while in_flight < cfg.tiles_in_flight and submit_next():
             pass
+        for fut in pending:
+            unit, year, t, keys, graph_s = meta.pop(fut)
+            in_flight -= 1
+            attempts = task_attempts(client, keys)
+            if fut.status == "finished":
+                rec = fut.result()
+                finish(TileOutcome(unit.key.id, year, "done", time.perf_counter() - t, rec.valid_px,
+                                   attempts=attempts, graph_s=graph_s))
+            else:
+                exc = fut.exception()
+                finish(TileOutcome(unit.key.id, year, "failed", time.perf_counter() - t,
+                                   reason=redact(f"{type(exc).__name__}: {exc}"), attempts=attempts, graph_s=graph_s))
+            fut.release()
+            while in_flight < cfg.tiles_in_flight and submit_next():
+                pass
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
     failed = {(t.tile, t.year) for t in rep.tiles if t.status == "failed"}
     rep.years_complete = [y for y in plan.years if not any(fy == y for _, fy in failed)]
     rep.timings["graph_s"] = sum(o.graph_s for o in rep.tiles)
-    t_inv = time.perf_counter()
+    t_inv = time.perf_counter()  # graph_s: summed over tiles, whose graphs are built side by side
     if cfg.inventory:
         rep.inventory = update_inventory(cfg, plan, rep.years_complete)
     rep.timings["inventory_s"] = time.perf_counter() - t_inv
