@@ -257,7 +257,8 @@ def worker_memory(ckpt: Checkpoint, region: int, chunk: int, patch: int, batch_s
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true",
-                    help="1024 px cube in 512 px tiles (patch 624), memory on 256 px regions; 4096 px, 1024 px tiles else")
+                    help="1024 px cube in 512 px tiles (patch 624), memory on 256 px regions "
+                         "(else 4096 px, 1024 px tiles)")
     ap.add_argument("--model", default="unet")
     ap.add_argument("--size", type=int, default=None)
     ap.add_argument("--chunk", type=int, default=None, help="cube chunk (px); default the tile stride")
