@@ -143,13 +143,19 @@ def main() -> None:
     years = (2022,) if args.quick else (2023,)
 
     rows: list[dict] = []
+    skipped: list[str] = []
     t0 = time.perf_counter()
     for regime in regimes:
         for seed in seeds:
             for renderer in RENDERERS:
                 spec = WorldSpec(regime, seed, size, years, renderer)
                 tw = time.perf_counter()
-                regions = world_regions(world_dir(spec, args.world))
+                try:
+                    regions = world_regions(world_dir(spec, args.world))
+                except RuntimeError as e:  # a seed whose world cannot form (no glacier): said, not scored
+                    print(f"  {spec.name}: skipped ({e})", flush=True)
+                    skipped.append(spec.name)
+                    break
                 for r in regions:
                     for name in models:
                         klass, valid = classify(name, r, paths)
@@ -202,6 +208,7 @@ def main() -> None:
            "checkpoints": {m: str(p) if p is not None else None for m, p in paths.items()},
            "size_km": size, "years": list(years), "quick": args.quick,
            "regimes": regimes, "renderers": list(RENDERERS), "worlds": len({r["world"] for r in rows}),
+           "skipped": skipped,
            "seconds": round(time.perf_counter() - t0, 1), "models": table, "per_world": rows,
            "targets": TARGETS, "checks": checks}
     out = args.out or RESULTS / ("accuracy-quick.json" if args.quick else "accuracy.json")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from glacier_stac import cube, metrics, train
-from glacier_stac.models.checkpoint import save
+from glacier_stac.models.checkpoint import load, save
 from glacier_stac.synthetic.config import REGIMES
 from glacier_stac.testing.regime_worlds import RENDERERS, WorldSpec, world_dir
 from glacier_stac.testing.regions import world_regions
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=12)
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--batch-size", type=int, default=8)
+    ap.add_argument("--lr", type=float, default=2e-3, help="peak learning rate (lower when fine-tuning, --init)")
     ap.add_argument("--base", type=int, default=16)
     ap.add_argument("--world", type=Path, default=Path(".cache/train-regimes"))
     ap.add_argument("--no-randomise", action="store_true")
@@ -52,6 +53,8 @@ def main() -> None:
                     help="all cube features, or the optical ones only (the margin baseline)")
     ap.add_argument("--optical-out", type=Path, default=None,
                     help="also train the optical-only counterpart on the same worlds, written here")
+    ap.add_argument("--init", type=Path, default=None,
+                    help="fine-tune this checkpoint (e.g. the shipped unet.pt) instead of random weights")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -93,15 +96,17 @@ def main() -> None:
 def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], years: tuple[int, ...],
         tr: list[train.Region], va: list[tuple[str, train.Region]]) -> None:
     """Train one checkpoint (`kind`: all features or optical only), score it per regime, write it and its card."""
-    feats = list(cube.FEATURES) if kind == "all" else list(train.OPTICAL_FEATURES)
-    required = ["elevation"] if kind == "all" else ["B03", "B11"]
+    init = load(args.init) if args.init and kind == args.features else None
+    feats = (None if init is not None else list(cube.FEATURES) if kind == "all" else list(train.OPTICAL_FEATURES))
+    required = (init.required_features if init is not None else ["elevation"] if kind == "all" else ["B03", "B11"])
     ckpt, _ = train.train(
-        tr, [r for _, r in va], model=args.model, features=feats, required=required, epochs=args.epochs,
-        steps_per_epoch=args.steps, batch_size=args.batch_size, patch=128, seed=0,
+        tr, [r for _, r in va], model=args.model, features=feats, required=required, epochs=args.epochs, init=init,
+        steps_per_epoch=args.steps, batch_size=args.batch_size, patch=128, seed=0, lr=args.lr,
         model_kwargs={"base": args.base}, domain_randomisation=not args.no_randomise,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}; validation one "
-              f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"),
+              f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"
+              + (f"; fine-tuned from {args.init.name} ({init.data})" if init is not None else "")),
         command="python benchmarks/train_regimes.py " + " ".join(sys.argv[1:]) + f" [{kind}]")
     per_regime = {}
     for regime in regimes:

@@ -219,17 +219,26 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           steps_per_epoch: int = 40, batch_size: int = 8, patch: int = 128, lr: float = 2e-3, seed: int = 0,
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
           progress: bool = True, domain_randomisation: bool = False,
-          classes: Sequence[str] | None = None) -> tuple[Checkpoint, list[dict]]:
+          classes: Sequence[str] | None = None, init: Checkpoint | None = None) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
     the training worlds' climate carry less weight than the contrasts that hold everywhere.
     `classes`: the output classes (default: `classes_for` the training regions: rock glaciers only
-    when the truth has them, so a model of glacier-only worlds keeps the four base classes)."""
+    when the truth has them, so a model of glacier-only worlds keeps the four base classes).
+    `init`: fine-tune this checkpoint (its model, features and normalisation) instead of starting from
+    random weights; a head with fewer classes keeps its rows and the new classes' rows start fresh, so a
+    shipped four-class model learns rock glaciers without relearning glaciers."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
         raise ValueError("no validation regions: validate on other regions (see spatial_split)")
+    if init is not None:
+        model, kw_init = init.model, dict(init.model_kwargs)
+        if features is not None and list(features) != init.features:
+            raise ValueError(f"features {list(features)} differ from those of the checkpoint fine-tuned "
+                             f"({init.features})")
+        features, model_kwargs = init.features, kw_init
     feats = list(features or cubes.FEATURES)
     for r in (*train_regions, *val_regions):
         missing = [f for f in feats if f not in r.features.feature.values]
@@ -243,8 +252,12 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     net = get_model(model, len(feats), len(names), **kw)
     if patch % net.divisor:
         raise ValueError(f"patch {patch} px is not a multiple of {model}'s divisor {net.divisor}")
+    if init is not None:
+        _load_grown(net, init.state_dict)
+        mean, std = list(init.mean), list(init.std)
+    else:
+        mean, std = normalisation(train_regions, feats)
     net.to(dev)
-    mean, std = normalisation(train_regions, feats)
     arrays = [normalise(r.features.sel(feature=feats).values, mean, std) for r in train_regions]
     loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_regions, len(names)).to(dev), ignore_index=IGNORE)
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
@@ -296,6 +309,22 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     assert best is not None
     best[1].metrics["history"] = history
     return best[1], history
+
+
+def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """Load weights into `net`; a tensor whose first dimension grew (a head with more classes) keeps the
+    old rows and its own fresh ones for the rest. Any other mismatch is an error naming the tensor."""
+    own = net.state_dict()
+    for k, v in state.items():
+        if k not in own:
+            raise ValueError(f"checkpoint tensor {k!r} is not in the model")
+        if own[k].shape == v.shape:
+            own[k] = v.clone()
+        elif own[k].dim() == v.dim() and own[k].shape[1:] == v.shape[1:] and own[k].shape[0] > v.shape[0]:
+            own[k][: v.shape[0]] = v
+        else:
+            raise ValueError(f"checkpoint tensor {k!r} of shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
+    net.load_state_dict(own)
 
 
 def predict_labels(ckpt: Checkpoint, features: xr.DataArray) -> tuple[np.ndarray, np.ndarray]:

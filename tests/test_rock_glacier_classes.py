@@ -150,3 +150,25 @@ def test_store_flags_follow_the_writing_models_classes(tmp_path: Path) -> None:
                                  classes=list(CLASSES))
     write(five, 2023)
     assert flags() == ([0, 1, 2, 3, 4], list(CLASSES))
+
+
+def test_fine_tuning_grows_a_four_class_head_keeping_its_rows() -> None:
+    """A shipped four-class model fine-tuned with rock glaciers starts from its own weights: the new
+    class gets a fresh row in the head, the old classes keep theirs."""
+    import torch
+
+    torch.manual_seed(0)
+    four = get_model("cnn5", len(FEATS), 4)
+    five = get_model("cnn5", len(FEATS), 5)
+    fresh = {k: v.clone() for k, v in five.state_dict().items()}
+    train._load_grown(five, four.state_dict())
+    for k, v in four.state_dict().items():
+        got = five.state_dict()[k]
+        if v.dim() == 0:  # BatchNorm's counters
+            assert got == v
+            continue
+        torch.testing.assert_close(got[: v.shape[0]], v)
+        if got.shape != v.shape:  # the head: the rock-glacier row is the fresh one
+            torch.testing.assert_close(got[v.shape[0]:], fresh[k][v.shape[0]:])
+    with pytest.raises(ValueError, match="does not fit"):
+        train._load_grown(get_model("cnn5", len(FEATS) + 1, 5), four.state_dict())
