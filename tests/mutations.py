@@ -590,6 +590,16 @@ MUTATIONS: list[Mutation] = [
              "    groups = reference_groups(gid, ng, refr) if refr is not None else None",
              "    groups = None",
              ("tests/test_obia_rules.py::test_mmu_applies_to_the_pieces_of_one_reference_glacier_together",)),
+    Mutation("store-zone-creation-races", "writers creating one zone at once all succeed (same bytes)",
+             "glacier_stac/store.py",
+             "    except zarr.errors.ContainsArrayError:  # created by another writer",
+             "    except ZeroDivisionError:  # created by another writer",
+             ("tests/test_store.py::test_writers_creating_one_zone_at_once_all_succeed",)),
+    Mutation("store-half-created-zone-used", "a zone is used only once all its arrays and coordinates are stored",
+             "glacier_stac/store.py",
+             '            if name not in root or not root[name].attrs.get("complete"):\n',
+             "            if name not in root:\n",
+             ("tests/test_store.py::test_writers_creating_one_zone_at_once_all_succeed",)),
 ]
 
 
