@@ -30,6 +30,7 @@ import json
 import logging
 import os
 import posixpath
+import time
 import uuid
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
@@ -297,6 +298,8 @@ def _open_root(loc: Location, mode: str, resolution: float = RESOLUTION, tile_px
     if root is None:
         try:
             root = zarr.open_group(store, mode="a", zarr_format=3, attributes=_root_attrs(resolution, tile_px))
+        except zarr.errors.ContainsGroupError:  # another writer created it a moment ago
+            root = zarr.open_group(store, mode="r", zarr_format=3)
         except (PermissionError, OSError) as e:
             raise StoreError(f"cannot create the store at {loc}: {e}") from None
         if not root.attrs.get("layout"):
@@ -335,47 +338,78 @@ def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUT
     zone = Zone(str(CRS(crs)), resolution, tile_px)
     root = _open_root(loc, "a", resolution, tile_px)
     name = zone.name
-    if name in root:
+    for attempt in range(10):
+        try:
+            if name not in root or not root[name].attrs.get("complete"):
+                _create_zone(root, zone, classes)  # absent, or another writer is creating it: same bytes
+            g = root[name]
+            break
+        except (zarr.errors.ContainsArrayError, zarr.errors.ContainsGroupError):
+            raise  # _create_zone settles these where they arise; retrying would hide a creation bug
+        except (KeyError, ValueError):  # metadata half-written by a writer creating the zone at this moment
+            time.sleep(0.05 * (attempt + 1))
+    else:
+        raise StoreError(f"group {name} of {loc} could not be created or read (another writer keeps changing it?)")
+    if g.attrs.get("crs") != zone.crs or tuple(g["probability"].shape) != zone.shape:
+        raise StoreError(f"group {name} of {loc} has crs {g.attrs.get('crs')} and shape "
+                         f"{tuple(g['probability'].shape)}; expected {zone.crs} and {zone.shape}")
+    if len(classes) > len(g["classes"].attrs.get("flag_values", ())):
+        g["classes"].attrs.update(flag_values=list(range(len(classes))), flag_meanings=" ".join(classes))
+    return zone
+
+
+def _create_or_open(g: zarr.Group, name: str, **spec) -> zarr.Array:
+    try:
+        return g.create_array(name, **spec)
+    except zarr.errors.ContainsArrayError:  # created by another writer (the same spec: creation is deterministic)
+        return g[name]
+
+
+def _create_zone(root: zarr.Group, zone: Zone, classes: Sequence[str]) -> None:
+    """Create what is missing of a zone's group, write its coordinates, then mark it complete.
+
+    Idempotent and deterministic: writers creating one zone at once (processes of two runs, threads
+    of one) each create what they find missing and write the same bytes; the `complete` mark comes last,
+    so a zone is used only once every array and coordinate is stored (a creator killed half-way is finished
+    by the next writer).
+    """
+    name, tile_px, resolution = zone.name, zone.tile_px, zone.resolution
+    try:
+        g = root.create_group(name, attributes={"crs": zone.crs, "row0": zone.row0, "col0": zone.col0})
+    except zarr.errors.ContainsGroupError:
         g = root[name]
-        if g.attrs.get("crs") != zone.crs or tuple(g["probability"].shape) != zone.shape:
-            raise StoreError(f"group {name} of {loc} has crs {g.attrs.get('crs')} and shape "
-                             f"{tuple(g['probability'].shape)}; expected {zone.crs} and {zone.shape}")
-        if len(classes) > len(g["classes"].attrs.get("flag_values", ())):
-            g["classes"].attrs.update(flag_values=list(range(len(classes))), flag_meanings=" ".join(classes))
-        return zone
-    g = root.create_group(name, attributes={"crs": zone.crs, "row0": zone.row0, "col0": zone.col0})
     t, n, m = zone.shape
     chunks = (1, tile_px, tile_px)
     dims = ("year", "y", "x")
     common = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
-    g.create_array("probability", shape=(t, n, m), chunks=chunks, dtype="uint8", fill_value=255,
-                   dimension_names=dims, compressors=[COMPRESSOR],
-                   attributes={**common, "long_name": "glacier probability (clean + debris-covered ice)",
-                               "units": "1", "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
-                               "_FillValue": 255, "valid_range": [0, PROB_SCALE]})
-    g.create_array("classes", shape=(t, n, m), chunks=chunks, dtype="uint8", fill_value=NODATA_CLASS,
-                   dimension_names=dims, compressors=[COMPRESSOR],
-                   attributes={**common, "long_name": "surface class", "_FillValue": NODATA_CLASS,
-                               "flag_values": list(range(len(classes))), "flag_meanings": " ".join(classes)})
-    g.create_array("valid", shape=(t, n, m), chunks=chunks, dtype="bool", fill_value=False,
-                   dimension_names=dims, compressors=[COMPRESSOR],
-                   attributes={**common, "long_name": "the model had its required inputs"})
-    years = g.create_array("year", shape=(t,), chunks=(t,), dtype="int32", fill_value=0, dimension_names=("year",),
-                           attributes={"long_name": "year of the annual map", "units": "1"})
+    _create_or_open(g, "probability", shape=(t, n, m), chunks=chunks, dtype="uint8", fill_value=255,
+                    dimension_names=dims, compressors=[COMPRESSOR],
+                    attributes={**common, "long_name": "glacier probability (clean + debris-covered ice)",
+                                "units": "1", "scale_factor": 1.0 / PROB_SCALE, "add_offset": 0.0,
+                                "_FillValue": 255, "valid_range": [0, PROB_SCALE]})
+    _create_or_open(g, "classes", shape=(t, n, m), chunks=chunks, dtype="uint8", fill_value=NODATA_CLASS,
+                    dimension_names=dims, compressors=[COMPRESSOR],
+                    attributes={**common, "long_name": "surface class", "_FillValue": NODATA_CLASS,
+                                "flag_values": list(range(len(classes))), "flag_meanings": " ".join(classes)})
+    _create_or_open(g, "valid", shape=(t, n, m), chunks=chunks, dtype="bool", fill_value=False,
+                    dimension_names=dims, compressors=[COMPRESSOR],
+                    attributes={**common, "long_name": "the model had its required inputs"})
+    years = _create_or_open(g, "year", shape=(t,), chunks=(t,), dtype="int32", fill_value=0, dimension_names=("year",),
+                            attributes={"long_name": "year of the annual map", "units": "1"})
     years[:] = np.arange(FIRST_YEAR, LAST_YEAR + 1, dtype=np.int32)
     r = resolution
-    y = g.create_array("y", shape=(n,), chunks=(n,), dtype="float64", fill_value=0.0, dimension_names=("y",),
-                       compressors=[COORD_COMPRESSOR],
-                       attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"})
+    y = _create_or_open(g, "y", shape=(n,), chunks=(n,), dtype="float64", fill_value=0.0, dimension_names=("y",),
+                        compressors=[COORD_COMPRESSOR],
+                        attributes={"standard_name": "projection_y_coordinate", "units": "m", "axis": "Y"})
     y[:] = -(zone.row0 + np.arange(n) + 0.5) * r
-    x = g.create_array("x", shape=(m,), chunks=(m,), dtype="float64", fill_value=0.0, dimension_names=("x",),
-                       compressors=[COORD_COMPRESSOR],
-                       attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"})
+    x = _create_or_open(g, "x", shape=(m,), chunks=(m,), dtype="float64", fill_value=0.0, dimension_names=("x",),
+                        compressors=[COORD_COMPRESSOR],
+                        attributes={"standard_name": "projection_x_coordinate", "units": "m", "axis": "X"})
     x[:] = (zone.col0 + np.arange(m) + 0.5) * r
-    sr = g.create_array("spatial_ref", shape=(), dtype="int32", fill_value=0, dimension_names=(),
-                        attributes=_spatial_ref_attrs(zone))
+    sr = _create_or_open(g, "spatial_ref", shape=(), dtype="int32", fill_value=0, dimension_names=(),
+                         attributes=_spatial_ref_attrs(zone))
     sr[...] = 0
-    return zone
+    g.attrs["complete"] = True  # last: every array and coordinate above is stored
 
 
 # --------------------------------------------------------------------------- records
@@ -461,6 +495,33 @@ def _full_tile(block: np.ndarray, r_in: int, c_in: int, tile_px: int, fill) -> n
     return out
 
 
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_chunks(loc: Location, zone: Zone, arrays: Mapping[str, zarr.Array], coords: tuple[int, int, int]) -> None:
+    """Flush a tile's chunk files and the directories naming them to disk before its record is written.
+
+    Why: the record says the data is durable; without this a power cut (not only a killed process) could
+    keep a record whose chunks were still in the page cache. An object store's PUT is durable when it returns.
+    """
+    if not loc.is_local:
+        return
+    root = Path(loc.url.removeprefix("file://")) / zone.name
+    dirs: set[Path] = set()
+    for name, arr in arrays.items():
+        f = root / name / arr.metadata.encode_chunk_key(coords)
+        if f.is_file():  # an all-no-data chunk is not stored (zarr's write_empty_chunks=False)
+            _fsync(f)
+            dirs.update(q for q in f.parents if q.is_relative_to(root / name))
+    for d in sorted(dirs, reverse=True):  # the new c/<year>/<row> directories, deepest first
+        _fsync(d)
+
+
 def write_tile(loc: Location, zone: Zone, year: int, row: int, col: int, probability: np.ndarray,
                classes: np.ndarray, valid: np.ndarray, run_id: str, items: Mapping[str, Sequence[str]],
                checkpoint: Mapping[str, str]) -> TileRecord:
@@ -481,9 +542,11 @@ def write_tile(loc: Location, zone: Zone, year: int, row: int, col: int, probabi
     g = zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3, path=zone.name)
     i0, j0 = t0r - zone.row0, t0c - zone.col0
     sl = (yi, slice(i0, i0 + zone.tile_px), slice(j0, j0 + zone.tile_px))
-    g["probability"][sl] = _full_tile(encode_probability(probability), r_in, c_in, zone.tile_px, 255)
-    g["classes"][sl] = _full_tile(classes.astype(np.uint8), r_in, c_in, zone.tile_px, NODATA_CLASS)
-    g["valid"][sl] = _full_tile(valid.astype(bool), r_in, c_in, zone.tile_px, False)
+    arrays = {name: g[name] for name in ("probability", "classes", "valid")}
+    arrays["probability"][sl] = _full_tile(encode_probability(probability), r_in, c_in, zone.tile_px, 255)
+    arrays["classes"][sl] = _full_tile(classes.astype(np.uint8), r_in, c_in, zone.tile_px, NODATA_CLASS)
+    arrays["valid"][sl] = _full_tile(valid.astype(bool), r_in, c_in, zone.tile_px, False)
+    _sync_chunks(loc, zone, arrays, (yi, i0 // zone.tile_px, j0 // zone.tile_px))
     rec = TileRecord(tile=key.id, zone=zone.name, year=int(year), row=t0r, col=t0c, valid_px=int(valid.sum()),
                      run_id=run_id, items={k: sorted(redact(str(i)) for i in v if "://" not in str(i))
                                            for k, v in items.items()},

@@ -154,6 +154,36 @@ def test_write_runs_the_model_once_per_tile(tmp_path, monkeypatch):
     assert np.array_equal(ds["classes"].sel(year=YEAR).values, pred["classes"].values)
 
 
+def test_writers_creating_one_zone_at_once_all_succeed(tmp_path):
+    """Runs (or a run's graph-building threads) that start on a new store at once all create the zone.
+
+    Found by the demo: two tiles of one run failed with ContainsArrayError / KeyError 'classes'.
+    """
+    import threading
+
+    for trial in range(3):
+        path = tmp_path / f"race-{trial}.zarr"
+        start = threading.Barrier(4)
+        errors: list[BaseException] = []
+
+        def create(path=path, start=start, errors=errors) -> None:
+            start.wait()
+            try:
+                store.ensure_zone(path, P.CRS, tile_px=TILE)
+            except BaseException as e:  # noqa: BLE001 - collected and reported below
+                errors.append(e)
+
+        threads = [threading.Thread(target=create) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert not errors, [f"{type(err).__name__}: {err}" for err in errors]
+        g = zarr.open_group(str(path / "EPSG32606"), mode="r")
+        assert g.attrs["complete"] and {"probability", "classes", "valid", "y", "x", "spatial_ref"} <= set(g.keys())
+        assert float(g["y"][0]) == -(store.Zone(P.CRS, tile_px=TILE).row0 + 0.5) * 10.0
+
+
 def _writer(path, *extra: str, sleep: float = 0.0) -> subprocess.Popen:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONWARNINGS": "ignore"}
     return subprocess.Popen([sys.executable, "-m", "glacier_stac.testing.predictions", str(path), "--tiles", "3",
