@@ -383,7 +383,9 @@ def _inputs(pred: xr.Dataset, year: int | None, threshold: float) -> tuple[xr.Da
     pred = _one_year(pred, year)
     grid = grid_of(pred)
     prob = pred[PROBABILITY]
-    candidate = pred[VALID].astype(bool) & (prob >= threshold) & (pred[CLASSES_VAR] != NODATA_CLASS)
+    # rock glaciers are never glacier area, whatever share the glacier classes hold (issue 14)
+    candidate = (pred[VALID].astype(bool) & (prob >= threshold) & (pred[CLASSES_VAR] != NODATA_CLASS)
+                 & (pred[CLASSES_VAR] != Label.ROCK_GLACIER))
     return pred, grid, candidate
 
 
@@ -786,3 +788,42 @@ def _joined_geometry(p: gpd.GeoDataFrame, edges: list[tuple[int, int]], res: flo
     if not geom.is_valid:
         geom = shapely.make_valid(geom)
     return shapely.normalize(gpd.GeoSeries([geom], crs=crs).to_crs(4326).iat[0])
+
+
+# --------------------------------------------------------------------------- rock glaciers (their own layer)
+
+ROCK_GLACIER_CLASS = "rock_glacier"  # `primeclass` of the layer (RGI keeps rock glaciers out of its glaciers)
+
+
+def rock_glacier_outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rules = Rules(), *,
+                          year: int | None = None) -> gpd.GeoDataFrame:
+    """Rock glaciers of one region-year as their own layer, never glacier area (issue 14).
+
+    Objects: 4-connected valid pixels of class `Label.ROCK_GLACIER` (a model without the class gives an
+    empty layer), holes under the MMU filled, objects under the MMU dropped, numbered by their first pixel
+    in raster order (seam-free as the glaciers). Columns: `primeclass`, `n_px`, elevations, areas."""
+    pred = _one_year(pred, year)
+    grid = grid_of(pred)
+    lab, n = label((pred[VALID].astype(bool) & (pred[CLASSES_VAR] == Label.ROCK_GLACIER)).data)
+    fill_holes_and_mmu(lab, n, rules.mmu_km2 * 1e6, grid.pixel_m2)
+    lab, n = canonical(lab)
+    elev = _features(features, pred).get("elevation")
+    rows, geoms = [], []
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        pad = (slice(max(sl[0].start - 1, 0), sl[0].stop + 1), slice(max(sl[1].start - 1, 0), sl[1].stop + 1))
+        obj = lab[pad] == i
+        win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
+                                      pad[0].stop - pad[0].start)
+        geoms.append(_polygon(obj, rasterio.windows.transform(win, grid.transform), grid.res))
+        z = elev[pad][obj] if elev is not None else np.array([])
+        z = z[np.isfinite(z)]
+        rows.append({"primeclass": ROCK_GLACIER_CLASS, "n_px": int(obj.sum()),
+                     "zmin_m": float(z.min()) if z.size else np.nan,
+                     "zmed_m": float(np.median(z)) if z.size else np.nan,
+                     "zmax_m": float(z.max()) if z.size else np.nan})
+    gdf = gpd.GeoDataFrame(pd.DataFrame(rows, columns=["primeclass", "n_px", "zmin_m", "zmed_m", "zmax_m"]),
+                           geometry=geoms, crs=grid.crs)
+    gdf.insert(0, "obj", np.arange(1, len(gdf) + 1, dtype=np.int32))
+    area, _ = geodesic_area_perimeter(gdf.geometry.to_crs(4326))
+    gdf["area_km2"] = area / 1e6
+    return gdf

@@ -537,6 +537,11 @@ MUTATIONS: list[Mutation] = [
              "    rock_geoms = [g for g, rock in classed if rock]",
              "    rock_geoms = []",
              ("tests/test_rock_glaciers.py::test_render_draws_rock_glaciers_from_a_class_column",)),
+    Mutation("obia-rock-glacier-joins-glacier", "outlines never count rock glaciers as glacier area",
+             "glacier_stac/obia.py",
+             "                 & (pred[CLASSES_VAR] != Label.ROCK_GLACIER))",
+             "                 )",
+             ("tests/test_rock_glacier_classes.py::test_outlines_keep_rock_glaciers_in_their_own_layer",)),
     Mutation("sensor-kernel-by-name", "a sensor is one record: its `kernel` field, not its name, picks the cube's "
              "per-tile kernel (a second optical sensor needs no table entry)",
              "glacier_stac/cube.py",

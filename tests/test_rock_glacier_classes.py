@@ -172,3 +172,37 @@ def test_fine_tuning_grows_a_four_class_head_keeping_its_rows() -> None:
             torch.testing.assert_close(got[v.shape[0]:], fresh[k][v.shape[0]:])
     with pytest.raises(ValueError, match="does not fit"):
         train._load_grown(get_model("cnn5", len(FEATS) + 1, 5), four.state_dict())
+
+
+def _pred(labels: np.ndarray, prob: np.ndarray) -> xr.Dataset:
+    h, w = labels.shape
+    return xr.Dataset(
+        {"probability": (("y", "x"), prob.astype(np.float32)), "classes": (("y", "x"), labels.astype(np.uint8)),
+         "valid": (("y", "x"), np.ones((h, w), bool))},
+        coords={"y": 5_100_000 - 10.0 * (np.arange(h) + 0.5), "x": 400_000 + 10.0 * (np.arange(w) + 0.5)},
+    ).rio.write_crs("EPSG:32632")
+
+
+@pytest.mark.parametrize("chunks", [None, 32])
+def test_outlines_keep_rock_glaciers_in_their_own_layer(chunks: int | None) -> None:
+    """Rock glacier pixels never join a glacier outline, even where the glacier classes' probabilities
+    add up over the threshold; they come out as their own layer (`primeclass`), seam-free."""
+    import rioxarray  # noqa: F401
+
+    from glacier_stac import obia
+
+    lab = np.zeros((96, 96), np.uint8)
+    lab[8:40, 8:40] = Label.CLEAN_ICE
+    lab[50:80, 40:70] = Label.ROCK_GLACIER
+    prob = np.where(lab == Label.CLEAN_ICE, 0.9, 0.05)
+    prob[50:80, 40:70] = 0.55  # clean + debris outweigh it together, but the model called it a rock glacier
+    ds = _pred(lab, prob)
+    ds = ds.chunk({"y": chunks, "x": chunks}) if chunks else ds
+    glaciers = obia.outlines(ds)
+    assert len(glaciers) == 1 and glaciers["n_px"].iloc[0] == 32 * 32
+    rock = obia.rock_glacier_outlines(ds)
+    assert list(rock["primeclass"]) == ["rock_glacier"] and rock["n_px"].iloc[0] == 30 * 30
+    assert rock["area_km2"].iloc[0] == pytest.approx(0.09, rel=0.01)
+    assert not rock.geometry.iloc[0].intersects(glaciers.geometry.iloc[0])
+    four = _pred(np.where(lab == Label.ROCK_GLACIER, 0, lab), prob)  # a four-class model: an empty layer
+    assert len(obia.rock_glacier_outlines(four)) == 0
