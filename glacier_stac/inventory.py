@@ -234,6 +234,21 @@ def outlines_for(predictions: xr.Dataset | str | Path, year: int, *,
     return obia.merge_zones(outl, obia.grid_of(parts[0]).res)
 
 
+def rock_glaciers_for(predictions: xr.Dataset | str | Path, year: int, *,
+                      features: xr.DataArray | list[xr.DataArray] | None = None, rules: obia.Rules = obia.Rules(),
+                      aoi=None) -> gpd.GeoDataFrame:
+    """Rock glaciers of one year: their own layer (`primeclass` rock_glacier), never part of the glacier
+    outlines, ids or change table (RGI keeps them out; issue 14). One zone: its CRS; several: EPSG:4326
+    (pieces cut by a zone boundary are not joined yet)."""
+    parts = zone_predictions(predictions, year, aoi)
+    several = len(parts) > 1
+    layers = [obia.rock_glacier_outlines(p, _features_for(features, p, several), rules) for p in parts]
+    if not several:
+        return layers[0]
+    return gpd.GeoDataFrame(pd.concat([obia.to_wgs84(g) for g in layers], ignore_index=True), geometry="geometry",
+                            crs=4326)
+
+
 # --------------------------------------------------------------------------- identity
 
 

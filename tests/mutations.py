@@ -542,6 +542,11 @@ MUTATIONS: list[Mutation] = [
              "                 & (pred[CLASSES_VAR] != Label.ROCK_GLACIER))",
              "                 )",
              ("tests/test_rock_glacier_classes.py::test_outlines_keep_rock_glaciers_in_their_own_layer",)),
+    Mutation("inventory-rock-glacier-layer-is-glaciers", "the inventory keeps rock glaciers in their own layer",
+             "glacier_stac/inventory.py",
+             "    layers = [obia.rock_glacier_outlines(p, _features_for(features, p, several), rules) for p in parts]",
+             "    layers = [obia.outlines(p, _features_for(features, p, several), rules) for p in parts]",
+             ("tests/test_rock_glacier_classes.py::test_inventory_keeps_rock_glaciers_in_their_own_layer",)),
     Mutation("sensor-kernel-by-name", "a sensor is one record: its `kernel` field, not its name, picks the cube's "
              "per-tile kernel (a second optical sensor needs no table entry)",
              "glacier_stac/cube.py",

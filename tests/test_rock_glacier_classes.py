@@ -206,3 +206,21 @@ def test_outlines_keep_rock_glaciers_in_their_own_layer(chunks: int | None) -> N
     assert not rock.geometry.iloc[0].intersects(glaciers.geometry.iloc[0])
     four = _pred(np.where(lab == Label.ROCK_GLACIER, 0, lab), prob)  # a four-class model: an empty layer
     assert len(obia.rock_glacier_outlines(four)) == 0
+
+
+def test_inventory_keeps_rock_glaciers_in_their_own_layer() -> None:
+    """The inventory's glacier outlines of a year hold no rock glacier; its rock-glacier layer holds them."""
+    import rioxarray  # noqa: F401
+
+    from glacier_stac import inventory
+
+    lab = np.zeros((96, 96), np.uint8)
+    lab[8:40, 8:40] = Label.CLEAN_ICE
+    lab[50:80, 40:70] = Label.ROCK_GLACIER
+    prob = np.where(lab == Label.CLEAN_ICE, 0.9, 0.05)
+    prob[50:80, 40:70] = 0.55
+    ds = _pred(lab, prob).expand_dims(year=[2022])
+    glaciers = inventory.outlines_for(ds, 2022)
+    rock = inventory.rock_glaciers_for(ds, 2022)
+    assert glaciers["n_px"].sum() == 32 * 32  # glacier area: the ice only
+    assert list(rock["primeclass"]) == ["rock_glacier"] and rock["n_px"].sum() == 30 * 30
