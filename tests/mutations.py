@@ -610,6 +610,11 @@ MUTATIONS: list[Mutation] = [
              '            if name not in root or not root[name].attrs.get("complete"):\n',
              "            if name not in root:\n",
              ("tests/test_store.py::test_writers_creating_one_zone_at_once_all_succeed",)),
+    Mutation("demo-world-off-lattice", "the demo's world fills the fewest tiles of the global lattice",
+             "glacier_stac/demo.py",
+             "    offset = 0.0 if n_tiles % 2 == 0 else tile_m / 2",
+             "    offset = tile_m / 4",
+             ("tests/test_demo.py::test_demo_world_fills_the_fewest_tiles",)),
 ]
 
 

@@ -1,10 +1,12 @@
 """`glacier-stac demo` end to end on a small world, as a user runs it: output, and no process left."""
 
+import math
 import os
 import subprocess
 import sys
 
 import psutil
+import pytest
 
 
 def test_demo_runs_end_to_end_and_leaves_no_process(tmp_path):
@@ -44,3 +46,20 @@ def test_demo_bad_input_is_a_clear_error(tmp_path):
                            str(tmp_path)], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     assert "--size-km" in proc.stderr and "> 0 and <= 60" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("size_km", [4.0, 12.0, 20.0])
+def test_demo_world_fills_the_fewest_tiles(size_km):
+    """The demo moves its world onto the tile lattice: a run computes whole tiles, so a 20 km world costs
+    2 x 2 tiles, not the 3 x 3 it straddles at the regime's centre."""
+    from glacier_stac import grid
+    from glacier_stac.demo import on_lattice
+    from glacier_stac.synthetic.terrain import world_geobox
+    from glacier_stac.synthetic.world import WorldConfig
+
+    config = on_lattice(WorldConfig(size_km=size_km))
+    box = world_geobox(config.size_km, config.resolution, config.center_lon, config.center_lat)
+    fewest = math.ceil(size_km * 1000 / config.resolution / grid.TILE_PX)
+    assert [len(c) for c in grid.tile_chunks(box)] == [fewest, fewest]
+    moved = grid.utm_crs(config.center_lon, config.center_lat)
+    assert moved == grid.utm_crs(WorldConfig().center_lon, WorldConfig().center_lat)  # same zone, same place
