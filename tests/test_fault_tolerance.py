@@ -37,6 +37,7 @@ import pytest
 
 from glacier_stac import pipeline, store
 from glacier_stac.cluster import ClusterSpec, connect
+from glacier_stac.testing import stac_server
 from glacier_stac.testing.stac_server import free_port, serve
 from glacier_stac.testing.worlds import WorldDir
 
@@ -240,20 +241,7 @@ class _FaultyHandler(http.server.BaseHTTPRequestHandler):
             data = bytes(b ^ 0x5A for b in data)
         elif mode == "truncated":  # a transfer cut short: the header is there, most tiles are not
             data = data[: max(len(data) // 8, 1024)]
-        rng = self.headers.get("Range")
-        if rng and rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            data = data[start:end + 1]
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        stac_server.send_bytes(self, data, body)
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         self._serve(True)

@@ -25,6 +25,7 @@ from stackstac.raster_spec import RasterSpec
 
 from glacier_stac import reader
 from glacier_stac.catalog import redact
+from glacier_stac.testing import stac_server
 
 VALID_TOKENS: set[str] = set()
 ISSUED: list[str] = []
@@ -65,22 +66,7 @@ class RangeHandler(http.server.SimpleHTTPRequestHandler):
             if not head:
                 self.wfile.write(body)
             return
-        data = (self.root / u.path.lstrip("/")).read_bytes()
-        rng = self.headers.get("Range")
-        if rng:
-            a, b = rng.split("=")[1].split("-")
-            a, b = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            chunk = data[a:b + 1]
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {a}-{b}/{len(data)}")
-        else:
-            chunk = data
-            self.send_response(200)
-        self.send_header("Accept-Ranges", "bytes")
-        self.send_header("Content-Length", str(len(chunk)))
-        self.end_headers()
-        if not head:
-            self.wfile.write(chunk)
+        stac_server.send_bytes(self, (self.root / u.path.lstrip("/")).read_bytes(), body=not head)
 
 
 @pytest.fixture()

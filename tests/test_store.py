@@ -27,6 +27,7 @@ import zarr
 
 from glacier_stac import store
 from glacier_stac.testing import predictions as P
+from glacier_stac.testing import stac_server
 
 TILE = 128
 YEAR = 2023
@@ -305,21 +306,7 @@ class _SignedFiles(http.server.BaseHTTPRequestHandler):
         if not f.is_file():
             self.send_error(404)
             return
-        data = f.read_bytes()
-        rng = self.headers.get("Range", "")
-        if rng.startswith("bytes="):
-            a, _, b = rng[6:].partition("-")
-            start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
-            data = data[start:end + 1]
-        else:
-            self.send_response(200)
-        self.send_header("Content-Length", str(len(data)))
-        self.send_header("Accept-Ranges", "bytes")
-        self.end_headers()
-        if body:
-            self.wfile.write(data)
+        stac_server.send_bytes(self, f.read_bytes(), body)
 
 
 SIGNED_SECRET = "SASs3cr3tSIG"
@@ -332,7 +319,6 @@ def test_signed_url_catalog_leaves_no_token_in_the_store(world_dir, tmp_path):
     import threading
 
     from glacier_stac import catalog, cube, infer
-    from glacier_stac.testing import stac_server
     from glacier_stac.testing.worlds import WorldDir
 
     token = f"st=2026-01-01&se=2031-01-01&sp=rl&sv=2021-06-08&sr=c&skoid=oid&sig={SIGNED_SECRET}"
@@ -420,7 +406,6 @@ def test_bad_stores_get_clear_errors(pred, tmp_path):
 def test_output_stac_is_served_and_found_by_bbox_and_year(pred, tmp_path):
     import pystac_client
 
-    from glacier_stac.testing import stac_server
 
     path = tmp_path / "found.zarr"
     _write(pred, path)

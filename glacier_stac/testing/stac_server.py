@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import ctypes.util
+import http.server
 import importlib.metadata
 import json
 import logging
@@ -82,6 +83,25 @@ def _stop_group(proc: subprocess.Popen, name: str, grace_s: float = 10.0) -> Non
     # Children that outlived the leader (same group) get the same treatment.
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def send_bytes(handler: http.server.BaseHTTPRequestHandler, data: bytes, body: bool = True) -> None:
+    """Answer a GET/HEAD with `data`, honouring a `Range: bytes=a-b` header (206), as GDAL's /vsicurl/ needs:
+    the one range reply shared by the test servers that serve COGs over HTTP."""
+    rng = handler.headers.get("Range", "")
+    if rng.startswith("bytes="):
+        a, _, b = rng[6:].partition("-")
+        start, end = int(a), min(int(b) if b else len(data) - 1, len(data) - 1)
+        handler.send_response(206)
+        handler.send_header("Content-Range", f"bytes {start}-{end}/{len(data)}")
+        data = data[start:end + 1]
+    else:
+        handler.send_response(200)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.send_header("Accept-Ranges", "bytes")
+    handler.end_headers()
+    if body:
+        handler.wfile.write(data)
 
 
 def _die_with_parent() -> None:
