@@ -30,7 +30,9 @@ region-year being outlined; the pipeline calls this per region (a few tiles), no
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import dask.array as da
 import geopandas as gpd
@@ -344,6 +346,17 @@ def _edge_of_data(valid: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- polygons
 
 
+def _objects(lab: np.ndarray, grid) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, Any]]:
+    """(label, window padded by a pixel, object mask in it, its polygon) for each label of `lab`: the one walk
+    over objects shared by glacier and rock-glacier outlines."""
+    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
+        pad = (slice(max(sl[0].start - 1, 0), sl[0].stop + 1), slice(max(sl[1].start - 1, 0), sl[1].stop + 1))
+        obj = lab[pad] == i
+        win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
+                                      pad[0].stop - pad[0].start)
+        yield i, pad, obj, _polygon(obj, rasterio.windows.transform(win, grid.transform), grid.res)
+
+
 def _polygon(mask: np.ndarray, transform: Affine, res: float, simplify: bool = True) -> Polygon | MultiPolygon | None:
     """An object's outline from its pixels: simplified within half a pixel, valid, normalised."""
     parts = [shape(g) for g, v in rasterio.features.shapes(mask.astype(np.uint8), mask=mask, connectivity=4,
@@ -482,12 +495,8 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
 
     rows, geoms = [], []
     water = valid & (classes == Label.WATER)
-    for i, sl in enumerate(ndimage.find_objects(gid), start=1):
-        pad = (slice(max(sl[0].start - 1, 0), sl[0].stop + 1), slice(max(sl[1].start - 1, 0), sl[1].stop + 1))
-        obj = gid[pad] == i
-        win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
-                                      pad[0].stop - pad[0].start)
-        geoms.append(_polygon(obj, rasterio.windows.transform(win, grid.transform), grid.res))
+    for _, pad, obj, poly in _objects(gid, grid):
+        geoms.append(poly)
         row = _attributes(obj, pad, prob, is_debris, feats, water, grid, rules)
         if ref_ids:
             r = int(ref_of[pad][obj][0])
@@ -809,12 +818,8 @@ def rock_glacier_outlines(pred: xr.Dataset, features: xr.DataArray | None = None
     lab, n = canonical(lab)
     elev = _features(features, pred).get("elevation")
     rows, geoms = [], []
-    for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        pad = (slice(max(sl[0].start - 1, 0), sl[0].stop + 1), slice(max(sl[1].start - 1, 0), sl[1].stop + 1))
-        obj = lab[pad] == i
-        win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
-                                      pad[0].stop - pad[0].start)
-        geoms.append(_polygon(obj, rasterio.windows.transform(win, grid.transform), grid.res))
+    for _, pad, obj, poly in _objects(lab, grid):
+        geoms.append(poly)
         z = elev[pad][obj] if elev is not None else np.array([])
         z = z[np.isfinite(z)]
         rows.append({"primeclass": ROCK_GLACIER_CLASS, "n_px": int(obj.sum()),
