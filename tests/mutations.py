@@ -142,8 +142,8 @@ MUTATIONS: list[Mutation] = [
              "    radius = ckpt.receptive_field // 6\n    if margin is None:",
              ("tests/test_infer.py::test_no_seams_tiles_match_one_forward_pass[glavitu]",)),
     Mutation("search-reads-a-pixel", "1. laziness", "glacier_stac/catalog.py",
-             "            items = [normalise_item(i, allow_local=local_ok) for i in found]\n",
-             "            items = [normalise_item(i, allow_local=local_ok) for i in found]\n"
+             "            items = [normalise_item(i, allow_local=local_ok, sensor=sensor) for i in found]\n",
+             "            items = [normalise_item(i, allow_local=local_ok, sensor=sensor) for i in found]\n"
              "            import rasterio  # MUTANT: the search opens an asset and reads a pixel\n"
              "            for _a in [a for i in items[:1] for a in i.assets.values() if a.href.endswith('.tif')][:1]:\n"
              "                with rasterio.open(_a.href) as _src:\n"
