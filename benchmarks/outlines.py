@@ -56,6 +56,9 @@ RESULTS = Path(__file__).parent / "results"
 CHECKPOINT = Path(__file__).parent.parent / "glacier_stac" / "checkpoints" / "unet.pt"
 GENERATED_SEEDS = (701, 702, 703)  # held out: training 1001-1003, tests 0-99, read 501, accuracy 601-602
 RENDER_SOURCE_SEED = 704  # the generated world whose DEM and outlines are rendered by `synthetic render`
+# worlds that calibrate the uncertainty's k (`--calibrate`), never the scored ones above (714 has no marine
+# glacier, which the generator requires, so the rendered calibration world is drawn from 715)
+CALIBRATION_SEEDS, CALIBRATION_RENDER_SEED = (711, 712, 713), 715
 BIG_KM2 = 0.1
 METRICS = ("outline_iou", "area_error_pct", "change_within_uncertainty_fraction", "spurious_polygons_per_100km2",
            "false_glacier_km2", "false_glacier_km2_px", "debris_iou")
@@ -68,14 +71,14 @@ class Setup:
     years: tuple[int, ...]
 
 
-def rendered_world(root: Path, setup: Setup) -> Path:
-    """A world drawn by `glacier-stac synthetic render` from a DEM and outlines (written from world 704)."""
-    out = root / f"rendered-{RENDER_SOURCE_SEED}-{setup.size_km:g}km-{'-'.join(map(str, setup.years))}"
+def rendered_world(root: Path, setup: Setup, seed: int = RENDER_SOURCE_SEED) -> Path:
+    """A world drawn by `glacier-stac synthetic render` from a DEM and outlines (written from world `seed`)."""
+    out = root / f"rendered-{seed}-{setup.size_km:g}km-{'-'.join(map(str, setup.years))}"
     if WorldDir(out).meta() is not None:
         return out
-    src = root / f"render-inputs-{RENDER_SOURCE_SEED}-{setup.size_km:g}km"
+    src = root / f"render-inputs-{seed}-{setup.size_km:g}km"
     src.mkdir(parents=True, exist_ok=True)
-    w = build_world(WorldConfig(seed=RENDER_SOURCE_SEED, size_km=setup.size_km, years=setup.years[:1]))
+    w = build_world(WorldConfig(seed=seed, size_km=setup.size_km, years=setup.years[:1]))
     gb = w.geobox
     dem = src / "dem.tif"
     with rasterio.open(dem, "w", driver="GTiff", width=gb.shape[1], height=gb.shape[0], count=1, dtype="float32",
@@ -91,7 +94,7 @@ def rendered_world(root: Path, setup: Setup) -> Path:
     return out
 
 
-def run_chain(world_dir: Path, work: Path, ckpt) -> dict:
+def run_chain(world_dir: Path, work: Path, ckpt, uncertainty: obia.Uncertainty = obia.Uncertainty()) -> dict:
     """STAC -> cube -> predict -> store -> inventory for every year; returns what scoring needs."""
     wd = WorldDir(world_dir)
     years = wd.years()
@@ -118,7 +121,8 @@ def run_chain(world_dir: Path, work: Path, ckpt) -> dict:
         dask.compute(*wp.tasks, scheduler="threads")
         seconds[f"predict_store_{y}"] = time.perf_counter() - t
         t = time.perf_counter()
-        inventory.add_year(inv_path, y, zarr_path, aoi=geobox.extent, features=data, reference=ref, region="bm")
+        inventory.add_year(inv_path, y, zarr_path, aoi=geobox.extent, features=data, reference=ref, region="bm",
+                           uncertainty=uncertainty)
         seconds[f"obia_inventory_{y}"] = time.perf_counter() - t
         stored = store.open_predictions(zarr_path, aoi=geobox.extent, years=[y]).sel(year=y).compute()
         thresholds[y] = obia.threshold_polygons(stored)
@@ -222,6 +226,97 @@ def score(res: dict, method: str) -> dict:
             "glaciers_scored": len(ious), "glaciers_in_change": len(ok)}
 
 
+def glacier_changes(res: dict) -> list[dict]:
+    """Per truth glacier > 0.1 km² in the first year: true and mapped change first -> last year (km²), the two
+    years' uncertainty components from the inventory (margin, class) and the first year's debris share."""
+    years, inv = res["years"], res["inventory"]
+    y0, y1 = years[0], years[-1]
+    tr = res["truth"].pivot_table(index="glacier_id", columns="year", values="area_m2", aggfunc="sum").fillna(0) / 1e6
+    out = []
+    for g in tr.index:
+        if tr.at[g, y0] <= BIG_KM2:
+            continue
+        r0, r1 = (inv[(inv.glac_id == str(g)) & (inv.year == y)] for y in (y0, y1))
+        out.append({"glacier_id": int(g), "years": [int(y0), int(y1)], "true0_km2": float(tr.at[g, y0]),
+                    "true1_km2": float(tr.at[g, y1]), "area0_km2": float(r0.area_km2.sum()),
+                    "area1_km2": float(r1.area_km2.sum()), "unc0_km2": float(r0.area_unc_km2.sum()),
+                    "unc1_km2": float(r1.area_unc_km2.sum()),
+                    "margin0_km2": float(r0.area_unc_margin_km2.sum()),
+                    "margin1_km2": float(r1.area_unc_margin_km2.sum()),
+                    "class0_km2": float(r0.area_unc_class_km2.sum()), "class1_km2": float(r1.area_unc_class_km2.sum()),
+                    "debris_frac": float(np.average(r0.debris_frac, weights=r0.area_km2)) if len(r0) else float("nan"),
+                    "mapped": bool(len(r0) and len(r1))})
+    for r in out:
+        dt = r["years"][1] - r["years"][0]
+        r["true_rate"] = (r["true1_km2"] - r["true0_km2"]) / dt
+        r["rate"] = (r["area1_km2"] - r["area0_km2"]) / dt
+        r["rate_unc"] = float(np.hypot(r["unc0_km2"], r["unc1_km2"])) / dt
+        r["within"] = bool(r["mapped"] and abs(r["rate"] - r["true_rate"]) <= r["rate_unc"])
+    return out
+
+
+def calibrate_k(rows: list[dict], coverage: float = 0.9) -> tuple[float, list[tuple[float, float]]]:
+    """The smallest k (step 0.05) of the classification term such that `coverage` of the glaciers' change
+    errors lie within sqrt(margin0² + margin1² + k²(class0² + class1²)); rows from a run with k = 1."""
+    err = np.array([abs((r["area1_km2"] - r["area0_km2"]) - (r["true1_km2"] - r["true0_km2"])) for r in rows])
+    m2 = np.array([r["margin0_km2"] ** 2 + r["margin1_km2"] ** 2 for r in rows])
+    c2 = np.array([r["class0_km2"] ** 2 + r["class1_km2"] ** 2 for r in rows])
+    curve = []
+    for k in np.round(np.arange(0, 10.0001, 0.05), 2):
+        cov = float(np.mean(err <= np.sqrt(m2 + k * k * c2)))
+        curve.append((float(k), cov))
+        if cov >= coverage:
+            return float(k), curve
+    raise RuntimeError(f"no k <= 10 covers {coverage:.0%} of the training glaciers' change errors")
+
+
+def tiled(ds, n: int = 2):
+    """`ds` (y, x last) repeated n x n on an extended grid: n² times the area with the same content."""
+    import xarray as xr
+
+    res = float(ds.x[1] - ds.x[0])
+    ny, nx = ds.sizes["y"], ds.sizes["x"]
+    x = float(ds.x[0]) + res * np.arange(n * nx)
+    y = float(ds.y[0]) - res * np.arange(n * ny)
+
+    def rep(v):
+        reps = (1,) * (v.ndim - 2) + (n, n)
+        return xr.DataArray(np.tile(np.asarray(v.values), reps), dims=v.dims,
+                            coords={d: v[d].values for d in v.dims if d not in ("y", "x")} | {"y": y, "x": x})
+
+    out = xr.Dataset({k: rep(v) for k, v in ds.data_vars.items()}) if isinstance(ds, xr.Dataset) else rep(ds)
+    return out.rio.write_crs(ds.rio.crs)
+
+
+def obia_memory(world_dir: Path, zarr_path: Path) -> dict:
+    """Peak memory (tracemalloc: every NumPy allocation) of `obia.outlines` on one world-year and on 4x its area
+    (the same content tiled 2 x 2), inputs already in memory."""
+    import tracemalloc
+
+    wd = WorldDir(world_dir)
+    y = wd.years()[0]
+    gb = wd.grid()
+    with stac_server.serve(world_dir) as url:
+        found = catalog.search(wd.aoi(), [y], catalog=catalog.open_catalog(url), missing="record")
+    feats = cube.build(found, gb, y).compute(scheduler="threads")
+    pred = store.open_predictions(zarr_path, aoi=gb.extent, years=[y]).sel(year=y).compute()
+    pred = pred[[v for v in pred.data_vars if v in ("probability", "classes", "valid")]]
+    out = {}
+    for n in (1, 2):
+        p, f = (pred, feats) if n == 1 else (tiled(pred, n), tiled(feats, n))
+        tracemalloc.start()
+        t = time.perf_counter()
+        g = obia.outlines(p, f)
+        dt = time.perf_counter() - t
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        mpx = p.sizes["y"] * p.sizes["x"] / 1e6
+        out[f"{n * n}x"] = {"mpx": mpx, "peak_mb": peak / 2**20, "bytes_per_px": peak / (mpx * 1e6),
+                            "glaciers": len(g), "seconds": dt}
+    out["ratio_4x_1x"] = out["4x"]["peak_mb"] / out["1x"]["peak_mb"]
+    return out
+
+
 def aggregate(per_world: dict[str, dict]) -> dict:
     """Median and worst over worlds of every metric (worst: lowest for scores, highest for errors)."""
     out = {}
@@ -237,6 +332,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="4 km worlds, 2 years (full: 6 km, 3 years)")
     ap.add_argument("--world", type=Path, default=Path(".cache/benchmarks"))
+    ap.add_argument("--calibrate", action="store_true",
+                    help="run the training worlds (seeds 711-713, rendered 715) with k = 1 and write the k of the "
+                         "classification uncertainty that covers 90%% of their change errors "
+                         "(results/outlines_calibration.json); the scored worlds are never used")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     setup = Setup(4.0, (2021, 2023)) if args.quick else Setup(6.0, (2019, 2021, 2023))
@@ -244,13 +343,19 @@ def main() -> None:
 
     ckpt = load(CHECKPOINT)
     t0 = time.perf_counter()
+    seeds, render_seed = (CALIBRATION_SEEDS, CALIBRATION_RENDER_SEED) if args.calibrate else (
+        GENERATED_SEEDS, RENDER_SOURCE_SEED)
     worlds = {f"generated-{s}": generate(WorldConfig(seed=s, size_km=setup.size_km, years=setup.years),
                                          args.world / f"outlines-{s}-{setup.size_km:g}km-{len(setup.years)}y",
                                          progress=False)
-              for s in GENERATED_SEEDS}
-    worlds[f"rendered-{RENDER_SOURCE_SEED}"] = rendered_world(args.world, setup)
+              for s in seeds}
+    worlds[f"rendered-{render_seed}"] = rendered_world(args.world, setup, render_seed)
     world_s = time.perf_counter() - t0
+    if args.calibrate:
+        calibrate(worlds, args.world, setup, ckpt, args.quick)
+        return
     per_world, seconds = {}, {}
+    memory = {}
     for name, wdir in worlds.items():
         work = args.world / f"outlines-run-{name}-{setup.size_km:g}km"
         if work.exists():
@@ -260,7 +365,9 @@ def main() -> None:
         work.mkdir(parents=True)
         res = run_chain(wdir, work, ckpt)
         o, t = score(res, "obia"), score(res, "threshold")
-        per_world[name] = {**o, **{k + "_threshold": v for k, v in t.items()}}
+        per_world[name] = {**o, **{k + "_threshold": v for k, v in t.items()}, "glaciers": glacier_changes(res)}
+        if not memory:  # OBIA's peak memory on the first world and on 4x its area
+            memory = obia_memory(wdir, work / "preds.zarr")
         seconds[name] = res["seconds"]
         print(f"{name}: " + ", ".join(f"{m} {o[m]:.3f} / {t[m]:.3f}" for m in METRICS), flush=True)
     agg = aggregate(per_world)
@@ -277,6 +384,8 @@ def main() -> None:
             w["debris_iou"] >= w["debris_iou_threshold"] - 0.005 for w in worlds_),
     }
     doc = {"quick": args.quick, **asdict(setup), "checkpoint": CHECKPOINT.name, "worlds": list(worlds),
+           "uncertainty": asdict(obia.Uncertainty()), "uncertainty_method": inventory.area_uncertainty_method(),
+           "obia_memory": memory, "load": Path("/proc/loadavg").read_text().split()[:3],
            "per_world": per_world, "aggregate": agg, "checks": checks,
            "seconds": {"worlds": world_s, "chain": seconds, "total": time.perf_counter() - t0}}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -286,7 +395,29 @@ def main() -> None:
     for m in METRICS:
         a, b = agg[m], agg[m + "_threshold"]
         print(f"| {m} | {a['median']:.3f} ({a['worst']:.3f}) | {b['median']:.3f} ({b['worst']:.3f}) |")
+    print(f"OBIA peak memory: {memory['1x']['peak_mb']:.1f} MB (1x), {memory['4x']['peak_mb']:.1f} MB (4x)")
     print("\n" + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
+
+
+def calibrate(worlds: dict[str, Path], root: Path, setup: Setup, ckpt, quick: bool) -> None:
+    """Fit k of the classification uncertainty on the training worlds (run with k = 1); write the result."""
+    rows = []
+    for name, wdir in worlds.items():
+        work = root / f"outlines-calib-{name}-{setup.size_km:g}km"
+        if work.exists():
+            import shutil
+
+            shutil.rmtree(work)
+        work.mkdir(parents=True)
+        res = run_chain(wdir, work, ckpt, obia.Uncertainty(k=1.0))
+        rows += [{"world": name, **r} for r in glacier_changes(res)]
+        print(name, len(rows), flush=True)
+    k, curve = calibrate_k(rows)
+    doc = {"quick": quick, **asdict(setup), "worlds": list(worlds), "k": k, "coverage_target": 0.9,
+           "coverage_at_k": dict(curve)[k], "coverage_k0": curve[0][1], "glaciers": rows}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "outlines_calibration.json").write_text(json.dumps(doc, indent=2) + "\n")
+    print(f"k = {k} covers {dict(curve)[k]:.2f} of {len(rows)} training glaciers (k = 0: {curve[0][1]:.2f})")
 
 
 if __name__ == "__main__":

@@ -43,11 +43,26 @@ log = logging.getLogger(__name__)
 
 COLUMNS = ["glac_id", "year", "region", "area_km2", "area_unc_km2", "perimeter_km", "debris_frac", "term_type",
            "zmin_m", "zmed_m", "zmax_m", "zmean_m", "slope_deg", "aspect_deg", "cenlon", "cenlat", "termlon",
-           "termlat", "confidence", "src_items", "parent_ids", "change_type", "utm_epsg", "geometry"]
-AREA_UNCERTAINTY = ("±½-pixel buffer: area_unc_km2 = (A(outline buffered by +res/2) - A(outline buffered by "
-                    "-res/2)) / 2, computed in the zone's UTM CRS and scaled to the ellipsoidal area; region "
-                    "totals add glacier uncertainties linearly (edge errors are correlated); changes add the two "
-                    "years' uncertainties in quadrature")
+           "termlat", "confidence", "src_items", "parent_ids", "change_type", "utm_epsg", "area_unc_margin_km2",
+           "area_unc_class_km2", "geometry"]
+
+
+def area_uncertainty_method(unc: obia.Uncertainty = obia.Uncertainty()) -> str:
+    """The stated method, written into the file's metadata (with the parameters used)."""
+    return (f"area_unc_km2 = sqrt(margin^2 + class^2), two independent sources. margin (area_unc_margin_km2): "
+            f"boundary-type-dependent buffer (Granshaw & Fountain 2006; Paul et al. 2013), (A(outline buffered "
+            f"by +d) - A(buffered by -d)) / 2 with d = {unc.clean_margin_px:g} pixel on clean-ice margins and "
+            f"{unc.debris_margin_px:g} pixel on debris-covered margins, weighted by the debris share of the "
+            f"boundary pixels. class (area_unc_class_km2): the model's doubt, k * pixel area * (D_in + D_out) / 2, "
+            f"D_in = glacier pixels with probability < {unc.doubt_high:g}, D_out = non-glacier valid pixels within "
+            f"{unc.ring_px} pixels with probability >= {unc.doubt_low:g}, k = {unc.k:g} calibrated on training "
+            f"worlds (never the benchmark's) so that 90% of per-glacier change errors lie within the change "
+            f"uncertainty. Computed in the zone's UTM CRS and scaled to the ellipsoidal area; region totals add "
+            f"glacier uncertainties linearly (edge errors are correlated); changes add the two years' "
+            f"uncertainties in quadrature (the classification errors, seasonal snow and shade, differ by year)")
+
+
+AREA_UNCERTAINTY = area_uncertainty_method()
 META_KEY = b"glacier_stac"
 MIN_OVERLAP = 0.1  # overlap / smaller area for two outlines of different years to be the same glacier
 
@@ -223,15 +238,17 @@ def _features_for(features: xr.DataArray | list[xr.DataArray] | None, pred: xr.D
 
 def outlines_for(predictions: xr.Dataset | str | Path, year: int, *,
                  features: xr.DataArray | list[xr.DataArray] | None = None, rules: obia.Rules = obia.Rules(),
-                 divides: gpd.GeoSeries | None = None, aoi=None) -> gpd.GeoDataFrame:
+                 divides: gpd.GeoSeries | None = None, aoi=None,
+                 uncertainty: obia.Uncertainty = obia.Uncertainty()) -> gpd.GeoDataFrame:
     """OBIA outlines of one year: in the zone's CRS for one zone; for a store holding the year in several
     UTM zones, each zone outlined and the pieces of a glacier cut by a zone boundary joined (EPSG:4326)."""
     parts = zone_predictions(predictions, year, aoi)
     several = len(parts) > 1
-    outl = [obia.outlines(p, _features_for(features, p, several), rules, divides=divides) for p in parts]
+    outl = [obia.outlines(p, _features_for(features, p, several), rules, divides=divides, uncertainty=uncertainty)
+            for p in parts]
     if not several:
         return outl[0]
-    return obia.merge_zones(outl, obia.grid_of(parts[0]).res)
+    return obia.merge_zones(outl, obia.grid_of(parts[0]).res, uncertainty)
 
 
 def rock_glaciers_for(predictions: xr.Dataset | str | Path, year: int, *,
@@ -325,7 +342,8 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
              features: xr.DataArray | None = None, reference: gpd.GeoDataFrame | str | Path | None = None,
              reference_id: str | None = None, rules: obia.Rules = obia.Rules(), region: str = "00",
              src_items: dict[str, str] | None = None, if_exists: str = "skip",
-             lock_timeout_s: float = 600.0, aoi=None) -> UpdateResult:
+             lock_timeout_s: float = 600.0, aoi=None,
+             uncertainty: obia.Uncertainty = obia.Uncertainty()) -> UpdateResult:
     """Add `year` to the inventory at `path` (created if absent): OBIA outlines, identity, change table.
 
     Idempotent: a year already present is skipped (`if_exists="skip"`) or refused (`"error"`). Two
@@ -348,15 +366,18 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
                 raise InventoryError(f"year {year} is already in the inventory {path} "
                                      f"(it holds {sorted(set(old['year'].astype(int)))})")
             return UpdateResult(path, year, 0, True)
-        outl = outlines_for(predictions, year, features=features, rules=rules, divides=ref, aoi=aoi)
+        outl = outlines_for(predictions, year, features=features, rules=rules, divides=ref, aoi=aoi,
+                            uncertainty=uncertainty)
         previous = _neighbour_year(old, year)
         ident = assign_ids(outl, previous, region, _next_number(old["glac_id"]) if old is not None else 1)
         rows = _rows(outl, ident, year, region, src_items if src_items is not None else _items(features))
         inv = rows if old is None else pd.concat([old, rows], ignore_index=True)
         inv = gpd.GeoDataFrame(inv, geometry="geometry", crs=4326).sort_values(["year", "glac_id"],
                                                                                ignore_index=True)
-        meta = metadata(path) if old is not None else {"area_uncertainty": AREA_UNCERTAINTY, "years": {}}
-        meta["years"][str(year)] = {"rules": asdict(rules), "obia": _jsonable(outl.attrs.get("obia", {})),
+        meta = metadata(path) if old is not None else {"area_uncertainty": area_uncertainty_method(uncertainty),
+                                                         "years": {}}
+        meta["years"][str(year)] = {"rules": asdict(rules), "uncertainty": asdict(uncertainty),
+                                    "obia": _jsonable(outl.attrs.get("obia", {})),
                                     "reference": None if ref is None else f"{len(ref)} outlines"}
         _write_atomic(inv[COLUMNS], path, meta)
         changes_path = path.with_name(path.stem + ".changes.parquet")
@@ -531,7 +552,7 @@ def plot(inv: gpd.GeoDataFrame, out_dir: str | Path, hillshade: xr.DataArray | N
     ax.set_ylabel("glacier area, km²")
     ax.set_xticks(years)
     ax.legend()
-    ax.set_title("Glacier area by year (± ½-pixel buffer uncertainty)")
+    ax.set_title("Glacier area by year (± area uncertainty: margin buffer and model doubt)")
     chart_png = out / "area_by_year.png"
     fig.savefig(chart_png, dpi=120, bbox_inches="tight")
     plt.close(fig)

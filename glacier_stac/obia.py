@@ -145,16 +145,43 @@ def _label_chunks(mask: da.Array) -> np.ndarray:
     return lut[lab]
 
 
+BLOCK_PX = 1 << 16  # pixels per row block of the whole-scene passes: bounds their temporaries (~1.5 MB)
+
+
+def _row_blocks(shape: tuple[int, ...]) -> Iterator[slice]:
+    """Row slices of about BLOCK_PX pixels each, covering an array of `shape` (rows first)."""
+    step = max(1, BLOCK_PX // max(1, int(np.prod(shape[1:]))))
+    for r0 in range(0, shape[0], step):
+        yield slice(r0, min(r0 + step, shape[0]))
+
+
 def canonical(lab: np.ndarray) -> tuple[np.ndarray, int]:
-    """Renumber labels 1..n in the raster order of each label's first pixel (0 stays 0)."""
-    values, first, inverse = np.unique(lab.ravel(), return_index=True, return_inverse=True)
-    positive = values > 0
-    order = np.argsort(first[positive], kind="stable")
-    rank = np.empty(order.size, np.int32)
-    rank[order] = np.arange(1, order.size + 1, dtype=np.int32)
-    lut = np.zeros(values.size, np.int32)
-    lut[positive] = rank
-    return lut[inverse].reshape(lab.shape), int(order.size)
+    """Renumber labels 1..n in the raster order of each label's first pixel (0 stays 0), as int32.
+
+    Walked in row blocks: besides the int32 output, the temporaries are one block's and one entry per
+    label value, not the full-scene sort of `np.unique(..., return_inverse=True)` (33 bytes a pixel)."""
+    lab = np.asarray(lab)
+    top = int(lab.max()) if lab.size else 0
+    if top <= 0:
+        return np.zeros(lab.shape, np.int32), 0
+    never = np.iinfo(np.int64).max
+    first = np.full(top + 1, never, np.int64)
+    row = int(np.prod(lab.shape[1:])) if lab.ndim > 1 else 1
+    for rows in _row_blocks(lab.shape):
+        blk = lab[rows].ravel()
+        nz = np.flatnonzero(blk)
+        if nz.size:
+            values, at = np.unique(blk[nz], return_index=True)  # first occurrence in this block
+            first[values] = np.minimum(first[values], nz[at] + rows.start * row)
+    present = np.flatnonzero(first < never)
+    present = present[present > 0]
+    order = present[np.argsort(first[present], kind="stable")]
+    lut = np.zeros(top + 1, np.int32)
+    lut[order] = np.arange(1, order.size + 1, dtype=np.int32)
+    out = np.empty(lab.shape, np.int32)
+    for rows in _row_blocks(lab.shape):
+        out[rows] = lut[lab[rows]]
+    return out, int(order.size)
 
 
 # --------------------------------------------------------------------------- inputs
@@ -234,20 +261,24 @@ def thermal_anomaly(lwir: np.ndarray, elevation: np.ndarray, ground: np.ndarray,
     out = np.full(lwir.shape, np.nan, np.float32)
     if ok.sum() < min_samples:
         return out
-    band = np.floor(elevation[ok] / band_m).astype(np.int64)
-    temps = lwir[ok]
-    order = np.argsort(band, kind="stable")
-    band, temps = band[order], temps[order]
-    bands, starts, counts = np.unique(band, return_index=True, return_counts=True)
+    # the band of each bare-ground pixel (int32 plane; no full-scene sort), then one median per band
+    band = np.full(lwir.shape, np.iinfo(np.int32).min, np.int32)
+    for rows in _row_blocks(lwir.shape):
+        o = ok[rows]
+        band[rows][o] = np.floor(elevation[rows][o] / band_m)
+    bands = np.unique(np.concatenate([np.unique(band[rows][ok[rows]]) for rows in _row_blocks(lwir.shape)]))
     centres, medians = [], []
-    for b, s, n in zip(bands, starts, counts, strict=True):
-        if n >= min_samples:
+    for b in bands:
+        temps = lwir[band == b]
+        if temps.size >= min_samples:
             centres.append((b + 0.5) * band_m)
-            medians.append(float(np.median(temps[s:s + n])))
+            medians.append(float(np.median(temps)))
     if not centres:
         return out
-    here = np.isfinite(lwir) & np.isfinite(elevation)
-    out[here] = lwir[here] - np.interp(elevation[here], centres, medians).astype(np.float32)
+    for rows in _row_blocks(lwir.shape):  # blocked: np.interp's float64 temporaries stay one block's
+        lw, el, o = lwir[rows], elevation[rows], out[rows]
+        here = np.isfinite(lw) & np.isfinite(el)
+        o[here] = lw[here] - np.interp(el[here], centres, medians).astype(np.float32)
     return out
 
 
@@ -346,11 +377,12 @@ def _edge_of_data(valid: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- polygons
 
 
-def _objects(lab: np.ndarray, grid) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, Any]]:
-    """(label, window padded by a pixel, object mask in it, its polygon) for each label of `lab`: the one walk
-    over objects shared by glacier and rock-glacier outlines."""
+def _objects(lab: np.ndarray, grid, pad_px: int = 1) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, Any]]:
+    """(label, window padded by `pad_px` pixels, object mask in it, its polygon) for each label of `lab`: the
+    one walk over objects shared by glacier and rock-glacier outlines."""
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        pad = (slice(max(sl[0].start - 1, 0), sl[0].stop + 1), slice(max(sl[1].start - 1, 0), sl[1].stop + 1))
+        pad = (slice(max(sl[0].start - pad_px, 0), sl[0].stop + pad_px),
+               slice(max(sl[1].start - pad_px, 0), sl[1].stop + pad_px))
         obj = lab[pad] == i
         win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
                                       pad[0].stop - pad[0].start)
@@ -383,10 +415,77 @@ def geodesic_area_perimeter(geoms_4326: gpd.GeoSeries) -> tuple[np.ndarray, np.n
     return area, perim
 
 
-def area_uncertainty_m2(geoms: gpd.GeoSeries, res: float) -> np.ndarray:
-    """±½-pixel buffer method: (A(outline + res/2) − A(outline − res/2)) / 2, planar in the zone CRS."""
-    d = res / 2
+def area_uncertainty_m2(geoms: gpd.GeoSeries, res: float, margin_px: float = 0.5) -> np.ndarray:
+    """Buffer method: (A(outline + d) − A(outline − d)) / 2 with d = `margin_px` pixels (±½ pixel by default),
+    planar in the zone CRS."""
+    d = res * margin_px
     return ((geoms.buffer(d, join_style="mitre").area - geoms.buffer(-d, join_style="mitre").area) / 2).to_numpy()
+
+
+@dataclass(frozen=True)
+class Uncertainty:
+    """How a glacier's area uncertainty is made: two independent error sources, added in quadrature.
+
+    - margin (position of a boundary that is classified right): the buffer method of Granshaw & Fountain
+      (2006) and Paul et al. (2013), with a buffer that depends on the boundary type: ±`clean_margin_px` on
+      clean-ice margins, ±`debris_margin_px` on debris-covered ones (Paul et al. 2013: outlines of
+      debris-covered ice differ between analysts by far more than clean ice's). U_margin = (1 − f) U(½ px)
+      + f U(1 px), f = share of the outline's boundary pixels that are debris-class.
+    - classification (ice the model doubts, the error the buffer cannot see: seasonal snow beside the
+      glacier, shaded or debris-covered ice under the threshold): k × pixel area × (D_in + D_out) / 2,
+      D_in = the glacier's pixels with probability < `doubt_high`, D_out = non-glacier valid pixels within
+      `ring_px` of it with probability >= `doubt_low`: half the difference between the outline the
+      model's "surely ice" and "possibly ice" would draw, as the buffer method is half the difference of
+      the outer and inner buffers. k is calibrated on training worlds (seeds 711-714, never the benchmark's
+      701-704; `python benchmarks/outlines.py --calibrate`) so that 90 % of per-glacier change errors lie
+      within the change uncertainty.
+    """
+
+    clean_margin_px: float = 0.5
+    debris_margin_px: float = 1.0
+    doubt_low: float = 0.25
+    doubt_high: float = 0.75
+    ring_px: int = 5
+    k: float = 1.4  # benchmarks/results/outlines_calibration.json: covers 24 of 26 training glaciers (k = 0: 19)
+
+    def __post_init__(self) -> None:
+        if not 0 < self.clean_margin_px <= self.debris_margin_px:
+            raise ValueError(f"need 0 < clean_margin_px <= debris_margin_px, got {self.clean_margin_px}, "
+                             f"{self.debris_margin_px}")
+        if not 0 < self.doubt_low < self.doubt_high < 1:
+            raise ValueError(f"need 0 < doubt_low < doubt_high < 1, got {self.doubt_low}, {self.doubt_high}")
+        if self.ring_px < 1 or self.k < 0:
+            raise ValueError(f"ring_px must be >= 1 and k >= 0, got {self.ring_px}, {self.k}")
+
+
+def margin_uncertainty_m2(geoms: gpd.GeoSeries, res: float, debris_margin_frac: np.ndarray,
+                          unc: Uncertainty = Uncertainty()) -> np.ndarray:
+    """Boundary-type-dependent buffer: clean margins ±clean_margin_px, debris-covered ones ±debris_margin_px."""
+    f = np.clip(np.nan_to_num(np.asarray(debris_margin_frac, dtype=float)), 0.0, 1.0)
+    return ((1 - f) * area_uncertainty_m2(geoms, res, unc.clean_margin_px)
+            + f * area_uncertainty_m2(geoms, res, unc.debris_margin_px))
+
+
+def doubt(obj: np.ndarray, win: tuple[slice, slice], prob: np.ndarray, gid: np.ndarray, valid: np.ndarray,
+          is_debris: np.ndarray, unc: Uncertainty) -> dict:
+    """Per glacier, from its padded window: the debris share of its boundary pixels and the doubted pixels
+    (D_in + D_out) / 2 of the classification uncertainty (see `Uncertainty`)."""
+    edge = obj & ~ndimage.binary_erosion(obj, structure=CROSS, border_value=0)
+    p = prob[win]
+    d_in = int((obj & ~(p >= unc.doubt_high)).sum())
+    ring = ndimage.binary_dilation(obj, structure=CROSS, iterations=unc.ring_px) & ~obj
+    d_out = int((ring & (gid[win] == 0) & valid[win] & (p >= unc.doubt_low)).sum())
+    return {"margin_debris_frac": float(is_debris[win][edge].mean()) if edge.any() else 0.0,
+            "doubt_px": (d_in + d_out) / 2}
+
+
+def glacier_uncertainty_m2(geoms: gpd.GeoSeries, res: float, debris_margin_frac: np.ndarray, doubt_px: np.ndarray,
+                           unc: Uncertainty = Uncertainty()) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(total, margin, classification) area uncertainty in m², planar in the zone CRS: the two independent
+    sources of `Uncertainty` added in quadrature."""
+    margin = margin_uncertainty_m2(geoms, res, debris_margin_frac, unc)
+    cls = unc.k * np.asarray(doubt_px, dtype=float) * res * res
+    return np.hypot(margin, cls), margin, cls
 
 
 # --------------------------------------------------------------------------- entry points
@@ -418,8 +517,10 @@ def threshold_polygons(pred: xr.Dataset, threshold: float = 0.5, year: int | Non
 
 
 def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rules = Rules(), *,
-             year: int | None = None, divides: gpd.GeoSeries | None = None) -> gpd.GeoDataFrame:
-    """Glacier outlines of one region-year (zone CRS) with per-glacier attributes.
+             year: int | None = None, divides: gpd.GeoSeries | None = None,
+             uncertainty: Uncertainty = Uncertainty()) -> gpd.GeoDataFrame:
+    """Glacier outlines of one region-year (zone CRS) with per-glacier attributes and area uncertainty
+    (`Uncertainty`: boundary-type-dependent buffer and the model's doubt, in quadrature).
 
     `pred`: the store's (y, x) Dataset for one year (`probability` = glacier probability, `classes`,
     `valid`; NumPy or Dask; a `year` dimension of one year, or `year=`, is accepted). `features`: the
@@ -477,7 +578,7 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
     _, comp = connected_components(graph, directed=False)
     kept = np.concatenate([clean_kept[1:], debris_kept[1:]])
     comp_lut = np.where(kept, comp + 1, 0)
-    gid = np.zeros(prob.shape, np.int64)
+    gid = np.zeros(prob.shape, np.int32)
     gid[clean_lab > 0] = comp_lut[clean_lab[clean_lab > 0] - 1]
     gid[debris_lab > 0] = comp_lut[nc + debris_lab[debris_lab > 0] - 1]
     gid, ng = canonical(gid)
@@ -495,16 +596,17 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
 
     rows, geoms = [], []
     water = valid & (classes == Label.WATER)
-    for _, pad, obj, poly in _objects(gid, grid):
+    for _, pad, obj, poly in _objects(gid, grid, uncertainty.ring_px):
         geoms.append(poly)
         row = _attributes(obj, pad, prob, is_debris, feats, water, grid, rules)
+        row.update(doubt(obj, pad, prob, gid, valid, is_debris, uncertainty))
         if ref_ids:
             r = int(ref_of[pad][obj][0])
             row["ref_id"] = ref_ids[r - 1] if r > 0 else None
         rows.append(row)
     cols = ATTRIBUTE_COLUMNS + (["ref_id"] if ref_ids else [])
     gdf = gpd.GeoDataFrame(pd.DataFrame(rows, columns=cols), geometry=geoms, crs=grid.crs)
-    _finish(gdf, grid)
+    _finish(gdf, grid, uncertainty)
     gdf.attrs["obia"] = {
         "rules": asdict(rules),
         "clean_segments": nc, "clean_dropped": int(nc - clean_kept.sum()),
@@ -593,19 +695,39 @@ def reference_groups(gid: np.ndarray, n: int, refr: np.ndarray) -> np.ndarray:
 
 def split_by_divides(gid: np.ndarray, refr: np.ndarray, grid: Grid, max_m: float) -> tuple[np.ndarray, np.ndarray]:
     """Split and join glaciers by reference divides (`refr`: from `rasterize_reference`): (new labels,
-    reference number 1..k per pixel, 0 none)."""
+    reference number 1..k per pixel, 0 none).
+
+    Each glacier's pixels go to the nearest reference pixel within `max_m`, found by a distance transform of
+    the glacier's own window grown by `max_m` (every reference pixel that close lies in it), not of the scene:
+    the temporaries (float64 distances, two index planes) are one glacier's window."""
     if not (refr > 0).any():
         return gid, np.zeros(gid.shape, np.int32)
-    dist, (iy, ix) = ndimage.distance_transform_edt(refr == 0, return_indices=True)
-    nearest = np.where(dist * grid.res <= max_m, refr[iy, ix], 0)
-    ref_of = np.where(gid > 0, nearest, 0)
+    reach = int(np.ceil(max_m / grid.res)) + 1
+    ref_of = np.zeros(gid.shape, np.int32)
+    for i, sl in enumerate(ndimage.find_objects(gid), start=1):
+        if sl is None:
+            continue
+        win = (slice(max(sl[0].start - reach, 0), sl[0].stop + reach),
+               slice(max(sl[1].start - reach, 0), sl[1].stop + reach))
+        r = refr[win]
+        if not (r > 0).any():
+            continue
+        obj = gid[win] == i
+        dist, (iy, ix) = ndimage.distance_transform_edt(r == 0, return_indices=True)
+        near = np.where(dist * grid.res <= max_m, r[iy, ix], 0)
+        ref_of[win][obj] = near[obj]
     # all ice of one reference glacier is one object (its parts may be apart); other ice keeps its component
-    key = np.where(ref_of > 0, ref_of, np.where(gid > 0, gid.astype(np.int64) + int(refr.max()) + 1, 0))
+    key = np.zeros(gid.shape, np.int32)
+    own = int(refr.max()) + 1
+    for rows in _row_blocks(gid.shape):
+        g, r = gid[rows], ref_of[rows]
+        key[rows] = np.where(r > 0, r, np.where(g > 0, g + own, 0))
     return key, ref_of
 
 
 ATTRIBUTE_COLUMNS = ["n_px", "debris_frac", "confidence", "term_type", "zmin_m", "zmed_m", "zmax_m", "zmean_m",
-                     "slope_deg", "aspect_deg", "ndsi", "thermal_anomaly_k", "vv_db", "term_x", "term_y"]
+                     "slope_deg", "aspect_deg", "ndsi", "thermal_anomaly_k", "vv_db", "term_x", "term_y",
+                     "margin_debris_frac", "doubt_px"]
 
 
 def _attributes(obj: np.ndarray, win: tuple[slice, slice], prob: np.ndarray, is_debris: np.ndarray,
@@ -651,8 +773,8 @@ def _attributes(obj: np.ndarray, win: tuple[slice, slice], prob: np.ndarray, is_
     return row
 
 
-def _finish(gdf: gpd.GeoDataFrame, grid: Grid) -> None:
-    """Areas on the ellipsoid, perimeter, ±½-pixel uncertainty, centroid and terminus in lon/lat."""
+def _finish(gdf: gpd.GeoDataFrame, grid: Grid, unc: Uncertainty) -> None:
+    """Areas on the ellipsoid, perimeter, area uncertainty (`Uncertainty`), centroid and terminus in lon/lat."""
     gdf.insert(0, "obj", np.arange(1, len(gdf) + 1, dtype=np.int32))
     wgs = gdf.geometry.to_crs(4326)
     area, perim = geodesic_area_perimeter(wgs)
@@ -660,7 +782,11 @@ def _finish(gdf: gpd.GeoDataFrame, grid: Grid) -> None:
     with np.errstate(invalid="ignore", divide="ignore"):
         scale = np.where(planar > 0, area / planar, 1.0)
     gdf["area_km2"] = area / 1e6
-    gdf["area_unc_km2"] = area_uncertainty_m2(gdf.geometry, grid.res) * scale / 1e6
+    total, margin, cls = glacier_uncertainty_m2(gdf.geometry, grid.res, gdf["margin_debris_frac"].to_numpy(float),
+                                                gdf["doubt_px"].to_numpy(float), unc)
+    gdf["area_unc_km2"] = total * scale / 1e6
+    gdf["area_unc_margin_km2"] = margin * scale / 1e6
+    gdf["area_unc_class_km2"] = cls * scale / 1e6
     gdf["perimeter_km"] = perim / 1e3
     to_ll = Transformer.from_crs(grid.crs, 4326, always_xy=True)
     cen = gdf.geometry.centroid
@@ -682,7 +808,8 @@ def to_wgs84(gdf: gpd.GeoDataFrame) -> gpd.GeoDataFrame:
 # --------------------------------------------------------------------------- across UTM zones
 
 
-WEIGHTED = ("debris_frac", "confidence", "slope_deg", "ndsi", "thermal_anomaly_k", "vv_db", "zmean_m", "zmed_m")
+WEIGHTED = ("debris_frac", "confidence", "slope_deg", "ndsi", "thermal_anomaly_k", "vv_db", "zmean_m", "zmed_m",
+            "margin_debris_frac")
 
 
 def _touching_pieces(pieces: gpd.GeoDataFrame, tol_m: float) -> list[tuple[int, int]]:
@@ -704,7 +831,8 @@ def _touching_pieces(pieces: gpd.GeoDataFrame, tol_m: float) -> list[tuple[int, 
     return out
 
 
-def merge_zones(parts: list[gpd.GeoDataFrame], res: float) -> gpd.GeoDataFrame:
+def merge_zones(parts: list[gpd.GeoDataFrame], res: float,
+                uncertainty: Uncertainty = Uncertainty()) -> gpd.GeoDataFrame:
     """The outlines of several UTM zones (each from `outlines`, in its zone's CRS) as one set in EPSG:4326,
     a glacier cut by a zone boundary joined into ONE polygon.
 
@@ -757,7 +885,11 @@ def merge_zones(parts: list[gpd.GeoDataFrame], res: float) -> gpd.GeoDataFrame:
         at = out.index[i]
         out.loc[at, ["area_km2", "perimeter_km", "cenlon", "cenlat", "utm_epsg"]] = [
             area[0] / 1e6, perim[0] / 1e3, cen.x, cen.y, zone.epsg]
-        out.loc[at, "area_unc_km2"] = area_uncertainty_m2(local, res)[0] * area[0] / float(local.area.iat[0]) / 1e6
+        parts_unc = glacier_uncertainty_m2(local, res, [out["margin_debris_frac"].iat[i]], [out["doubt_px"].iat[i]],
+                                           uncertainty)
+        s = area[0] / float(local.area.iat[0]) / 1e6
+        out.loc[at, ["area_unc_km2", "area_unc_margin_km2", "area_unc_class_km2"]] = [float(u[0]) * s
+                                                                                      for u in parts_unc]
     out["obj"] = np.arange(1, len(out) + 1, dtype=np.int32)
     out["utm_epsg"] = out["utm_epsg"].astype(np.int32)
     out["term_type"] = out["term_type"].astype(np.int16)
@@ -770,6 +902,7 @@ def _joined_row(p: gpd.GeoDataFrame) -> dict:
     w = p["n_px"].to_numpy(float)
     row = p.iloc[int(np.argmax(w))].drop(labels=["geometry", "_zone"]).to_dict()
     row["n_px"] = int(w.sum())
+    row["doubt_px"] = float(p["doubt_px"].sum())  # the doubted pixels of the pieces (seam pixels not counted)
     for col in WEIGHTED:
         v = p[col].to_numpy(float)
         ok = np.isfinite(v)
