@@ -23,7 +23,15 @@ Scores against the truth outlines (holes under the MMU filled: the RGI conventio
   prediction grid, so any outline simplified within half a pixel (as OBIA's are, and the raw threshold's
   are not) adds polygon area outside them; counted on pixels, the two methods' outlines compare as masks;
 - debris_iou: IoU of debris-covered ice (debris-class pixels inside the outlines) vs the truth, pooled.
-The same with `_threshold` for raw thresholding. Writes benchmarks/results/outlines.json.
+The same with `_threshold` for raw thresholding (its change uncertainty: the ±½-pixel buffer of its polygons).
+Also written: the size of OBIA's stated uncertainty (`uncertainty_size`: median area_unc as % of area, its
+margin and class terms), per-glacier change rows (`per_world.*.glaciers`), and OBIA's peak memory
+(tracemalloc) on the first world and on 4x its area (`obia_memory`). Writes benchmarks/results/outlines.json.
+
+    python benchmarks/outlines.py --calibrate
+
+fits k of the uncertainty's classification term (`obia.Uncertainty`) on training worlds (seeds 711-713 and
+three rendered from 715-717), never on the scored ones, and writes benchmarks/results/outlines_calibration.json.
 """
 
 from __future__ import annotations
@@ -57,8 +65,8 @@ CHECKPOINT = Path(__file__).parent.parent / "glacier_stac" / "checkpoints" / "un
 GENERATED_SEEDS = (701, 702, 703)  # held out: training 1001-1003, tests 0-99, read 501, accuracy 601-602
 RENDER_SOURCE_SEED = 704  # the generated world whose DEM and outlines are rendered by `synthetic render`
 # worlds that calibrate the uncertainty's k (`--calibrate`), never the scored ones above (714 has no marine
-# glacier, which the generator requires, so the rendered calibration world is drawn from 715)
-CALIBRATION_SEEDS, CALIBRATION_RENDER_SEED = (711, 712, 713), 715
+# glacier, which the generator requires, so the rendered calibration worlds are drawn from 715-717)
+CALIBRATION_SEEDS, CALIBRATION_RENDER_SEEDS = (711, 712, 713), (715, 716, 717)
 BIG_KM2 = 0.1
 METRICS = ("outline_iou", "area_error_pct", "change_within_uncertainty_fraction", "spurious_polygons_per_100km2",
            "false_glacier_km2", "false_glacier_km2_px", "debris_iou")
@@ -317,6 +325,30 @@ def obia_memory(world_dir: Path, zarr_path: Path) -> dict:
     return out
 
 
+def uncertainty_size(per_world: dict[str, dict]) -> dict:
+    """How large the stated uncertainty is, so that a pass cannot hide a trivially wide one: per world the
+    median over glaciers > 0.1 km² (first and last year) of area_unc as % of the mapped area, the same for
+    the margin and class terms, and of the rate uncertainty as % of the true |rate|; median and worst
+    (largest) over worlds."""
+    per = {}
+    for name, w in per_world.items():
+        g = [r for r in w["glaciers"] if r["mapped"]]
+        pct = [100 * r[f"unc{i}_km2"] / r[f"area{i}_km2"] for r in g for i in (0, 1) if r[f"area{i}_km2"] > 0]
+        mar = [100 * r[f"margin{i}_km2"] / r[f"area{i}_km2"] for r in g for i in (0, 1) if r[f"area{i}_km2"] > 0]
+        cls = [100 * r[f"class{i}_km2"] / r[f"area{i}_km2"] for r in g for i in (0, 1) if r[f"area{i}_km2"] > 0]
+        deb = [100 * r[f"unc{i}_km2"] / r[f"area{i}_km2"] for r in g for i in (0, 1)
+               if r[f"area{i}_km2"] > 0 and r["debris_frac"] >= 0.1]
+        per[name] = {"area_unc_pct": float(np.median(pct)) if pct else float("nan"),
+                     "margin_pct": float(np.median(mar)) if mar else float("nan"),
+                     "class_pct": float(np.median(cls)) if cls else float("nan"),
+                     "area_unc_pct_debris_glaciers": float(np.median(deb)) if deb else float("nan")}
+    out: dict = {"per_world": per}
+    for m in ("area_unc_pct", "margin_pct", "class_pct", "area_unc_pct_debris_glaciers"):
+        v = np.array([p[m] for p in per.values()], dtype=float)
+        out[m] = {"median": float(np.nanmedian(v)), "worst": float(np.nanmax(v))}
+    return out
+
+
 def aggregate(per_world: dict[str, dict]) -> dict:
     """Median and worst over worlds of every metric (worst: lowest for scores, highest for errors)."""
     out = {}
@@ -333,7 +365,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="4 km worlds, 2 years (full: 6 km, 3 years)")
     ap.add_argument("--world", type=Path, default=Path(".cache/benchmarks"))
     ap.add_argument("--calibrate", action="store_true",
-                    help="run the training worlds (seeds 711-713, rendered 715) with k = 1 and write the k of the "
+                    help="run the training worlds (seeds 711-713, rendered 715-717) with k = 1 and write the k of the "
                          "classification uncertainty that covers 90%% of their change errors "
                          "(results/outlines_calibration.json); the scored worlds are never used")
     args = ap.parse_args()
@@ -343,13 +375,14 @@ def main() -> None:
 
     ckpt = load(CHECKPOINT)
     t0 = time.perf_counter()
-    seeds, render_seed = (CALIBRATION_SEEDS, CALIBRATION_RENDER_SEED) if args.calibrate else (
-        GENERATED_SEEDS, RENDER_SOURCE_SEED)
+    seeds, render_seeds = (CALIBRATION_SEEDS, CALIBRATION_RENDER_SEEDS) if args.calibrate else (
+        GENERATED_SEEDS, (RENDER_SOURCE_SEED,))
     worlds = {f"generated-{s}": generate(WorldConfig(seed=s, size_km=setup.size_km, years=setup.years),
                                          args.world / f"outlines-{s}-{setup.size_km:g}km-{len(setup.years)}y",
                                          progress=False)
               for s in seeds}
-    worlds[f"rendered-{render_seed}"] = rendered_world(args.world, setup, render_seed)
+    for r in render_seeds:
+        worlds[f"rendered-{r}"] = rendered_world(args.world, setup, r)
     world_s = time.perf_counter() - t0
     if args.calibrate:
         calibrate(worlds, args.world, setup, ckpt, args.quick)
@@ -385,7 +418,8 @@ def main() -> None:
     }
     doc = {"quick": args.quick, **asdict(setup), "checkpoint": CHECKPOINT.name, "worlds": list(worlds),
            "uncertainty": asdict(obia.Uncertainty()), "uncertainty_method": inventory.area_uncertainty_method(),
-           "obia_memory": memory, "load": Path("/proc/loadavg").read_text().split()[:3],
+           "obia_memory": memory, "uncertainty_size": uncertainty_size(per_world),
+           "load": Path("/proc/loadavg").read_text().split()[:3],
            "per_world": per_world, "aggregate": agg, "checks": checks,
            "seconds": {"worlds": world_s, "chain": seconds, "total": time.perf_counter() - t0}}
     RESULTS.mkdir(parents=True, exist_ok=True)
