@@ -113,12 +113,32 @@ def classes_for(regions: Sequence[Region], classes: Sequence[str] | None = None)
 # --------------------------------------------------------------------------- sampling
 
 
-def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: float = 4.0) -> np.ndarray:
+def front_zone(labels: np.ndarray, reach_px: int = 8, sea_ice: np.ndarray | None = None) -> np.ndarray:
+    """Ice-free, water-free pixels the model confuses with calving glacier ice: the sea ice, mélange
+    and icebergs between a calving front and open water. The truth labels them background, so they are
+    found as background within `reach_px` of both glacier ice and water (the fjord in front of a
+    calving front); `sea_ice` (e.g. the generator's Surface.SEA_ICE) adds known sea ice anywhere."""
+    ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
+    water = labels == Label.WATER
+    near = np.ones((2 * reach_px + 1, 2 * reach_px + 1), bool)
+    zone = (labels == Label.BACKGROUND) & ndimage.binary_dilation(ice, near) & ndimage.binary_dilation(water, near)
+    if sea_ice is not None:
+        if sea_ice.shape != labels.shape:
+            raise ValueError(f"sea_ice mask of shape {sea_ice.shape} does not match labels {labels.shape}")
+        zone |= sea_ice.astype(bool) & ~ice & (labels != IGNORE)
+    return zone
+
+
+def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: float = 4.0,
+                   front_weight: float = 4.0, sea_ice: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel sampling weight: more on glacier edges, debris-covered ice and rock glaciers (both
-    look like the rock around them in optics, so the model must see many of them)."""
+    look like the rock around them in optics, so the model must see many of them), and on the sea ice
+    and mélange before calving fronts (`front_zone`: bright, cold and rough like glacier ice, so models
+    paint the glacier out over them and the front lands ~1 km off)."""
     ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
     edge = ndimage.binary_dilation(metrics.edges(ice), iterations=3)
-    w = 1.0 + edge_weight * edge + debris_weight * np.isin(labels, (Label.DEBRIS_ICE, Label.ROCK_GLACIER))
+    w = (1.0 + edge_weight * edge + debris_weight * np.isin(labels, (Label.DEBRIS_ICE, Label.ROCK_GLACIER))
+         + front_weight * front_zone(labels, sea_ice=sea_ice))
     return np.where(labels == IGNORE, 0.0, w)
 
 
@@ -133,13 +153,14 @@ def sample_patches(labels: np.ndarray, n: int, patch: int, rng: np.random.Genera
     return np.stack(np.unravel_index(idx, wts.shape), axis=1)
 
 
-def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-    """Random flips and 90° rotations (aspect is not rotated with them: it is a weak feature here)."""
+def augment(x: np.ndarray, y: np.ndarray, rng: np.random.Generator, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Random flips and 90° rotations (aspect is not rotated with them: it is a weak feature here);
+    `extra` (y, x) arrays (per-pixel loss weights) get the same flip and rotation as the labels."""
     k = int(rng.integers(4))
-    x, y = np.rot90(x, k, axes=(-2, -1)), np.rot90(y, k, axes=(-2, -1))
+    arrs = [np.rot90(a, k, axes=(-2, -1)) for a in (x, y, *extra)]
     if rng.random() < 0.5:
-        x, y = x[..., ::-1], y[..., ::-1]
-    return np.ascontiguousarray(x), np.ascontiguousarray(y)
+        arrs = [a[..., ::-1] for a in arrs]
+    return tuple(np.ascontiguousarray(a) for a in arrs)
 
 
 # --------------------------------------------------------------------------- domain randomisation
@@ -219,7 +240,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           steps_per_epoch: int = 40, batch_size: int = 8, patch: int = 128, lr: float = 2e-3, seed: int = 0,
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
           progress: bool = True, domain_randomisation: bool = False,
-          classes: Sequence[str] | None = None, init: Checkpoint | None = None) -> tuple[Checkpoint, list[dict]]:
+          classes: Sequence[str] | None = None, init: Checkpoint | None = None,
+          front_loss_weight: float = 4.0) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
@@ -228,7 +250,9 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     when the truth has them, so a model of glacier-only worlds keeps the four base classes).
     `init`: fine-tune this checkpoint (its model, features and normalisation) instead of starting from
     random weights; a head with fewer classes keeps its rows and the new classes' rows start fresh, so a
-    shipped four-class model learns rock glaciers without relearning glaciers."""
+    shipped four-class model learns rock glaciers without relearning glaciers.
+    `front_loss_weight`: extra loss weight on the sea ice and mélange before calving fronts
+    (`front_zone`), beside their oversampling, so the front is not painted out over them (issue 13)."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -259,7 +283,9 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
         mean, std = normalisation(train_regions, feats)
     net.to(dev)
     arrays = [normalise(r.features.sel(feature=feats).values, mean, std) for r in train_regions]
-    loss_fn = nn.CrossEntropyLoss(weight=class_weights(train_regions, len(names)).to(dev), ignore_index=IGNORE)
+    cw = class_weights(train_regions, len(names)).to(dev)
+    loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
+    pixel_w = [(1.0 + front_loss_weight * front_zone(r.labels)).astype(np.float32) for r in train_regions]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     history: list[dict] = []
@@ -268,20 +294,23 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
         net.train()
         t0, losses = time.perf_counter(), []
         for _ in range(steps_per_epoch):
-            xs, ys = [], []
+            xs, ys, ws = [], [], []
             for _ in range(batch_size):
                 ri = int(rng.integers(len(arrays)))
                 (y0, x0), = sample_patches(train_regions[ri].labels, 1, patch, rng)
-                x, y = augment(arrays[ri][:, y0:y0 + patch, x0:x0 + patch],
-                               train_regions[ri].labels[y0:y0 + patch, x0:x0 + patch], rng)
+                x, y, pw = augment(arrays[ri][:, y0:y0 + patch, x0:x0 + patch],
+                                   train_regions[ri].labels[y0:y0 + patch, x0:x0 + patch], rng,
+                                   pixel_w[ri][y0:y0 + patch, x0:x0 + patch])
                 if domain_randomisation:
                     x = randomise(x, feats, mean, std, rng)
                 xs.append(x)
                 ys.append(y)
+                ws.append(pw)
             xb = torch.from_numpy(np.stack(xs)).to(dev)
             yb = torch.from_numpy(np.stack(ys).astype(np.int64)).to(dev)
             opt.zero_grad(set_to_none=True)
-            loss = loss_fn(net(xb), yb)
+            wb = torch.from_numpy(np.stack(ws)).to(dev)
+            loss = weighted_loss(loss_fn(net(xb), yb), yb, wb, cw)
             loss.backward()
             opt.step()
             sched.step()
@@ -309,6 +338,15 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     assert best is not None
     best[1].metrics["history"] = history
     return best[1], history
+
+
+def weighted_loss(per_pixel: torch.Tensor, y: torch.Tensor, pixel_w: torch.Tensor,
+                  class_w: torch.Tensor) -> torch.Tensor:
+    """Mean class-weighted cross-entropy with per-pixel weights on top: sum(w_px * loss) / sum(w_px * w_class),
+    which is `CrossEntropyLoss(weight=class_w)`'s mean when every pixel weight is 1; ignored pixels count 0."""
+    ok = y != IGNORE
+    wc = class_w[torch.where(ok, y, 0)] * ok
+    return (per_pixel * pixel_w).sum() / (wc * pixel_w).sum().clamp_min(1e-12)
 
 
 def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
