@@ -26,7 +26,8 @@ Scores against the truth outlines (holes under the MMU filled: the RGI conventio
 The same with `_threshold` for raw thresholding (its change uncertainty: the ±½-pixel buffer of its polygons).
 Also written: the size of OBIA's stated uncertainty (`uncertainty_size`: median area_unc as % of area, its
 margin and class terms), per-glacier change rows (`per_world.*.glaciers`), and OBIA's peak memory
-(tracemalloc) on the first world and on 4x its area (`obia_memory`). Writes benchmarks/results/outlines.json.
+(tracemalloc) on the first world and on 4x its area (`obia_memory`). Writes benchmarks/results/outlines.json
+(`--quick`: outlines-quick.json, so that a quick run never overwrites the full run's figures).
 
     python benchmarks/outlines.py --calibrate
 
@@ -423,7 +424,7 @@ def main() -> None:
            "per_world": per_world, "aggregate": agg, "checks": checks,
            "seconds": {"worlds": world_s, "chain": seconds, "total": time.perf_counter() - t0}}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "outlines.json").write_text(json.dumps(doc, indent=2) + "\n")
+    (RESULTS / ("outlines-quick.json" if args.quick else "outlines.json")).write_text(json.dumps(doc, indent=2) + "\n")
     print(f"\n{len(worlds)} worlds, {setup.size_km:g} km, years {list(setup.years)}: median (worst), OBIA vs threshold")
     print("| metric | OBIA | raw threshold |\n|---|---|---|")
     for m in METRICS:

@@ -446,7 +446,7 @@ class Uncertainty:
     doubt_low: float = 0.25
     doubt_high: float = 0.75
     ring_px: int = 5
-    k: float = 1.4  # benchmarks/results/outlines_calibration.json: covers 24 of 26 training glaciers (k = 0: 19)
+    k: float = 1.4  # benchmarks/results/outlines_calibration.json: covers 35 of 38 training glaciers (k = 0: 27)
 
     def __post_init__(self) -> None:
         if not 0 < self.clean_margin_px <= self.debris_margin_px:
