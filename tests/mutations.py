@@ -640,6 +640,16 @@ MUTATIONS: list[Mutation] = [
              "    offset = 0.0 if n_tiles % 2 == 0 else tile_m / 2",
              "    offset = tile_m / 4",
              ("tests/test_demo.py::test_demo_world_fills_the_fewest_tiles",)),
+    Mutation("sea-ice-not-oversampled", "sea ice and melange before a calving front are sampled more (issue 13)",
+             "glacier_stac/train.py",
+             "         + front_weight * front_zone(labels, sea_ice=sea_ice))",
+             "         + 0.0 * front_zone(labels, sea_ice=sea_ice))",
+             ("tests/test_train_units.py::test_sample_weights_rise_on_sea_ice_before_a_calving_front",)),
+    Mutation("front-loss-weight-dropped", "the loss counts sea-ice pixels before a front more (issue 13)",
+             "glacier_stac/train.py",
+             "    return (per_pixel * pixel_w).sum() / (wc * pixel_w).sum().clamp_min(1e-12)",
+             "    return per_pixel.sum() / wc.sum().clamp_min(1e-12)",
+             ("tests/test_train_units.py::test_front_loss_weight_counts_sea_ice_more_and_matches_plain_ce_at_one",)),
 ]
 
 

@@ -66,3 +66,48 @@ def test_augment_keeps_pairs_aligned():
     for _ in range(8):
         xa, ya = train.augment(x, y, rng)
         np.testing.assert_array_equal(xa[0], ya)
+
+
+def fjord() -> np.ndarray:
+    """A tidewater tongue ending at row 100; sea ice (background in the truth) in rows 100-108 before it,
+    open water beyond, bare rock on land far from both."""
+    lab = np.zeros((200, 200), np.uint8)
+    lab[20:100, 60:140] = Label.CLEAN_ICE
+    lab[100:200, 40:160] = Label.WATER
+    lab[100:108, 60:140] = Label.BACKGROUND  # sea ice / melange against the front
+    return lab
+
+
+def test_sample_weights_rise_on_sea_ice_before_a_calving_front():
+    lab = fjord()
+    zone = train.front_zone(lab)
+    assert zone[104, 100] and not zone[30, 10] and not zone[150, 100] and not zone[50, 100]
+    w = train.sample_weights(lab)
+    assert w[104, 100] > w[30, 10] + 3.0  # sea ice before the front vs bare rock far away
+    assert train.sample_weights(lab, front_weight=0.0)[104, 100] < w[104, 100]
+    # known sea ice anywhere (the generator's Surface.SEA_ICE) counts too, never on glacier ice
+    sea_ice = np.zeros(lab.shape, bool)
+    sea_ice[0:10, 0:10] = True
+    sea_ice[50, 100] = True
+    w2 = train.sample_weights(lab, sea_ice=sea_ice)
+    assert w2[5, 5] > w[5, 5] and w2[50, 100] == w[50, 100]
+    with pytest.raises(ValueError, match="sea_ice mask"):
+        train.front_zone(lab, sea_ice=sea_ice[:10])
+
+
+def test_front_loss_weight_counts_sea_ice_more_and_matches_plain_ce_at_one():
+    import torch
+
+    cw = torch.tensor([1.0, 2.0, 0.5, 1.5])
+    y = torch.tensor([[[0, 1], [3, 255]]])
+    logits = torch.zeros(1, 4, 2, 2)
+    logits[0, 1] = 3.0  # everything predicted clean ice: the background pixel (sea ice) is wrong
+    per = torch.nn.CrossEntropyLoss(weight=cw, ignore_index=255, reduction="none")(logits, y)
+    plain = torch.nn.CrossEntropyLoss(weight=cw, ignore_index=255)(logits, y)
+    ones = torch.ones(1, 2, 2)
+    assert float(train.weighted_loss(per, y, ones, cw)) == pytest.approx(float(plain), rel=1e-6)
+    heavy = ones.clone()
+    heavy[0, 0, 0] = 5.0
+    expected = (5 * per[0, 0, 0] + per[0, 0, 1] + per[0, 1, 0]) / (5 * cw[0] + cw[1] + cw[3])
+    assert float(train.weighted_loss(per, y, heavy, cw)) == pytest.approx(float(expected), rel=1e-6)
+    assert float(expected) > float(plain) + 0.1  # the wrong sea-ice pixel weighs more
