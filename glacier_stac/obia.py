@@ -24,7 +24,13 @@ polygon depends on the pixels only, never on the chunking. Polygons are vectoris
 own window of the label image, simplified within half a pixel, made valid and normalised.
 
 Memory: labels (int32) and the few feature layers the rules read are held as NumPy arrays for the
-region-year being outlined; the pipeline calls this per region (a few tiles), not per continent.
+region-year being outlined; the pipeline calls this per region (a few tiles), not per continent. The
+whole-scene passes (renumbering, thermal reference) work in row blocks of BLOCK_PX pixels and the divides
+in each glacier's own window, so their temporaries no longer scale with the scene: measured peak
+(tracemalloc, benchmarks/outlines.py) ~28-36 bytes per pixel of the region (was 66), still linear in the
+region's area because the label planes are whole-region; a glacier's window is as large as the glacier.
+
+Area uncertainty: `Uncertainty` (a boundary-type-dependent buffer and the model's doubt, in quadrature).
 """
 
 from __future__ import annotations
