@@ -120,8 +120,12 @@ def front_zone(labels: np.ndarray, reach_px: int = 8, sea_ice: np.ndarray | None
     calving front); `sea_ice` (e.g. the generator's Surface.SEA_ICE) adds known sea ice anywhere."""
     ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
     water = labels == Label.WATER
-    near = np.ones((2 * reach_px + 1, 2 * reach_px + 1), bool)
-    zone = (labels == Label.BACKGROUND) & ndimage.binary_dilation(ice, near) & ndimage.binary_dilation(water, near)
+    size = 2 * reach_px + 1  # a square dilation as a (separable, fast) maximum filter
+
+    def near(m: np.ndarray) -> np.ndarray:
+        return ndimage.maximum_filter(m.astype(np.uint8), size=size) > 0
+
+    zone = (labels == Label.BACKGROUND) & near(ice) & near(water)
     if sea_ice is not None:
         if sea_ice.shape != labels.shape:
             raise ValueError(f"sea_ice mask of shape {sea_ice.shape} does not match labels {labels.shape}")
@@ -142,12 +146,15 @@ def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: 
     return np.where(labels == IGNORE, 0.0, w)
 
 
-def sample_patches(labels: np.ndarray, n: int, patch: int, rng: np.random.Generator, **kw) -> np.ndarray:
-    """(n, 2) top-left corners of patches whose centres are drawn by `sample_weights`."""
+def sample_patches(labels: np.ndarray, n: int, patch: int, rng: np.random.Generator,
+                   weights: np.ndarray | None = None, **kw) -> np.ndarray:
+    """(n, 2) top-left corners of patches whose centres are drawn by `sample_weights` (or `weights`, the
+    same computed once per region: the training loop draws one patch at a time)."""
     h, w = labels.shape
     if h < patch or w < patch:
         raise ValueError(f"region of {h}x{w} px is smaller than the {patch} px training patch")
-    wts = sample_weights(labels, **kw)[patch // 2: h - patch + patch // 2 + 1, patch // 2: w - patch + patch // 2 + 1]
+    wts = sample_weights(labels, **kw) if weights is None else weights
+    wts = wts[patch // 2: h - patch + patch // 2 + 1, patch // 2: w - patch + patch // 2 + 1]
     p = wts.ravel() / wts.sum()
     idx = rng.choice(p.size, size=n, p=p)
     return np.stack(np.unravel_index(idx, wts.shape), axis=1)
@@ -286,6 +293,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     cw = class_weights(train_regions, len(names)).to(dev)
     loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
     pixel_w = [(1.0 + front_loss_weight * front_zone(r.labels)).astype(np.float32) for r in train_regions]
+    draw_w = [sample_weights(r.labels) for r in train_regions]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     history: list[dict] = []
@@ -297,7 +305,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
             xs, ys, ws = [], [], []
             for _ in range(batch_size):
                 ri = int(rng.integers(len(arrays)))
-                (y0, x0), = sample_patches(train_regions[ri].labels, 1, patch, rng)
+                (y0, x0), = sample_patches(train_regions[ri].labels, 1, patch, rng, weights=draw_w[ri])
                 x, y, pw = augment(arrays[ri][:, y0:y0 + patch, x0:x0 + patch],
                                    train_regions[ri].labels[y0:y0 + patch, x0:x0 + patch], rng,
                                    pixel_w[ri][y0:y0 + patch, x0:x0 + patch])
