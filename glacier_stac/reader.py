@@ -334,6 +334,40 @@ def grid_to_source(ds: Any, spec: Any) -> Affine | None:
     return ~src * dst
 
 
+FOOTPRINT_MARGIN_SRC_PX = 2  # source pixels the footprint is grown by: past any resampling kernel's reach
+
+
+def footprint_window(ds: Any, spec: Any, window: Window) -> Window | None:
+    """The part of a grid `window` the asset can touch (its footprint grown by a margin of
+    FOOTPRINT_MARGIN_SRC_PX source pixels and 2 grid pixels), or None when that is the whole window.
+
+    Why: a tile window reaching past a small asset (an asset edge, a world smaller than a tile) costs the
+    warper every pixel of the window. An empty window (width or height 0) means the asset lies outside.
+    """
+    vp = spec.vrt_params
+    dst = vp["transform"]
+    if dst.b or dst.d or ds.crs is None or ds.crs.to_epsg() != vp["crs"]:
+        # rotated grids, other CRSs: read it all (the warper's values across CRSs depend on the window asked
+        # for: GDAL picks the source window and its resampling per request)
+        return None
+    left, bottom, right, top = ds.bounds
+    mx, my = FOOTPRINT_MARGIN_SRC_PX * abs(ds.transform.a), FOOTPRINT_MARGIN_SRC_PX * abs(ds.transform.e)
+    inv = ~dst
+    (ca, ra), (cb, rb) = inv * (left - mx, top + my), inv * (right + mx, bottom - my)
+    c0, c1 = sorted((ca, cb))
+    r0, r1 = sorted((ra, rb))
+    if not all(np.isfinite(v) for v in (c0, c1, r0, r1)):
+        return None
+    w0, h0 = int(window.col_off), int(window.row_off)
+    wc0 = max(w0, int(np.floor(c0)) - 2)
+    wr0 = max(h0, int(np.floor(r0)) - 2)
+    wc1 = min(w0 + int(window.width), int(np.ceil(c1)) + 2)
+    wr1 = min(h0 + int(window.height), int(np.ceil(r1)) + 2)
+    if wc0 <= w0 and wr0 <= h0 and wc1 >= w0 + window.width and wr1 >= h0 + window.height:
+        return None
+    return Window(wc0, wr0, max(wc1 - wc0, 0), max(wr1 - wr0, 0))
+
+
 def _is_auth_failure(e: BaseException) -> bool:
     text = f"{e!r} {e.__cause__!r}"
     return any(m in text for m in AUTH_MARKERS)
@@ -413,7 +447,19 @@ class CogReader:
     # -- reading ------------------------------------------------------------------------------
     def _read(self, window) -> np.ndarray:
         with self._handle() as h:
-            return self._read_with(h, window)
+            sub = footprint_window(h.ds, self.spec, window)
+            if sub is None:  # the asset covers the window (or its footprint is unknown): read it all
+                return self._read_with(h, window)
+            # Only part of the window holds the asset (a scene edge, an asset smaller than the tile): the warper
+            # would transform every grid pixel of the window to find that most fall outside. It runs over the
+            # footprint (with a margin reaching past the asset, so the same path and kernel apply: the warper
+            # works block by block, each pixel's value does not depend on the window asked for) and the rest is
+            # the fill value, which is what a read outside an asset gives.
+            out = np.full((window.height, window.width), self.fill_value, dtype=self.dtype)
+            if sub.width > 0 and sub.height > 0:
+                r0, c0 = int(sub.row_off - window.row_off), int(sub.col_off - window.col_off)
+                out[r0:r0 + sub.height, c0:c0 + sub.width] = self._read_with(h, sub)
+            return out
 
     def _read_with(self, h: _Handle, window) -> np.ndarray:
         nodata = h.ds.nodata

@@ -650,6 +650,16 @@ MUTATIONS: list[Mutation] = [
              "    return (per_pixel * pixel_w).sum() / (wc * pixel_w).sum().clamp_min(1e-12)",
              "    return per_pixel.sum() / wc.sum().clamp_min(1e-12)",
              ("tests/test_train_units.py::test_front_loss_weight_counts_sea_ice_more_and_matches_plain_ce_at_one",)),
+    Mutation("footprint-read-zero-fill", "a window past an asset reads the fill outside it, as the whole warp does "
+             "(issue 12)", "glacier_stac/reader.py",
+             "            out = np.full((window.height, window.width), self.fill_value, dtype=self.dtype)",
+             "            out = np.zeros((window.height, window.width), dtype=self.dtype)",
+             ("tests/test_pipeline_reads.py",)),
+    Mutation("footprint-read-no-margin", "the footprint read keeps the resampling kernel's reach (issue 12)",
+             "glacier_stac/reader.py",
+             "    wc1 = min(w0 + int(window.width), int(np.ceil(c1)) + 2)",
+             "    wc1 = min(w0 + int(window.width), int(np.ceil(c1 - 2 * mx / dst.a)) - 1)",
+             ("tests/test_pipeline_reads.py",)),
 ]
 
 
