@@ -194,8 +194,9 @@ def test_merge_zones_joins_only_the_same_reference_glacier():
         g = gpd.GeoSeries([box(lon0, LAT, lon1, LAT + 0.005)], crs=4326).to_crs(epsg)
         row = {c: 1.0 for c in obia.WEIGHTED} | {"n_px": 100, "zmin_m": 1.0, "zmax_m": 2.0, "aspect_deg": 0.0,
                                                    "term_type": 0, "termlon": lon0, "termlat": LAT,
-                                                   "area_km2": 1.0, "area_unc_km2": 0.1, "perimeter_km": 1.0, "doubt_px": 3.0,
-                                                   "cenlon": lon0, "cenlat": LAT, "obj": 1, "ref_id": ref}
+                                                   "area_km2": 1.0, "area_unc_km2": 0.1, "perimeter_km": 1.0,
+                                                   "doubt_px": 3.0, "cenlon": lon0, "cenlat": LAT, "obj": 1,
+                                                   "ref_id": ref}
         return gpd.GeoDataFrame([row], geometry=g.values, crs=epsg)
 
     same = obia.merge_zones([piece(32606, MERIDIAN - 0.01, MERIDIAN, "a"),
