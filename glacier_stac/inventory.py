@@ -34,6 +34,7 @@ import geopandas as gpd
 import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
+import shapely
 import xarray as xr
 
 from glacier_stac import obia
@@ -63,6 +64,8 @@ def area_uncertainty_method(unc: obia.Uncertainty = obia.Uncertainty()) -> str:
 
 
 AREA_UNCERTAINTY = area_uncertainty_method()
+ROCK_GLACIER_COLUMNS = ["rg_id", "year", "region", "primeclass", "area_km2", "zmin_m", "zmed_m", "zmax_m", "cenlon",
+                        "cenlat", "parent_ids", "change_type", "utm_epsg", "geometry"]
 META_KEY = b"glacier_stac"
 MIN_OVERLAP = 0.1  # overlap / smaller area for two outlines of different years to be the same glacier
 
@@ -255,15 +258,14 @@ def rock_glaciers_for(predictions: xr.Dataset | str | Path, year: int, *,
                       features: xr.DataArray | list[xr.DataArray] | None = None, rules: obia.Rules = obia.Rules(),
                       aoi=None) -> gpd.GeoDataFrame:
     """Rock glaciers of one year: their own layer (`primeclass` rock_glacier), never part of the glacier
-    outlines, ids or change table (RGI keeps them out; issue 14). One zone: its CRS; several: EPSG:4326
-    (pieces cut by a zone boundary are not joined yet)."""
+    outlines, ids or change table (RGI keeps them out; issue 14). One zone: its CRS; several: EPSG:4326,
+    a rock glacier cut by a zone boundary joined into one polygon (`obia.merge_rock_glacier_zones`)."""
     parts = zone_predictions(predictions, year, aoi)
     several = len(parts) > 1
     layers = [obia.rock_glacier_outlines(p, _features_for(features, p, several), rules) for p in parts]
     if not several:
         return layers[0]
-    return gpd.GeoDataFrame(pd.concat([obia.to_wgs84(g) for g in layers], ignore_index=True), geometry="geometry",
-                            crs=4326)
+    return obia.merge_rock_glacier_zones(layers, obia.grid_of(parts[0]).res)
 
 
 # --------------------------------------------------------------------------- identity
@@ -368,6 +370,9 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
             return UpdateResult(path, year, 0, True)
         outl = outlines_for(predictions, year, features=features, rules=rules, divides=ref, aoi=aoi,
                             uncertainty=uncertainty)
+        # the rock-glacier layer first: the inventory holding `year` is what marks the update done
+        rocks = rock_glaciers_for(predictions, year, features=features, rules=rules, aoi=aoi)
+        _add_rock_glacier_year(rock_glacier_path(path), year, rocks, region)
         previous = _neighbour_year(old, year)
         ident = assign_ids(outl, previous, region, _next_number(old["glac_id"]) if old is not None else 1)
         rows = _rows(outl, ident, year, region, src_items if src_items is not None else _items(features))
@@ -384,6 +389,56 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
         _write_table_atomic(change_table(inv), changes_path)
     log.info("inventory %s: year %s added, %d glaciers", path, year, len(rows))
     return UpdateResult(path, year, len(rows), False)
+
+
+def rock_glacier_path(path: str | Path) -> Path:
+    """The rock-glacier layer beside an inventory: `<stem>.rock_glaciers.parquet` (GeoParquet, EPSG:4326)."""
+    path = Path(path)
+    return path.with_name(path.stem + ".rock_glaciers.parquet")
+
+
+def read_rock_glaciers(path: str | Path) -> gpd.GeoDataFrame:
+    """The rock-glacier layer of an inventory (given the inventory's path or the layer's own)."""
+    path = Path(path)
+    if not path.name.endswith(".rock_glaciers.parquet"):
+        path = rock_glacier_path(path)
+    try:
+        return gpd.read_parquet(path)
+    except FileNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow/geopandas raise many types for a damaged file
+        raise InventoryError(f"cannot read the rock-glacier layer {path}: {e}; the file is damaged or not "
+                             "GeoParquet (restore it or move it away; nothing was changed)") from None
+
+
+def _add_rock_glacier_year(path: Path, year: int, rocks: gpd.GeoDataFrame, region: str) -> None:
+    """Put `year`'s rock glaciers into their layer (rows of `year` left by an interrupted update are
+    replaced); ids matched by overlap to the nearest other year, as glaciers are (`RG` regions)."""
+    old = read_rock_glaciers(path) if path.exists() else None
+    meta = (json.loads((pq.read_schema(path).metadata or {}).get(META_KEY, b"{}")) if old is not None
+            else {"primeclass": obia.ROCK_GLACIER_CLASS, "area": "geodesic area of the outline (pyproj Geod)",
+                  "years": {}})
+    if old is not None:
+        old = old[old["year"] != year]
+    prev = _neighbour_year(old, year)
+    ident = assign_ids(rocks, None if prev is None else prev.rename(columns={"rg_id": "glac_id"}), f"RG{region}",
+                       _next_number(old["rg_id"]) if old is not None else 1)
+    wgs = obia.to_wgs84(rocks)
+    cen = shapely.centroid(wgs.geometry.values)  # of the lon/lat polygon, as the glaciers' cenlon/cenlat
+    rows = gpd.GeoDataFrame({
+        "rg_id": ident["glac_id"].to_numpy(), "year": np.full(len(wgs), year, np.int32),
+        "region": [region] * len(wgs), "primeclass": wgs["primeclass"].to_numpy(),
+        "area_km2": wgs["area_km2"].to_numpy(float), "zmin_m": wgs["zmin_m"].to_numpy(float),
+        "zmed_m": wgs["zmed_m"].to_numpy(float), "zmax_m": wgs["zmax_m"].to_numpy(float),
+        "cenlon": shapely.get_x(cen), "cenlat": shapely.get_y(cen), "parent_ids": ident["parent_ids"].to_numpy(),
+        "change_type": ident["change_type"].to_numpy(),
+        "utm_epsg": (wgs["utm_epsg"].to_numpy(np.int32) if "utm_epsg" in wgs.columns
+                     else np.full(len(wgs), rocks.crs.to_epsg() or -1, np.int32)),
+    }, geometry=wgs.geometry.to_numpy(), crs=4326)
+    layer = rows if old is None or old.empty else pd.concat([old, rows], ignore_index=True)
+    layer = gpd.GeoDataFrame(layer, geometry="geometry", crs=4326).sort_values(["year", "rg_id"], ignore_index=True)
+    meta["years"][str(year)] = {"rock_glaciers": len(rows), "area_km2": float(rows["area_km2"].sum())}
+    _write_atomic(layer[ROCK_GLACIER_COLUMNS], path, meta)
 
 
 def _jsonable(d: dict) -> dict:

@@ -837,6 +837,19 @@ def _touching_pieces(pieces: gpd.GeoDataFrame, tol_m: float) -> list[tuple[int, 
     return out
 
 
+def _zone_pieces(parts: list[gpd.GeoDataFrame], what: str) -> gpd.GeoDataFrame:
+    """Each zone's objects in EPSG:4326 with their zone (`_zone`) and its EPSG code (`utm_epsg`)."""
+    frames = []
+    for k, gdf in enumerate(parts):
+        if gdf.crs is None or gdf.crs.to_epsg() is None:
+            raise ValueError(f"zone {what} {k} carry no EPSG CRS; pass each zone's `{what}` output")
+        w = to_wgs84(gdf)
+        w["utm_epsg"] = np.int32(gdf.crs.to_epsg())
+        w["_zone"] = k
+        frames.append(w)
+    return gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=4326)
+
+
 def merge_zones(parts: list[gpd.GeoDataFrame], res: float,
                 uncertainty: Uncertainty = Uncertainty()) -> gpd.GeoDataFrame:
     """The outlines of several UTM zones (each from `outlines`, in its zone's CRS) as one set in EPSG:4326,
@@ -853,15 +866,7 @@ def merge_zones(parts: list[gpd.GeoDataFrame], res: float,
     """
     from glacier_stac.grid import utm_crs
 
-    frames = []
-    for k, gdf in enumerate(parts):
-        if gdf.crs is None or gdf.crs.to_epsg() is None:
-            raise ValueError(f"zone outlines {k} carry no EPSG CRS; pass each zone's `outlines` output")
-        w = to_wgs84(gdf)
-        w["utm_epsg"] = np.int32(gdf.crs.to_epsg())
-        w["_zone"] = k
-        frames.append(w)
-    pieces = gpd.GeoDataFrame(pd.concat(frames, ignore_index=True), geometry="geometry", crs=4326)
+    pieces = _zone_pieces(parts, "outlines")
     if pieces.empty:
         out = pieces.drop(columns=["_zone"])
         out.attrs["obia"] = {"zones": [p.attrs.get("obia", {}) for p in parts], "joined": 0}
@@ -971,3 +976,43 @@ def rock_glacier_outlines(pred: xr.Dataset, features: xr.DataArray | None = None
     area, _ = geodesic_area_perimeter(gdf.geometry.to_crs(4326))
     gdf["area_km2"] = area / 1e6
     return gdf
+
+
+def merge_rock_glacier_zones(parts: list[gpd.GeoDataFrame], res: float) -> gpd.GeoDataFrame:
+    """The rock glaciers of several UTM zones (each from `rock_glacier_outlines`) as one layer in EPSG:4326,
+    a rock glacier cut by a zone boundary joined into one polygon, as `merge_zones` joins glaciers: pieces of
+    different zones closer than one pixel, and the seam between them. Areas are redone on the union;
+    `zmed_m` is the pixel-weighted mean of the pieces' medians; `utm_epsg` is the zone of the centroid."""
+    from glacier_stac.grid import utm_crs
+
+    pieces = _zone_pieces(parts, "rock_glacier_outlines")
+    pieces["cenlat"] = shapely.get_y(shapely.centroid(pieces.geometry.values))  # for `_touching_pieces`
+    cols = ["obj", "primeclass", "n_px", "zmin_m", "zmed_m", "zmax_m", "area_km2", "utm_epsg"]
+    if pieces.empty:
+        return gpd.GeoDataFrame(pd.DataFrame(columns=cols), geometry=[], crs=4326)
+    edges = _touching_pieces(pieces, res)
+    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    n = len(pieces)
+    _, comp = connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)), directed=False)
+    rows, geoms = [], []
+    for c in pd.unique(comp):
+        idx = np.flatnonzero(comp == c)
+        p = pieces.iloc[idx]
+        w = p["n_px"].to_numpy(float)
+        med = p["zmed_m"].to_numpy(float)
+        ok = np.isfinite(med)
+        rows.append({"primeclass": ROCK_GLACIER_CLASS, "n_px": int(w.sum()),
+                     "zmin_m": float(np.nanmin(p["zmin_m"])) if p["zmin_m"].notna().any() else np.nan,
+                     "zmed_m": float(np.average(med[ok], weights=w[ok])) if ok.any() else np.nan,
+                     "zmax_m": float(np.nanmax(p["zmax_m"])) if p["zmax_m"].notna().any() else np.nan})
+        geoms.append(p.geometry.iat[0] if len(idx) == 1 else
+                     _joined_geometry(p, [(i, j) for i, j in edges if comp[i] == c], res))
+    out = gpd.GeoDataFrame(pd.DataFrame(rows), geometry=geoms, crs=4326)
+    area, _ = geodesic_area_perimeter(out.geometry)
+    out["area_km2"] = area / 1e6
+    cen = shapely.centroid(out.geometry.values)
+    lon, lat = shapely.get_x(cen), shapely.get_y(cen)
+    out["utm_epsg"] = np.array([utm_crs(x, y).epsg for x, y in zip(lon, lat, strict=True)], dtype=np.int32)
+    out.insert(0, "obj", np.arange(1, len(out) + 1, dtype=np.int32))
+    out.attrs["obia"] = {"joined": int(n - len(out))}
+    return out[[*cols, "geometry"]]
