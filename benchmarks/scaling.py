@@ -182,29 +182,43 @@ def stage_of(prefix: str) -> str:
     return "cube"  # COG reads, reprojection, compositing, derived features, rechunk/astype before the model
 
 
+ONE_TASK_TILE = "run_tile_task"  # pipeline.run_tile_task: a CPU-only tile's whole graph in one task
+
+
 def stages(task_stream: list[dict], span: tuple[float, float], workers: int,
-           report: dict) -> tuple[dict, dict]:
+           report: dict, inner: list[dict] | None = None) -> tuple[dict, dict]:
     """(stage -> seconds, task prefix -> compute seconds) from the Dask task stream and the run's report;
-    `span`: the run's start and end (time.time()), to tell idle before the first task and after the last."""
+    `span`: the run's start and end (time.time()), to tell idle before the first task and after the last.
+    `inner`: pipeline.TILE_TASKS_TOPIC events (seconds per task prefix inside one-task tiles), which split
+    those tasks into stages; what the events do not cover is `in_tile_task_other` (the synchronous scheduler,
+    the graph's unpickling)."""
     from dask.utils import key_split
 
     by_task: dict[str, float] = {}
-    out = {"cube": 0.0, "predict": 0.0, "store_write": 0.0, "transfer": 0.0}
+    out = {"cube": 0.0, "predict": 0.0, "store_write": 0.0, "transfer": 0.0, "in_tile_task_other": 0.0}
     first, last = span[1], span[0]
     for rec in task_stream:
         prefix = key_split(rec["key"])
         for ss in rec.get("startstops", ()):
             dt = ss["stop"] - ss["start"]
             first, last = min(first, ss["start"]), max(last, ss["stop"])
-            if ss["action"] == "compute":
+            if ss["action"] == "compute" and prefix == ONE_TASK_TILE:
+                out["in_tile_task_other"] += dt  # less the inner tasks' seconds, below
+            elif ss["action"] == "compute":
                 by_task[prefix] = by_task.get(prefix, 0.0) + dt
                 out[stage_of(prefix)] += dt
             else:
                 out["transfer"] += dt
+    for ev in inner or ():
+        for prefix, dt in ev["seconds"].items():
+            by_task[prefix] = by_task.get(prefix, 0.0) + dt
+            out[stage_of(prefix)] += dt
+            out["in_tile_task_other"] -= dt
     t = report.get("timings", {})
     out["client_setup"] = t.get("setup_s", 0.0)
     out["client_search_and_graph"] = t.get("graph_s", 0.0)
-    busy = sum(v for k, v in out.items() if k in ("cube", "predict", "store_write", "transfer"))
+    out["in_tile_task_other"] = max(out["in_tile_task_other"], 0.0)
+    busy = sum(v for k, v in out.items() if k in ("cube", "predict", "store_write", "transfer", "in_tile_task_other"))
     out["worker_idle"] = max((span[1] - span[0]) * workers - busy, 0.0)
     out["before_first_task"] = max(first - span[0], 0.0)  # setup, the first tile's search and graph, submission
     out["after_last_task"] = max(span[1] - last, 0.0)  # results back, attempts, the report
@@ -246,7 +260,8 @@ def run_size(size: Size, worlds: Path, work: Path, checkpoint: str, workers: int
             span = (t_epoch, time.time())
         done = [o for o in rep.tiles if o.status == "done"]
         model_s = model_only_seconds(client, cfg.checkpoint, len(done), plan.margin)
-    st, by_task = stages(ts.data, span, workers, rep.to_dict())
+        inner = [msg for _, msg in client.get_events(pipeline.TILE_TASKS_TOPIC)]
+    st, by_task = stages(ts.data, span, workers, rep.to_dict(), inner)
     tile_px = 1024 * 1024
     return SizeResult(size_km=size.km, area_km2=size.km ** 2, tiles=len(plan.tiles), tiles_done=len(done),
                       output_px=len(done) * tile_px, computed_px=len(done) * (1024 + 2 * plan.margin) ** 2,

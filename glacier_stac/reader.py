@@ -277,6 +277,40 @@ class BlockCache:
         return got
 
 
+# GDAL's /vsicurl/ remembers a URL that failed to open: every later open of it in the process says this,
+# whatever the server answered (403, 503, a reset)
+GDAL_CACHED_MISSING = "does not exist in the file system"
+
+
+class FirstFailures:
+    """The first reason each asset URL failed for, in this process (the most recent `max_urls` URLs).
+
+    Why: once an open has failed, GDAL's /vsicurl/ cache answers every later open of that URL in the process
+    with "does not exist" without asking the server, so a retry on the same worker would record that instead
+    of the 403/503/reset the server gave. A later failure that only says so is reported with the first reason.
+    """
+
+    def __init__(self, max_urls: int = 10_000) -> None:
+        self._reasons: OrderedDict[str, str] = OrderedDict()
+        self._max = max_urls
+        self._lock = threading.Lock()
+
+    def reason(self, url: str, error: BaseException) -> str:
+        """The reason to report for `error` reading `url` (redacted): the first one seen when this one is only
+        GDAL's cached "does not exist", else this one (remembered if it is the first)."""
+        now = redact(error_reason(error))
+        with self._lock:
+            first = self._reasons.get(url)
+            if first is None:
+                self._reasons[url] = now
+                while len(self._reasons) > self._max:
+                    self._reasons.popitem(last=False)
+                return now
+        if GDAL_CACHED_MISSING in now and GDAL_CACHED_MISSING not in first:
+            return f"{first} (first failure; a retry in the same process: GDAL's cache answers 'does not exist')"
+        return now
+
+
 class ReaderState:
     """What the readers of one process share: the decoded-block cache and the read-error log.
 
@@ -287,6 +321,7 @@ class ReaderState:
     def __init__(self, block_cache_bytes: int | None = None, max_errors: int = 100_000) -> None:
         self.blocks = BlockCache(gdal_cache_bytes() if block_cache_bytes is None else block_cache_bytes)
         self.errors = ReadErrorLog(max_errors)
+        self.first_failure = FirstFailures()
         self._token = uuid.uuid4().hex
 
     def __reduce__(self) -> tuple:
@@ -556,9 +591,11 @@ class CogReader:
                     log.info("token for %s rejected; re-signing (attempt %d)", self.unsigned_url, attempt + 1)
                     self._resign()
                     continue
+                reason = self.shared.first_failure.reason(self.unsigned_url, e)
                 if not self.record_errors:
-                    raise RuntimeError(f"reading {self.unsigned_url} failed: {redact(error_reason(e))}") from None
+                    raise RuntimeError(f"reading {self.unsigned_url} failed: {reason}") from None
                 rec = read_error_record(self.unsigned_url, e, where=str(window))
+                rec["error"] = reason[:500]
                 log.warning("unreadable asset %s (%s): recorded as no-data", rec["asset"], rec["error"])
                 self.shared.errors.record(rec)
                 return np.full((window.height, window.width), self.fill_value, dtype=self.dtype)

@@ -306,12 +306,11 @@ def _serve_broken_from(world_dir: Path, srv_root: Path) -> None:
     (srv_root / "broken" / "cogs").symlink_to((world_dir / "cogs").resolve())
 
 
-# how each fault reads in the recorded reason (the last attempt's, in GDAL's words). A URL that failed to open
-# is "does not exist" to every later open in that worker process (GDAL's /vsicurl/ cache), so a retry that
-# lands on the same worker records that instead of the status the server gave
-CACHED = "does not exist"
-REASONS = {"reset": ("reset by peer", CACHED), "404": ("404", CACHED), "403": ("403", CACHED),
-           "503": ("503", CACHED), "corrupt": ("not recognized",), "truncated": ("TIFFRead", "IReadBlock")}
+# how each fault reads in the recorded reason (in GDAL's words). A URL that failed to open is "does not exist"
+# to every later open in that worker process (GDAL's /vsicurl/ cache); the reader reports a retry's failure with
+# the first reason the URL failed for (reader.FirstFailures), so the server's answer is what is recorded
+REASONS = {"reset": ("reset by peer",), "404": ("404",), "403": ("403",),
+           "503": ("503",), "corrupt": ("not recognized",), "truncated": ("TIFFRead", "IReadBlock")}
 
 
 def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_retries_only_it(
@@ -366,3 +365,4 @@ def test_a_tile_whose_assets_fail_is_retried_then_failed_others_complete_rerun_r
             assert srv.hits and min(srv.hits.values()) >= 3, f"503 twice then served: retried {srv.hits}"
             assert store.done_tiles(cfg.store, east.key.zone, YEAR) == {west.key.id, east.key.id}
     assert extra_id and _arrays(tmp_path / "preds.zarr") != _arrays(ref)  # the east tile composites the extra scene
+

@@ -202,7 +202,9 @@ def test_worker_killed_mid_run_gives_identical_outputs(full_run, world_dir, rust
         th.start()
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline and not killed and th.is_alive():
-            busy = [w for w, keys in c.processing().items() if any("predict-tile" in str(k) for k in keys)]
+            # a tile's task: its predict task, or (CPU-only clusters) the one task running the whole tile
+            busy = [w for w, keys in c.processing().items()
+                    if any("predict-tile" in str(k) or "run_tile_task" in str(k) for k in keys)]
             if busy:
                 os.kill(pids[busy[0]], signal.SIGKILL)
                 killed.append(busy[0])
@@ -253,3 +255,31 @@ def test_task_attempts_count_dask_retries_not_requests(tmp_path):
         final = c.submit(_fails_first, str(tmp_path / "b"), retries=0, pure=False)
         wait([final])
         assert final.status == "error" and task_attempts(c, [final.key]) == 1
+
+
+def test_cpu_only_tiles_run_as_one_task_gpu_clusters_keep_the_routed_graph(world_dir, rustac_url, tmp_path):
+    """Without GPU workers a tile-year is one task (its graph run inside by the synchronous scheduler); with
+    them the graph keeps its GPU=1 predict task apart. Both write the same bytes."""
+    import dask
+
+    from glacier_stac.models.checkpoint import load as load_checkpoint
+
+    stores = {}
+    for kind, resources in (("cpu", None), ("gpu", {"GPU": 1})):
+        cfg = pipeline.parse_config(_raw(rustac_url, tmp_path / kind, years=(2022,), bbox=_bbox(world_dir)))
+        plan = pipeline.make_plan(cfg)
+        unit = plan.tiles[0]
+        run_id = store.record_run(store.Location.of(cfg.store), {"config": cfg.describe()})
+        task = pipeline.tile_graph(unit, 2022, cfg, catalog.open_catalog(rustac_url), run_id, plan.margin,
+                                   load_checkpoint(cfg.checkpoint).digest(), resources)
+        graph = task.__dask_graph__()
+        if resources is None:
+            assert len(graph) == 1 and str(next(iter(graph))).startswith("run_tile_task"), list(graph)[:3]
+        else:
+            assert len(graph) > 10
+            assert any((lay.annotations or {}).get("resources") == {"GPU": 1} for lay in graph.layers.values())
+        with dask.config.set(scheduler="sync"):
+            rec = dask.compute(task, optimize_graph=False)[0]
+        assert rec.valid_px > 0
+        stores[kind] = _arrays(Path(cfg.store))
+    assert stores["cpu"] and stores["cpu"] == stores["gpu"]
