@@ -675,6 +675,30 @@ MUTATIONS: list[Mutation] = [
              "    if task is None or resources is not None:  # GPU workers",
              "    if True:  # GPU workers",
              ("tests/test_pipeline.py::test_cpu_only_tiles_run_as_one_task_gpu_clusters_keep_the_routed_graph",)),
+    Mutation(
+        name="rock-glaciers-not-joined-across-zones",
+        invariant="a rock glacier cut by a UTM zone boundary is one polygon",
+        path="glacier_stac/inventory.py",
+        old="    return obia.merge_rock_glacier_zones(layers, obia.grid_of(parts[0]).res)",
+        new="    return gpd.GeoDataFrame(pd.concat([obia.to_wgs84(g) for g in layers], ignore_index=True), crs=4326)",
+        tests=("tests/test_rock_glacier_layer.py::test_rock_glacier_across_a_zone_boundary_is_one_polygon",),
+    ),
+    Mutation(
+        name="update-drops-rock-glacier-layer",
+        invariant="each annual update saves the rock-glacier layer",
+        path="glacier_stac/inventory.py",
+        old="        _add_rock_glacier_year(rock_glacier_path(path), year, rocks, region)\n",
+        new="",
+        tests=("tests/test_rock_glacier_layer.py::test_each_update_saves_the_rock_glacier_layer",),
+    ),
+    Mutation(
+        name="interrupted-update-duplicates-rock-glaciers",
+        invariant="an update redone after a crash leaves no duplicate rows",
+        path="glacier_stac/inventory.py",
+        old="        old = old[old[\"year\"] != year]\n",
+        new="        old = old.copy()\n",
+        tests=("tests/test_rock_glacier_layer.py::test_an_interrupted_update_leaves_no_duplicate_rock_glaciers",),
+    ),
 ]
 
 
