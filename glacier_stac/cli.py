@@ -154,7 +154,7 @@ def synthetic_generate(
     force: bool = typer.Option(False, "--force", help="Rewrite even if the directory holds this world already."),
     quicklooks: bool = typer.Option(False, "--quicklook", help="Also write PNG quicklooks."),
     regime: str = typer.Option("maritime", "--regime",
-                               help="maritime | continental | high-mountain-asia | arctic | southern."),
+                               help="maritime | continental | high-mountain-asia | arctic | southern | dry."),
 ) -> None:
     """Generate a synthetic glacier world: COGs + STAC + truth (reused if already complete)."""
     from glacier_stac.synthetic.world import WorldConfig
@@ -187,7 +187,7 @@ def synthetic_render(
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
     regime: str = typer.Option("maritime", "--regime",
                                help="Climate the sensors see (thermal lapse rate, season, SAR pols): maritime | "
-                                    "continental | high-mountain-asia | arctic | southern."),
+                                    "continental | high-mountain-asia | arctic | southern | dry."),
     class_column: str = typer.Option(None, "--class-column",
                                      help="Outlines column whose 'rock glacier' values are drawn as rock glaciers."),
 ) -> None:

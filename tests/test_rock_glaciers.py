@@ -25,7 +25,7 @@ from glacier_stac.synthetic.user import from_user
 from glacier_stac.synthetic.world import Surface, World, build_world
 
 YEARS = (2021, 2022)
-RG_REGIMES = ("continental", "high-mountain-asia")
+RG_REGIMES = ("continental", "high-mountain-asia", "dry")
 # sha256 (first 16 hex) of elevation, surface, ELA, glacier ids, thickness and truth labels of each year of
 # the 4 km / 20 m seed-1 worlds, measured before rock glaciers were added (commit 361d74b)
 PINNED = {"maritime-1": "b0588877da6978c5", "arctic-1": "401ab09935619e2b", "southern-1": "7b3f6d36cbedb0ba"}

@@ -61,6 +61,8 @@ def test_height_ranges_and_ela(worlds: dict[str, World]) -> None:
     assert land["high-mountain-asia"].min() >= 3500 and ela["high-mountain-asia"] > 4200
     assert land["high-mountain-asia"].max() > 5000
     assert land["arctic"].max() < 1500 and ela["arctic"] < 600
+    # the dry Andes: high floors, a high ELA over small glaciers, the austral summer in a UTM south zone
+    assert land["dry"].min() >= 3000 and ela["dry"] > 4000
     for r in ("maritime", "arctic", "southern"):
         assert np.percentile(land[r], 1) < 100, r
     assert ela["arctic"] < ela["maritime"] < ela["continental"] < ela["high-mountain-asia"]
@@ -140,6 +142,9 @@ def test_sensors_and_season_follow_the_regime(worlds: dict[str, World]) -> None:
     south = worlds["southern"]
     assert str(south.geobox.crs.epsg).startswith("327"), "a UTM south zone"
     assert all(1 <= a.datetime.month <= 3 for a in R.acquisitions(south.config))
+    dry = worlds["dry"]
+    assert str(dry.geobox.crs.epsg).startswith("327")
+    assert all(1 <= a.datetime.month <= 4 for a in R.acquisitions(dry.config))  # the south's default season
     mar = worlds["maritime"]
     assert set(R.render_sentinel1(mar, next(a for a in R.acquisitions(mar.config) if a.sensor == "sentinel-1")
                                   ).assets) == {"vv", "vh"}

@@ -111,6 +111,11 @@ REGIMES: dict[str, Regime] = {
         # Southern Patagonia: maritime, tidewater, UTM south zone, the season in January-March
         Regime("southern", -73.5, -49.3, vertical_scale=1.05, coverage=0.5, season=((1, 1), (3, 31)),
                thermal=Thermal.tracking(294.0, 0.0055, 0.4)),
+        # Dry Andes (Chile/Argentina, ~33 S): floors 3200-3800 m, peaks to ~6000 m, small glaciers under a
+        # high ELA, debris-covered tongues, and rock glaciers outnumbering the glaciers; the austral summer
+        Regime("dry", -70.0, -33.2, base_m=3200.0, vertical_scale=1.7, coverage=0.14, tidewater=False,
+               debris_scale=0.5, debris_tongue=0.1, thermal=Thermal.tracking(316.0, 0.0065, 0.45),
+               rock_glaciers=0.7),
     )
 }
 MAX_PIXELS = 6000  # per side: a bigger world's arrays would not fit a worker (and the user DEM has the same cap)
