@@ -228,6 +228,7 @@ def catalog_serve(
     """Serve a generated world as a STAC API on 127.0.0.1 with `rustac serve` until Ctrl-C."""
     import signal
     import sys
+    import time
 
     from glacier_stac import stac_server
 
@@ -243,8 +244,8 @@ def catalog_serve(
             sys.stdout.flush()
             conf = stac_server.conformance(url)
             typer.echo(f"serving {world_dir} ({conf.summary()}); Ctrl-C stops", err=True)
-            while True:
-                signal.pause()
+            while True:  # not signal.pause(): a signal landing just before it would leave it waiting forever
+                time.sleep(0.5)
     except KeyboardInterrupt:  # at any moment, even while starting: the server is already stopped here
         typer.echo("stopped", err=True)
     except (FileNotFoundError, ValueError, RuntimeError, TimeoutError) as e:
