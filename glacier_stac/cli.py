@@ -14,6 +14,7 @@ import typer
 from glacier_stac import __version__
 from glacier_stac.cli_inventory import inventory_app
 from glacier_stac.redact import install_log_redaction, redact
+from glacier_stac.synthetic.config import REGIMES
 
 app = typer.Typer(help="Annual glacier outlines from free multi-sensor satellite data.", no_args_is_help=True)
 synthetic_app = typer.Typer(help="Generate, render and inspect synthetic glacier worlds.", no_args_is_help=True)
@@ -24,6 +25,7 @@ app.add_typer(inventory_app, name="inventory")
 
 log = logging.getLogger("glacier_stac")
 
+REGIME_CHOICES = " | ".join(REGIMES)  # the --regime values, from the regimes themselves
 DEFAULT_WORLD_DIR = Path.home() / ".cache" / "glacier_stac" / "worlds"
 
 
@@ -154,7 +156,7 @@ def synthetic_generate(
     force: bool = typer.Option(False, "--force", help="Rewrite even if the directory holds this world already."),
     quicklooks: bool = typer.Option(False, "--quicklook", help="Also write PNG quicklooks."),
     regime: str = typer.Option("maritime", "--regime",
-                               help="maritime | continental | high-mountain-asia | arctic | southern | dry."),
+                               help=f"{REGIME_CHOICES}."),
 ) -> None:
     """Generate a synthetic glacier world: COGs + STAC + truth (reused if already complete)."""
     from glacier_stac.synthetic.world import WorldConfig
@@ -186,8 +188,8 @@ def synthetic_render(
     seed: int = typer.Option(0, "--seed", min=0, help="Random seed; the same seed gives the same bytes."),
     difficulty: str = typer.Option("hard", "--difficulty", help="easy | normal | hard (clouds, seasonal snow)."),
     regime: str = typer.Option("maritime", "--regime",
-                               help="Climate the sensors see (thermal lapse rate, season, SAR pols): maritime | "
-                                    "continental | high-mountain-asia | arctic | southern | dry."),
+                               help="Climate the sensors see (thermal lapse rate, season, SAR pols): "
+                                    f"{REGIME_CHOICES}."),
     class_column: str = typer.Option(None, "--class-column",
                                      help="Outlines column whose 'rock glacier' values are drawn as rock glaciers."),
 ) -> None:

@@ -245,7 +245,12 @@ def outlines_for(predictions: xr.Dataset | str | Path, year: int, *,
                  uncertainty: obia.Uncertainty = obia.Uncertainty()) -> gpd.GeoDataFrame:
     """OBIA outlines of one year: in the zone's CRS for one zone; for a store holding the year in several
     UTM zones, each zone outlined and the pieces of a glacier cut by a zone boundary joined (EPSG:4326)."""
-    parts = zone_predictions(predictions, year, aoi)
+    return _outlines_of(zone_predictions(predictions, year, aoi), features, rules, divides, uncertainty)
+
+
+def _outlines_of(parts: list[xr.Dataset], features: xr.DataArray | list[xr.DataArray] | None, rules: obia.Rules,
+                 divides: gpd.GeoSeries | None, uncertainty: obia.Uncertainty) -> gpd.GeoDataFrame:
+    """`outlines_for` on the year's zone predictions (`zone_predictions`), opened once by the caller."""
     several = len(parts) > 1
     outl = [obia.outlines(p, _features_for(features, p, several), rules, divides=divides, uncertainty=uncertainty)
             for p in parts]
@@ -260,7 +265,12 @@ def rock_glaciers_for(predictions: xr.Dataset | str | Path, year: int, *,
     """Rock glaciers of one year: their own layer (`primeclass` rock_glacier), never part of the glacier
     outlines, ids or change table (RGI keeps them out; issue 14). One zone: its CRS; several: EPSG:4326,
     a rock glacier cut by a zone boundary joined into one polygon (`obia.merge_rock_glacier_zones`)."""
-    parts = zone_predictions(predictions, year, aoi)
+    return _rock_glaciers_of(zone_predictions(predictions, year, aoi), features, rules)
+
+
+def _rock_glaciers_of(parts: list[xr.Dataset], features: xr.DataArray | list[xr.DataArray] | None,
+                      rules: obia.Rules) -> gpd.GeoDataFrame:
+    """`rock_glaciers_for` on the year's zone predictions (`zone_predictions`), opened once by the caller."""
     several = len(parts) > 1
     layers = [obia.rock_glacier_outlines(p, _features_for(features, p, several), rules) for p in parts]
     if not several:
@@ -368,11 +378,10 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
                 raise InventoryError(f"year {year} is already in the inventory {path} "
                                      f"(it holds {sorted(set(old['year'].astype(int)))})")
             return UpdateResult(path, year, 0, True)
-        outl = outlines_for(predictions, year, features=features, rules=rules, divides=ref, aoi=aoi,
-                            uncertainty=uncertainty)
+        parts = zone_predictions(predictions, year, aoi)  # opened and checked once for both layers
+        outl = _outlines_of(parts, features, rules, ref, uncertainty)
         # the rock-glacier layer first: the inventory holding `year` is what marks the update done
-        rocks = rock_glaciers_for(predictions, year, features=features, rules=rules, aoi=aoi)
-        _add_rock_glacier_year(rock_glacier_path(path), year, rocks, region)
+        _add_rock_glacier_year(rock_glacier_path(path), year, _rock_glaciers_of(parts, features, rules), region)
         previous = _neighbour_year(old, year)
         ident = assign_ids(outl, previous, region, _next_number(old["glac_id"]) if old is not None else 1)
         rows = _rows(outl, ident, year, region, src_items if src_items is not None else _items(features))
@@ -415,7 +424,7 @@ def _add_rock_glacier_year(path: Path, year: int, rocks: gpd.GeoDataFrame, regio
     """Put `year`'s rock glaciers into their layer (rows of `year` left by an interrupted update are
     replaced); ids matched by overlap to the nearest other year, as glaciers are (`RG` regions)."""
     old = read_rock_glaciers(path) if path.exists() else None
-    meta = (json.loads((pq.read_schema(path).metadata or {}).get(META_KEY, b"{}")) if old is not None
+    meta = (metadata(path) if old is not None
             else {"primeclass": obia.ROCK_GLACIER_CLASS, "area": "geodesic area of the outline (pyproj Geod)",
                   "years": {}})
     if old is not None:

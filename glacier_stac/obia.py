@@ -383,12 +383,17 @@ def _edge_of_data(valid: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- polygons
 
 
+def _padded(sl: tuple[slice, slice], px: int) -> tuple[slice, slice]:
+    """An object's bounding slices grown by `px` pixels (clipped at the scene's top and left; numpy clips the
+    rest)."""
+    return slice(max(sl[0].start - px, 0), sl[0].stop + px), slice(max(sl[1].start - px, 0), sl[1].stop + px)
+
+
 def _objects(lab: np.ndarray, grid, pad_px: int = 1) -> Iterator[tuple[int, tuple[slice, slice], np.ndarray, Any]]:
     """(label, window padded by `pad_px` pixels, object mask in it, its polygon) for each label of `lab`: the
     one walk over objects shared by glacier and rock-glacier outlines."""
     for i, sl in enumerate(ndimage.find_objects(lab), start=1):
-        pad = (slice(max(sl[0].start - pad_px, 0), sl[0].stop + pad_px),
-               slice(max(sl[1].start - pad_px, 0), sl[1].stop + pad_px))
+        pad = _padded(sl, pad_px)
         obj = lab[pad] == i
         win = rasterio.windows.Window(pad[1].start, pad[0].start, pad[1].stop - pad[1].start,
                                       pad[0].stop - pad[0].start)
@@ -713,8 +718,7 @@ def split_by_divides(gid: np.ndarray, refr: np.ndarray, grid: Grid, max_m: float
     for i, sl in enumerate(ndimage.find_objects(gid), start=1):
         if sl is None:
             continue
-        win = (slice(max(sl[0].start - reach, 0), sl[0].stop + reach),
-               slice(max(sl[1].start - reach, 0), sl[1].stop + reach))
+        win = _padded(sl, reach)
         r = refr[win]
         if not (r > 0).any():
             continue
@@ -837,6 +841,16 @@ def _touching_pieces(pieces: gpd.GeoDataFrame, tol_m: float) -> list[tuple[int, 
     return out
 
 
+def _joined_components(pieces: gpd.GeoDataFrame, res: float) -> tuple[list[tuple[int, int]], np.ndarray]:
+    """(touching pairs, component per piece): pieces of different zones within `res` of each other, and
+    those joined through them, form one component (one glacier or rock glacier)."""
+    edges = _touching_pieces(pieces, res)
+    n = len(pieces)
+    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    _, comp = connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)), directed=False)
+    return edges, comp
+
+
 def _zone_pieces(parts: list[gpd.GeoDataFrame], what: str) -> gpd.GeoDataFrame:
     """Each zone's objects in EPSG:4326 with their zone (`_zone`) and its EPSG code (`utm_epsg`)."""
     frames = []
@@ -871,11 +885,8 @@ def merge_zones(parts: list[gpd.GeoDataFrame], res: float,
         out = pieces.drop(columns=["_zone"])
         out.attrs["obia"] = {"zones": [p.attrs.get("obia", {}) for p in parts], "joined": 0}
         return out
-    edges = _touching_pieces(pieces, res)
+    edges, comp = _joined_components(pieces, res)
     n = len(pieces)
-    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
-    graph = coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n))
-    _, comp = connected_components(graph, directed=False)
     rows, geoms, multi = [], [], []
     for c in pd.unique(comp):
         idx = np.flatnonzero(comp == c)
@@ -990,10 +1001,8 @@ def merge_rock_glacier_zones(parts: list[gpd.GeoDataFrame], res: float) -> gpd.G
     cols = ["obj", "primeclass", "n_px", "zmin_m", "zmed_m", "zmax_m", "area_km2", "utm_epsg"]
     if pieces.empty:
         return gpd.GeoDataFrame(pd.DataFrame(columns=cols), geometry=[], crs=4326)
-    edges = _touching_pieces(pieces, res)
-    e = np.array(edges, dtype=np.int64).reshape(-1, 2)
+    edges, comp = _joined_components(pieces, res)
     n = len(pieces)
-    _, comp = connected_components(coo_matrix((np.ones(len(e)), (e[:, 0], e[:, 1])), shape=(n, n)), directed=False)
     rows, geoms = [], []
     for c in pd.unique(comp):
         idx = np.flatnonzero(comp == c)

@@ -681,7 +681,8 @@ MUTATIONS: list[Mutation] = [
         name="update-drops-rock-glacier-layer",
         invariant="each annual update saves the rock-glacier layer",
         path="glacier_stac/inventory.py",
-        old="        _add_rock_glacier_year(rock_glacier_path(path), year, rocks, region)\n",
+        old=("        _add_rock_glacier_year(rock_glacier_path(path), year, _rock_glaciers_of(parts, features, rules), "
+             "region)\n"),
         new="",
         tests=("tests/test_rock_glacier_layer.py::test_each_update_saves_the_rock_glacier_layer",),
     ),
