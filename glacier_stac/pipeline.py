@@ -367,7 +367,6 @@ def run_tile_task(graph: OpaqueGraph, name: str) -> Any:
     used, and a retry reruns the tile whole. Parallelism comes from tiles in flight. The seconds per task prefix
     inside are sent to the scheduler's event log (TILE_TASKS_TOPIC), where benchmarks read the stages.
     """
-    import dask
     from dask.callbacks import Callback
     from dask.utils import key_split
 
