@@ -660,6 +660,11 @@ MUTATIONS: list[Mutation] = [
              "    wc1 = min(w0 + int(window.width), int(np.ceil(c1)) + 2)",
              "    wc1 = min(w0 + int(window.width), int(np.ceil(c1 - 2 * mx / dst.a)) - 1)",
              ("tests/test_pipeline_reads.py",)),
+    Mutation("retry-reports-gdal-cached-missing", "a retried read records the server's answer, not GDAL's cached "
+             "'does not exist' (issue 12)", "glacier_stac/reader.py",
+             "        if GDAL_CACHED_MISSING in now and GDAL_CACHED_MISSING not in first:",
+             "        if False:",
+             ("tests/test_fault_tolerance.py::test_a_retry_in_the_same_process_reports_the_urls_first_reason",)),
     Mutation("gpu-tile-fused-into-one-task", "GPU clusters keep the tile's GPU=1 predict task routed (issue 12)",
              "glacier_stac/pipeline.py",
              "    if task is None or resources is not None:  # GPU workers",

@@ -264,6 +264,47 @@ def faulty_files(root: Path) -> Iterator[FaultyFiles]:
         srv.server_close()
 
 
+@pytest.mark.parametrize("mode", ["403", "404", "503", "reset"])
+def test_a_retry_in_the_same_process_reports_the_urls_first_reason(tmp_path, mode):
+    """A read retried in the process where it failed (a Dask retry on the same worker; on GPU clusters a tile's
+    read tasks are retried one by one) reports the server's answer, not GDAL's cached 'does not exist':
+    after a connection reset GDAL's /vsicurl/ answers every later open of the URL so, without asking."""
+    import rasterio
+    from rasterio.enums import Resampling
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+    from stackstac.raster_spec import RasterSpec
+
+    from glacier_stac import reader
+
+    (tmp_path / "broken").mkdir()
+    with rasterio.open(tmp_path / "broken" / "band.tif", "w", driver="GTiff", width=64, height=64, count=1,
+                       dtype="uint16", crs="EPSG:32606", transform=from_origin(500000, 6800000, 10, 10), nodata=0,
+                       tiled=True, blockxsize=32, blockysize=32) as dst:
+        dst.write(np.arange(1, 64 * 64 + 1, dtype=np.uint16).reshape(64, 64), 1)
+    spec = RasterSpec(epsg=32606, bounds=(500000, 6799360, 500640, 6800000), resolutions_xy=(10, 10))
+    env = reader.capture_gdal_env().updated(always={"GDAL_HTTP_MAX_RETRY": "0"})  # no waits between HTTP retries
+
+    def attempt(url: str, state: reader.ReaderState) -> str:
+        r = reader.CogReader(url=url, spec=spec, resampling=Resampling.nearest, dtype=np.dtype("uint16"),
+                             fill_value=0, gdal_env=env, record_errors=False, state=state)
+        with pytest.raises(RuntimeError, match="failed") as err:
+            r.read(Window(0, 0, 64, 64))
+        r.close()
+        return str(err.value)
+
+    with faulty_files(tmp_path) as srv:
+        srv.faults = {"/broken/": mode}
+        url = f"{srv.url}/broken/band.tif"
+        state = reader.ReaderState()  # one process's: the worker the task is retried on
+        first, retry = attempt(url, state), attempt(url, state)
+        for what, reason in (("first attempt", first), ("retry", retry)):
+            assert any(w in reason for w in REASONS[mode]), f"{mode}, {what}: {reason}"
+        if mode == "reset":  # what the retry would say without the first reason: GDAL's cache, not the server
+            assert reader.GDAL_CACHED_MISSING in attempt(url, reader.ReaderState()), "GDAL no longer caches a reset"
+            assert "first failure" in retry, retry
+
+
 def _http_world(world_dir: Path, out: Path, base_url: str, east_tile) -> tuple[Path, str]:
     """A copy of the world's catalog with hrefs on `base_url`, plus one extra Sentinel-2 scene of YEAR whose
     footprint covers only the east tile (so only that tile reads it), its assets under /broken/.
