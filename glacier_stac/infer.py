@@ -44,6 +44,7 @@ import dask.array as da
 import numpy as np
 import torch
 import xarray as xr
+from dask.delayed import Delayed
 
 from glacier_stac.grid import aligned_chunks, lattice_index
 from glacier_stac.labels import CLASSES_VAR, GLACIER_CLASSES, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
@@ -576,6 +577,135 @@ def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, hal
                          lambda b: forward_probabilities(model, b, dev), batch_size, extent)
 
 
+def _side(d: int, halo: int, n: int) -> slice:
+    """Rows (or columns) of a block of `n` that the block before it (`d` = 1), beside it (0) or after
+    it (-1) borrows: its first, all, or its last `halo`."""
+    return slice(None) if d == 0 else slice(0, halo) if d == 1 else slice(n - halo, n)
+
+
+def _edge(block: np.ndarray, dy: int, dx: int, halo: tuple[int, int]) -> np.ndarray:
+    """The strip of a neighbour block that lies in the halo of a block from which it lies (dy, dx) away.
+
+    A copy: a view would keep the whole neighbour block in the worker's memory until every block that
+    borrows from it has run, which is what made a region-wide predict's memory grow with the region.
+    """
+    return block[:, _side(dy, halo[0], block.shape[1]), _side(dx, halo[1], block.shape[2])].copy()
+
+
+def _haloed_block_task(task: Callable[..., np.ndarray], centre: np.ndarray, ref, halo: tuple[int, int],
+                       iy: int, ix: int, *pieces: list) -> np.ndarray:
+    """Dask task: the block with its halo assembled from the neighbours' strips (NaN where there is no
+    neighbour), then `task` on it; one task, so no assembled block waits in memory for the model."""
+    hy, hx = halo
+    f, h, w = centre.shape
+    block = np.full((f, h + 2 * hy, w + 2 * hx), np.nan, dtype=np.float32)
+    block[:, hy:hy + h, hx:hx + w] = centre
+    for dy, dx, strip in pieces:
+        ys = slice(hy, hy + h) if dy == 0 else slice(0, hy) if dy < 0 else slice(hy + h, h + 2 * hy)
+        xs = slice(hx, hx + w) if dx == 0 else slice(0, hx) if dx < 0 else slice(hx + w, w + 2 * hx)
+        block[:, ys, xs] = strip
+    del pieces
+    return task(block, ref, block_id=(0, iy, ix))
+
+
+def _block_order(ny: int, nx: int, width: int = 2) -> dict[tuple[int, int], int]:
+    """Position of each block in the run: bands `width` blocks wide across the longer side, each walked
+    along the shorter one, so the blocks read but not yet predicted (and the strips they lend) stay a
+    few bands' worth whatever the region's size."""
+    if nx >= ny:
+        cells = [(iy, ix) for b in range(0, nx, width) for iy in range(ny) for ix in range(b, min(nx, b + width))]
+    else:
+        cells = [(iy, ix) for b in range(0, ny, width) for ix in range(nx) for iy in range(b, min(ny, b + width))]
+    return {c: i for i, c in enumerate(cells)}
+
+
+def _second_reading(arr: da.Array, tag: str, urgency: Mapping[tuple[int, int], int]) -> tuple[da.Array, dict]:
+    """The same array from an independent copy of its graph (every key renamed), and each copied
+    task's urgency (that of the most urgent block it feeds; `urgency` per (iy, ix) block).
+
+    `dask.graph_manipulation.clone` misses the keys a rechunk layer holds besides its own name (its
+    split tasks), so its copy would still share, and hold, the original's blocks.
+    """
+    from dask._task_spec import convert_legacy_graph
+
+    dsk = convert_legacy_graph(dict(arr.__dask_graph__()))
+    tag = f"{tag}-{dask.base.tokenize(arr.name)}-"
+    subs = {k: (tag + k[0], *k[1:]) if isinstance(k, tuple) else tag + k for k in dsk}
+    copy = {subs[k]: v.substitute(subs, key=subs[k]) for k, v in dsk.items()}
+    prio: dict = {}
+    todo = [(subs[(arr.name, 0, iy, ix)], u) for (iy, ix), u in urgency.items()]
+    while todo:  # each task as urgent as the most urgent block it feeds
+        k, u = todo.pop()
+        if prio.get(k, -math.inf) >= u:
+            continue
+        prio[k] = u
+        todo.extend((d, u) for d in copy[k].dependencies)
+    return da.Array(copy, subs[(arr.name, 0, 0, 0)][0], arr.chunks, meta=arr._meta), prio
+
+
+def _haloed_map(task: Callable[..., np.ndarray], data: da.Array, ref, halo: tuple[int, int], n_out: int,
+                token: str, annotations: Mapping) -> da.Array:
+    """(n_out, y, x) array of `task` over each (feature, y, x) block of `data` grown by `halo` (NaN
+    past the array's edges); the region's edges are the only padding.
+
+    Why not `da.map_overlap`: its halo exchange cuts every block into interior and edge pieces and
+    concatenates them into a second, haloed copy before the model runs; cheap cut and concatenate tasks
+    ran far ahead of the slow model tasks, and the pieces and copies (up to 2.6 and 1.0 GB per worker
+    for 67 Mpx) made a worker's memory grow with the region. Here each neighbour lends only strips
+    (copies of halo width) cut from a second reading of its block, so a block is held only until its
+    own model task has run, and the haloed block exists only inside that task. Every task carries a
+    priority from its block's place in a banded walk of the region (`_block_order`), so the scheduler
+    reads blocks and cuts strips just ahead of the model instead of all at once. The price: each block
+    with neighbours is read twice (a lazy cube's reads cost a fraction of the model on CPU; the
+    pipeline's tiles read their own context and never come here).
+    """
+    from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
+
+    hy, hx = halo
+    ny, nx = len(data.chunks[1]), len(data.chunks[2])
+    order = _block_order(ny, nx)
+    urgency = {c: len(order) - i for c, i in order.items()}  # larger runs first (Dask's priority)
+    lend = {(jy, jx): max(urgency.get((jy + dy, jx + dx), 0) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
+                          if (dy, dx) != (0, 0)) for jy, jx in order}
+    centre, prio = _second_reading(data, "read", urgency)
+    src, prio_src = _second_reading(data, "reread", lend) if ny * nx > 1 else (centre, {})
+    name = f"{token}-{dask.base.tokenize(task, data.name, ref, halo, n_out)}"
+    sname = f"halo-strip-{name}"
+    strips: dict = {}
+    tasks: dict = {}
+    ref_arg = ref.key if isinstance(ref, Delayed) else ref
+    for iy in range(ny):
+        for ix in range(nx):
+            pieces = []
+            for dy in (-1, 0, 1):
+                for dx in (-1, 0, 1):
+                    jy, jx = iy + dy, ix + dx
+                    if (dy, dx) == (0, 0) or not (0 <= jy < ny and 0 <= jx < nx):
+                        continue
+                    # block (jy, jx) lies (dy, dx) from (iy, ix): it gives its side facing (iy, ix)
+                    key = (sname, iy, ix, (dy + 1) * 3 + dx + 1)
+                    strips[key] = (_edge, (src.name, 0, jy, jx), dy, dx, (hy, hx))
+                    prio[key] = urgency[(iy, ix)]
+                    pieces.append([dy, dx, key])
+            tasks[(name, 0, iy, ix)] = (_haloed_block_task, task, (centre.name, 0, iy, ix), ref_arg, (hy, hx),
+                                        iy, ix, *pieces)
+            prio[(name, 0, iy, ix)] = urgency[(iy, ix)]
+    prio.update(prio_src)
+    layers = {**centre.dask.layers, **src.dask.layers}
+    prio.update({k: 0 for lay in layers.values() for k in lay if k not in prio})  # feeds no block
+    read = {"priority": prio.__getitem__}
+    layers = {k: MaterializedLayer(dict(v), annotations=read) for k, v in layers.items()}
+    layers[sname] = MaterializedLayer(strips, annotations=read)
+    layers[name] = MaterializedLayer(tasks, annotations={**read, **annotations})
+    deps = {**centre.dask.dependencies, **src.dask.dependencies, sname: {src.name}, name: {centre.name, sname}}
+    if isinstance(ref, Delayed):
+        layers.update(ref.dask.layers)
+        deps.update(ref.dask.dependencies)
+        deps[name] |= set(ref.__dask_layers__())
+    chunks = ((n_out,), data.chunks[1], data.chunks[2])
+    return da.Array(HighLevelGraph(layers, deps), name, chunks, meta=np.empty((0, 0, 0), dtype=np.float32))
+
+
 def classes_from_probability(prob: np.ndarray) -> np.ndarray:
     """uint8 class of highest probability; NODATA_CLASS (255) where the probability is NaN."""
     ok = np.isfinite(prob[0])
@@ -638,26 +768,18 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     single = (min(pl.chunks[0]) < hy, min(pl.chunks[1]) < hx)
     data = data.astype(np.float32).rechunk({0: -1, 1: -1 if single[0] else pl.chunks[0],
                                             2: -1 if single[1] else pl.chunks[1]})
-    if any(single):
-        pad = ((0, 0), (hy, hy) if single[0] else (0, 0), (hx, hx) if single[1] else (0, 0))
-        data = da.pad(data, pad, constant_values=np.nan).rechunk({1: -1 if single[0] else data.chunks[1],
-                                                                  2: -1 if single[1] else data.chunks[2]})
-    ov = da.overlap.overlap(data, depth={0: 0, 1: 0 if single[0] else hy, 2: 0 if single[1] else hx},
-                            boundary={0: "none", 1: np.nan, 2: np.nan})
-    core = (tuple(c - 2 * hy for c in ov.chunks[1]), tuple(c - 2 * hx for c in ov.chunks[2]))
+    core = (data.chunks[1], data.chunks[2])
     starts = tuple(s + np.concatenate([[0], np.cumsum(c)[:-1]]) for s, c in zip(pl.start, core, strict=True))
     n_cls = len(ckpt.classes)
     annotations = {"resources": dict(resources)} if resources else {}
     log.info("predict %s: patch %d (stride %d, margin %d, blend %d), halo %s, %.3f px computed per output px",
              ckpt.model, pl.grid.patch, pl.grid.stride, pl.grid.margin, pl.grid.blend, pl.halo,
              pl.computed_over_output)
-    with dask.annotate(**annotations):
-        prob = da.map_blocks(
-            _block_task, ov, ref, device, pl.grid, pl.halo, starts, batch_size, models=models,
-            extent=Extent(pl.start[0], pl.start[0] + cube.sizes["y"], pl.start[1], pl.start[1] + cube.sizes["x"]),
-            dtype=np.float32, chunks=((n_cls,), *core), token=f"predict-{ckpt.model}",
-            meta=np.empty((0, 0, 0), dtype=np.float32),
-        )
+    task = functools.partial(_block_task, device=device, grid=pl.grid, halo=pl.halo, starts=starts,
+                             batch_size=batch_size, models=models,
+                             extent=Extent(pl.start[0], pl.start[0] + cube.sizes["y"], pl.start[1],
+                                           pl.start[1] + cube.sizes["x"]))
+    prob = _haloed_map(task, data, ref, pl.halo, n_cls, f"predict-{ckpt.model}", annotations)
     orig = cube.chunks
     if prob.chunks[1:] != (orig[1], orig[2]):
         prob = prob.rechunk({1: orig[1], 2: orig[2]})

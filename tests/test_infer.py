@@ -441,3 +441,36 @@ def test_models_built_for_inference_give_the_same_probabilities(name):
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in cached.modules())
     with pytest.raises(ValueError, match="needs a model in eval mode"):
         fold_batchnorm(ck.build_model().train())
+
+
+def test_region_predict_holds_one_block_per_model_task_and_borrows_only_strips():
+    """Memory of a region-wide predict does not grow with the region (issue 15): every cube block feeds
+    only its own model task (so it is freed as soon as that task has run), and the neighbours' halos
+    come as strips of halo width, each its own copy (a view would keep a whole block alive), read from
+    a second reading of the neighbour, never as pieces of the block the model task consumes."""
+    from dask.core import get_dependencies
+
+    cube = make_cube(h=192, w=192, chunk=64)
+    ck = make_ckpt("cnn5")
+    prob = infer.predict(cube, ck, patch=64).probability.data
+    dsk = dict(prob.__dask_graph__())
+    dependents: dict = {}
+    for k in dsk:
+        for d in get_dependencies(dsk, k):
+            dependents.setdefault(d, set()).add(k)
+    model_tasks = {k for k in dsk if isinstance(k, tuple) and str(k[0]).startswith("predict-cnn5")}
+    assert len(model_tasks) == 9
+    inputs = {d for t in model_tasks for d in get_dependencies(dsk, t) if isinstance(d, tuple)}
+    strips = {d for d in inputs if str(d[0]).startswith("halo-strip")}
+    centres = inputs - strips
+    assert len(centres) == 9
+    for b in centres:  # each block feeds only its own model task
+        assert len(dependents[b]) == 1 and dependents[b] <= model_tasks, (b, dependents.get(b))
+    # one strip per (block, neighbour) pair of the 3 x 3 grid: 12 + 12 along rows and columns, 16 corners
+    assert len(strips) == 40
+    assert not {d for s in strips for d in get_dependencies(dsk, s)} & centres
+    values = dask.get(dsk, sorted(strips))
+    for a in values:
+        assert a.base is None and min(a.shape[1:]) < 64, a.shape
+    np.testing.assert_array_equal(prob.compute(), infer.predict(cube.chunk({"y": 192, "x": 192}), ck,
+                                                                patch=64).probability.values)
