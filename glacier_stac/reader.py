@@ -403,6 +403,37 @@ def footprint_window(ds: Any, spec: Any, window: Window) -> Window | None:
     return Window(wc0, wr0, max(wc1 - wc0, 0), max(wr1 - wr0, 0))
 
 
+EDGE_SAFETY_SRC_PX = 1  # source pixels kept warped inside an asset's edge beyond the resampling kernel's reach
+# (a precaution: on the test COGs the resampled read equals the warper up to the edge itself)
+
+
+def inner_window(ds: Any, to_source: Affine, window: Window, keep_src_px: int) -> Window | None:
+    """The part of a grid `window` whose source pixels lie at least `keep_src_px` source pixels inside the
+    asset; None when that is empty or the whole window.
+
+    `to_source`: grid pixel -> source pixel (`grid_to_source`: a whole number of grid pixels per source
+    pixel, the source's origin on the grid's lattice).
+    """
+    def span(scale: float, off: float, lo: int, n: int, src_n: int) -> tuple[int, int] | None:
+        k = round(1 / scale)  # grid pixels per source pixel
+        shift = round(off * k)  # grid pixel g's edge is source coordinate (g + shift) / k
+        if abs(off * k - shift) > 1e-6:
+            return None
+        # on the asset's side on a source pixel edge; on the window's side where the window starts, as any
+        # window inside an asset does
+        return max(keep_src_px * k - shift, lo), min((src_n - keep_src_px) * k - shift, lo + n)
+
+    cols = span(to_source.a, to_source.c, int(window.col_off), int(window.width), ds.width)
+    rows = span(to_source.e, to_source.f, int(window.row_off), int(window.height), ds.height)
+    if cols is None or rows is None or cols[1] <= cols[0] or rows[1] <= rows[0]:
+        return None
+    (c0, c1), (r0, r1) = cols, rows
+    if (c0, r0, c1, r1) == (window.col_off, window.row_off, window.col_off + window.width,
+                            window.row_off + window.height):
+        return None
+    return Window(c0, r0, c1 - c0, r1 - r0)
+
+
 def _is_auth_failure(e: BaseException) -> bool:
     text = f"{e!r} {e.__cause__!r}"
     return any(m in text for m in AUTH_MARKERS)
@@ -502,6 +533,8 @@ class CogReader:
         out = self.dtype if np.issubdtype(self.dtype, np.integer) else np.dtype(np.float32)
         with self.gdal_env.read:
             data = self._read_same_crs(h, window, out) if h.to_source is not None else None
+            if data is None and h.to_source is not None and nodata is not None:
+                data = self._read_edge_split(h, window, out)
             if data is None:
                 src = self._warped(h)
                 if nodata is None:  # no declared no-data: the alpha band says what is outside
@@ -548,6 +581,36 @@ class CogReader:
                 return None
         return ds.read(1, window=Window(c0, r0, c1 - c0, r1 - r0), out_shape=(window.height, window.width),
                        resampling=self.resampling, out_dtype=out)
+
+    def _read_edge_split(self, h: _Handle, window, out: np.dtype) -> np.ndarray | None:
+        """A window reaching past the asset: its inner part without the warper, the frame warped (None: warp it all).
+
+        Why: the warper transforms every pixel's coordinates, several times the cost of a plain or
+        resampled read, and a window at an asset's edge (a scene edge, a world smaller than a tile) was
+        warped whole for the sake of its few edge pixels. The inner part keeps `EDGE_SAFETY_SRC_PX` source
+        pixels (plus the kernel's reach) from the asset's edges, so it is a window inside the asset that
+        `_read_same_crs` reads as it reads any other; the frame is warped as before (the warper's value at
+        a pixel does not depend on the window asked for, see `_read`).
+        """
+        inner = inner_window(h.ds, h.to_source, window,
+                             EDGE_SAFETY_SRC_PX + (0 if self.resampling == Resampling.nearest else 1))
+        if inner is None:
+            return None
+        core = self._read_same_crs(h, inner, out)
+        if core is None:  # no-data near the inner part: the warper weighs it, read it all the warper's way
+            return None
+        data = np.empty((window.height, window.width), out)
+        r0, c0 = int(inner.row_off - window.row_off), int(inner.col_off - window.col_off)
+        r1, c1 = r0 + int(inner.height), c0 + int(inner.width)
+        data[r0:r1, c0:c1] = core
+        src = self._warped(h)
+        for rows, cols in (((0, r0), (0, window.width)), ((r1, window.height), (0, window.width)),
+                           ((r0, r1), (0, c0)), ((r0, r1), (c1, window.width))):
+            if rows[1] > rows[0] and cols[1] > cols[0]:
+                strip = Window(window.col_off + cols[0], window.row_off + rows[0], cols[1] - cols[0],
+                               rows[1] - rows[0])
+                data[rows[0]:rows[1], cols[0]:cols[1]] = src.read(1, window=strip, out_dtype=out)
+        return data
 
     @property
     def shared(self) -> ReaderState:

@@ -706,6 +706,11 @@ MUTATIONS: list[Mutation] = [
              "        if GDAL_CACHED_MISSING in now and GDAL_CACHED_MISSING not in first:",
              "        if False:",
              ("tests/test_fault_tolerance.py::test_a_retry_in_the_same_process_reports_the_urls_first_reason",)),
+    Mutation("edge-split-frame-not-warped", "a window past an asset's edge: the frame around the inner part is "
+             "the warper's values, not the fill (issue 12)", "glacier_stac/reader.py",
+             "                data[rows[0]:rows[1], cols[0]:cols[1]] = src.read(1, window=strip, out_dtype=out)",
+             "                data[rows[0]:rows[1], cols[0]:cols[1]] = self.fill_value",
+             ("tests/test_reader.py::test_same_crs_reads_equal_the_warper",)),
     Mutation("gpu-tile-fused-into-one-task", "GPU clusters keep the tile's GPU=1 predict task routed (issue 12)",
              "glacier_stac/pipeline.py",
              "    if task is None or resources is not None:  # GPU workers",

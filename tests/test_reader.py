@@ -172,7 +172,8 @@ def _cog(path, arr, res, origin, nodata):
     (20, (500000, 6800000), "bilinear", None),  # no declared no-data
 ])
 def test_same_crs_reads_equal_the_warper(tmp_path, src_res, origin, resampling, nodata):
-    """Skipping the warper for same-CRS sources changes no value: no-data islands, asset edges and all."""
+    """Skipping the warper for same-CRS sources changes no value: no-data islands, asset edges and all (a window
+    past the asset's edge reads its inner part without the warper, `CogReader._read_edge_split`)."""
     rng = np.random.default_rng(src_res)
     n = 2400 // src_res
     arr = (rng.random((n, n)) * 9000 + 100).astype(np.uint16)
@@ -185,9 +186,10 @@ def test_same_crs_reads_equal_the_warper(tmp_path, src_res, origin, resampling, 
     rs = rasterio.enums.Resampling[resampling]
     fast = reader.CogReader(url=str(path), spec=spec, resampling=rs, dtype=np.dtype("uint16"),
                             fill_value=np.uint16(0))
-    warped = []
-    real_warped = fast._warped
+    warped, split = [], []
+    real_warped, real_split = fast._warped, fast._read_edge_split
     fast._warped = lambda h: warped.append(1) or real_warped(h)
+    fast._read_edge_split = lambda *a: (lambda d: split.append(d is not None) or d)(real_split(*a))
     with rasterio.open(path) as src, WarpedVRT(src, resampling=rs, add_alpha=nodata is None,
                                                **spec.vrt_params) as vrt:
         h, w = vrt.shape
@@ -200,6 +202,8 @@ def test_same_crs_reads_equal_the_warper(tmp_path, src_res, origin, resampling, 
                 np.testing.assert_array_equal(fast.read(win), expect, err_msg=str(win))
     if (origin[0] - 499500) % 10 == 0:
         assert 0 < len(warped) < 9, "expected some windows read without the warper and some warped"
+        if nodata is not None:  # windows past the asset's edge: the inner part without the warper, the frame warped
+            assert any(split), "expected a window reaching past the asset read in part without the warper"
     else:  # off the grid's lattice: the warper, always
         assert len(warped) == 9
     with rasterio.open(path) as ds:
