@@ -15,8 +15,10 @@ Measured per size, in the same run:
   and the workers' idle seconds (wall x workers minus the rest);
 - peak_worker_rss_mb: the largest resident set of any worker process, sampled every 0.2 s (psutil);
 - model_only_s: the bare model's forward pass over the same patches (one tile + margin per done tile),
-  on the same workers, as one task per tile, scheduled as Dask places them: the busiest worker's seconds
-  (what the cluster would take for the model alone);
+  on the same workers and threads, as one task per tile, scheduled as Dask places them: the busiest worker's
+  seconds (what the cluster would take for the model alone), measured just before and just after the run
+  (the mean: load on a shared machine moves it several-fold within minutes);
+- per_tile_s / cpu_only_ceiling: the bare model against the wall seconds of each stage inside a tile;
 - computed / output pixels: model pixels pushed per output pixel written (halo cost).
 
 Figures against the issue's targets: peak_memory_ratio (largest/smallest peak RSS, <= 1.25),
@@ -93,9 +95,12 @@ class SizeResult:
     computed_px: int
     wall_s: float
     warmup_s: float
-    model_only_s: float
+    model_only_s: float  # the mean of the two below
     peak_worker_rss_mb: float
+    model_only_before_s: float = 0.0  # measured just before the run
+    model_only_after_s: float = 0.0  # and just after it
     stages_s: dict = field(default_factory=dict)
+    tile_wall_s: dict = field(default_factory=dict)  # wall seconds inside one-task tiles, per stage (tile_walls)
     compute_by_task_s: dict = field(default_factory=dict)
     failures: list = field(default_factory=list)
 
@@ -226,6 +231,22 @@ def stages(task_stream: list[dict], span: tuple[float, float], workers: int,
             {k: round(v, 2) for k, v in sorted(by_task.items(), key=lambda kv: -kv[1])})
 
 
+def tile_walls(inner: list[dict]) -> dict[str, float]:
+    """Wall seconds inside one-task tiles, summed over tiles: per stage, from its tasks' first start to their last
+    end (the stages run one after another inside a tile, so these add up to about `tile_task`, which is the
+    tasks' own wall); what `stages` gives in thread-seconds when the inner graph runs on several threads."""
+    out = {"cube": 0.0, "predict": 0.0, "store_write": 0.0, "tile_task": 0.0}
+    for ev in inner:
+        by_stage: dict[str, list[float]] = {}
+        for prefix, (a, b) in ev.get("spans", {}).items():
+            span = by_stage.setdefault(stage_of(prefix), [a, b])
+            span[0], span[1] = min(span[0], a), max(span[1], b)
+        for stage, (a, b) in by_stage.items():
+            out[stage] += b - a
+        out["tile_task"] += ev.get("wall", 0.0)
+    return {k: round(v, 2) for k, v in out.items()}
+
+
 def world_for(size: Size, worlds: Path) -> Path:
     from glacier_stac.synthetic.world import WorldConfig
     from glacier_stac.synthetic.writer import generate
@@ -253,20 +274,27 @@ def run_size(size: Size, worlds: Path, work: Path, checkpoint: str, workers: int
             raise RuntimeError(f"the {size.km:g} km world covers {len(plan.tiles)} tiles, expected {size.tiles}")
         warmup = max(client.run(_warm, cfg.checkpoint).values())
         pids = list(client.run(os.getpid).values())
+        # the bare model just before and just after the run, on the same worker threads (a shared machine's load
+        # moves either several-fold within minutes: the mean of the two brackets the run)
+        model_before = model_only_seconds(client, cfg.checkpoint, len(plan.tiles), plan.margin)
         with RssSampler(pids) as rss, get_task_stream(client) as ts:
             t, t_epoch = time.perf_counter(), time.time()
             rep = pipeline.run_on(client, replace(cfg, inventory=None), plan=plan)
             wall = time.perf_counter() - t
             span = (t_epoch, time.time())
         done = [o for o in rep.tiles if o.status == "done"]
-        model_s = model_only_seconds(client, cfg.checkpoint, len(done), plan.margin)
+        model_after = model_only_seconds(client, cfg.checkpoint, len(done), plan.margin)
+        model_before *= len(done) / max(len(plan.tiles), 1)
         inner = [msg for _, msg in client.get_events(pipeline.TILE_TASKS_TOPIC)]
     st, by_task = stages(ts.data, span, workers, rep.to_dict(), inner)
     tile_px = 1024 * 1024
     return SizeResult(size_km=size.km, area_km2=size.km ** 2, tiles=len(plan.tiles), tiles_done=len(done),
                       output_px=len(done) * tile_px, computed_px=len(done) * (1024 + 2 * plan.margin) ** 2,
-                      wall_s=wall, warmup_s=warmup, model_only_s=model_s, peak_worker_rss_mb=rss.peak / 2**20,
-                      stages_s=st, compute_by_task_s=by_task, failures=rep.to_dict()["failures"])
+                      wall_s=wall, warmup_s=warmup, model_only_s=(model_before + model_after) / 2,
+                      model_only_before_s=model_before, model_only_after_s=model_after,
+                      peak_worker_rss_mb=rss.peak / 2**20,
+                      stages_s=st, tile_wall_s=tile_walls(inner), compute_by_task_s=by_task,
+                      failures=rep.to_dict()["failures"])
 
 
 def r2(x: list[float], y: list[float]) -> float:
@@ -311,7 +339,12 @@ def summarise(repeats: list[list[SizeResult]], workers: int, checkpoint: str, qu
         "wall_s excludes each worker's one-off warm-up (imports, model build: warmup_s); model_only_s is the "
         "forward pass alone on the same workers, as Dask places one task per tile (busiest worker)",
         "stages_s: worker compute seconds per stage from the Dask task stream, client seconds, worker idle "
-        "(wall x workers minus compute and transfers)",
+        "(wall x workers minus compute and transfers); inside one-task tiles thread-seconds over the tile's "
+        "inner threads (pipeline.tile_threads), so they may add up to more than the wall",
+        "per_tile_s (largest size): the bare model's seconds against the wall seconds of each stage inside a "
+        "tile (first task start to last task end); cpu_only_ceiling = model / (model + cube + store_write): the "
+        "best end_to_end_over_model_only a worker can reach when reading and the model share its cores",
+        "model_only_s: the mean of the bare model measured just before and just after the run",
     ]
     if len(repeats) > 1:
         notes.append(f"figures are medians over {len(repeats)} repeats; `worst` holds the worst repeat's")
@@ -322,6 +355,20 @@ def summarise(repeats: list[list[SizeResult]], workers: int, checkpoint: str, qu
         return {k: None if math.isnan(v) else round(v, rnd[k]) for k, v in d.items()}
 
     m = fmt(med)
+    # where a tile's wall time goes at the largest size (medians over repeats): the bare model against the
+    # tile's stages; on a CPU-only worker the stages share the cores one after another, so the ratio can reach
+    # at most model / (model + cube + store write) however the pipeline is wired
+    last = [rs[-1] for rs in repeats]
+
+    def per_tile(get) -> float:
+        return round(statistics.median(get(r) / max(r.tiles_done, 1) for r in last), 3)
+
+    breakdown = {"model_only": per_tile(lambda r: r.model_only_s),
+                 **{k: per_tile(lambda r, k=k: r.tile_wall_s.get(k, 0.0))
+                    for k in ("cube", "predict", "store_write", "tile_task")},
+                 "wall_x_workers": per_tile(lambda r: r.wall_s * workers)}
+    ceilings = [r.model_only_s / max(r.model_only_s + r.tile_wall_s.get("cube", 0.0)
+                                     + r.tile_wall_s.get("store_write", 0.0), 1e-9) for r in last]
     return {
         "benchmark": "scaling", "quick": quick, "checkpoint": Path(checkpoint).name, "workers": workers,
         "threads_per_worker": 1, "year": YEAR, "seed": SEED, "repeats": len(repeats),
@@ -331,6 +378,8 @@ def summarise(repeats: list[list[SizeResult]], workers: int, checkpoint: str, qu
         "wall_s": per_size("wall_s"), "warmup_s": per_size("warmup_s"), "model_only_s": per_size("model_only_s"),
         "peak_worker_rss_mb": per_size("peak_worker_rss_mb"), "stages_s": stages_med,
         **m, "worst": fmt(worst),
+        "per_tile_s": breakdown,
+        "cpu_only_ceiling": round(statistics.median(ceilings), 3), "cpu_only_ceiling_worst": round(min(ceilings), 3),
         "targets": {"peak_memory_ratio<=1.25": med["peak_memory_ratio"] <= 1.25,
                     "end_to_end_over_model_only>=0.75": med["end_to_end_over_model_only"] >= 0.75,
                     "computed_over_output_pixels<=1.3": med["computed_over_output_pixels"] <= 1.3,

@@ -357,35 +357,63 @@ class OpaqueGraph:
         self.obj = obj
 
 
+def tile_threads() -> int:
+    """Threads for a one-task tile's inner graph: the cores this worker thread may use, the share cluster.py's
+    model plugin gives torch (cores / worker threads); 1 off a worker or without the plugin.
+
+    Why: the model's forward already runs on that share; a tile's reads and compositing on one thread beside
+    it would leave the rest idle for most of the tile (COG decoding is most of a tile's non-model time).
+    """
+    from glacier_stac.cluster import MODEL_PLUGIN
+
+    try:
+        from distributed import get_worker
+
+        plugin = get_worker().plugins.get(MODEL_PLUGIN)
+    except ValueError:  # not in a worker's task
+        return 1
+    return max(1, int(getattr(plugin, "torch_threads", 1) or 1))
+
+
 def run_tile_task(graph: OpaqueGraph, name: str) -> Any:
-    """On a CPU-only cluster, one tile-year (cube, predict, store write) as one task, run by Dask's synchronous
-    scheduler inside it.
+    """On a CPU-only cluster, one tile-year (cube, predict, store write) as one task, run inside it by Dask's
+    local scheduler on `tile_threads()` threads (the synchronous scheduler with one).
 
     Why: where reading and inference share the same cores nothing is gained by spreading a tile's ~430 small
     tasks over the cluster, and each costs a scheduler round trip, worker bookkeeping and a wait in the ready
     queue (on a busy machine, seconds per tile); one task also frees a tile's intermediates as soon as they are
-    used, and a retry reruns the tile whole. Parallelism comes from tiles in flight. The seconds per task prefix
-    inside are sent to the scheduler's event log (TILE_TASKS_TOPIC), where benchmarks read the stages.
+    used, and a retry reruns the tile whole. Parallelism comes from tiles in flight, and within a tile from the
+    worker thread's share of the cores. The seconds per task prefix inside (thread-seconds: summed over the
+    inner threads), when each prefix's tasks first started and last ended, and the task's wall seconds are sent
+    to the scheduler's event log (TILE_TASKS_TOPIC), where benchmarks read the stages.
     """
     from dask.callbacks import Callback
     from dask.utils import key_split
 
     seconds: dict[str, float] = {}
+    spans: dict[str, list[float]] = {}  # prefix -> [first start, last end], seconds from the task's start
     started: dict[Any, float] = {}
+    t0 = time.perf_counter()
 
     def pre(key, dsk, state) -> None:
         started[key] = time.perf_counter()
 
     def post(key, result, dsk, state, worker_id) -> None:
-        k = key_split(key)
-        seconds[k] = seconds.get(k, 0.0) + time.perf_counter() - started.pop(key, time.perf_counter())
+        k, now = key_split(key), time.perf_counter()
+        start = started.pop(key, now)
+        seconds[k] = seconds.get(k, 0.0) + now - start
+        span = spans.setdefault(k, [start - t0, now - t0])
+        span[0], span[1] = min(span[0], start - t0), max(span[1], now - t0)
 
+    threads = tile_threads()
+    how = {"scheduler": "sync"} if threads == 1 else {"scheduler": "threads", "num_workers": threads}
     with Callback(pretask=pre, posttask=post):
-        (out,) = dask.compute(graph.obj, scheduler="sync", optimize_graph=False)
+        (out,) = dask.compute(graph.obj, optimize_graph=False, **how)
     with contextlib.suppress(Exception):  # not on a worker (a test calling it directly): nothing to tell
         from distributed import get_worker
 
-        get_worker().log_event(TILE_TASKS_TOPIC, {"tile": name, "seconds": seconds})
+        get_worker().log_event(TILE_TASKS_TOPIC, {"tile": name, "seconds": seconds, "spans": spans,
+                                                  "threads": threads, "wall": time.perf_counter() - t0})
     return out
 
 
@@ -600,11 +628,76 @@ def run(cfg: RunConfig, *, scheduler: str | None = None, console=None) -> Report
 # --------------------------------------------------------------------------- dry run
 
 
-def dry_run(cfg: RunConfig, measured: Mapping[str, float] | None = None) -> dict:
+@dataclass(frozen=True)
+class Measured:
+    """Per-tile figures a dry run extrapolates from (benchmarks/results/scaling*.json, largest size; the
+    capacity estimate in benchmarks/README.md is computed from the same record by `estimate`)."""
+
+    seconds_per_tile: float = 30.0  # a worker's wall seconds per tile-year (wall x workers / tiles)
+    cores_per_worker: float = 2.0  # the cores that worker held (its machine's cores / workers)
+    model_share: float = 0.5  # of those seconds, the bare model's (model_only / wall): inference on the CPU
+    source: str = "default: no benchmark result"
+
+    @classmethod
+    def from_result(cls, d: Mapping[str, Any], source: str) -> Measured:
+        """From a scaling benchmark's JSON (older results without a breakdown keep the default model share)."""
+        spt = float(d["seconds_per_tile"])
+        cores = float(d.get("machine", {}).get("cpus", 2)) / max(int(d.get("workers", 1)), 1)
+        per = d.get("per_tile_s") or {}
+        share = per.get("model_only", 0.0) / per["wall_x_workers"] if per.get("wall_x_workers") else cls.model_share
+        return cls(spt, cores, min(max(share, 0.0), 1.0), source)
+
+
+@dataclass(frozen=True)
+class CostAssumptions:
+    """What a dry run (and the README's capacity estimate) assumes beyond the measured per-tile seconds.
+
+    The reference cluster is deploy/'s default: 16 x Standard_D16s_v5 (192 reading cores) and 2 x
+    Standard_NC8as_T4_v3 (one T4 each), plus a D4s_v5 for the scheduler, in Azure West Europe beside the data.
+    """
+
+    remote_read_factor: float = 2.0  # reading and compositing real COGs over HTTPS vs synthetic ones on local disk
+    gpu_seconds_per_tile: float = 0.05  # a T4: ~98 GFLOP at 40 % of 8.1 TFLOP/s, plus the host-to-device copy
+    cluster_cores: int = 192
+    gpus: int = 2
+    network_bytes_per_s: float = 8e9  # aggregate from Blob storage (16 nodes x 4 Gbit/s)
+    tail_factor: float = 1.3  # waves' tails and retries
+    startup_hours: float = 10 / 60  # nodes and image pulls
+    usd_per_core_hour: float = 0.90 / 16  # D16s_v5 pay-as-you-go list price per vCPU
+    usd_per_gpu_node_hour: float = 0.85  # NC8as_T4_v3
+    usd_fixed_per_hour: float = 0.23  # D4s_v5: scheduler and runner
+
+
+def estimate(tile_years: int, measured: Measured, bytes_to_read: float | None = None,
+             assume: CostAssumptions = CostAssumptions()) -> dict[str, Any]:
+    """Hours and dollars for `tile_years` from the measured per-tile seconds: core-hours of a CPU-only run, and
+    of a run with inference on GPU workers (reading on CPUs), with its wall time and price on the reference
+    cluster. Why one function: `dry_run` and the README's capacity estimate must give the same figures."""
+    core_s = measured.seconds_per_tile * measured.cores_per_worker  # a worker's cores are paid while it works
+    read_core_s = core_s * (1 - measured.model_share) * assume.remote_read_factor
+    model_core_s = core_s * measured.model_share
+    read_h = tile_years * read_core_s / 3600
+    gpu_h = tile_years * assume.gpu_seconds_per_tile / 3600
+    rates = {"readers": read_h / assume.cluster_cores, "gpus": gpu_h / assume.gpus}
+    if bytes_to_read is not None:
+        rates["network"] = bytes_to_read / assume.network_bytes_per_s / 3600
+    wall_h = max(rates.values()) * assume.tail_factor + assume.startup_hours
+    usd_per_h = (assume.cluster_cores * assume.usd_per_core_hour + assume.gpus * assume.usd_per_gpu_node_hour
+                 + assume.usd_fixed_per_hour)
+    return {"tile_years": tile_years, "measured": asdict(measured), "assumptions": asdict(assume),
+            "core_seconds_per_tile": {"reading": round(read_core_s, 2), "model_on_cpu": round(model_core_s, 2)},
+            "cpu_only_core_hours": round(read_h + tile_years * model_core_s / 3600, 2),
+            "reading_core_hours": round(read_h, 2), "gpu_hours": round(gpu_h, 3),
+            "limit": max(rates, key=rates.get), "wall_hours_reference_cluster": round(wall_h, 3),
+            "cost_usd_reference_cluster": round(wall_h * usd_per_h, 2)}
+
+
+def dry_run(cfg: RunConfig, measured: Measured | None = None) -> dict:
     """The plan without computing: tiles, pixels, scenes and bytes to read, estimated time and cost.
 
     Scenes are counted by searching the catalog once per zone over the tiles' extent; bytes from the
-    sensors' asset resolutions and dtypes; time from the measured per-tile seconds (benchmarks).
+    sensors' asset resolutions and dtypes; time and cost by `estimate` from the measured per-tile seconds
+    of the run's checkpoint (`measured_per_tile`).
     """
     from odc.geo.geom import unary_union
 
@@ -612,7 +705,7 @@ def dry_run(cfg: RunConfig, measured: Mapping[str, float] | None = None) -> dict
     from glacier_stac import sensors as sensor_records
 
     plan = make_plan(cfg)
-    measured = dict(measured or _measured_per_tile())
+    measured = measured or measured_per_tile(cfg.checkpoint)
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     scenes: dict[str, int] = {}
     bytes_read = 0.0
@@ -629,27 +722,31 @@ def dry_run(cfg: RunConfig, measured: Mapping[str, float] | None = None) -> dict
         per_px = sum(np.dtype(b.dtype).itemsize * (10.0 / b.resolution) ** 2 for b in rec.data_bands)
         # each scene covers ~the tiles it overlaps; a tile-year reads its share of each acquisition
         bytes_read += per_px * tile_px * len(plan.years) * min(n / max(len(plan.years), 1), 24) / 2
-    s_per_tile = measured.get("seconds_per_tile", 30.0)
     todo = plan.todo
-    cpu_h = todo * s_per_tile / 3600
+    est = estimate(todo, measured, bytes_read * todo / max(len(plan.tiles) * len(plan.years), 1))
     return {"tiles": len(plan.tiles), "years": list(plan.years), "tile_years_todo": todo,
             "tile_years_done": len(plan.tiles) * len(plan.years) - todo, "pixels": plan.pixels(),
             "scenes": scenes, "bytes_to_read_estimate": int(bytes_read),
-            "seconds_per_tile_measured": s_per_tile, "cpu_hours_estimate": cpu_h,
-            "cost_usd_estimate": cpu_h * measured.get("usd_per_cpu_hour", 0.05),
+            "seconds_per_tile_measured": measured.seconds_per_tile, "cpu_hours_estimate": est["cpu_only_core_hours"],
+            "cost_usd_estimate": est["cost_usd_reference_cluster"], "estimate": est,
             "margin_px": plan.margin, "computed_over_output": ((1024 + 2 * plan.margin) / 1024) ** 2}
 
 
-def _measured_per_tile() -> dict[str, float]:
-    """Per-tile seconds from the latest scaling or store benchmark result, when present."""
-    here = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
-    for name in ("scaling.json", "store_write.json"):
-        p = here / name
-        if p.is_file():
-            try:
-                d = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                continue
-            if "seconds_per_tile" in d:
-                return {"seconds_per_tile": float(d["seconds_per_tile"])}
-    return {}
+RESULTS_DIR = Path(__file__).resolve().parents[1] / "benchmarks" / "results"
+
+
+def measured_per_tile(checkpoint: str | os.PathLike[str] | None = None, results: Path = RESULTS_DIR) -> Measured:
+    """The per-tile figures of the latest scaling benchmark of `checkpoint` (results/scaling*.json whose
+    `checkpoint` is its file name), else of any scaling result, else the store benchmark's, else defaults."""
+    found: list[tuple[Path, dict]] = []
+    for p in sorted(results.glob("scaling*.json")) + [results / "store_write.json"]:
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if "seconds_per_tile" in d:
+            found.append((p, d))
+    name = Path(checkpoint).name if checkpoint else None
+    for p, d in sorted(found, key=lambda f: (f[1].get("checkpoint") != name, f[0].name != "scaling.json")):
+        return Measured.from_result(d, f"{p.name} ({d.get('checkpoint', 'store write')})")
+    return Measured()

@@ -711,6 +711,16 @@ MUTATIONS: list[Mutation] = [
              "                data[rows[0]:rows[1], cols[0]:cols[1]] = src.read(1, window=strip, out_dtype=out)",
              "                data[rows[0]:rows[1], cols[0]:cols[1]] = self.fill_value",
              ("tests/test_reader.py::test_same_crs_reads_equal_the_warper",)),
+    Mutation("tile-inner-graph-one-thread", "a one-task tile's inner graph runs on the worker thread's share of "
+             "the cores, as its model does (issue 12)", "glacier_stac/pipeline.py",
+             "    return max(1, int(getattr(plugin, \"torch_threads\", 1) or 1))",
+             "    return 1",
+             ("tests/test_pipeline.py::test_one_task_tiles_use_the_worker_threads_share_of_the_cores",)),
+    Mutation("dry-run-other-checkpoints-figures", "a dry run prices a run from its own checkpoint's measured "
+             "per-tile seconds (issue 12)", "glacier_stac/pipeline.py",
+             'key=lambda f: (f[1].get("checkpoint") != name, f[0].name != "scaling.json")',
+             'key=lambda f: (False, f[0].name != "scaling.json")',
+             ("tests/test_pipeline.py::test_dry_run_estimates_from_the_measured_figures_of_the_runs_checkpoint",)),
     Mutation("gpu-tile-fused-into-one-task", "GPU clusters keep the tile's GPU=1 predict task routed (issue 12)",
              "glacier_stac/pipeline.py",
              "    if task is None or resources is not None:  # GPU workers",

@@ -257,15 +257,26 @@ def test_task_attempts_count_dask_retries_not_requests(tmp_path):
         assert final.status == "error" and task_attempts(c, [final.key]) == 1
 
 
-def test_cpu_only_tiles_run_as_one_task_gpu_clusters_keep_the_routed_graph(world_dir, rustac_url, tmp_path):
-    """Without GPU workers a tile-year is one task (its graph run inside by the synchronous scheduler); with
-    them the graph keeps its GPU=1 predict task apart. Both write the same bytes."""
+def test_cpu_only_tiles_run_as_one_task_gpu_clusters_keep_the_routed_graph(world_dir, rustac_url, tmp_path,
+                                                                            monkeypatch):
+    """Without GPU workers a tile-year is one task (its graph run inside by the synchronous scheduler, or on the
+    worker thread's share of the cores); with them the graph keeps its GPU=1 predict task apart. All write the
+    same bytes."""
     import dask
 
     from glacier_stac.models.checkpoint import load as load_checkpoint
 
+    inner_threads = []
+    real_compute = dask.compute
+
+    def spy(*args, **kw):
+        inner_threads.append(kw.get("num_workers", 1) if kw.get("scheduler") == "threads" else kw.get("scheduler"))
+        return real_compute(*args, **kw)
+
     stores = {}
-    for kind, resources in (("cpu", None), ("gpu", {"GPU": 1})):
+    for kind, resources in (("cpu", None), ("cpu-threads", None), ("gpu", {"GPU": 1})):
+        monkeypatch.setattr(pipeline, "tile_threads", lambda kind=kind: 3 if kind == "cpu-threads" else 1)
+        monkeypatch.setattr(pipeline.dask, "compute", spy)
         cfg = pipeline.parse_config(_raw(rustac_url, tmp_path / kind, years=(2022,), bbox=_bbox(world_dir)))
         plan = pipeline.make_plan(cfg)
         unit = plan.tiles[0]
@@ -282,4 +293,47 @@ def test_cpu_only_tiles_run_as_one_task_gpu_clusters_keep_the_routed_graph(world
             rec = dask.compute(task, optimize_graph=False)[0]
         assert rec.valid_px > 0
         stores[kind] = _arrays(Path(cfg.store))
-    assert stores["cpu"] and stores["cpu"] == stores["gpu"]
+    assert stores["cpu"] and stores["cpu"] == stores["gpu"] == stores["cpu-threads"]
+    assert inner_threads.count("sync") == 1 and 3 in inner_threads, inner_threads  # one-task tiles' inner graphs
+
+
+def test_one_task_tiles_use_the_worker_threads_share_of_the_cores():
+    """A one-task tile's inner graph runs on the cores the model plugin gives each worker thread (torch's
+    share), so reading does not leave them idle; off a worker, one thread."""
+    from glacier_stac.cluster import ClusterSpec, connect, workers
+
+    assert pipeline.tile_threads() == 1
+    with connect(ClusterSpec(workers=1, threads_per_worker=1, processes=False)) as c:
+        share = workers(c)[0].torch_threads
+        assert share >= 1
+        assert c.submit(pipeline.tile_threads, pure=False).result() == share
+
+
+def test_dry_run_estimates_from_the_measured_figures_of_the_runs_checkpoint(world_dir, rustac_url, tmp_path):
+    """`--dry-run` prices a run from the scaling benchmark of its own checkpoint (the README's capacity estimate
+    uses the same `estimate`): core-seconds per tile = worker seconds x its cores, reading x the remote factor."""
+    import json
+
+    res = tmp_path / "results"
+    res.mkdir()
+    (res / "scaling.json").write_text(json.dumps({"checkpoint": "cnn5.pt", "seconds_per_tile": 5.0, "workers": 1,
+                                                  "machine": {"cpus": 2}}))
+    (res / "scaling-unet.json").write_text(json.dumps({
+        "checkpoint": "unet.pt", "seconds_per_tile": 9.0, "workers": 2, "machine": {"cpus": 8},
+        "per_tile_s": {"model_only": 3.0, "wall_x_workers": 9.0}}))
+    unet = pipeline.measured_per_tile(pipeline.DEFAULT_CHECKPOINT, res)
+    assert (unet.seconds_per_tile, unet.cores_per_worker, unet.model_share) == (9.0, 4.0, 1 / 3), unet
+    assert pipeline.measured_per_tile("elsewhere/cnn5.pt", res).seconds_per_tile == 5.0
+    assert pipeline.measured_per_tile("mine.pt", res).seconds_per_tile == 5.0  # no result of its own: scaling.json
+    assert pipeline.measured_per_tile("mine.pt", tmp_path / "none") == pipeline.Measured()
+
+    cfg = pipeline.parse_config(_raw(rustac_url, tmp_path / "dry", years=(2021, 2022), bbox=_bbox(world_dir)))
+    d = pipeline.dry_run(cfg, unet)
+    todo = d["tile_years_todo"]
+    assert todo == d["tiles"] * 2 and d["seconds_per_tile_measured"] == 9.0
+    core_s = 9.0 * 4.0
+    assert d["estimate"]["core_seconds_per_tile"] == {"reading": round(core_s * 2 / 3 * 2.0, 2),
+                                                      "model_on_cpu": round(core_s / 3, 2)}
+    assert d["cpu_hours_estimate"] == round(todo * (core_s * 2 / 3 * 2.0 + core_s / 3) / 3600, 2)
+    assert d["cost_usd_estimate"] > 0 and d["estimate"]["limit"] in ("readers", "gpus", "network")
+
