@@ -87,6 +87,7 @@ def main() -> None:
 
     # The cube lands in an array allocated once, as the pipeline streams tiles into a store: what is timed
     # is reading, compositing and features, not the kernel zeroing a fresh 0.3 GB result on every run.
+    load_before = os.getloadavg()[0]  # a shared machine: the load says how far the seconds are from idle ones
     values = np.empty(data.shape, np.float32)
     values[:] = 0
     cube_times, rio_times = [], []
@@ -113,7 +114,8 @@ def main() -> None:
         "ratio_vs_rasterio": t_rio / t_cube, "target_ratio": 1.0, "ratio_of_medians": median_ratio,
         "cube_compute_fresh_result_seconds": t_fresh,
         "cube_seconds_all": cube_times, "rasterio_seconds_all": rio_times,
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
+                    "load_avg_1m_before": round(load_before, 2), "load_avg_1m_after": round(os.getloadavg()[0], 2)},
         "quick": args.quick,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
