@@ -658,12 +658,13 @@ class CostAssumptions:
 
     remote_read_factor: float = 2.0  # reading and compositing real COGs over HTTPS vs synthetic ones on local disk
     gpu_seconds_per_tile: float = 0.05  # a T4: ~98 GFLOP at 40 % of 8.1 TFLOP/s, plus the host-to-device copy
-    cluster_cores: int = 192
+    cluster_cores: int = 192  # reading threads: 48 workers x 4 on 16 D16s_v5 nodes (the rest for the OS and Dask)
+    cpu_nodes: int = 16
     gpus: int = 2
     network_bytes_per_s: float = 8e9  # aggregate from Blob storage (16 nodes x 4 Gbit/s)
     tail_factor: float = 1.3  # waves' tails and retries
     startup_hours: float = 10 / 60  # nodes and image pulls
-    usd_per_core_hour: float = 0.90 / 16  # D16s_v5 pay-as-you-go list price per vCPU
+    usd_per_cpu_node_hour: float = 0.90  # D16s_v5, pay-as-you-go list price
     usd_per_gpu_node_hour: float = 0.85  # NC8as_T4_v3
     usd_fixed_per_hour: float = 0.23  # D4s_v5: scheduler and runner
 
@@ -682,7 +683,7 @@ def estimate(tile_years: int, measured: Measured, bytes_to_read: float | None = 
     if bytes_to_read is not None:
         rates["network"] = bytes_to_read / assume.network_bytes_per_s / 3600
     wall_h = max(rates.values()) * assume.tail_factor + assume.startup_hours
-    usd_per_h = (assume.cluster_cores * assume.usd_per_core_hour + assume.gpus * assume.usd_per_gpu_node_hour
+    usd_per_h = (assume.cpu_nodes * assume.usd_per_cpu_node_hour + assume.gpus * assume.usd_per_gpu_node_hour
                  + assume.usd_fixed_per_hour)
     return {"tile_years": tile_years, "measured": asdict(measured), "assumptions": asdict(assume),
             "core_seconds_per_tile": {"reading": round(read_core_s, 2), "model_on_cpu": round(model_core_s, 2)},
