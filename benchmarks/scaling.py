@@ -180,8 +180,8 @@ def model_only_seconds(client, checkpoint: str, tiles: int, margin: int) -> floa
 
 def stage_of(prefix: str) -> str:
     """The pipeline stage a task's key prefix belongs to."""
-    if "predict-tile" in prefix or prefix.startswith("checkpoint-"):  # fused names hold it inside
-        return "predict"
+    if "predict-tile" in prefix or prefix.startswith("checkpoint-") or prefix == "classes_from_probability":
+        return "predict"  # fused names hold it inside; the classes are the prediction's last step
     if "store-write" in prefix:
         return "store_write"
     return "cube"  # COG reads, reprojection, compositing, derived features, rechunk/astype before the model
@@ -232,17 +232,20 @@ def stages(task_stream: list[dict], span: tuple[float, float], workers: int,
 
 
 def tile_walls(inner: list[dict]) -> dict[str, float]:
-    """Wall seconds inside one-task tiles, summed over tiles: per stage, from its tasks' first start to their last
-    end (the stages run one after another inside a tile, so these add up to about `tile_task`, which is the
-    tasks' own wall); what `stages` gives in thread-seconds when the inner graph runs on several threads."""
+    """Wall seconds inside one-task tiles, summed over tiles: per stage, the time some task of it was running
+    (the union of its tasks' intervals; the stages run mostly one after another, so these add up to about
+    `tile_task`, the tasks' own wall); `stages` gives thread-seconds when the inner graph has several threads."""
     out = {"cube": 0.0, "predict": 0.0, "store_write": 0.0, "tile_task": 0.0}
     for ev in inner:
-        by_stage: dict[str, list[float]] = {}
-        for prefix, (a, b) in ev.get("spans", {}).items():
-            span = by_stage.setdefault(stage_of(prefix), [a, b])
-            span[0], span[1] = min(span[0], a), max(span[1], b)
-        for stage, (a, b) in by_stage.items():
-            out[stage] += b - a
+        by_stage: dict[str, list[tuple[float, float]]] = {}
+        for prefix, a, b in ev.get("intervals", ()):
+            by_stage.setdefault(stage_of(prefix), []).append((a, b))
+        for stage, spans in by_stage.items():
+            end = -math.inf
+            for a, b in sorted(spans):  # union of intervals
+                if b > end:
+                    out[stage] += b - max(a, end)
+                    end = b
         out["tile_task"] += ev.get("wall", 0.0)
     return {k: round(v, 2) for k, v in out.items()}
 

@@ -384,14 +384,14 @@ def run_tile_task(graph: OpaqueGraph, name: str) -> Any:
     queue (on a busy machine, seconds per tile); one task also frees a tile's intermediates as soon as they are
     used, and a retry reruns the tile whole. Parallelism comes from tiles in flight, and within a tile from the
     worker thread's share of the cores. The seconds per task prefix inside (thread-seconds: summed over the
-    inner threads), when each prefix's tasks first started and last ended, and the task's wall seconds are sent
-    to the scheduler's event log (TILE_TASKS_TOPIC), where benchmarks read the stages.
+    inner threads), when each inner task started and ended, and the task's wall seconds are sent to the
+    scheduler's event log (TILE_TASKS_TOPIC), where benchmarks read the stages.
     """
     from dask.callbacks import Callback
     from dask.utils import key_split
 
     seconds: dict[str, float] = {}
-    spans: dict[str, list[float]] = {}  # prefix -> [first start, last end], seconds from the task's start
+    intervals: list[tuple[str, float, float]] = []  # (prefix, start, end) per inner task, from the task's start
     started: dict[Any, float] = {}
     t0 = time.perf_counter()
 
@@ -402,8 +402,7 @@ def run_tile_task(graph: OpaqueGraph, name: str) -> Any:
         k, now = key_split(key), time.perf_counter()
         start = started.pop(key, now)
         seconds[k] = seconds.get(k, 0.0) + now - start
-        span = spans.setdefault(k, [start - t0, now - t0])
-        span[0], span[1] = min(span[0], start - t0), max(span[1], now - t0)
+        intervals.append((k, round(start - t0, 4), round(now - t0, 4)))
 
     threads = tile_threads()
     how = {"scheduler": "sync"} if threads == 1 else {"scheduler": "threads", "num_workers": threads}
@@ -412,7 +411,7 @@ def run_tile_task(graph: OpaqueGraph, name: str) -> Any:
     with contextlib.suppress(Exception):  # not on a worker (a test calling it directly): nothing to tell
         from distributed import get_worker
 
-        get_worker().log_event(TILE_TASKS_TOPIC, {"tile": name, "seconds": seconds, "spans": spans,
+        get_worker().log_event(TILE_TASKS_TOPIC, {"tile": name, "seconds": seconds, "intervals": intervals,
                                                   "threads": threads, "wall": time.perf_counter() - t0})
     return out
 
