@@ -32,6 +32,7 @@ import contextlib
 import functools
 import logging
 import math
+import operator
 import os
 import threading
 import uuid
@@ -592,14 +593,66 @@ def _edge(block: np.ndarray, dy: int, dx: int, halo: tuple[int, int]) -> np.ndar
     return block[:, _side(dy, halo[0], block.shape[1]), _side(dx, halo[1], block.shape[2])].copy()
 
 
-def _haloed_block_task(task: Callable[..., np.ndarray], centre: np.ndarray, ref, halo: tuple[int, int],
-                       iy: int, ix: int, *pieces: list) -> np.ndarray:
-    """Dask task: the block with its halo assembled from the neighbours' strips (NaN where there is no
-    neighbour), then `task` on it; one task, so no assembled block waits in memory for the model."""
+class BlockGraph:
+    """The tasks that make one block of a lazy array, carried inside another task (Dask does not look
+    inside a plain object) and run there; the array's data nodes stay outside as that task's inputs."""
+
+    def __init__(self, tasks: dict, key: tuple, data_keys: list) -> None:
+        self.tasks, self.key, self.data_keys = tasks, key, data_keys
+
+    def compute(self, data: Sequence) -> np.ndarray:
+        from dask._task_spec import DataNode
+        from dask.local import get_sync
+
+        return get_sync({**self.tasks, **{k: DataNode(k, v) for k, v in zip(self.data_keys, data, strict=True)}},
+                        self.key)
+
+
+def _block_graphs(arr: da.Array) -> dict[tuple[int, int], BlockGraph]:
+    """Each (iy, ix) block of a (feature, y, x) array with one feature chunk, as a `BlockGraph`."""
+    from dask._task_spec import DataNode, convert_legacy_graph
+
+    dsk = convert_legacy_graph(dict(arr.__dask_graph__()))
+    out = {}
+    for iy in range(len(arr.chunks[1])):
+        for ix in range(len(arr.chunks[2])):
+            key = (arr.name, 0, iy, ix)
+            tasks, data, todo = {}, [], [key]
+            while todo:
+                k = todo.pop()
+                if k in tasks or k in data:
+                    continue
+                if isinstance(dsk[k], DataNode):
+                    data.append(k)
+                else:
+                    tasks[k] = dsk[k]
+                    todo.extend(dsk[k].dependencies)
+            out[(iy, ix)] = BlockGraph(tasks, key, data)
+    return out
+
+
+def _lend(block: BlockGraph, data: list, halo: tuple[int, int], ways: list) -> dict[int, np.ndarray]:
+    """Dask task: read a block and keep only the strips its neighbours borrow (`ways`: (dy, dx) from
+    each borrower to this block), keyed by `_way`; the block itself is dropped at once."""
+    a = block.compute(data)
+    return {_way(dy, dx): _edge(a, dy, dx, halo) for dy, dx in ways}
+
+
+def _way(dy: int, dx: int) -> int:
+    return (dy + 1) * 3 + dx + 1
+
+
+def _haloed_block_task(task: Callable[..., np.ndarray], centre: BlockGraph, data: list, ref,
+                       halo: tuple[int, int], iy: int, ix: int, *pieces: list) -> np.ndarray:
+    """Dask task: read the block, grow it by its halo from the neighbours' strips (NaN where there is
+    no neighbour), then `task` on it; the block exists only inside this task, so none waits in memory
+    for the model."""
     hy, hx = halo
-    f, h, w = centre.shape
+    core = centre.compute(data)
+    f, h, w = core.shape
     block = np.full((f, h + 2 * hy, w + 2 * hx), np.nan, dtype=np.float32)
-    block[:, hy:hy + h, hx:hx + w] = centre
+    block[:, hy:hy + h, hx:hx + w] = core
+    del core
     for dy, dx, strip in pieces:
         ys = slice(hy, hy + h) if dy == 0 else slice(0, hy) if dy < 0 else slice(hy + h, h + 2 * hy)
         xs = slice(hx, hx + w) if dx == 0 else slice(0, hx) if dx < 0 else slice(hx + w, w + 2 * hx)
@@ -608,96 +661,49 @@ def _haloed_block_task(task: Callable[..., np.ndarray], centre: np.ndarray, ref,
     return task(block, ref, block_id=(0, iy, ix))
 
 
-def _block_order(ny: int, nx: int, width: int = 2) -> dict[tuple[int, int], int]:
-    """Position of each block in the run: bands `width` blocks wide across the longer side, each walked
-    along the shorter one, so the blocks read but not yet predicted (and the strips they lend) stay a
-    few bands' worth whatever the region's size."""
-    if nx >= ny:
-        cells = [(iy, ix) for b in range(0, nx, width) for iy in range(ny) for ix in range(b, min(nx, b + width))]
-    else:
-        cells = [(iy, ix) for b in range(0, ny, width) for ix in range(nx) for iy in range(b, min(ny, b + width))]
-    return {c: i for i, c in enumerate(cells)}
-
-
-def _second_reading(arr: da.Array, tag: str, urgency: Mapping[tuple[int, int], int]) -> tuple[da.Array, dict]:
-    """The same array from an independent copy of its graph (every key renamed), and each copied
-    task's urgency (that of the most urgent block it feeds; `urgency` per (iy, ix) block).
-
-    `dask.graph_manipulation.clone` misses the keys a rechunk layer holds besides its own name (its
-    split tasks), so its copy would still share, and hold, the original's blocks.
-    """
-    from dask._task_spec import convert_legacy_graph
-
-    dsk = convert_legacy_graph(dict(arr.__dask_graph__()))
-    tag = f"{tag}-{dask.base.tokenize(arr.name)}-"
-    subs = {k: (tag + k[0], *k[1:]) if isinstance(k, tuple) else tag + k for k in dsk}
-    copy = {subs[k]: v.substitute(subs, key=subs[k]) for k, v in dsk.items()}
-    prio: dict = {}
-    todo = [(subs[(arr.name, 0, iy, ix)], u) for (iy, ix), u in urgency.items()]
-    while todo:  # each task as urgent as the most urgent block it feeds
-        k, u = todo.pop()
-        if prio.get(k, -math.inf) >= u:
-            continue
-        prio[k] = u
-        todo.extend((d, u) for d in copy[k].dependencies)
-    return da.Array(copy, subs[(arr.name, 0, 0, 0)][0], arr.chunks, meta=arr._meta), prio
-
-
 def _haloed_map(task: Callable[..., np.ndarray], data: da.Array, ref, halo: tuple[int, int], n_out: int,
                 token: str, annotations: Mapping) -> da.Array:
     """(n_out, y, x) array of `task` over each (feature, y, x) block of `data` grown by `halo` (NaN
     past the array's edges); the region's edges are the only padding.
 
     Why not `da.map_overlap`: its halo exchange cuts every block into interior and edge pieces and
-    concatenates them into a second, haloed copy before the model runs; cheap cut and concatenate tasks
-    ran far ahead of the slow model tasks, and the pieces and copies (up to 2.6 and 1.0 GB per worker
-    for 67 Mpx) made a worker's memory grow with the region. Here each neighbour lends only strips
-    (copies of halo width) cut from a second reading of its block, so a block is held only until its
-    own model task has run, and the haloed block exists only inside that task. Every task carries a
-    priority from its block's place in a banded walk of the region (`_block_order`), so the scheduler
-    reads blocks and cuts strips just ahead of the model instead of all at once. The price: each block
-    with neighbours is read twice (a lazy cube's reads cost a fraction of the model on CPU; the
-    pipeline's tiles read their own context and never come here).
+    concatenates them into a second, haloed copy before the model runs; the cheap reads, cuts and
+    concatenations ran far ahead of the slow model tasks, and the blocks, pieces and copies waiting
+    for it (up to 2.6 + 1.0 GB per worker for 67 Mpx) made a worker's memory grow with the region.
+    Here each model task reads its own block inside itself (so no block waits for the model), and
+    each neighbour lends only its strips of halo width: a task reads the neighbour and keeps just
+    those (`_lend`). The price: a block with neighbours is read twice, once for itself and once to
+    lend (a lazy cube's reads cost a fraction of the model on CPU; the pipeline's tiles read their
+    own context and never come here).
     """
     from dask.highlevelgraph import HighLevelGraph, MaterializedLayer
 
     hy, hx = halo
     ny, nx = len(data.chunks[1]), len(data.chunks[2])
-    order = _block_order(ny, nx)
-    urgency = {c: len(order) - i for c, i in order.items()}  # larger runs first (Dask's priority)
-    lend = {(jy, jx): max(urgency.get((jy + dy, jx + dx), 0) for dy in (-1, 0, 1) for dx in (-1, 0, 1)
-                          if (dy, dx) != (0, 0)) for jy, jx in order}
-    centre, prio = _second_reading(data, "read", urgency)
-    src, prio_src = _second_reading(data, "reread", lend) if ny * nx > 1 else (centre, {})
+    blocks = _block_graphs(data)
     name = f"{token}-{dask.base.tokenize(task, data.name, ref, halo, n_out)}"
-    sname = f"halo-strip-{name}"
-    strips: dict = {}
+    lname, sname = f"halo-lend-{name}", f"halo-strip-{name}"
+    near = [(dy, dx) for dy in (-1, 0, 1) for dx in (-1, 0, 1) if (dy, dx) != (0, 0)]
+    dsk: dict = {}
+    for (jy, jx), b in blocks.items():
+        ways = [(dy, dx) for dy, dx in near if 0 <= jy - dy < ny and 0 <= jx - dx < nx]
+        if ways:
+            dsk[(lname, jy, jx)] = (_lend, b, list(b.data_keys), (hy, hx), ways)
+            for dy, dx in ways:
+                dsk[(sname, jy, jx, _way(dy, dx))] = (operator.getitem, (lname, jy, jx), _way(dy, dx))
     tasks: dict = {}
     ref_arg = ref.key if isinstance(ref, Delayed) else ref
-    for iy in range(ny):
-        for ix in range(nx):
-            pieces = []
-            for dy in (-1, 0, 1):
-                for dx in (-1, 0, 1):
-                    jy, jx = iy + dy, ix + dx
-                    if (dy, dx) == (0, 0) or not (0 <= jy < ny and 0 <= jx < nx):
-                        continue
-                    # block (jy, jx) lies (dy, dx) from (iy, ix): it gives its side facing (iy, ix)
-                    key = (sname, iy, ix, (dy + 1) * 3 + dx + 1)
-                    strips[key] = (_edge, (src.name, 0, jy, jx), dy, dx, (hy, hx))
-                    prio[key] = urgency[(iy, ix)]
-                    pieces.append([dy, dx, key])
-            tasks[(name, 0, iy, ix)] = (_haloed_block_task, task, (centre.name, 0, iy, ix), ref_arg, (hy, hx),
-                                        iy, ix, *pieces)
-            prio[(name, 0, iy, ix)] = urgency[(iy, ix)]
-    prio.update(prio_src)
-    layers = {**centre.dask.layers, **src.dask.layers}
-    prio.update({k: 0 for lay in layers.values() for k in lay if k not in prio})  # feeds no block
-    read = {"priority": prio.__getitem__}
-    layers = {k: MaterializedLayer(dict(v), annotations=read) for k, v in layers.items()}
-    layers[sname] = MaterializedLayer(strips, annotations=read)
-    layers[name] = MaterializedLayer(tasks, annotations={**read, **annotations})
-    deps = {**centre.dask.dependencies, **src.dask.dependencies, sname: {src.name}, name: {centre.name, sname}}
+    for (iy, ix), b in blocks.items():
+        # block (iy + dy, ix + dx) lies (dy, dx) from (iy, ix): it lends its side facing (iy, ix)
+        pieces = [[dy, dx, (sname, iy + dy, ix + dx, _way(dy, dx))] for dy, dx in near
+                  if 0 <= iy + dy < ny and 0 <= ix + dx < nx]
+        tasks[(name, 0, iy, ix)] = (_haloed_block_task, task, b, list(b.data_keys), ref_arg, (hy, hx), iy, ix,
+                                    *pieces)
+    graph = data.__dask_graph__()  # its data nodes (an in-memory array's) stay graph keys
+    source = {k: graph[k] for k in {k for b in blocks.values() for k in b.data_keys}}
+    layers = {lname: MaterializedLayer({**source, **dsk}),
+              name: MaterializedLayer(tasks, annotations=dict(annotations) or None)}
+    deps = {lname: set(), name: {lname}}
     if isinstance(ref, Delayed):
         layers.update(ref.dask.layers)
         deps.update(ref.dask.dependencies)
