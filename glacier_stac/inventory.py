@@ -48,15 +48,21 @@ COLUMNS = ["glac_id", "year", "region", "area_km2", "area_unc_km2", "perimeter_k
            "area_unc_class_km2", "geometry"]
 
 
-def area_uncertainty_method(unc: obia.Uncertainty = obia.Uncertainty()) -> str:
+def area_uncertainty_method(unc: obia.Uncertainty = obia.Uncertainty(), rules: obia.Rules = obia.Rules()) -> str:
     """The stated method, written into the file's metadata (with the parameters used)."""
     return (f"area_unc_km2 = sqrt(margin^2 + class^2), two independent sources. margin (area_unc_margin_km2): "
             f"boundary-type-dependent buffer (Granshaw & Fountain 2006; Paul et al. 2013), (A(outline buffered "
             f"by +d) - A(buffered by -d)) / 2 with d = {unc.clean_margin_px:g} pixel on clean-ice margins and "
             f"{unc.debris_margin_px:g} pixel on debris-covered margins, weighted by the debris share of the "
-            f"boundary pixels. class (area_unc_class_km2): the model's doubt, k * pixel area * (D_in + D_out) / 2, "
+            f"boundary pixels. class (area_unc_class_km2): the model's doubt, "
+            f"k * pixel area * ((D_in + D_out) / 2 + D_new), "
             f"D_in = glacier pixels with probability < {unc.doubt_high:g}, D_out = non-glacier valid pixels within "
-            f"{unc.ring_px} pixels with probability >= {unc.doubt_low:g}, k = {unc.k:g} calibrated on training "
+            f"{unc.ring_px} pixels with probability >= {unc.doubt_low:g}, plus D_new (the pixels are then not in "
+            f"D_in): with an earlier year in the inventory, the glacier's pixels farther than "
+            f"{rules.advance_m_yr:g} m per year between them from that year's glaciers (fronts advance more "
+            f"slowly outside surges: such a gain is seasonal snow, a cold thermal scene or shade in one of the "
+            f"two years), counted whole; "
+            f"k = {unc.k:g} calibrated on training "
             f"worlds (never the benchmark's) so that 90% of per-glacier change errors lie within the change "
             f"uncertainty. Computed in the zone's UTM CRS and scaled to the ellipsoidal area; region totals add "
             f"glacier uncertainties linearly (edge errors are correlated); changes add the two years' "
@@ -249,14 +255,29 @@ def outlines_for(predictions: xr.Dataset | str | Path, year: int, *,
 
 
 def _outlines_of(parts: list[xr.Dataset], features: xr.DataArray | list[xr.DataArray] | None, rules: obia.Rules,
-                 divides: gpd.GeoSeries | None, uncertainty: obia.Uncertainty) -> gpd.GeoDataFrame:
-    """`outlines_for` on the year's zone predictions (`zone_predictions`), opened once by the caller."""
+                 divides: gpd.GeoSeries | None, uncertainty: obia.Uncertainty,
+                 earlier: obia.Previous | None = None) -> gpd.GeoDataFrame:
+    """`outlines_for` on the year's zone predictions (`zone_predictions`), opened once by the caller;
+    `earlier`: the inventory's earlier year (`earlier_outlines`) or None."""
     several = len(parts) > 1
-    outl = [obia.outlines(p, _features_for(features, p, several), rules, divides=divides, uncertainty=uncertainty)
-            for p in parts]
+    outl = [obia.outlines(p, _features_for(features, p, several), rules, divides=divides, uncertainty=uncertainty,
+                          previous=earlier) for p in parts]
     if not several:
         return outl[0]
     return obia.merge_zones(outl, obia.grid_of(parts[0]).res, uncertainty)
+
+
+def earlier_outlines(old: gpd.GeoDataFrame | None, year: int) -> obia.Previous | None:
+    """The inventory's nearest earlier year (its outlines, EPSG:4326) for the rule on new debris and the new-ice
+    term of the area uncertainty (`obia.Rules.advance_m_yr`); None without one (the first year). Read from
+    the inventory: no earlier year is read from the store or recomputed."""
+    if old is None or old.empty:
+        return None
+    before = sorted(y for y in set(old["year"].astype(int)) if y < year)
+    if not before:
+        return None
+    rows = old[old["year"].astype(int) == before[-1]]
+    return obia.Previous(gpd.GeoSeries(rows.geometry.values, crs=old.crs), year - before[-1])
 
 
 def rock_glaciers_for(predictions: xr.Dataset | str | Path, year: int, *,
@@ -379,7 +400,7 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
                                      f"(it holds {sorted(set(old['year'].astype(int)))})")
             return UpdateResult(path, year, 0, True)
         parts = zone_predictions(predictions, year, aoi)  # opened and checked once for both layers
-        outl = _outlines_of(parts, features, rules, ref, uncertainty)
+        outl = _outlines_of(parts, features, rules, ref, uncertainty, earlier_outlines(old, year))
         # the rock-glacier layer first: the inventory holding `year` is what marks the update done
         _add_rock_glacier_year(rock_glacier_path(path), year, _rock_glaciers_of(parts, features, rules), region)
         previous = _neighbour_year(old, year)
@@ -388,7 +409,7 @@ def add_year(path: str | Path, year: int, predictions: xr.Dataset | str | Path, 
         inv = rows if old is None else pd.concat([old, rows], ignore_index=True)
         inv = gpd.GeoDataFrame(inv, geometry="geometry", crs=4326).sort_values(["year", "glac_id"],
                                                                                ignore_index=True)
-        meta = metadata(path) if old is not None else {"area_uncertainty": area_uncertainty_method(uncertainty),
+        meta = metadata(path) if old is not None else {"area_uncertainty": area_uncertainty_method(uncertainty, rules),
                                                          "years": {}}
         meta["years"][str(year)] = {"rules": asdict(rules), "uncertainty": asdict(uncertainty),
                                     "obia": _jsonable(outl.attrs.get("obia", {})),

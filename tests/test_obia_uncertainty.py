@@ -143,3 +143,126 @@ def test_divides_from_glacier_windows_pick_a_nearest_reference_within_reach():
     for k in range(1, 6):
         at = ref_of == k
         np.testing.assert_allclose(dist[k][at], best[at])
+
+
+def _with_probability(labels: np.ndarray, p: np.ndarray) -> xr.Dataset:
+    ds = _ds(labels)
+    ds["probability"] = (("y", "x"), p)
+    return ds
+
+
+def _grown(extra: int, cls: int = Label.CLEAN_ICE) -> tuple[obia.Previous, xr.Dataset]:
+    """(earlier year 2 years back, this year): a 30 px square of sure clean ice (its OBIA outline), then the same
+    square grown `extra` px to the east by sure ice of class `cls`."""
+    labels, p = _square(Label.CLEAN_ICE)
+    before = obia.outlines(_with_probability(labels, p)).geometry
+    grown_labels, grown_p = labels.copy(), p.copy()
+    grown_labels[15:45, 45:45 + extra] = cls
+    grown_p[15:45, 45:45 + extra] = 0.95
+    return obia.Previous(before, 2), _with_probability(grown_labels, grown_p)
+
+
+def test_new_ice_beyond_a_front_advance_counts_whole_in_the_class_term():
+    """With an earlier year of the inventory: this year's ice farther from the earlier glaciers than a front
+    advances in the years between counts whole (D_new), not half; a gain within that reach does not; clean
+    ice is never cut from the outline for it."""
+    unc = obia.Uncertainty(k=2.0)  # Rules().advance_m_yr = 25 m/yr, 2 years apart: reach 5 px + 1
+    before, now = _grown(12)
+    plain = obia.outlines(now, uncertainty=unc).iloc[0]
+    got = obia.outlines(now, uncertainty=unc, previous=before).iloc[0]
+    assert plain.geometry.equals(got.geometry) and plain.new_px == 0
+    labels, _ = _square(Label.CLEAN_ICE)
+    far = ndimage.distance_transform_edt(labels == Label.BACKGROUND) > 6  # beyond the disk of radius reach_px
+    want = int((far & (np.asarray(now["probability"].values) >= 0.5)).sum())
+    assert want == 30 * 6 and got.new_px == want
+    assert got.doubt_px == pytest.approx(want)  # sure pixels, sure rock around: the new pixels alone, whole
+    assert got.area_unc_class_km2 == pytest.approx(2.0 * want * RES * RES / 1e6, rel=1e-3)
+    assert obia.outlines(now, previous=obia.Previous(before.outlines, 6)).iloc[0].new_px == 0  # reach 16 px
+    near_before, near_now = _grown(5)
+    assert obia.outlines(near_now, previous=near_before).iloc[0].new_px == 0
+
+
+def test_previous_year_bad_input_is_named():
+    before, now = _grown(12)
+    with pytest.raises(ValueError, match="years_apart"):
+        obia.Previous(before.outlines, 0)
+    with pytest.raises(ValueError, match="with a CRS"):
+        obia.Previous(before.outlines.set_crs(None, allow_override=True), 2)
+    with pytest.raises(ValueError, match="advance_m_yr"):
+        obia.Rules(advance_m_yr=-1.0)
+
+
+def test_debris_beyond_a_front_advance_from_the_earlier_glaciers_is_dropped():
+    """A debris tongue grown 12 px beyond the earlier year's outline (2 years back): the part beyond a front's
+    reach (25 m/yr: 6 px) is dropped from the outline with `drop_new_debris`, the rest kept; growth within reach
+    is kept whole; without the earlier year, or the rule (the default), nothing is dropped."""
+    rules = obia.Rules(drop_new_debris=True)
+    before, now = _grown(12, cls=Label.DEBRIS_ICE)
+    assert obia.outlines(now, rules=rules).iloc[0].n_px == 900 + 30 * 12
+    assert obia.outlines(now, previous=before).iloc[0].n_px == 900 + 30 * 12
+    got = obia.outlines(now, rules=rules, previous=before)
+    assert len(got) == 1 and got.iloc[0].n_px == 900 + 30 * 6
+    assert got.attrs["obia"]["debris_new_dropped_px"] == 30 * 6
+    near_before, near_now = _grown(5, cls=Label.DEBRIS_ICE)
+    assert obia.outlines(near_now, rules=rules, previous=near_before).iloc[0].n_px == 900 + 30 * 5
+
+
+def test_annual_update_reads_the_earlier_year_from_the_inventory(tmp_path):
+    """`add_year` takes the inventory's nearest earlier year (its outlines, not its predictions) and the new ice
+    enters the year's class uncertainty; the first year has none; the method says so."""
+    labels, p = _square(Label.CLEAN_ICE)
+    _, now = _grown(12)
+    both = xr.concat([_with_probability(labels, p).expand_dims(year=[2019]), now.expand_dims(year=[2021])],
+                     dim="year")
+    path = tmp_path / "inv.parquet"
+    inventory.add_year(path, 2019, both)
+    inventory.add_year(path, 2021, both)
+    inv = inventory.read(path).set_index("year")
+    unc = obia.Uncertainty()
+    assert inv.loc[2019, "area_unc_class_km2"] == 0.0
+    assert inv.loc[2021, "area_unc_class_km2"] == pytest.approx(unc.k * 30 * 6 * RES * RES / 1e6, rel=0.02)
+    assert "D_new" in inventory.metadata(path)["area_uncertainty"]
+    alone = tmp_path / "alone.parquet"  # the same year without an earlier one: no new-ice term
+    inventory.add_year(alone, 2021, both)
+    assert inventory.read(alone).area_unc_class_km2.iloc[0] == 0.0
+
+
+def _thermal_reference(lwir, elevation, ground, band_m=100.0, min_samples=20):
+    """The former implementation (one whole-scene scan per elevation band), the truth for the one-pass one."""
+    ok = ground & np.isfinite(lwir) & np.isfinite(elevation)
+    out = np.full(lwir.shape, np.nan, np.float32)
+    if ok.sum() < min_samples:
+        return out
+    band = np.full(lwir.shape, np.iinfo(np.int32).min, np.int32)
+    band[ok] = np.floor(elevation[ok] / band_m)
+    centres, medians = [], []
+    for b in np.unique(band[ok]):
+        temps = lwir[band == b]
+        if temps.size >= min_samples:
+            centres.append((b + 0.5) * band_m)
+            medians.append(float(np.median(temps)))
+    if not centres:
+        return out
+    here = np.isfinite(lwir) & np.isfinite(elevation)
+    out[here] = lwir[here] - np.interp(elevation[here], centres, medians).astype(np.float32)
+    return out
+
+
+def test_thermal_anomaly_in_one_pass_equals_the_per_band_scans(monkeypatch):
+    """Bands spread over many row blocks, gaps, NaNs and bands under min_samples: the one-pass grouping gives the
+    same anomaly, bit for bit, as one scan of the scene per band."""
+    rng = np.random.default_rng(11)
+    h, w = 90, 70
+    elevation = (np.linspace(200, 1900, h)[:, None] + rng.normal(0, 150, (h, w))).astype(np.float32)
+    elevation[rng.random((h, w)) < 0.02] = np.nan
+    lwir = (290 - 0.0065 * elevation + rng.normal(0, 2, (h, w))).astype(np.float32)
+    lwir[rng.random((h, w)) < 0.03] = np.nan
+    ground = rng.random((h, w)) < 0.6
+    ground[:, :40] &= elevation[:, :40] < 1500  # thin upper bands: some under min_samples
+    monkeypatch.setattr(obia, "BLOCK_PX", 300)  # ~4 rows a block
+    got = obia.thermal_anomaly(lwir, elevation, ground)
+    want = _thermal_reference(lwir, elevation, ground)
+    assert np.isfinite(want).sum() > 0.9 * h * w
+    np.testing.assert_array_equal(got, want)
+    assert np.isnan(obia.thermal_anomaly(lwir, elevation, np.zeros_like(ground))).all()
+
