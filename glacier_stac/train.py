@@ -134,15 +134,17 @@ def front_zone(labels: np.ndarray, reach_px: int = 8, sea_ice: np.ndarray | None
 
 
 def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: float = 4.0,
-                   front_weight: float = 4.0, sea_ice: np.ndarray | None = None) -> np.ndarray:
+                   front_weight: float = 4.0, sea_ice: np.ndarray | None = None,
+                   front: np.ndarray | None = None) -> np.ndarray:
     """Per-pixel sampling weight: more on glacier edges, debris-covered ice and rock glaciers (both
     look like the rock around them in optics, so the model must see many of them), and on the sea ice
     and mélange before calving fronts (`front_zone`: bright, cold and rough like glacier ice, so models
-    paint the glacier out over them and the front lands ~1 km off)."""
+    paint the glacier out over them and the front lands ~1 km off). `front`: that zone when the caller
+    already has it."""
     ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
     edge = ndimage.binary_dilation(metrics.edges(ice), iterations=3)
     w = (1.0 + edge_weight * edge + debris_weight * np.isin(labels, (Label.DEBRIS_ICE, Label.ROCK_GLACIER))
-         + front_weight * front_zone(labels, sea_ice=sea_ice))
+         + front_weight * (front_zone(labels, sea_ice=sea_ice) if front is None else front))
     return np.where(labels == IGNORE, 0.0, w)
 
 
@@ -292,8 +294,9 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     arrays = [normalise(r.features.sel(feature=feats).values, mean, std) for r in train_regions]
     cw = class_weights(train_regions, len(names)).to(dev)
     loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
-    pixel_w = [(1.0 + front_loss_weight * front_zone(r.labels)).astype(np.float32) for r in train_regions]
-    draw_w = [sample_weights(r.labels) for r in train_regions]
+    fronts = [front_zone(r.labels) for r in train_regions]  # weights the loss and the draw
+    pixel_w = [(1.0 + front_loss_weight * f).astype(np.float32) for f in fronts]
+    draw_w = [sample_weights(r.labels, front=f) for r, f in zip(train_regions, fronts, strict=True)]
     opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     history: list[dict] = []
