@@ -18,11 +18,13 @@ neighbouring patches too. At a region's edges patches are cut to the region, and
 a thin remainder of it is folded into its neighbour, whose patch grows over it (`PatchGrid.fold`);
 both depend on the tile and the region, never on the chunk.
 
-The Dask wiring lives in `predict` only; the per-block work is `predict_block`, a pure function of
-NumPy arrays. The model is built once per process (`ModelCache`, keyed by the checkpoint path and
-mtime, or by the in-memory checkpoint's digest); a cache can be passed in, else each process uses its
-own (`process_models()`), which cluster.py's worker plugin holds on Dask workers, where it also gives
-torch the worker's share of the cores. This module never imports `distributed`: which Dask resources
+The Dask wiring lives in `predict` (and `_haloed_map`, its halo exchange: each model task reads its
+own block, neighbours lend only halo-width strips, so a worker's memory does not grow with the region);
+the per-block work is `predict_block`, a pure function of NumPy arrays. The model is built once per
+process (`ModelCache`, keyed by the checkpoint path and mtime, or by the in-memory checkpoint's
+digest); a cache can be passed in, else each process uses its own (`process_models()`), which
+cluster.py's worker plugin holds on Dask workers, where it also gives torch the worker's share of the
+cores. This module never imports `distributed`: which Dask resources
 the model tasks ask for (GPU=1 on a cluster with GPU workers) is passed in too.
 """
 
