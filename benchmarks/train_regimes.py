@@ -97,7 +97,8 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         tr: list[train.Region], va: list[tuple[str, train.Region]]) -> None:
     """Train one checkpoint (`kind`: all features or optical only), score it per regime, write it and its card."""
     init = load(args.init) if args.init and kind == args.features else None
-    feats = (None if init is not None else list(cube.FEATURES) if kind == "all" else list(train.OPTICAL_FEATURES))
+    # fine-tuning with all features appends the cube's features the checkpoint lacks (the derived ones)
+    feats = (list(cube.FEATURES) if kind == "all" else None if init is not None else list(train.OPTICAL_FEATURES))
     required = (init.required_features if init is not None else ["elevation"] if kind == "all" else ["B03", "B11"])
     ckpt, _ = train.train(
         tr, [r for _, r in va], model=args.model, features=feats, required=required, epochs=args.epochs, init=init,

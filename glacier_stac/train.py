@@ -268,10 +268,10 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
         raise ValueError("no validation regions: validate on other regions (see spatial_split)")
     if init is not None:
         model, kw_init = init.model, dict(init.model_kwargs)
-        if features is not None and list(features) != init.features:
-            raise ValueError(f"features {list(features)} differ from those of the checkpoint fine-tuned "
-                             f"({init.features})")
-        features, model_kwargs = init.features, kw_init
+        if features is not None and list(features)[: len(init.features)] != init.features:
+            raise ValueError(f"features {list(features)} do not extend those of the checkpoint fine-tuned "
+                             f"({init.features}): new features may only be appended")
+        features, model_kwargs = list(features or init.features), kw_init
     feats = list(features or cubes.FEATURES)
     for r in (*train_regions, *val_regions):
         missing = [f for f in feats if f not in r.features.feature.values]
@@ -287,7 +287,9 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
         raise ValueError(f"patch {patch} px is not a multiple of {model}'s divisor {net.divisor}")
     if init is not None:
         _load_grown(net, init.state_dict)
-        mean, std = list(init.mean), list(init.std)
+        added = feats[len(init.features):]  # appended features: their own normalisation, zero weights
+        extra = normalisation(train_regions, added) if added else ([], [])
+        mean, std = list(init.mean) + extra[0], list(init.std) + extra[1]
     else:
         mean, std = normalisation(train_regions, feats)
     net.to(dev)
@@ -362,7 +364,10 @@ def weighted_loss(per_pixel: torch.Tensor, y: torch.Tensor, pixel_w: torch.Tenso
 
 def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load weights into `net`; a tensor whose first dimension grew (a head with more classes) keeps the
-    old rows and its own fresh ones for the rest. Any other mismatch is an error naming the tensor."""
+    old rows and its own fresh ones for the rest; one whose second dimension grew (the first layer, with
+    input features appended) keeps the old columns and gets zeros for the new ones, so the grown model
+    computes what the old one did until training gives the new features weight. Any other mismatch is an
+    error naming the tensor."""
     own = net.state_dict()
     for k, v in state.items():
         if k not in own:
@@ -371,6 +376,10 @@ def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
             own[k] = v.clone()
         elif own[k].dim() == v.dim() and own[k].shape[1:] == v.shape[1:] and own[k].shape[0] > v.shape[0]:
             own[k][: v.shape[0]] = v
+        elif (own[k].dim() == v.dim() >= 2 and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:]
+              and own[k].shape[1] > v.shape[1]):
+            own[k] = torch.zeros_like(own[k])
+            own[k][:, : v.shape[1]] = v
         else:
             raise ValueError(f"checkpoint tensor {k!r} of shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
     net.load_state_dict(own)

@@ -507,6 +507,12 @@ MUTATIONS: list[Mutation] = [
              "        if len(self.classes) < 2 or self.classes != list(CLASSES[:len(self.classes)]):\n",
              "        if len(self.classes) < 2:\n",
              ("tests/test_rock_glacier_classes.py::test_checkpoint_classes_must_be_a_prefix_of_the_vocabulary",)),
+    Mutation("appended-features-start-random", "features appended to a fine-tuned model start with zero weight: "
+             "the grown model begins where the checkpoint was (issue 13)",
+             "glacier_stac/train.py",
+             "            own[k] = torch.zeros_like(own[k])\n",
+             "",
+             ("tests/test_rock_glacier_classes.py::test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was",)),
     Mutation("rock-glacier-counted-as-glacier", "rock glaciers are never glacier area (RGI keeps them out)",
              "glacier_stac/metrics.py",
              "GLACIER = (Label.CLEAN_ICE, Label.DEBRIS_ICE)  #",

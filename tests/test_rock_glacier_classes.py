@@ -171,8 +171,29 @@ def test_fine_tuning_grows_a_four_class_head_keeping_its_rows() -> None:
         torch.testing.assert_close(got[: v.shape[0]], v)
         if got.shape != v.shape:  # the head: the rock-glacier row is the fresh one
             torch.testing.assert_close(got[v.shape[0]:], fresh[k][v.shape[0]:])
-    with pytest.raises(ValueError, match="does not fit"):
-        train._load_grown(get_model("cnn5", len(FEATS) + 1, 5), four.state_dict())
+    with pytest.raises(ValueError, match="does not fit"):  # fewer inputs than the checkpoint's: nothing to keep
+        train._load_grown(get_model("cnn5", len(FEATS) - 1, 5), four.state_dict())
+
+
+@pytest.mark.parametrize("model", ["cnn5", "unet"])
+def test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was(model: str) -> None:
+    """Derived features appended to a shipped model's inputs (issue 13) start with zero weight: the grown
+    model's probabilities equal the old model's on the old features, whatever the new features hold."""
+    import torch
+
+    torch.manual_seed(0)
+    old = get_model(model, len(FEATS), 5).eval()
+    grown = get_model(model, len(FEATS) + 2, 5)
+    train._load_grown(grown, old.state_dict())
+    grown.eval()
+    x = torch.randn(2, len(FEATS), 32, 32)
+    extra = 5 * torch.randn(2, 2, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(grown(torch.cat([x, extra], 1)), old(x), atol=1e-5, rtol=1e-5)
+    ckpt = Checkpoint.from_model(old, model, FEATS, [0.0] * 3, [1.0] * 3, classes=list(CLASSES))
+    with pytest.raises(ValueError, match="may only be appended"):
+        region = train.Region("a", _cube(8), np.zeros((8, 8), np.uint8))
+        train.train([region], [region], features=["B08", "B03", "B11"], init=ckpt, epochs=1, steps_per_epoch=1)
 
 
 def _pred(labels: np.ndarray, prob: np.ndarray) -> xr.Dataset:
