@@ -652,7 +652,8 @@ MUTATIONS: list[Mutation] = [
              '            "doubt_px": (d_in + d_out) / 2 + d_new, "new_px": d_new}',
              '            "doubt_px": (d_in + d_out + d_new) / 2, "new_px": d_new}',
              ("tests/test_obia_uncertainty.py::test_new_ice_beyond_a_front_advance_counts_whole_in_the_class_term",)),
-    Mutation("inventory-earlier-year-not-read", "the annual update reads the earlier year for the new-ice term",
+    Mutation("inventory-earlier-year-not-read", "the annual update reads the earlier year from the inventory: "
+             "the new-ice uncertainty term (D_new) counts ice farther from it than a front advances",
              "glacier_stac/inventory.py",
              "        outl = _outlines_of(parts, features, rules, ref, uncertainty, earlier_outlines(old, year))",
              "        outl = _outlines_of(parts, features, rules, ref, uncertainty, None)",
@@ -662,8 +663,8 @@ MUTATIONS: list[Mutation] = [
              "    code, temp = code[order], temp[order]",
              "    code, temp = code[order], temp",
              ("tests/test_obia_uncertainty.py::test_thermal_anomaly_in_one_pass_equals_the_per_band_scans",)),
-    Mutation("obia-new-debris-kept", "OBIA: debris beyond a front's advance onto ground the earlier year saw "
-             "ice-free is dropped", "glacier_stac/obia.py",
+    Mutation("obia-new-debris-kept", "OBIA with Rules.drop_new_debris on (off by default): debris beyond a "
+             "front's advance onto ground the earlier year saw ice-free is dropped", "glacier_stac/obia.py",
              "        debris_lab, nd, debris_new = drop_new_debris(debris_lab, earlier)",
              "        debris_new = 0",
              ("tests/test_obia_uncertainty.py::test_debris_beyond_a_front_advance_from_the_earlier_glaciers_is_dropped",)),
