@@ -500,6 +500,12 @@ MUTATIONS: list[Mutation] = [
              "    body = redact(json.dumps(",
              "    body = (json.dumps(",
              ("tests/test_store.py::test_signed_url_catalog_leaves_no_token_in_the_store",)),
+    Mutation("capacity-readme-behind-the-estimate", "the README's capacity figures are pipeline.estimate's output "
+             "from the recorded per-tile figures and CostAssumptions (issue 12)",
+             "glacier_stac/pipeline.py",
+             "    usd_per_cpu_node_hour: float = 0.90",
+             "    usd_per_cpu_node_hour: float = 1.20",
+             ("tests/test_capacity_estimate.py",)),
     # issue 14: rock glaciers as their own class
     Mutation("checkpoint-classes-any-order", "a checkpoint's output index is the Label code: its classes are a "
              "prefix of the vocabulary",
