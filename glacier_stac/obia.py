@@ -711,7 +711,8 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
     gid, ng = canonical(gid)
     refr = rasterize_reference(divides, grid) if divides is not None and len(divides) else None
     groups = reference_groups(gid, ng, refr) if refr is not None else None
-    dropped_small = fill_holes_and_mmu(gid, ng, mmu_m2, grid.pixel_m2, prob, rules.hole_confident, groups)
+    dropped_small = fill_holes_and_mmu(gid, ng, mmu_m2, grid.pixel_m2, prob, rules.hole_confident, groups,
+                                       None if refr is None else refr == 0)
 
     ref_ids: list = []
     if refr is not None:
@@ -746,7 +747,8 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
 
 
 def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float, prob: np.ndarray | None = None,
-                       confident: float = 0.7, groups: np.ndarray | None = None) -> int:
+                       confident: float = 0.7, groups: np.ndarray | None = None,
+                       outside: np.ndarray | None = None) -> int:
     """In place: fill each glacier's holes under the MMU (nunataks >= MMU stay holes), then drop glaciers
     whose area is under the MMU. Returns how many were dropped.
 
@@ -754,8 +756,11 @@ def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float, 
     ice-free patch that the threshold only just closes off, through ice the model doubts, is a bay or a
     piece of a larger nunatak, so the area that decides is that of the hole with the doubtful ice around
     it (a bay: unbounded). `groups` (label -> group, 0: none) makes the MMU apply to a group's total area:
-    pieces of one reference glacier are that glacier, not glaciers of their own. Glaciers are visited in
-    label order and only background pixels are filled, so the result depends on the labels alone."""
+    pieces of one reference glacier are that glacier, not glaciers of their own. `outside` (bool, True
+    outside every reference glacier): a hole mostly there is the gap between glaciers the reference keeps
+    apart, or ground it saw ice-free, and stays open (measured: every such filled pixel was false glacier
+    area). Glaciers are visited in label order and only background pixels are filled, so the result depends
+    on the labels alone."""
     filled = np.zeros(n + 1, np.int64)
     for i, sl in enumerate(ndimage.find_objects(gid), start=1):
         if sl is None:
@@ -770,6 +775,8 @@ def fill_holes_and_mmu(gid: np.ndarray, n: int, mmu_m2: float, pixel_m2: float, 
             small[0] = False
             if prob is not None and small.any():
                 small &= _closed_with_confidence(hl, nh, obj, prob[sl] >= confident, mmu_m2 / pixel_m2)
+            if outside is not None and small.any():
+                small &= 2 * np.bincount(hl[outside[sl]], minlength=nh + 1) <= size
             view[small[hl]] = i
             obj = view == i
         filled[i] = int(obj.sum())

@@ -669,6 +669,11 @@ MUTATIONS: list[Mutation] = [
              "    code, temp = code[order], temp[order]",
              "    code, temp = code[order], temp",
              ("tests/test_obia_uncertainty.py::test_thermal_anomaly_in_one_pass_equals_the_per_band_scans",)),
+    Mutation("obia-hole-outside-reference-filled", "a hole mostly outside every reference glacier stays open "
+             "(the gap between glaciers the reference keeps apart)", "glacier_stac/obia.py",
+             "                small &= 2 * np.bincount(hl[outside[sl]], minlength=nh + 1) <= size\n",
+             "                pass\n",
+             ("tests/test_obia_rules.py::test_hole_outside_every_reference_glacier_stays_open",)),
     Mutation("obia-new-debris-kept", "OBIA with Rules.drop_new_debris on (off by default): debris beyond a "
              "front's advance onto ground the earlier year saw ice-free is dropped", "glacier_stac/obia.py",
              "        debris_lab, nd, debris_new = drop_new_debris(debris_lab, earlier)",

@@ -131,3 +131,22 @@ def test_rule_thresholds_are_checked():
         obia.Rules(link_threshold=0.6)
     with pytest.raises(ValueError, match="hole_confident"):
         obia.Rules(hole_confident=0.4)
+
+
+def test_hole_outside_every_reference_glacier_stays_open():
+    """Two reference glaciers side by side, the mapped ice joined around a small ice-free gap between them
+    (under the MMU, closed by sure ice): the gap is no hole of a glacier but ground the reference keeps apart,
+    so it stays open; the same hole inside one reference outline, or without a reference, is filled."""
+    lab = np.zeros((60, 60), np.uint8)
+    lab[10:50, 10:50] = Label.CLEAN_ICE
+    lab[28:32, 28:32] = Label.BACKGROUND  # 16 px gap, under the MMU of 100 px
+    ds = _ds(lab)
+    west = shapely.box(X0 + 10 * RES, Y0 - 50 * RES, X0 + 28 * RES, Y0 - 10 * RES)
+    east = shapely.box(X0 + 32 * RES, Y0 - 50 * RES, X0 + 50 * RES, Y0 - 10 * RES)
+    apart = gpd.GeoSeries([west, east], index=["RGI-W", "RGI-E"], crs="EPSG:32606")
+    one = gpd.GeoSeries([shapely.box(X0 + 10 * RES, Y0 - 50 * RES, X0 + 50 * RES, Y0 - 10 * RES)], index=["RGI-1"],
+                        crs="EPSG:32606")
+    total = lambda g: float(g.geometry.area.sum())  # noqa: E731
+    assert total(obia.outlines(ds)) == pytest.approx(40 * 40 * 100)
+    assert total(obia.outlines(ds, divides=one)) == pytest.approx(40 * 40 * 100)
+    assert total(obia.outlines(ds, divides=apart)) == pytest.approx((40 * 40 - 16) * 100)
