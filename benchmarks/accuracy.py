@@ -20,6 +20,10 @@ Rock glaciers (issue 14): their IoU counts only worlds whose truth has them (con
 high-mountain-asia), as median and worst per regime, with the margin of the default model over the
 optical-only one (`--optical`); predicted rock glacier where the truth has none is `false_rock_glacier_km2`.
 Checkpoints that are not shipped (candidates) join with `--extra NAME=PATH` and can be made the default.
+`--twin NAME` names the default's four-class twin (the same training with rock glaciers as background,
+`train_regimes.py --no-rock-glacier-class`): the checks then include issue 14's "glacier and debris
+figures no worse than without the class" (median and worst glacier and debris IoU, worst false-debris
+share; strict) and the JSON the paired per-world differences.
 """
 
 from __future__ import annotations
@@ -103,6 +107,30 @@ def distribution(rows: list[dict]) -> dict[str, float]:
     return out
 
 
+TWIN_KEYS = (("iou_overall_median", 1), ("iou_overall_worst", 1), ("iou_debris_median", 1),
+             ("iou_debris_worst", 1), ("false_debris_share_worst", -1))  # 1: higher is better
+
+
+def twin_comparison(rows: list[dict], default: str, twin: str) -> dict:
+    """Issue 14's 'glacier and debris figures no worse than without the class': the default (five-class)
+    model against its four-class twin (trained the same way with rock glaciers as background) on the same
+    worlds. A check per figure (median and worst glacier and debris IoU, worst false-debris share), each
+    strict: a tie passes, any loss fails; beside them the paired per-world differences (default minus twin)."""
+    worlds = {r["world"] for r in rows if r["model"] == twin}
+    mine = distribution([r for r in rows if r["model"] == default and r["world"] in worlds])
+    theirs = distribution([r for r in rows if r["model"] == twin])
+    checks = {f"{k}_vs_{twin}": bool(sign * (mine[k] - theirs[k]) >= 0) for k, sign in TWIN_KEYS}
+    diffs = {}
+    for key in ("iou_overall", "iou_debris", "false_debris_share"):
+        base = {r["world"]: r[key] for r in rows if r["model"] == twin}
+        d = [r[key] - base[r["world"]] for r in rows if r["model"] == default and r["world"] in base]
+        diffs[f"{key}_paired_diff_median"] = float(np.median(d))
+        diffs[f"{key}_default_better_worlds"] = int(sum((x > 0) if key != "false_debris_share" else (x < 0)
+                                                        for x in d))
+    return {"twin": twin, "worlds": len(worlds), "default": {k: mine[k] for k, _ in TWIN_KEYS},
+            "without_class": {k: theirs[k] for k, _ in TWIN_KEYS}, "paired": diffs, "checks": checks}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="one seed per regime, 5 km worlds")
@@ -114,6 +142,8 @@ def main() -> None:
     ap.add_argument("--extra", default="", help="candidate checkpoints to score too: NAME=PATH[,NAME=PATH]")
     ap.add_argument("--default", default=DEFAULT_MODEL, help="model the targets are checked for")
     ap.add_argument("--optical", default="optical_unet", help="optical-only model the margins are measured over")
+    ap.add_argument("--twin", default="", help="the default's four-class twin (rock glaciers as background): "
+                                               "issue 14's 'no worse than without the class' checks")
     ap.add_argument("--seeds", default="", help="held-out seeds (default 601,602; --quick 601)")
     ap.add_argument("--size-km", type=float, default=None, help="world size (default 8; --quick 5)")
     args = ap.parse_args()
@@ -204,13 +234,20 @@ def main() -> None:
                 checks["rock_glacier_margin_over_optical_median>=0.10"] = (
                     rmargin >= TARGETS["rock_glacier_margin_over_optical_median"])
 
+    twin = None
+    if args.twin:
+        if args.twin not in table or default not in table:
+            raise SystemExit(f"--twin {args.twin!r} and --default {default!r} must both be scored (--models/--extra)")
+        twin = twin_comparison(rows, default, args.twin)
+        checks.update(twin["checks"])
+
     doc = {"held_out_seeds": list(seeds), "default": default, "optical": args.optical,
            "checkpoints": {m: str(p) if p is not None else None for m, p in paths.items()},
            "size_km": size, "years": list(years), "quick": args.quick,
            "regimes": regimes, "renderers": list(RENDERERS), "worlds": len({r["world"] for r in rows}),
            "skipped": skipped,
            "seconds": round(time.perf_counter() - t0, 1), "models": table, "per_world": rows,
-           "targets": TARGETS, "checks": checks}
+           "targets": TARGETS, "checks": checks, "twin": twin}
     out = args.out or RESULTS / ("accuracy-quick.json" if args.quick else "accuracy.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(doc, indent=2) + "\n")
@@ -234,6 +271,11 @@ def main() -> None:
               f"{table[default]['overall']['debris_margin_over_optical_median']:.3f}, rock glacier "
               + ", ".join(f"{g} {table[default][g].get('rock_glacier_margin_over_optical_median', float('nan')):.3f}"
                           for g in [*regimes, "overall"]))
+    if twin is not None:
+        print(f"\n{default} vs its four-class twin {twin['twin']} ({twin['worlds']} worlds): "
+              + ", ".join(f"{k} {twin['default'][k]:.3f} vs {twin['without_class'][k]:.3f}" for k, _ in TWIN_KEYS)
+              + "; paired per world: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in twin["paired"].items()))
     print("\n" + ", ".join(f"{k}: {'PASS' if v else 'FAIL'}" for k, v in checks.items()))
     print(f"wrote {out}")
 

@@ -259,7 +259,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     when the truth has them, so a model of glacier-only worlds keeps the four base classes).
     `init`: fine-tune this checkpoint (its model, features and normalisation) instead of starting from
     random weights; a head with fewer classes keeps its rows and the new classes' rows start fresh, so a
-    shipped four-class model learns rock glaciers without relearning glaciers.
+    shipped four-class model learns rock glaciers without relearning glaciers; a head with more classes
+    than the truth has drops the extra rows (the four-class twin of a five-class model, issue 14).
     `front_loss_weight`: extra loss weight on the sea ice and mélange before calving fronts
     (`front_zone`), beside their oversampling, so the front is not painted out over them (issue 13)."""
     if not train_regions:
@@ -364,7 +365,9 @@ def weighted_loss(per_pixel: torch.Tensor, y: torch.Tensor, pixel_w: torch.Tenso
 
 def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
     """Load weights into `net`; a tensor whose first dimension grew (a head with more classes) keeps the
-    old rows and its own fresh ones for the rest; one whose second dimension grew (the first layer, with
+    old rows and its own fresh ones for the rest, one whose first dimension shrank (a head without the
+    trailing classes: the four-class twin of a five-class model, issue 14) keeps the rows of the classes
+    it still has; one whose second dimension grew (the first layer, with
     input features appended) keeps the old columns and gets zeros for the new ones, so the grown model
     computes what the old one did until training gives the new features weight. Any other mismatch is an
     error naming the tensor."""
@@ -374,8 +377,9 @@ def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
             raise ValueError(f"checkpoint tensor {k!r} is not in the model")
         if own[k].shape == v.shape:
             own[k] = v.clone()
-        elif own[k].dim() == v.dim() and own[k].shape[1:] == v.shape[1:] and own[k].shape[0] > v.shape[0]:
-            own[k][: v.shape[0]] = v
+        elif own[k].dim() == v.dim() and own[k].shape[1:] == v.shape[1:]:  # the head: classes added or dropped
+            n = min(own[k].shape[0], v.shape[0])
+            own[k][:n] = v[:n]
         elif (own[k].dim() == v.dim() >= 2 and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:]
               and own[k].shape[1] > v.shape[1]):
             own[k] = torch.zeros_like(own[k])

@@ -519,6 +519,18 @@ MUTATIONS: list[Mutation] = [
              "            own[k] = torch.zeros_like(own[k])\n",
              "",
              ("tests/test_rock_glacier_classes.py::test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was",)),
+    Mutation("twin-head-starts-fresh", "the four-class twin fine-tuned from a five-class checkpoint keeps the "
+             "checkpoint's rows for the classes it has: both arms of issue 14's comparison start from the same weights",
+             "glacier_stac/train.py",
+             "            n = min(own[k].shape[0], v.shape[0])\n",
+             "            n = v.shape[0] if own[k].shape[0] > v.shape[0] else 0\n",
+             ("tests/test_rock_glacier_classes.py::test_four_class_twin_of_a_five_class_model_keeps_its_classes",)),
+    Mutation("twin-false-debris-higher-is-better", "issue 14's twin check: more false debris than the "
+             "four-class twin is a loss, not a gain",
+             "benchmarks/accuracy.py",
+             '("iou_debris_worst", 1), ("false_debris_share_worst", -1))',
+             '("iou_debris_worst", 1), ("false_debris_share_worst", 1))',
+             ("tests/test_rock_glacier_classes.py::test_twin_comparison_fails_where_the_class_costs_glacier_or_debris",)),
     Mutation("rock-glacier-counted-as-glacier", "rock glaciers are never glacier area (RGI keeps them out)",
              "glacier_stac/metrics.py",
              "GLACIER = (Label.CLEAN_ICE, Label.DEBRIS_ICE)  #",

@@ -176,6 +176,23 @@ def test_fine_tuning_grows_a_four_class_head_keeping_its_rows() -> None:
 
 
 @pytest.mark.parametrize("model", ["cnn5", "unet"])
+def test_four_class_twin_of_a_five_class_model_keeps_its_classes(model: str) -> None:
+    """The four-class twin (issue 14's 'no worse than without the class') fine-tuned from the same five-class
+    checkpoint drops only the rock-glacier row of the head: its logits for the four base classes are the
+    five-class model's, so both arms of the comparison start from the same weights."""
+    import torch
+
+    torch.manual_seed(0)
+    five = get_model(model, len(FEATS), 5).eval()
+    four = get_model(model, len(FEATS), 4)
+    train._load_grown(four, five.state_dict())
+    four.eval()
+    x = torch.randn(2, len(FEATS), 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(four(x), five(x)[:, :4], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("model", ["cnn5", "unet"])
 def test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was(model: str) -> None:
     """Derived features appended to a shipped model's inputs (issue 13) start with zero weight: the grown
     model's probabilities equal the old model's on the old features, whatever the new features hold."""
@@ -246,3 +263,35 @@ def test_inventory_keeps_rock_glaciers_in_their_own_layer() -> None:
     rock = inventory.rock_glaciers_for(ds, 2022)
     assert glaciers["n_px"].sum() == 32 * 32  # glacier area: the ice only
     assert list(rock["primeclass"]) == ["rock_glacier"] and rock["n_px"].sum() == 30 * 30
+
+
+def _accuracy_benchmark():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "accuracy.py"
+    spec = importlib.util.spec_from_file_location("accuracy_benchmark", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_twin_comparison_fails_where_the_class_costs_glacier_or_debris() -> None:
+    """Issue 14's 'no worse than without the class' as the benchmark checks it: each figure strict, a loss
+    in any one (here the debris median, then the worst false-debris share) fails that check only."""
+    acc = _accuracy_benchmark()
+
+    def rows(model: str, debris: list[float], false_share: list[float]) -> list[dict]:
+        nan = float("nan")
+        return [{"world": f"w{i}", "model": model, "iou_overall": 0.9, "iou_debris": d, "false_debris_km2": f,
+                 "false_debris_share": f, "front_m": nan, "iou_rock_glacier": nan, "false_rock_glacier_km2": 0.0}
+                for i, (d, f) in enumerate(zip(debris, false_share, strict=True))]
+
+    tie = acc.twin_comparison(rows("five", [0.7, 0.5, 0.6], [0.01, 0.02, 0.03])
+                              + rows("four", [0.7, 0.5, 0.6], [0.01, 0.02, 0.03]), "five", "four")
+    assert all(tie["checks"].values()) and tie["worlds"] == 3
+    worse = acc.twin_comparison(rows("five", [0.7, 0.5, 0.6], [0.01, 0.02, 0.05])
+                                + rows("four", [0.7, 0.5, 0.65], [0.01, 0.02, 0.03]), "five", "four")
+    failed = sorted(k for k, ok in worse["checks"].items() if not ok)
+    assert failed == ["false_debris_share_worst_vs_four", "iou_debris_median_vs_four"]
+    assert worse["paired"]["iou_debris_paired_diff_median"] == 0.0
+    assert worse["paired"]["false_debris_share_default_better_worlds"] == 0
