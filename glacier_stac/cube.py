@@ -156,6 +156,29 @@ def spectral_indices(refl: np.ndarray) -> np.ndarray:
     return np.stack([_ratio(b03, b11), _ratio(b03, b08), _ratio(b08, b04)])
 
 
+SNOW_NDSI = 0.4  # snow or ice (Dozier 1989): the usual NDSI threshold
+
+
+def snow_persistence(refl: Sequence[np.ndarray], usable: Sequence[np.ndarray], scaling: np.ndarray) -> np.ndarray:
+    """Fraction of a pixel's usable acquisitions in which it is snow or ice (NDSI > 0.4); NaN where none.
+
+    Why: a glacier is snow or ice in every late-season scene, while seasonal snow off glaciers melts out
+    between them, so in the median composite both look alike but here a snow patch reads below 1 -- the
+    per-pixel least-snow view inventories get by picking the least-snow scenes. refl: per acquisition
+    (6, y, x) stored numbers (B02 B03 B04 B08 B11 B12); usable: per acquisition (y, x); scaling (time, 6, 2).
+    """
+    snow = np.zeros(usable[0].shape, np.float32)
+    n = np.zeros(usable[0].shape, np.float32)
+    for k, (r, ok) in enumerate(zip(refl, usable, strict=True)):
+        green, swir = decode(r[None, [1, 4]], scaling[k:k + 1, [1, 4]])[0]
+        ok = ok & np.isfinite(green) & np.isfinite(swir)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            snow += ok & ((green - swir) > np.float32(SNOW_NDSI) * (green + swir))
+        n += ok
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(n > 0, snow / n, np.float32(np.nan)).astype(np.float32)
+
+
 def to_db(power: np.ndarray) -> np.ndarray:
     """Backscatter in decibels; non-positive power (no signal) becomes NaN."""
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -221,16 +244,19 @@ def _for_median(dns: Sequence[np.ndarray], scaling: np.ndarray) -> tuple[Sequenc
 
 def optical_features(refl: Sequence[np.ndarray], mask: Sequence[np.ndarray], scaling: np.ndarray,
                      out: np.ndarray, usable: Callable[[np.ndarray], np.ndarray]) -> None:
-    """An optical sensor into `out` (10, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, valid count.
+    """An optical sensor into `out` (11, y, x): median reflectance of six bands, NDSI/NDWI/NDVI, snow
+    persistence, valid count.
 
     refl: per acquisition (6, y, x) DNs of blue, green, red, nir, swir16, swir22 (Sentinel-2 B02 B03 B04
     B08 B11 B12); mask: per acquisition (1, y, x) quality values, decoded by `usable` (the sensor's,
     `Sensor.usable`); scaling: (time, 6, 2).
     """
     values, decoding = _for_median(refl, scaling)
-    _, n = composite(values, [usable(c[0]) for c in mask], decoding, out=out[:6])
+    ok = [usable(c[0]) for c in mask]
+    _, n = composite(values, ok, decoding, out=out[:6])
     out[6:9] = spectral_indices(out[:6])
-    out[9] = n
+    out[9] = snow_persistence(refl, ok, scaling)
+    out[10] = n
 
 
 def sar_features(power: Sequence[np.ndarray], out: np.ndarray) -> None:

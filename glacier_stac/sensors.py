@@ -167,8 +167,8 @@ class KernelKind:
 
 
 KERNELS: dict[str, KernelKind] = {
-    # blue, green, red, nir, swir16, swir22 -> their medians, NDSI, NDWI, NDVI, count
-    "optical": KernelKind(data_bands=6, features=10, mask=True),
+    # blue, green, red, nir, swir16, swir22 -> their medians, NDSI, NDWI, NDVI, snow persistence, count
+    "optical": KernelKind(data_bands=6, features=11, mask=True),
     # co-, cross-pol backscatter -> medians in dB, co-pol temporal variation, count
     "sar": KernelKind(data_bands=2, features=4, mask=False),
     # surface temperature -> its median, count
@@ -226,7 +226,7 @@ SENTINEL2 = Sensor(
     name="sentinel-2",
     collection="sentinel-2-l2a",
     role="optical reflectance, NDSI/NDWI/NDVI, cloud/snow mask",
-    features=("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "s2_count"),
+    features=("B02", "B03", "B04", "B08", "B11", "B12", "ndsi", "ndwi", "ndvi", "snow_persistence", "s2_count"),
     kernel="optical",
     count_feature="s2_count",
     cloud_cover=True,

@@ -31,6 +31,31 @@ def test_composite_is_median_of_valid_and_counts():
     assert np.isnan(none[0, 0, 0]) and n0[0, 0] == 0  # no valid obs: NaN, never zero
 
 
+def test_snow_persistence_counts_snow_over_usable_acquisitions_only():
+    """Glacier ice is snow or ice in every scene (1); a seasonal patch melts out in some (below 1); rock
+    never (0); a clouded or no-data scene is not an observation, and a pixel without one is NaN, not 0."""
+    # five pixels x three acquisitions; stored DNs with S2's offset: reflectance = DN / 1e4 - 0.1
+    snow_dn, rock_dn = (9000, 1500), (2500, 3500)  # (green, swir16) -> NDSI 0.98 and -0.2
+    scenes = [["snow", "snow", "rock", "snow", "snow"],
+              ["snow", "rock", "rock", "cloud", "nodata"],
+              ["snow", "rock", "rock", "snow", "nodata"]]
+    refl, usable = [], []
+    for row in scenes:
+        r = np.full((6, 1, 5), 3000, np.uint16)
+        for i, what in enumerate(row):
+            g, sw = snow_dn if what in ("snow", "cloud") else rock_dn
+            r[1, 0, i], r[4, 0, i] = g, sw
+            if what == "nodata":
+                r[:, 0, i] = 0
+        refl.append(r)
+        usable.append(np.array([[w != "cloud" for w in row]]))
+    usable[0][0, 4] = False  # the last pixel's only scene with data is clouded
+    scaling = np.tile(np.array([1e-4, -0.1], np.float32), (3, 6, 1))
+    got = cube.snow_persistence(refl, usable, scaling)[0]
+    np.testing.assert_allclose(got[:4], [1.0, 1 / 3, 0.0, 1.0], rtol=1e-6)
+    assert np.isnan(got[4])
+
+
 @pytest.mark.parametrize("t", [1, 2, 3, 4, 7, 8, 9, 15])
 @pytest.mark.parametrize("kind", ["float", "dn"])
 def test_composite_equals_nanmedian_for_any_scene_count(t, kind):

@@ -34,7 +34,7 @@ OLI = S.Sensor(
     collection="landsat-c2-l2",
     role="optical reflectance where Sentinel-2 is clouded",
     features=("oli_blue", "oli_green", "oli_red", "oli_nir", "oli_swir16", "oli_swir22",
-              "oli_ndsi", "oli_ndwi", "oli_ndvi", "oli_count"),
+              "oli_ndsi", "oli_ndwi", "oli_ndvi", "oli_snow_persistence", "oli_count"),
     kernel="optical",
     count_feature="oli_count",
     cloud_cover=True,
@@ -146,8 +146,8 @@ def test_every_asset_the_searched_record_reads_is_checked() -> None:
 
 @pytest.mark.parametrize(("change", "message"), [
     ({"kernel": "lidar"}, "kernel 'lidar' is not one of"),
-    ({"features": S.SENTINEL2.features[:-1], "count_feature": "ndvi"}, "yields 10 features; the record has 6 and 9"),
-    ({"features": ("B02",) * 10, "count_feature": "B02"}, "repeat a name"),
+    ({"features": S.SENTINEL2.features[:-1], "count_feature": "ndvi"}, "yields 11 features; the record has 6 and 10"),
+    ({"features": ("B02",) * 11, "count_feature": "B02"}, "repeat a name"),
     ({"count_feature": "count"}, "count_feature 'count' is not among its features"),
     ({"count_feature": None}, "per-acquisition kernel needs a count_feature"),
     ({"bands": S.SENTINEL2.data_bands}, "takes 1 mask band(s); the record has []"),

@@ -217,3 +217,22 @@ def test_other_seeds_and_loss_ranges(seed: int, loss: tuple[float, float]) -> No
     s = w.surface[years[0]]
     for c in (Surface.DEBRIS, Surface.SEA_ICE, Surface.LAKE, Surface.SNOW, Surface.VEGETATION, Surface.MORAINE):
         assert (s == c).any(), c.name
+
+
+def test_a_cached_world_is_redrawn_when_what_draws_it_changes_not_when_a_cube_feature_is_added(monkeypatch) -> None:
+    """The cache key of generated worlds: a sensor record that only gains a cube feature (issue 13's snow
+    persistence) or renames its features draws the same pixels, so every cached world stays valid; a changed band
+    scale does not."""
+    from dataclasses import replace
+
+    from glacier_stac import sensors
+    from glacier_stac.synthetic.writer import generator_fingerprint
+
+    before = generator_fingerprint()
+    s2 = sensors.SENTINEL2
+    renamed = replace(s2, features=tuple(f"{f}_v2" for f in s2.features), count_feature=f"{s2.count_feature}_v2")
+    monkeypatch.setitem(sensors.SENSORS, s2.name, renamed)
+    assert generator_fingerprint() == before
+    bands = (replace(s2.bands[0], scale=2 * s2.bands[0].scale), *s2.bands[1:])
+    monkeypatch.setitem(sensors.SENSORS, s2.name, replace(s2, bands=bands))
+    assert generator_fingerprint() != before

@@ -7,7 +7,9 @@ for a complete world. `generate` reuses a complete directory written from the sa
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import inspect
 import json
 import logging
 import os
@@ -317,13 +319,20 @@ def _jsonable(d: Any) -> Any:
     return json.loads(json.dumps(d, default=lambda o: list(o) if isinstance(o, Iterable) else str(o)))
 
 
+CUBE_SIDE = ("features", "kernel", "count_feature")  # what the cube makes of a sensor, never drawn into a world
+
+
 def generator_fingerprint() -> str:
-    """Hash of the synthetic-world source code: a cached world made by other code is regenerated."""
+    """Hash of what draws a world: the synthetic package's source and the sensor records as the writer uses
+    them (bands, collections, roles, SCL codes, baselines). A cached world made by other code is regenerated;
+    one whose sensors only gained a cube feature (a record's `features`) is not: its pixels are the same."""
     h = hashlib.sha256()
     pkg = Path(__file__).parent
-    for f in sorted(pkg.glob("*.py")) + [pkg.parent / "sensors.py"]:
+    for f in sorted(pkg.glob("*.py")):
         h.update(f.name.encode())
         h.update(f.read_bytes())
+    drawn = [{k: v for k, v in dataclasses.asdict(s).items() if k not in CUBE_SIDE} for s in sensors.SENSORS.values()]
+    h.update(repr((drawn, sensors.SCL, sensors.S1_NODATA, inspect.getsource(sensors._baseline_tuple))).encode())
     return h.hexdigest()[:16]
 
 
