@@ -90,9 +90,10 @@ def score(pred: np.ndarray, truth: np.ndarray, res: float = 10.0) -> dict[str, f
     return s
 
 
-def margins(rows: list[dict], model: str, optical: str, key: str) -> list[float]:
-    """Per world: `model`'s `key` minus the optical-only model's on the same world (NaN where undefined)."""
-    base = {r["world"]: r[key] for r in rows if r["model"] == optical}
+def margins(rows: list[dict], model: str, other: str, key: str) -> list[float]:
+    """Per world: `model`'s `key` minus `other`'s (the optical-only model, or the four-class twin) on the same
+    world (NaN where undefined)."""
+    base = {r["world"]: r[key] for r in rows if r["model"] == other}
     return [r[key] - base[r["world"]] for r in rows if r["model"] == model and r["world"] in base]
 
 
@@ -122,8 +123,7 @@ def twin_comparison(rows: list[dict], default: str, twin: str) -> dict:
     checks = {f"{k}_vs_{twin}": bool(sign * (mine[k] - theirs[k]) >= 0) for k, sign in TWIN_KEYS}
     diffs = {}
     for key in ("iou_overall", "iou_debris", "false_debris_share"):
-        base = {r["world"]: r[key] for r in rows if r["model"] == twin}
-        d = [r[key] - base[r["world"]] for r in rows if r["model"] == default and r["world"] in base]
+        d = margins(rows, default, twin, key)
         diffs[f"{key}_paired_diff_median"] = float(np.median(d))
         diffs[f"{key}_default_better_worlds"] = int(sum((x > 0) if key != "false_debris_share" else (x < 0)
                                                         for x in d))

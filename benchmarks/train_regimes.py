@@ -109,11 +109,11 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         tr: list[train.Region], va: list[tuple[str, train.Region]]) -> None:
     """Train one checkpoint (`kind`: all features or optical only), score it per regime, write it and its card."""
     init = load(args.init) if args.init and kind == args.features else None
-    # fine-tuning with all features appends the cube's features the checkpoint lacks (derived ones, snow
-    # persistence) after its own, whatever their place in the cube: the model picks features by name
-    feats = (list(cube.FEATURES) if init is None else
-             [*init.features, *(f for f in cube.FEATURES if f not in init.features)]) if kind == "all" else (
-        None if init is not None else list(train.OPTICAL_FEATURES))
+    # all features: the checkpoint's own, then the cube's features it lacks (derived ones, snow persistence),
+    # whatever their place in the cube: the model picks features by name
+    have = list(init.features) if init is not None else []
+    feats = ([*have, *(f for f in cube.FEATURES if f not in have)] if kind == "all"
+             else None if init is not None else list(train.OPTICAL_FEATURES))
     required = (init.required_features if init is not None else ["elevation"] if kind == "all" else ["B03", "B11"])
     ckpt, _ = train.train(
         tr, [r for _, r in va], model=args.model, features=feats, required=required, epochs=args.epochs, init=init,

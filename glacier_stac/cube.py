@@ -347,7 +347,7 @@ def snowline(elev: np.ndarray, ndsi: np.ndarray, bin_m: float = 25.0) -> float |
     ok = np.isfinite(elev) & np.isfinite(ndsi)
     if not ok.any():
         return None
-    z, snow = elev[ok], ndsi[ok] > 0.4
+    z, snow = elev[ok], ndsi[ok] > SNOW_NDSI
     lo, hi = float(z.min()), float(z.max())
     edges = np.arange(np.floor(lo / bin_m) * bin_m, hi + 2 * bin_m, bin_m)
     hs = np.histogram(z[snow], edges)[0]
