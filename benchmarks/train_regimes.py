@@ -10,7 +10,8 @@ world per regime of another seed (3001+), never a world trained on; the benchmar
 and a model card listing the classes, the regimes and the validation per regime. The classes follow
 the truth: worlds of regimes with rock glaciers (continental, high-mountain-asia) make a five-class
 model (issue 14). `--features optical` trains the optical-only counterpart the benchmark's margins
-are measured against; `--threads` bounds torch on a shared machine.
+are measured against; `--threads` bounds torch on a shared machine. `--subclass-branch` with `--init`
+a four-class checkpoint trains a rock-glacier branch alone beside the frozen model (`train.train(freeze_init=True)`).
 """
 
 from __future__ import annotations
@@ -57,6 +58,9 @@ def main() -> None:
     ap.add_argument("--init", type=Path, default=None,
                     help="fine-tune this checkpoint (e.g. the shipped unet.pt) instead of random weights")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--subclass-branch", type=int, default=0, metavar="CHANNELS",
+                    help="with --init a four-class checkpoint: train only a rock-glacier branch of this many channels "
+                         "beside it (its class map kept exactly: issue 14's 'no worse than without the class')")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()
@@ -118,7 +122,8 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
     ckpt, _ = train.train(
         tr, [r for _, r in va], model=args.model, features=feats, required=required, epochs=args.epochs, init=init,
         steps_per_epoch=args.steps, batch_size=args.batch_size, patch=128, seed=0, lr=args.lr,
-        model_kwargs={"base": args.base}, domain_randomisation=not args.no_randomise,
+        model_kwargs={"base": args.base, **({"subclass_branch": args.subclass_branch} if args.subclass_branch else {})},
+        freeze_init=bool(args.subclass_branch), domain_randomisation=not args.no_randomise,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}; validation one "
               f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"

@@ -50,7 +50,15 @@ import xarray as xr
 from dask.delayed import Delayed
 
 from glacier_stac.grid import aligned_chunks, lattice_index
-from glacier_stac.labels import CLASSES_VAR, GLACIER_CLASSES, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
+from glacier_stac.labels import (
+    CLASSES_VAR,
+    GLACIER_CLASSES,
+    GLACIER_PROBABILITY,
+    NODATA_CLASS,
+    PARENT,
+    PROBABILITY,
+    VALID,
+)
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.models.checkpoint import load as load_checkpoint
 from glacier_stac.models.inference import for_inference
@@ -715,9 +723,19 @@ def _haloed_map(task: Callable[..., np.ndarray], data: da.Array, ref, halo: tupl
 
 
 def classes_from_probability(prob: np.ndarray) -> np.ndarray:
-    """uint8 class of highest probability; NODATA_CLASS (255) where the probability is NaN."""
+    """uint8 class of highest probability, a subclass (`labels.PARENT`) counted in its parent first and
+    taken only where it beats the parent; NODATA_CLASS (255) where the probability is NaN."""
     ok = np.isfinite(prob[0])
-    k = np.argmax(np.where(np.isfinite(prob), prob, -1.0), axis=0).astype(np.uint8)
+    p = np.where(np.isfinite(prob), prob, -1.0)
+    nested = [(int(c), int(par)) for c, par in PARENT.items() if c < p.shape[0]]
+    top = p.copy() if nested else p
+    for c, par in nested:
+        top[par] += p[c]
+        top[c] = -np.inf
+    k = np.argmax(top, axis=0)
+    for c, par in nested:
+        k = np.where((k == par) & (p[c] > p[par]), c, k)
+    k = k.astype(np.uint8)
     k[~ok] = NODATA_CLASS
     return k
 

@@ -25,6 +25,11 @@ CLASSES: tuple[str, ...] = tuple(label.name.lower() for label in Label)
 BASE_CLASSES: tuple[str, ...] = CLASSES[:4]
 # values of an outlines' class column that mean a rock glacier (compared lower-case)
 ROCK_GLACIER_NAMES: tuple[str, ...] = ("rock glacier", "rock_glacier", "rockglacier", "rock-glacier", "4")
+# A class decided inside its parent: the class map first chooses among the other classes, a subclass's
+# probability counted in its parent's, then between the parent and its subclass. Rock glaciers are one kind
+# of non-glacier ground, so whether a pixel is glacier does not hang on how the rest of it splits, and a
+# rock-glacier branch beside a four-class model leaves that model's class map as it was (issue 14).
+PARENT: dict[Label, Label] = {Label.ROCK_GLACIER: Label.BACKGROUND}
 GLACIER_CLASSES: tuple[str, ...] = ("clean_ice", "debris_ice")  # summed into the glacier probability
 NODATA_CLASS = 255  # `classes` where no valid input reached the model
 

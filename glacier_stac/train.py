@@ -249,7 +249,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           steps_per_epoch: int = 40, batch_size: int = 8, patch: int = 128, lr: float = 2e-3, seed: int = 0,
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
           progress: bool = True, domain_randomisation: bool = False,
-          classes: Sequence[str] | None = None, init: Checkpoint | None = None,
+          classes: Sequence[str] | None = None, init: Checkpoint | None = None, freeze_init: bool = False,
           front_loss_weight: float = 4.0) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
@@ -260,7 +260,10 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     `init`: fine-tune this checkpoint (its model, features and normalisation) instead of starting from
     random weights; a head with fewer classes keeps its rows and the new classes' rows start fresh, so a
     shipped four-class model learns rock glaciers without relearning glaciers; a head with more classes
-    than the truth has drops the extra rows (the four-class twin of a five-class model, issue 14).
+    than the truth has drops the extra rows (the four-class twin of a five-class model, issue 14);
+    `model_kwargs` given with `init` are added to the checkpoint's (a subclass branch on a four-class model).
+    `freeze_init`: train only the tensors `init` lacks (a rock-glacier branch); the rest, BatchNorm
+    statistics included, stays `init`'s exactly, so the model keeps what `init` decided on its classes.
     `front_loss_weight`: extra loss weight on the sea ice and mélange before calving fronts
     (`front_zone`), beside their oversampling, so the front is not painted out over them (issue 13)."""
     if not train_regions:
@@ -272,7 +275,10 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
         if features is not None and list(features)[: len(init.features)] != init.features:
             raise ValueError(f"features {list(features)} do not extend those of the checkpoint fine-tuned "
                              f"({init.features}): new features may only be appended")
-        features, model_kwargs = list(features or init.features), kw_init
+        features, model_kwargs = list(features or init.features), {**kw_init, **(model_kwargs or {})}
+    if freeze_init and (init is None or list(features or ()) != init.features):
+        raise ValueError("freeze_init trains only what the init checkpoint lacks: it needs init, and the "
+                         "init's features unchanged (appended features would change its outputs)")
     feats = list(features or cubes.FEATURES)
     for r in (*train_regions, *val_regions):
         missing = [f for f in feats if f not in r.features.feature.values]
@@ -300,12 +306,21 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     fronts = [front_zone(r.labels) for r in train_regions]  # weights the loss and the draw
     pixel_w = [(1.0 + front_loss_weight * f).astype(np.float32) for f in fronts]
     draw_w = [sample_weights(r.labels, front=f) for r, f in zip(train_regions, fronts, strict=True)]
-    opt = torch.optim.AdamW(net.parameters(), lr=lr, weight_decay=1e-4)
+    fresh = _fresh_modules(net, init.state_dict) if freeze_init else []
+    if freeze_init:
+        if not fresh:
+            raise ValueError(f"freeze_init: model {model!r} {kw} has nothing the init checkpoint lacks to train")
+        net.requires_grad_(False)
+        for m in fresh:
+            m.requires_grad_(True)
+    opt = torch.optim.AdamW([q for q in net.parameters() if q.requires_grad], lr=lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=epochs * steps_per_epoch)
     history: list[dict] = []
     best: tuple[float, Checkpoint] | None = None
     for epoch in range(1, epochs + 1):
-        net.train()
+        net.train(not freeze_init)  # frozen: the init's BatchNorm statistics, not the batch's
+        for m in fresh:
+            m.train()
         t0, losses = time.perf_counter(), []
         for _ in range(steps_per_epoch):
             xs, ys, ws = [], [], []
@@ -361,6 +376,16 @@ def weighted_loss(per_pixel: torch.Tensor, y: torch.Tensor, pixel_w: torch.Tenso
     ok = y != IGNORE
     wc = class_w[torch.where(ok, y, 0)] * ok
     return (per_pixel * pixel_w).sum() / (wc * pixel_w).sum().clamp_min(1e-12)
+
+
+def _fresh_modules(net: nn.Module, state: dict[str, torch.Tensor]) -> list[nn.Module]:
+    """The outermost submodules of `net` none of whose tensors are in `state` (what `_load_grown` left fresh)."""
+    out: list[nn.Module] = []
+    for name, m in net.named_modules():
+        own = m.state_dict()
+        if name and own and not any(f"{name}.{k}" in state for k in own) and not any(m in o.modules() for o in out):
+            out.append(m)
+    return out
 
 
 def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:

@@ -803,6 +803,41 @@ MUTATIONS: list[Mutation] = [
         new="        old = old.copy()\n",
         tests=("tests/test_rock_glacier_layer.py::test_an_interrupted_update_leaves_no_duplicate_rock_glaciers",),
     ),
+    Mutation(
+        name="class-map-plain-argmax",
+        invariant="a subclass is decided inside its parent: whether a pixel is glacier does not hang on how "
+                  "non-glacier ground splits into background and rock glacier",
+        path="glacier_stac/infer.py",
+        old="        top[par] += p[c]\n",
+        new="        top[par] = p[par]\n",
+        tests=("tests/test_rock_glacier_branch.py::test_class_map_decides_the_parent_before_its_subclass",),
+    ),
+    Mutation(
+        name="branch-competes-with-every-class",
+        invariant="the rock-glacier branch only splits background's probability: the glacier classes' and "
+                  "water's stay the four-class head's",
+        path="glacier_stac/models/unet.py",
+        old="                          par + F.logsigmoid(share)], dim=1)\n",
+        new="                          share], dim=1)\n",
+        tests=("tests/test_rock_glacier_branch.py::test_branch_splits_background_and_keeps_the_other_classes",),
+    ),
+    Mutation(
+        name="frozen-model-batchnorm-drifts",
+        invariant="training the branch alone changes no tensor of the frozen four-class model (BatchNorm "
+                  "statistics included)",
+        path="glacier_stac/train.py",
+        old="        net.train(not freeze_init)  # frozen: the init's BatchNorm statistics, not the batch's\n",
+        new="        net.train()\n",
+        tests=("tests/test_rock_glacier_branch.py::test_freeze_init_trains_the_branch_alone_and_keeps_the_class_map",),
+    ),
+    Mutation(
+        name="branch-receptive-field-unstated",
+        invariant="a model's stated receptive field covers its rock-glacier branch",
+        path="glacier_stac/models/unet.py",
+        old='            ops = ops + [("conv", 3), ("conv", 3)]\n',
+        new="",
+        tests=("tests/test_models.py::test_receptive_field_is_conservative_and_real",),
+    ),
 ]
 
 

@@ -8,8 +8,10 @@ lets inference tile a continent with no seams.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
+from glacier_stac.labels import PARENT, Label
 from glacier_stac.models._rf import receptive_field
 
 
@@ -56,6 +58,10 @@ class UNetBase(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.decode(x))
+
+    def decode(self, x: torch.Tensor) -> torch.Tensor:
+        """The decoder's full-resolution features (what the head reads)."""
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
             raise ValueError(
                 f"{type(self).__name__} needs input height and width divisible by {self.divisor}, "
@@ -69,13 +75,44 @@ class UNetBase(nn.Module):
         x = self.bottleneck(self.mid(x))
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips), strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
-        return self.head(x)
+        return x
 
 
 class UNet(UNetBase):
-    """Default model: 3 poolings, 16 base channels (~0.5 M parameters)."""
+    """Default model: 3 poolings, 16 base channels (~0.5 M parameters).
 
-    def __init__(self, n_features: int, n_classes: int, base: int = 16, levels: int = 3) -> None:
-        super().__init__(n_features, n_classes, base, levels)
+    `subclass_branch` > 0: the last class is a subclass (`labels.PARENT`: rock glaciers inside background)
+    decided by a branch of that many channels of its own on the decoder's output and the input, as a
+    share of its parent's probability; the head keeps the other classes. Trained alone on a frozen
+    model of those classes (`train.train(freeze_init=True)`), it leaves that model's class map exactly as
+    it was (issue 14: rock glaciers must not cost glacier accuracy)."""
+
+    def __init__(self, n_features: int, n_classes: int, base: int = 16, levels: int = 3,
+                 subclass_branch: int = 0) -> None:
+        nested = subclass_branch > 0
+        if nested and PARENT.get(Label(n_classes - 1)) is None:
+            raise ValueError(f"a subclass branch needs a last class with a parent in labels.PARENT; class "
+                             f"{Label(n_classes - 1).name.lower()} has none")
+        super().__init__(n_features, n_classes - nested, base, levels)
         self.divisor = 2**levels
-        self.receptive_field = receptive_field(unet_ops(levels), self.divisor)
+        ops = unet_ops(levels)
+        self.subclass = None
+        if nested:
+            self.parent = int(PARENT[Label(n_classes - 1)])
+            self.subclass = nn.Sequential(conv_block(base + n_features, subclass_branch),
+                                          nn.Conv2d(subclass_branch, 1, 1))
+            nn.init.constant_(self.subclass[-1].bias, -2.0)  # rare: start near "not the subclass"
+            ops = ops + [("conv", 3), ("conv", 3)]
+        self.receptive_field = receptive_field(ops, self.divisor)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.subclass is None:
+            return super().forward(x)
+        feats = self.decode(x)
+        logp = F.log_softmax(self.head(feats).float(), dim=1)
+        share = self.subclass(torch.cat([feats, x], dim=1)).float()  # logit of subclass-within-parent
+        par = logp[:, self.parent: self.parent + 1]
+        # log-probabilities (valid logits: their softmax is these probabilities): the parent's probability
+        # split between itself and the subclass, every other class's as the head gave it
+        return torch.cat([logp[:, : self.parent], par + F.logsigmoid(-share), logp[:, self.parent + 1:],
+                          par + F.logsigmoid(share)], dim=1)
