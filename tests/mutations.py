@@ -804,6 +804,14 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_rock_glacier_layer.py::test_an_interrupted_update_leaves_no_duplicate_rock_glaciers",),
     ),
     Mutation(
+        name="world-drawn-without-lock",
+        invariant="two processes drawing the same world take turns, never writing over each other",
+        path="glacier_stac/synthetic/writer.py",
+        old="    with FileLock(lock_path(root)):\n",
+        new="    if True:\n",
+        tests=("tests/test_synthetic_render.py::test_generate_takes_turns_with_another_process_drawing_the_same_world",),
+    ),
+    Mutation(
         name="class-map-plain-argmax",
         invariant="a subclass is decided inside its parent: whether a pixel is glacier does not hang on how "
                   "non-glacier ground splits into background and rock glacier",

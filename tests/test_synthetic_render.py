@@ -557,3 +557,30 @@ def test_generate_with_build_world(tmp_path):
     meta = json.loads((out / "world.json").read_text())
     assert meta["collections"] == {"cop-dem-glo-30": 1, "landsat-c2-l2": 2, "sentinel-1-rtc": 2, "sentinel-2-l2a": 2}
     assert (out / "truth" / "outlines.parquet").is_file()
+
+
+def test_generate_takes_turns_with_another_process_drawing_the_same_world(world, tmp_path, monkeypatch):
+    """A process drawing a world holds its lock file: a second `generate` of the same world waits for it,
+    then reuses the complete world instead of writing over half-written files (two trainings drawing one
+    world crashed each other before)."""
+    import threading
+
+    from filelock import FileLock
+
+    import glacier_stac.synthetic.world as world_mod
+
+    config = WorldConfig(seed=5, size_km=4.0, years=YEARS, center_lon=world.config.center_lon,
+                         center_lat=world.config.center_lat)
+    built = []
+    monkeypatch.setattr(world_mod, "build_world", lambda cfg: built.append(cfg) or dataclasses.replace(world, config=cfg),
+                        raising=False)
+    out = tmp_path / "g"
+    done = threading.Event()
+    with FileLock(writer.lock_path(out.resolve())):  # another process is drawing it
+        t = threading.Thread(target=lambda: (writer.generate(config, out, progress=False), done.set()))
+        t.start()
+        assert not done.wait(1.5), "generate drew the world while another process held its lock"
+        assert not built
+    t.join(60)
+    assert done.is_set() and len(built) == 1
+    assert writer.generate(config, out, progress=False) == out.resolve() and len(built) == 1  # reused

@@ -21,6 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock
+
 from glacier_stac import __version__, sensors
 from glacier_stac.synthetic import render as R
 from glacier_stac.synthetic import stac_docs
@@ -356,17 +358,29 @@ def check_output_dir(root: Path) -> None:
 
 
 def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, progress: bool = True) -> Path:
-    """Build the world for `config` and write it, unless `out_dir` already holds that exact world."""
+    """Build the world for `config` and write it, unless `out_dir` already holds that exact world.
+
+    Processes drawing the same world (two trainings, a benchmark beside a test) take turns on a lock file
+    beside it: the second finds the first's complete world and reuses it, instead of writing over its
+    half-written files."""
     root = Path(out_dir).expanduser().resolve()
-    meta = read_world_json(root)
-    if (not force and meta is not None and meta.get("config") == _jsonable(config.to_dict())
-            and meta.get("generator") == generator_fingerprint()):
-        log.info("reusing complete world in %s (same config, same generator)", root)
-        return root
-    check_output_dir(root)
-    try:
-        from glacier_stac.synthetic.world import build_world  # the physics engineer's entry point
-    except ImportError as e:
-        raise RuntimeError(f"cannot generate a world: glacier_stac.synthetic.world.build_world is missing ({e})") from e
-    world = build_world(config)
-    return write_world(world, root, progress=progress)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(lock_path(root)):
+        meta = read_world_json(root)
+        if (not force and meta is not None and meta.get("config") == _jsonable(config.to_dict())
+                and meta.get("generator") == generator_fingerprint()):
+            log.info("reusing complete world in %s (same config, same generator)", root)
+            return root
+        check_output_dir(root)
+        try:
+            from glacier_stac.synthetic.world import build_world  # the physics engineer's entry point
+        except ImportError as e:
+            raise RuntimeError(f"cannot generate a world: glacier_stac.synthetic.world.build_world is missing "
+                               f"({e})") from e
+        world = build_world(config)
+        return write_world(world, root, progress=progress)
+
+
+def lock_path(root: Path) -> Path:
+    """The lock file `generate` holds while it checks and draws the world in `root` (beside it, not in it)."""
+    return root.parent / f".{root.name}.lock"
