@@ -61,6 +61,8 @@ def main() -> None:
     ap.add_argument("--subclass-branch", type=int, default=0, metavar="CHANNELS",
                     help="with --init a four-class checkpoint: train only a rock-glacier branch of this many channels "
                          "beside it (its class map kept exactly: issue 14's 'no worse than without the class')")
+    ap.add_argument("--subclass-levels", type=int, default=1,
+                    help="decoder levels the rock-glacier branch reads (1: full resolution only; 4: all of them)")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()
@@ -119,10 +121,12 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
     feats = ([*have, *(f for f in cube.FEATURES if f not in have)] if kind == "all"
              else None if init is not None else list(train.OPTICAL_FEATURES))
     required = (init.required_features if init is not None else ["elevation"] if kind == "all" else ["B03", "B11"])
+    branch = ({"subclass_branch": args.subclass_branch, "subclass_levels": args.subclass_levels}
+              if args.subclass_branch else {})
     ckpt, _ = train.train(
         tr, [r for _, r in va], model=args.model, features=feats, required=required, epochs=args.epochs, init=init,
         steps_per_epoch=args.steps, batch_size=args.batch_size, patch=128, seed=0, lr=args.lr,
-        model_kwargs={"base": args.base, **({"subclass_branch": args.subclass_branch} if args.subclass_branch else {})},
+        model_kwargs={"base": args.base, **branch},
         freeze_init=bool(args.subclass_branch), domain_randomisation=not args.no_randomise,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}; validation one "

@@ -46,7 +46,9 @@ def test_size_divisibility_is_enforced(name):
 
 
 @pytest.mark.parametrize(("name", "n_classes", "kw"),
-                         [(n, 4, {}) for n in sorted(MODELS)] + [("unet", 5, {"subclass_branch": 4})])
+                         [(n, 4, {}) for n in sorted(MODELS)]
+                         + [("unet", 5, {"subclass_branch": 4}),
+                            ("unet", 5, {"subclass_branch": 4, "subclass_levels": 4})])
 def test_receptive_field_is_conservative_and_real(name, n_classes, kw):
     """No input beyond receptive_field // 2 changes an output, at every pooling/window phase tried (the
     rock-glacier branch of the U-Net included: it widens the reach)."""

@@ -44,13 +44,15 @@ def test_class_map_decides_the_parent_before_its_subclass() -> None:
     assert classes_from_probability(four)[0].tolist() == [1, 0, 1, 3, NODATA_CLASS]
 
 
-def test_branch_splits_background_and_keeps_the_other_classes() -> None:
+@pytest.mark.parametrize("levels", [1, 4])
+def test_branch_splits_background_and_keeps_the_other_classes(levels: int) -> None:
     """The branch model grown from a four-class U-Net gives that model's probabilities for the glacier
-    classes and water, and background + rock glacier = its background: the class maps agree."""
+    classes and water, and background + rock glacier = its background: the class maps agree (a branch
+    reading the full-resolution features only, and one reading every decoder level)."""
     torch.manual_seed(0)
     four = get_model("unet", len(FEATS), 4)
     torch.nn.init.normal_(four.head.weight, std=5.0)  # a random model that calls every class somewhere
-    five = get_model("unet", len(FEATS), len(CLASSES), subclass_branch=8)
+    five = get_model("unet", len(FEATS), len(CLASSES), subclass_branch=8, subclass_levels=levels)
     train._load_grown(five, four.state_dict())
     torch.nn.init.normal_(five.subclass[-1].weight, std=3.0)  # a branch with opinions: some pixels flip
     torch.nn.init.zeros_(five.subclass[-1].bias)
@@ -70,6 +72,8 @@ def test_branch_splits_background_and_keeps_the_other_classes() -> None:
 def test_subclass_branch_needs_a_last_class_with_a_parent() -> None:
     with pytest.raises(ValueError, match="class water has none"):
         get_model("unet", 3, 4, subclass_branch=8)
+    with pytest.raises(ValueError, match="subclass_levels must be 1..4"):
+        get_model("unet", 3, 5, subclass_branch=8, subclass_levels=5)
 
 
 def _region(name: str, seed: int, n: int = 64) -> train.Region:

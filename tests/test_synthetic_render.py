@@ -572,8 +572,8 @@ def test_generate_takes_turns_with_another_process_drawing_the_same_world(world,
     config = WorldConfig(seed=5, size_km=4.0, years=YEARS, center_lon=world.config.center_lon,
                          center_lat=world.config.center_lat)
     built = []
-    monkeypatch.setattr(world_mod, "build_world", lambda cfg: built.append(cfg) or dataclasses.replace(world, config=cfg),
-                        raising=False)
+    monkeypatch.setattr(world_mod, "build_world",
+                        lambda cfg: built.append(cfg) or dataclasses.replace(world, config=cfg), raising=False)
     out = tmp_path / "g"
     done = threading.Event()
     with FileLock(writer.lock_path(out.resolve())):  # another process is drawing it

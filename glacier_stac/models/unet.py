@@ -58,10 +58,11 @@ class UNetBase(nn.Module):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.decode(x))
+        return self.head(self.decode(x)[-1])
 
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """The decoder's full-resolution features (what the head reads)."""
+    def decode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The bottleneck's and each decoder level's output, coarsest first; the last, at full resolution, is
+        what the head reads."""
         if x.shape[-1] % self.divisor or x.shape[-2] % self.divisor:
             raise ValueError(
                 f"{type(self).__name__} needs input height and width divisible by {self.divisor}, "
@@ -73,34 +74,43 @@ class UNetBase(nn.Module):
             skips.append(x)
             x = self.pool(x)
         x = self.bottleneck(self.mid(x))
+        out = [x]
         for up, dec, skip in zip(self.ups, self.dec, reversed(skips), strict=True):
             x = dec(torch.cat([up(x), skip], dim=1))
-        return x
+            out.append(x)
+        return out
 
 
 class UNet(UNetBase):
     """Default model: 3 poolings, 16 base channels (~0.5 M parameters).
 
     `subclass_branch` > 0: the last class is a subclass (`labels.PARENT`: rock glaciers inside background)
-    decided by a branch of that many channels of its own on the decoder's output and the input, as a
-    share of its parent's probability; the head keeps the other classes. Trained alone on a frozen
+    decided by a branch of that many channels of its own on the decoder's output and the input (with
+    `subclass_levels` > 1 also the coarser decoder levels, projected at their own resolution and repeated
+    up: the landform's context at the cost of a 1x1 convolution per level), as a share of its parent's
+    probability; the head keeps the other classes. Trained alone on a frozen
     model of those classes (`train.train(freeze_init=True)`), it leaves that model's class map exactly as
     it was (issue 14: rock glaciers must not cost glacier accuracy)."""
 
     def __init__(self, n_features: int, n_classes: int, base: int = 16, levels: int = 3,
-                 subclass_branch: int = 0) -> None:
+                 subclass_branch: int = 0, subclass_levels: int = 1) -> None:
         nested = subclass_branch > 0
         if nested and PARENT.get(Label(n_classes - 1)) is None:
             raise ValueError(f"a subclass branch needs a last class with a parent in labels.PARENT; class "
                              f"{Label(n_classes - 1).name.lower()} has none")
+        if nested and not 1 <= subclass_levels <= levels + 1:
+            raise ValueError(f"subclass_levels must be 1..{levels + 1} (the decoder's levels), got {subclass_levels}")
         super().__init__(n_features, n_classes - nested, base, levels)
         self.divisor = 2**levels
         ops = unet_ops(levels)
         self.subclass = None
         if nested:
             self.parent = int(PARENT[Label(n_classes - 1)])
-            self.subclass = nn.Sequential(conv_block(base + n_features, subclass_branch),
-                                          nn.Conv2d(subclass_branch, 1, 1))
+            coarse = [base * 2**i for i in range(1, subclass_levels)]  # decoder channels above full resolution
+            self.subclass_in = nn.ModuleList(nn.Conv2d(c, subclass_branch, 1) for c in coarse)
+            self.subclass = nn.Sequential(
+                conv_block(base + n_features + subclass_branch * bool(coarse), subclass_branch),
+                nn.Conv2d(subclass_branch, 1, 1))
             nn.init.constant_(self.subclass[-1].bias, -2.0)  # rare: start near "not the subclass"
             ops = ops + [("conv", 3), ("conv", 3)]
         self.receptive_field = receptive_field(ops, self.divisor)
@@ -108,9 +118,15 @@ class UNet(UNetBase):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.subclass is None:
             return super().forward(x)
-        feats = self.decode(x)
+        levels = self.decode(x)
+        feats = levels[-1]
         logp = F.log_softmax(self.head(feats).float(), dim=1)
-        share = self.subclass(torch.cat([feats, x], dim=1)).float()  # logit of subclass-within-parent
+        inputs = [feats, x]
+        if len(self.subclass_in):  # coarser levels: projected where they are (cheap), repeated up, summed
+            size = feats.shape[-2:]
+            inputs.append(sum(F.interpolate(proj(f), size=size, mode="nearest")
+                              for proj, f in zip(self.subclass_in, reversed(levels[:-1]), strict=False)))
+        share = self.subclass(torch.cat(inputs, dim=1)).float()  # logit of subclass-within-parent
         par = logp[:, self.parent: self.parent + 1]
         # log-probabilities (valid logits: their softmax is these probabilities): the parent's probability
         # split between itself and the subclass, every other class's as the head gave it
