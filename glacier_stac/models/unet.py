@@ -122,10 +122,14 @@ class UNet(UNetBase):
         feats = levels[-1]
         logp = F.log_softmax(self.head(feats).float(), dim=1)
         inputs = [feats, x]
-        if len(self.subclass_in):  # coarser levels: projected where they are (cheap), repeated up, summed
-            size = feats.shape[-2:]
-            inputs.append(sum(F.interpolate(proj(f), size=size, mode="nearest")
-                              for proj, f in zip(self.subclass_in, reversed(levels[:-1]), strict=False)))
+        if len(self.subclass_in):
+            # coarser levels projected where they are (cheap), each repeated up to the next finer one and
+            # summed there: one full-resolution repeat instead of one per level (nearest repeats compose)
+            ctx = None
+            coarse = levels[-len(self.subclass_in) - 1:-1]  # coarsest first
+            for proj, f in zip(reversed(self.subclass_in), coarse, strict=True):
+                ctx = proj(f) if ctx is None else proj(f) + F.interpolate(ctx, scale_factor=2, mode="nearest")
+            inputs.append(F.interpolate(ctx, scale_factor=2, mode="nearest"))
         share = self.subclass(torch.cat(inputs, dim=1)).float()  # logit of subclass-within-parent
         par = logp[:, self.parent: self.parent + 1]
         # log-probabilities (valid logits: their softmax is these probabilities): the parent's probability
