@@ -63,6 +63,8 @@ def main() -> None:
                          "beside it (its class map kept exactly: issue 14's 'no worse than without the class')")
     ap.add_argument("--subclass-levels", type=int, default=1,
                     help="decoder levels the rock-glacier branch reads (1: full resolution only; 4: all of them)")
+    ap.add_argument("--class-weight-power", type=float, default=0.5,
+                    help="loss class weights: inverse class frequency to this power (0.5: square root; 0: none)")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()
@@ -128,6 +130,7 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         steps_per_epoch=args.steps, batch_size=args.batch_size, patch=128, seed=0, lr=args.lr,
         model_kwargs={"base": args.base, **branch},
         freeze_init=bool(args.subclass_branch), domain_randomisation=not args.no_randomise,
+        class_weight_power=args.class_weight_power,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}; validation one "
               f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"

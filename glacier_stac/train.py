@@ -224,8 +224,9 @@ def normalisation(regions: Sequence[Region], features: Sequence[str]) -> tuple[l
     return means, stds
 
 
-def class_weights(regions: Sequence[Region], n_classes: int) -> torch.Tensor:
-    """Inverse square-root class frequency as the sampler serves it, mean 1 over present classes.
+def class_weights(regions: Sequence[Region], n_classes: int, power: float = 0.5) -> torch.Tensor:
+    """Inverse class frequency to `power` (square root by default) as the sampler serves it, mean 1 over
+    present classes; a lower power trades a rare class's recall for fewer false alarms of it.
 
     Frequencies are counted with the sampling weights, so a class that `sample_weights` already
     oversamples (debris) is not upweighted twice: that double push made models paint debris onto
@@ -236,7 +237,7 @@ def class_weights(regions: Sequence[Region], n_classes: int) -> torch.Tensor:
         ok = r.labels != IGNORE
         counts += np.bincount(r.labels[ok].ravel(), weights=sample_weights(r.labels)[ok].ravel(),
                               minlength=n_classes)[:n_classes]
-    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)
+    w = np.where(counts > 0, np.maximum(counts, 1) ** -float(power), 0.0)
     w = w / w[w > 0].mean()
     return torch.tensor(w, dtype=torch.float32)
 
@@ -250,7 +251,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
           progress: bool = True, domain_randomisation: bool = False,
           classes: Sequence[str] | None = None, init: Checkpoint | None = None, freeze_init: bool = False,
-          front_loss_weight: float = 4.0) -> tuple[Checkpoint, list[dict]]:
+          front_loss_weight: float = 4.0, class_weight_power: float = 0.5) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
@@ -265,7 +266,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     `freeze_init`: train only the tensors `init` lacks (a rock-glacier branch); the rest, BatchNorm
     statistics included, stays `init`'s exactly, so the model keeps what `init` decided on its classes.
     `front_loss_weight`: extra loss weight on the sea ice and mélange before calving fronts
-    (`front_zone`), beside their oversampling, so the front is not painted out over them (issue 13)."""
+    (`front_zone`), beside their oversampling, so the front is not painted out over them (issue 13).
+    `class_weight_power`: the loss's class weights are inverse frequency to this power (`class_weights`)."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -301,7 +303,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
         mean, std = normalisation(train_regions, feats)
     net.to(dev)
     arrays = [normalise(r.features.sel(feature=feats).values, mean, std) for r in train_regions]
-    cw = class_weights(train_regions, len(names)).to(dev)
+    cw = class_weights(train_regions, len(names), class_weight_power).to(dev)
     loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
     fronts = [front_zone(r.labels) for r in train_regions]  # weights the loss and the draw
     pixel_w = [(1.0 + front_loss_weight * f).astype(np.float32) for f in fronts]

@@ -812,6 +812,14 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_synthetic_render.py::test_generate_takes_turns_with_another_process_drawing_the_same_world",),
     ),
     Mutation(
+        name="class-weight-power-ignored",
+        invariant="the loss's class weights are inverse frequency to the power asked for",
+        path="glacier_stac/train.py",
+        old="    w = np.where(counts > 0, np.maximum(counts, 1) ** -float(power), 0.0)\n",
+        new="    w = np.where(counts > 0, 1.0 / np.sqrt(np.maximum(counts, 1)), 0.0)\n",
+        tests=("tests/test_train_units.py::test_class_weights_follow_inverse_frequency_to_a_power",),
+    ),
+    Mutation(
         name="class-map-plain-argmax",
         invariant="a subclass is decided inside its parent: whether a pixel is glacier does not hang on how "
                   "non-glacier ground splits into background and rock glacier",

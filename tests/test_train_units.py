@@ -111,3 +111,19 @@ def test_front_loss_weight_counts_sea_ice_more_and_matches_plain_ce_at_one():
     expected = (5 * per[0, 0, 0] + per[0, 0, 1] + per[0, 1, 0]) / (5 * cw[0] + cw[1] + cw[3])
     assert float(train.weighted_loss(per, y, heavy, cw)) == pytest.approx(float(expected), rel=1e-6)
     assert float(expected) > float(plain) + 0.1  # the wrong sea-ice pixel weighs more
+
+
+def test_class_weights_follow_inverse_frequency_to_a_power():
+    """Square root by default; a lower power weighs a rare class less (fewer false alarms of it), 0 none."""
+    lab = np.zeros((100, 100), np.uint8)
+    lab[:10, :10] = Label.ROCK_GLACIER
+    feats = xr.DataArray(np.zeros((1, 100, 100), np.float32), dims=("feature", "y", "x"), coords={"feature": ["B03"]})
+    r = train.Region("a", feats, lab)
+    served = np.bincount(lab.ravel(), weights=train.sample_weights(lab).ravel(), minlength=5)
+    ratio = served[0] / served[4]  # background served per rock-glacier pixel
+    for power in (0.5, 0.25):
+        w = train.class_weights([r], 5, power).numpy()
+        assert w[4] / w[0] == pytest.approx(ratio**power, rel=1e-5)
+        assert w[[0, 4]].mean() == pytest.approx(1.0) and (w[1:4] == 0).all()  # mean 1 over present classes
+    np.testing.assert_allclose(train.class_weights([r], 5, 0.0).numpy()[[0, 4]], 1.0)
+    np.testing.assert_allclose(train.class_weights([r], 5).numpy(), train.class_weights([r], 5, 0.5).numpy())
