@@ -135,7 +135,8 @@ def _write_atomic(gdf: gpd.GeoDataFrame, path: Path, meta: dict) -> None:
 
 @contextlib.contextmanager
 def locked(path: Path, timeout_s: float = 600.0) -> Iterator[None]:
-    """An exclusive lock between processes on `<inventory>.lock` (fcntl; released when the process dies)."""
+    """An exclusive lock between processes on `<path>.lock` beside `path` (fcntl; released when the process
+    dies): the inventory's updates, and synthetic worlds being drawn."""
     lock = path.with_name(path.name + ".lock")
     fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
     try:

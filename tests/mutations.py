@@ -807,7 +807,7 @@ MUTATIONS: list[Mutation] = [
         name="world-drawn-without-lock",
         invariant="two processes drawing the same world take turns, never writing over each other",
         path="glacier_stac/synthetic/writer.py",
-        old="    with FileLock(lock_path(root)):\n",
+        old="    with locked(root):\n",
         new="    if True:\n",
         tests=("tests/test_synthetic_render.py::test_generate_takes_turns_with_another_process_drawing_the_same_world",),
     ),

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import xarray as xr
+from test_models import _randomise_bn
 
 from glacier_stac import train
 from glacier_stac.infer import classes_from_probability, predict
@@ -21,14 +22,6 @@ from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
 
 FEATS = ["B03", "B08", "B11"]
-
-
-def _randomise_bn(model: torch.nn.Module, seed: int = 0) -> None:
-    g = torch.Generator().manual_seed(seed)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
 
 
 def test_class_map_decides_the_parent_before_its_subclass() -> None:

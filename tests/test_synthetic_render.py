@@ -565,9 +565,8 @@ def test_generate_takes_turns_with_another_process_drawing_the_same_world(world,
     world crashed each other before)."""
     import threading
 
-    from filelock import FileLock
-
     import glacier_stac.synthetic.world as world_mod
+    from glacier_stac.inventory import locked
 
     config = WorldConfig(seed=5, size_km=4.0, years=YEARS, center_lon=world.config.center_lon,
                          center_lat=world.config.center_lat)
@@ -576,7 +575,7 @@ def test_generate_takes_turns_with_another_process_drawing_the_same_world(world,
                         lambda cfg: built.append(cfg) or dataclasses.replace(world, config=cfg), raising=False)
     out = tmp_path / "g"
     done = threading.Event()
-    with FileLock(writer.lock_path(out.resolve())):  # another process is drawing it
+    with locked(out.resolve()):  # another process is drawing it
         t = threading.Thread(target=lambda: (writer.generate(config, out, progress=False), done.set()))
         t.start()
         assert not done.wait(1.5), "generate drew the world while another process held its lock"

@@ -21,9 +21,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from filelock import FileLock
-
 from glacier_stac import __version__, sensors
+from glacier_stac.inventory import locked
 from glacier_stac.synthetic import render as R
 from glacier_stac.synthetic import stac_docs
 from glacier_stac.synthetic.world import World, WorldConfig
@@ -361,11 +360,11 @@ def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, prog
     """Build the world for `config` and write it, unless `out_dir` already holds that exact world.
 
     Processes drawing the same world (two trainings, a benchmark beside a test) take turns on a lock file
-    beside it: the second finds the first's complete world and reuses it, instead of writing over its
-    half-written files."""
+    beside it (`<out_dir>.lock`, the inventory's lock): the second finds the first's complete world and
+    reuses it, instead of writing over its half-written files."""
     root = Path(out_dir).expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(lock_path(root)):
+    with locked(root):
         meta = read_world_json(root)
         if (not force and meta is not None and meta.get("config") == _jsonable(config.to_dict())
                 and meta.get("generator") == generator_fingerprint()):
@@ -380,7 +379,3 @@ def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, prog
         world = build_world(config)
         return write_world(world, root, progress=progress)
 
-
-def lock_path(root: Path) -> Path:
-    """The lock file `generate` holds while it checks and draws the world in `root` (beside it, not in it)."""
-    return root.parent / f".{root.name}.lock"
