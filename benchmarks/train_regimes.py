@@ -65,6 +65,10 @@ def main() -> None:
                     help="decoder levels the rock-glacier branch reads (1: full resolution only; 4: all of them)")
     ap.add_argument("--class-weight-power", type=float, default=0.5,
                     help="loss class weights: inverse class frequency to this power (0.5: square root; 0: none)")
+    ap.add_argument("--snow-loss-weight", type=float, default=0.0,
+                    help="extra loss and draw weight on snow-covered ground off the glaciers (train.snow_zone)")
+    ap.add_argument("--margin-loss-weight", type=float, default=0.0,
+                    help="extra loss weight on the ground just outside the glaciers (train.margin_ring)")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()
@@ -130,7 +134,8 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         steps_per_epoch=args.steps, batch_size=args.batch_size, patch=128, seed=0, lr=args.lr,
         model_kwargs={"base": args.base, **branch},
         freeze_init=bool(args.subclass_branch), domain_randomisation=not args.no_randomise,
-        class_weight_power=args.class_weight_power,
+        class_weight_power=args.class_weight_power, snow_loss_weight=args.snow_loss_weight,
+        margin_loss_weight=args.margin_loss_weight,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}; validation one "
               f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"

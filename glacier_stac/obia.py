@@ -253,9 +253,13 @@ def grid_of(obj: xr.Dataset | xr.DataArray) -> Grid:
 
 
 def _features(features: xr.DataArray | None, pred: xr.Dataset) -> dict[str, np.ndarray]:
-    """The used features that the cube has, as float32 NumPy arrays on the predictions' grid."""
+    """The used features that the cube has, as float32 NumPy arrays on the predictions' grid. Without
+    `features`, those the predictions carry (a store keeps them beside the predictions: `store.write`), less
+    any not stored for this area (all NaN)."""
     if features is None:
-        return {}
+        kept = {f: np.asarray(pred[f].values, dtype=np.float32) for f in USED_FEATURES
+                if f in pred.data_vars and set(pred[f].dims) == {"y", "x"}}
+        return {f: v for f, v in kept.items() if np.isfinite(v).any()}
     if "feature" not in features.dims:
         raise ValueError(f"features must have a 'feature' dimension (feature, y, x), got {features.dims}")
     for dim in ("y", "x"):

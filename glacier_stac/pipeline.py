@@ -324,7 +324,7 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     held around `store.write`, which may create the zone's arrays (two threads creating them at once
     collide), when graphs are built in several threads.
     """
-    from glacier_stac import catalog, cube
+    from glacier_stac import catalog, cube, obia
     from glacier_stac.infer import predict_tile
 
     ctx = unit.geobox.pad(margin)
@@ -337,10 +337,15 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
     data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise")
     pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources)  # GPU=1 where GPU workers exist
+    # the features OBIA reads, kept beside the predictions: the inventory step gets elevations and its rules
+    # from the store instead of building every cube again
+    kept = [f for f in obia.USED_FEATURES if f in data["feature"].values]
+    core = data.sel(feature=kept).isel(y=slice(margin, data.sizes["y"] - margin),
+                                       x=slice(margin, data.sizes["x"] - margin))
     with store_lock if store_lock is not None else contextlib.nullcontext():
         wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
                      checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},
-                     items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()})
+                     items={k: v.split(",") for k, v in data.attrs.get("items", {}).items()}, features=core)
     task = wp.tasks[0] if wp.tasks else None
     if task is None or resources is not None:  # GPU workers: the graph keeps its GPU=1 predict task apart
         return task

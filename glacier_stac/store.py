@@ -20,6 +20,11 @@ its record exists, and a year as complete when every planned tile of it has one.
 `probability` is the glacier probability P(clean ice) + P(debris ice) as uint8 (CF `scale_factor`
 1/254, `_FillValue` 255 so unwritten or invalid pixels read as NaN), `classes` the class codes of
 `labels.Label` (255 = no data), `valid` whether the model had its required inputs.
+
+A run may also keep some of the cube's features beside them (`write(..., features=)`; the pipeline keeps
+those OBIA reads: elevation, slope, aspect, NDSI, thermal, SAR), one int16 array per feature packed by CF
+`scale_factor`/`add_offset` (`FEATURE_PACKING`), so outlines, elevations and OBIA's rules come from the
+store alone, without building the cube again.
 """
 
 from __future__ import annotations
@@ -67,6 +72,39 @@ COMPRESSOR = {"name": "zstd", "configuration": {"level": 5, "checksum": False}}
 # to 89 KB in 0.03 s where plain zstd took 0.66 s for 1.3 MB, and every open reads them (0.2 s -> 0.01 s)
 COORD_COMPRESSOR = {"name": "blosc", "configuration": {"cname": "lz4", "clevel": 5, "shuffle": "shuffle",
                                                        "typesize": 8, "blocksize": 0}}
+
+
+@dataclass(frozen=True)
+class Packing:
+    """How a kept feature is stored: int16 = round((value - offset) / scale), NaN as FEATURE_FILL (CF packing)."""
+
+    scale: float
+    offset: float = 0.0
+    units: str = "1"
+
+
+FEATURE_FILL = -32768
+# resolution well below what OBIA's rules and the inventory's attributes resolve; unknown features: float32
+FEATURE_PACKING = {
+    "elevation": Packing(0.5, 0.0, "m"), "slope": Packing(0.01, 0.0, "degree"),
+    "aspect_sin": Packing(1e-4), "aspect_cos": Packing(1e-4), "ndsi": Packing(1e-4), "ndwi": Packing(1e-4),
+    "lwir11": Packing(0.01, 250.0, "K"), "vv_db": Packing(0.01, 0.0, "dB"), "vh_db": Packing(0.01, 0.0, "dB"),
+    "vv_cv": Packing(1e-3),
+}
+
+
+def pack_feature(name: str, values: np.ndarray) -> np.ndarray:
+    """A feature's values as stored: packed int16 (`FEATURE_PACKING`), or float32 for a feature without packing."""
+    v = np.asarray(values, dtype=np.float64)
+    pk = FEATURE_PACKING.get(name)
+    if pk is None:
+        return v.astype(np.float32)
+    q = np.round((v - pk.offset) / pk.scale)
+    ok = np.isfinite(q)
+    if (np.abs(q[ok]) > 32767).any():
+        raise StoreError(f"feature {name!r} has values outside what its packing holds "
+                         f"({pk.offset - 32767 * pk.scale:g}..{pk.offset + 32767 * pk.scale:g} {pk.units})")
+    return np.where(ok, q, FEATURE_FILL).astype(np.int16)
 
 
 class StoreError(ValueError):
@@ -327,12 +365,13 @@ def _spatial_ref_attrs(zone: Zone) -> dict:
 
 
 def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUTION, tile_px: int = TILE_PX,
-                classes: Sequence[str] = BASE_CLASSES) -> Zone:
+                classes: Sequence[str] = BASE_CLASSES, features: Sequence[str] = ()) -> Zone:
     """Create the zone's group and empty (sparse) arrays if absent; check them if present.
 
     Creating is deterministic, so two writers creating one zone at once write the same bytes.
     `classes`: the writing model's (its output index is the Label code); the `classes` array's flags
     list them, and widen when a model with more classes (rock glaciers, issue 14) writes later.
+    `features`: kept cube features; their arrays are created when missing (a zone first written without them).
     """
     loc = Location.of(loc)
     zone = Zone(str(CRS(crs)), resolution, tile_px)
@@ -355,7 +394,26 @@ def ensure_zone(loc: Location | str, crs: CRS | str, resolution: float = RESOLUT
                          f"{tuple(g['probability'].shape)}; expected {zone.crs} and {zone.shape}")
     if len(classes) > len(g["classes"].attrs.get("flag_values", ())):
         g["classes"].attrs.update(flag_values=list(range(len(classes))), flag_meanings=" ".join(classes))
+    for name in features:
+        if name in RESERVED:
+            raise StoreError(f"a feature may not be named {name!r}: the store's own variables are {sorted(RESERVED)}")
+        if name not in g:
+            _create_feature(g, zone, name)
     return zone
+
+
+def _create_feature(g: zarr.Group, zone: Zone, name: str) -> zarr.Array:
+    """A kept feature's (year, y, x) array, packed (`FEATURE_PACKING`); deterministic like `_create_zone`."""
+    pk = FEATURE_PACKING.get(name)
+    attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref", "long_name": f"cube feature {name}"}
+    if pk is None:
+        spec = {"dtype": "float32", "fill_value": float("nan"), "attributes": attrs}
+    else:
+        spec = {"dtype": "int16", "fill_value": FEATURE_FILL,
+                "attributes": {**attrs, "units": pk.units, "scale_factor": pk.scale, "add_offset": pk.offset,
+                               "_FillValue": FEATURE_FILL}}
+    return _create_or_open(g, name, shape=zone.shape, chunks=(1, zone.tile_px, zone.tile_px),
+                           dimension_names=("year", "y", "x"), compressors=[COMPRESSOR], **spec)
 
 
 def _create_or_open(g: zarr.Group, name: str, **spec) -> zarr.Array:
@@ -363,6 +421,9 @@ def _create_or_open(g: zarr.Group, name: str, **spec) -> zarr.Array:
         return g.create_array(name, **spec)
     except zarr.errors.ContainsArrayError:  # created by another writer (the same spec: creation is deterministic)
         return g[name]
+
+
+RESERVED = frozenset({"probability", "classes", "valid", "year", "y", "x", "spatial_ref"})
 
 
 def _create_zone(root: zarr.Group, zone: Zone, classes: Sequence[str]) -> None:
@@ -524,11 +585,12 @@ def _sync_chunks(loc: Location, zone: Zone, arrays: Mapping[str, zarr.Array], co
 
 def write_tile(loc: Location, zone: Zone, year: int, row: int, col: int, probability: np.ndarray,
                classes: np.ndarray, valid: np.ndarray, run_id: str, items: Mapping[str, Sequence[str]],
-               checkpoint: Mapping[str, str]) -> TileRecord:
+               checkpoint: Mapping[str, str], features: Mapping[str, np.ndarray] | None = None) -> TileRecord:
     """Write one tile's chunks for one year, then its completion record. Pure I/O, no Dask.
 
     The block at global (row, col) must lie inside one tile; the rest of the tile is no data
-    (runs write whole tiles, so a tile has one writer).
+    (runs write whole tiles, so a tile has one writer). `features`: kept cube features, name -> (y, x)
+    block, written packed before the record like the rest (their arrays made by `ensure_zone`).
     """
     h, w = classes.shape
     zone.check_rows_cols(row, col, h, w)
@@ -546,6 +608,13 @@ def write_tile(loc: Location, zone: Zone, year: int, row: int, col: int, probabi
     arrays["probability"][sl] = _full_tile(encode_probability(probability), r_in, c_in, zone.tile_px, 255)
     arrays["classes"][sl] = _full_tile(classes.astype(np.uint8), r_in, c_in, zone.tile_px, NODATA_CLASS)
     arrays["valid"][sl] = _full_tile(valid.astype(bool), r_in, c_in, zone.tile_px, False)
+    for name, block in (features or {}).items():
+        if block.shape != classes.shape:
+            raise StoreError(f"feature {name!r} block {block.shape} does not match the tile's {classes.shape}")
+        packed = pack_feature(name, block)
+        arrays[name] = g[name]
+        arrays[name][sl] = _full_tile(packed, r_in, c_in, zone.tile_px,
+                                      FEATURE_FILL if packed.dtype == np.int16 else np.nan)
     _sync_chunks(loc, zone, arrays, (yi, i0 // zone.tile_px, j0 // zone.tile_px))
     rec = TileRecord(tile=key.id, zone=zone.name, year=int(year), row=t0r, col=t0c, valid_px=int(valid.sum()),
                      run_id=run_id, items={k: sorted(redact(str(i)) for i in v if "://" not in str(i))
@@ -593,11 +662,12 @@ def store_grid(loc: Location | str) -> tuple[float, int] | None:
 
 def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
           checkpoint: Mapping[str, str] | None = None, items: Mapping[str, Sequence[str]] | None = None,
-          tile_px: int | None = None) -> WritePlan:
+          tile_px: int | None = None, features: xr.DataArray | None = None) -> WritePlan:
     """Lazy writes of a prediction (from `infer.predict`) into the store: one task per tile, done tiles skipped.
 
     Nothing is computed here; the caller (pipeline) decides where and when the tasks run. Each task
     receives only its own tile's blocks and returns a small `TileRecord`; the client never gathers an array.
+    `features`: (feature, y, x) cube features on the prediction's grid to keep beside it (`FEATURE_PACKING`).
     """
     loc = Location.of(loc)
     if GLACIER_PROBABILITY not in pred or CLASSES_VAR not in pred or VALID not in pred:
@@ -609,8 +679,14 @@ def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
     res = abs(gb.resolution.x)
     if tile_px is None:
         tile_px = (store_grid(loc) or (res, TILE_PX))[1]
+    names = [str(f) for f in features["feature"].values] if features is not None else []
+    if features is not None:
+        for dim in ("y", "x"):
+            if features.sizes.get(dim) != pred.sizes[dim] or not np.allclose(features[dim].values, pred[dim].values):
+                raise StoreError(f"the features to keep are not on the prediction's grid (their {dim} differ)")
     zone = ensure_zone(loc, CRS(str(crs)), resolution=res, tile_px=tile_px,
-                       classes=[str(c) for c in pred["class"].values] if "class" in pred.coords else BASE_CLASSES)
+                       classes=[str(c) for c in pred["class"].values] if "class" in pred.coords else BASE_CLASSES,
+                       features=names)
     zone.year_index(year)
     row0, col0 = global_origin(gb)
     prob = pred[GLACIER_PROBABILITY].transpose("y", "x").data
@@ -623,6 +699,11 @@ def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
         prob, cls, val = (da.from_array(np.asarray(a), chunks=chunks) for a in (prob, cls, val))
     if not (prob.chunks == cls.chunks == val.chunks):
         cls, val = cls.rechunk(prob.chunks), val.rechunk(prob.chunks)
+    fdata = {}
+    for name in names:
+        f = features.sel(feature=name).transpose("y", "x").data
+        f = da.from_array(np.asarray(f), chunks=prob.chunks) if not isinstance(f, da.Array) else f.rechunk(prob.chunks)
+        fdata[name] = f.to_delayed(optimize_graph=False)
     items = dict(items) if items is not None else _items_of(pred)
     checkpoint = dict(checkpoint or {"model": str(pred.attrs.get("model", "unknown"))})
     done = done_tiles(loc, zone, year)
@@ -648,7 +729,8 @@ def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
                 continue
             todo.append(key.id)
             tasks.append(write_fn(loc, zone, int(year), r, c, pb[i, j], cb[i, j], vb[i, j], run_id, items,
-                                  checkpoint, dask_key_name=f"store-write-{zone.name}-{year}-{key.id}-{run_id}"))
+                                  checkpoint, {n: fb[i, j] for n, fb in fdata.items()} or None,
+                                  dask_key_name=f"store-write-{zone.name}-{year}-{key.id}-{run_id}"))
     plan(loc, zone, year, [zone.tile_of(row0 + int(ys[i]), col0 + int(xs[j]))
                            for i in range(len(ys) - 1) for j in range(len(xs) - 1)])
     return WritePlan(zone, int(year), tasks, todo, skipped)
@@ -766,7 +848,11 @@ def open_predictions(store: Location | str, aoi=None, years: Sequence[int] | int
     ds[PROBABILITY] = ds[PROBABILITY].astype(np.float32)
     ds[CLASSES_VAR] = ds[CLASSES_VAR].fillna(NODATA_CLASS).astype(np.uint8)  # codes, not a masked float
     ds[CLASSES_VAR].attrs.update(nodata=NODATA_CLASS)
-    for name, fill in ((PROBABILITY, np.nan), (CLASSES_VAR, NODATA_CLASS), (VALID, False)):
+    kept = [n for n in ds.data_vars if n not in RESERVED and ds[n].dims == ("year", "y", "x")]
+    for name in kept:  # kept features: float32 (packing decoded), NaN where not stored
+        ds[name] = ds[name].astype(np.float32)
+    for name, fill in ((PROBABILITY, np.nan), (CLASSES_VAR, NODATA_CLASS), (VALID, False),
+                       *((n, np.nan) for n in kept)):
         v = ds[name]
         data = v.data.map_blocks(_mask_undone, done_set, tuple(years), z, i0, j0, fill, dtype=v.dtype)
         ds[name] = v.copy(data=data)

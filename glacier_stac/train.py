@@ -224,6 +224,40 @@ def normalisation(regions: Sequence[Region], features: Sequence[str]) -> tuple[l
     return means, stds
 
 
+def snow_zone(region: Region, feature: str = "snow_persistence") -> np.ndarray:
+    """Ground off the glaciers that was snow-covered in some acquisition (seasonal snow, snowfields):
+    bright and cold like clean ice in a composite, so models call it glacier in high, dry regimes (issue
+    13: on the worst world most of the false glacier was such snow). Empty when the region lacks the
+    feature (an optical-only or older feature set)."""
+    if feature not in region.features.feature.values:
+        return np.zeros(region.labels.shape, bool)
+    snow = np.nan_to_num(region.features.sel(feature=feature).values) > 0
+    return snow & (region.labels == Label.BACKGROUND)
+
+
+def margin_ring(labels: np.ndarray, reach_px: int = 10) -> np.ndarray:
+    """Ground just outside the glaciers (within `reach_px`): moraines and debris-strewn slopes that models
+    paint as debris-covered ice past the edge (issue 13: on the worst worlds all false debris lay within
+    100 m of a glacier, most within 20 m)."""
+    ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
+    size = 2 * reach_px + 1
+    near = ndimage.maximum_filter(ice.astype(np.uint8), size=size) > 0
+    return near & (labels == Label.BACKGROUND)
+
+
+def pixel_weights(region: Region, front: np.ndarray, front_loss_weight: float = 4.0,
+                  snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0) -> np.ndarray:
+    """Per-pixel loss weight: 1, plus `front_loss_weight` on the sea ice before calving fronts (`front`, from
+    `front_zone`), `snow_loss_weight` on snow-covered ground off the glaciers (`snow_zone`) and
+    `margin_loss_weight` on the ground just outside them (`margin_ring`)."""
+    w = 1.0 + front_loss_weight * front
+    if snow_loss_weight:
+        w = w + snow_loss_weight * snow_zone(region)
+    if margin_loss_weight:
+        w = w + margin_loss_weight * margin_ring(region.labels)
+    return w.astype(np.float32)
+
+
 def class_weights(regions: Sequence[Region], n_classes: int, power: float = 0.5) -> torch.Tensor:
     """Inverse class frequency to `power` (square root by default) as the sampler serves it, mean 1 over
     present classes; a lower power trades a rare class's recall for fewer false alarms of it.
@@ -251,7 +285,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           model_kwargs: dict | None = None, device: str | None = None, data: str = "", command: str = "",
           progress: bool = True, domain_randomisation: bool = False,
           classes: Sequence[str] | None = None, init: Checkpoint | None = None, freeze_init: bool = False,
-          front_loss_weight: float = 4.0, class_weight_power: float = 0.5) -> tuple[Checkpoint, list[dict]]:
+          front_loss_weight: float = 4.0, class_weight_power: float = 0.5,
+          snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
@@ -267,7 +302,10 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     statistics included, stays `init`'s exactly, so the model keeps what `init` decided on its classes.
     `front_loss_weight`: extra loss weight on the sea ice and mélange before calving fronts
     (`front_zone`), beside their oversampling, so the front is not painted out over them (issue 13).
-    `class_weight_power`: the loss's class weights are inverse frequency to this power (`class_weights`)."""
+    `class_weight_power`: the loss's class weights are inverse frequency to this power (`class_weights`).
+    `snow_loss_weight`: extra loss weight, and as much extra draw weight, on snow-covered ground off the
+    glaciers (`snow_zone`), the false glacier of high and dry regimes (issue 13). `margin_loss_weight`: extra
+    loss weight on the ground just outside the glaciers (`margin_ring`), where false debris lies."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -306,8 +344,10 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     cw = class_weights(train_regions, len(names), class_weight_power).to(dev)
     loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
     fronts = [front_zone(r.labels) for r in train_regions]  # weights the loss and the draw
-    pixel_w = [(1.0 + front_loss_weight * f).astype(np.float32) for f in fronts]
-    draw_w = [sample_weights(r.labels, front=f) for r, f in zip(train_regions, fronts, strict=True)]
+    pixel_w = [pixel_weights(r, f, front_loss_weight, snow_loss_weight, margin_loss_weight)
+               for r, f in zip(train_regions, fronts, strict=True)]
+    draw_w = [sample_weights(r.labels, front=f) + (snow_loss_weight * snow_zone(r) if snow_loss_weight else 0)
+              for r, f in zip(train_regions, fronts, strict=True)]
     fresh = _fresh_modules(net, init.state_dict) if freeze_init else []
     if freeze_init:
         if not fresh:

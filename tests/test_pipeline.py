@@ -146,6 +146,45 @@ def test_run_maps_every_tile_year_and_writes_store_inventory_report(full_run, wo
     assert (inv["area_km2"] > 0).all()
 
 
+def test_the_inventory_has_elevations_and_obia_rules_from_features_kept_in_the_store(full_run, world_dir,
+                                                                                      rustac_url):
+    """`glacier-stac run` outlines from the store alone: the features OBIA reads are kept beside the predictions,
+    so the inventory has elevations and OBIA's terrain, thermal and SAR rules are on, as with the cube in hand."""
+    import geopandas as gpd
+
+    from glacier_stac import inventory, obia
+
+    cfg, _, out = full_run
+    plan = pipeline.make_plan(cfg)
+    m = plan.margin
+    for unit in plan.tiles:  # each tile's stored features are its own cube's (as the tile was mapped), packed
+        ctx = unit.geobox.pad(m)
+        aoi = catalog.load_aoi(ctx.extent.to_crs("EPSG:4326").geom.__geo_interface__)
+        found = catalog.search(aoi, [2022], catalog=rustac_url, missing="record")
+        if not any(found.for_year(2022).values()):
+            continue
+        want_cube = cube.build(found, ctx, 2022).isel(y=slice(m, -m), x=slice(m, -m))
+        ds = store.open_predictions(cfg.store, aoi=unit.geobox.extent, years=[2022]).sel(year=2022)
+        for name in ("elevation", "slope", "ndsi", "lwir11", "vv_db"):
+            want = want_cube.sel(feature=name).values
+            got = ds[name].values
+            ok = np.isfinite(want)
+            assert np.array_equal(np.isfinite(got), ok), f"{unit.key.id} {name}: no data must match the cube's"
+            if ok.any():
+                err = np.abs(got[ok] - want[ok]).max()
+                assert err <= store.FEATURE_PACKING[name].scale / 2 + 1e-3, f"{unit.key.id} {name}: off by {err}"
+    gb = WorldDir(world_dir).grid()
+    found = catalog.search(catalog.load_aoi(cfg.aoi), [2022], catalog=rustac_url, missing="record")
+    whole = cube.build(found, gb, 2022)
+    inv = gpd.read_parquet(out / "inventory.parquet")
+    assert inv[["zmin_m", "zmed_m", "zmax_m"]].notna().all().all(), "every glacier has elevations"
+    assert (inv["zmin_m"] <= inv["zmed_m"]).all() and (inv["zmed_m"] <= inv["zmax_m"]).all()
+    lo, hi = np.nanmin(whole.sel(feature="elevation").values), np.nanmax(whole.sel(feature="elevation").values)
+    assert inv["zmin_m"].min() >= lo - 1 and inv["zmax_m"].max() <= hi + 1
+    used = inventory.metadata(out / "inventory.parquet")["years"]["2022"]["obia"]["features"]
+    assert set(obia.USED_FEATURES) & set(whole["feature"].values) <= set(used), used
+
+
 def test_rerun_redoes_nothing(full_run, client):
     cfg, _, out = full_run
     before = _arrays(Path(cfg.store))

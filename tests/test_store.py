@@ -431,3 +431,67 @@ def test_output_stac_is_served_and_found_by_bbox_and_year(pred, tmp_path):
         asset = hit[0].assets["predictions"]
         ds = xr.open_dataset(asset.href, **asset.extra_fields["xarray:open_kwargs"])
         assert ds.rio.crs.to_epsg() == 32606 if ds.rio.crs is not None else "spatial_ref" in ds
+
+
+def _kept_features(region: P.Region) -> xr.DataArray:
+    """Cube features to keep beside the predictions, in their own units (a DEM in metres, a temperature in K),
+    with the cube's stripes of no data; `unknown_feature` has no packing (stored as float32)."""
+    c = P.cube(region)
+    names = ["elevation", "lwir11", "ndsi", "vv_db"]
+    scale = xr.DataArray([3000.0, 20.0, 1.0, 10.0], dims="feature", coords={"feature": names})
+    offset = xr.DataArray([2000.0, 265.0, 0.0, -12.0], dims="feature", coords={"feature": names})
+    kept = c.isel(feature=slice(0, 4)).assign_coords(feature=names) * scale + offset
+    extra = (c.isel(feature=[0]) * 2 + 1).assign_coords(feature=["unknown_feature"])
+    return xr.concat([kept, extra], dim="feature")
+
+
+def test_kept_features_round_trip_packed_with_no_data_kept(pred, tmp_path):
+    path = tmp_path / "features.zarr"
+    region = P.Region(3, TILE)
+    feats = _kept_features(region)
+    wp = _write(pred, path, only=8, features=feats)
+    # the 8th tile's chunks are written but its record is gone (a writer killed between the two): not done
+    (path / "_glacier_stac" / "done" / "EPSG32606" / str(YEAR) / f"{wp.todo[7]}.json").unlink()
+    ds = store.open_predictions(path, aoi=_aoi(region), years=[YEAR], complete_only=False)
+    want = feats.values
+    for i, name in enumerate(feats["feature"].values):
+        got = ds[str(name)].sel(year=YEAR).values
+        assert got.dtype == np.float32
+        undone = [t for t in wp.todo if t not in store.done_tiles(path, "EPSG32606", YEAR)]
+        assert len(undone) == 2
+        for t in undone:  # written without a record, or not written: no data, never stale values
+            r, c = (wp.todo.index(t) // 3) * TILE, (wp.todo.index(t) % 3) * TILE
+            assert np.isnan(got[r:r + TILE, c:c + TILE]).all(), f"{name}: undone tile {t} must read as no data"
+        done = np.ones(got.shape, bool)
+        for t in undone:
+            rr, cc = (wp.todo.index(t) // 3) * TILE, (wp.todo.index(t) % 3) * TILE
+            done[rr:rr + TILE, cc:cc + TILE] = False
+        w = want[i]
+        assert np.array_equal(np.isnan(got[done]), np.isnan(w[done])), f"{name}: no data must stay no data"
+        pk = store.FEATURE_PACKING.get(str(name))
+        tol = pk.scale / 2 + 1e-4 if pk else 0.0
+        err = np.nanmax(np.abs(got[done] - w[done]))
+        assert err <= tol + 1e-6, f"{name}: stored within {err}, packing allows {tol}"
+    # plain xarray decodes the CF packing: elevation in metres without glacier_stac
+    raw = xr.open_zarr(path, group="EPSG32606", consolidated=False, decode_coords="all", chunks=None)
+    assert raw["elevation"].encoding["dtype"] == np.int16 and raw["elevation"].attrs["units"] == "m"
+    sub = raw["elevation"].sel(year=YEAR, y=ds.y, x=ds.x).values
+    assert np.allclose(sub[done], ds["elevation"].sel(year=YEAR).values[done], equal_nan=True, atol=1e-3)
+
+
+def test_kept_features_added_to_a_zone_written_without_them_and_bad_ones_refused(pred, tmp_path):
+    path = tmp_path / "later.zarr"
+    region = P.Region(3, TILE)
+    _write(pred, path, year=2022)  # the zone made without features
+    feats = _kept_features(region)
+    _write(pred, path, features=feats)
+    ds = store.open_predictions(path, aoi=_aoi(region), years=[2022, YEAR])
+    assert np.isnan(ds["elevation"].sel(year=2022).values).all(), "a year written without features has none"
+    assert np.isfinite(ds["elevation"].sel(year=YEAR).values).any()
+    with pytest.raises(store.StoreError, match="may not be named 'classes'"):
+        store.write(pred, 2024, path, run_id="x", tile_px=TILE, features=feats.assign_coords(
+            feature=["classes", *feats["feature"].values[1:]]))
+    with pytest.raises(store.StoreError, match="feature 'elevation' has values outside what its packing holds"):
+        _write(pred, tmp_path / "range.zarr", features=feats.where(feats["feature"] != "elevation", 1e6))
+    with pytest.raises(store.StoreError, match="not on the prediction's grid"):
+        store.write(pred, 2024, path, run_id="x", tile_px=TILE, features=feats.isel(y=slice(1, None)))
