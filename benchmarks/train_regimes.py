@@ -68,7 +68,7 @@ def main() -> None:
     ap.add_argument("--snow-loss-weight", type=float, default=0.0,
                     help="extra loss and draw weight on snow-covered ground off the glaciers (train.snow_zone)")
     ap.add_argument("--margin-loss-weight", type=float, default=0.0,
-                    help="extra loss weight on the ground just outside the glaciers (train.margin_ring)")
+                    help="extra loss weight on both sides of the glacier edges (train.edge_band)")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()

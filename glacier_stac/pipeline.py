@@ -69,6 +69,7 @@ class RunConfig:
     max_cloud: float = 80.0
     inventory: str | None = None  # GeoParquet path; None: predictions only
     storage_options: Mapping[str, Any] = field(default_factory=dict)
+    keep_features: bool = True  # the cube features OBIA reads, stored beside the predictions (store.write)
     tiles_in_flight: int = 4
     retries: int = 2
     report: str | None = None  # JSON report path; default beside the inventory, else ./glacier-stac-report.json
@@ -124,7 +125,7 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
             raise ConfigError(f"[{sec}] must be a table, got {raw[sec]!r}")
     allowed = {"run": {"years", "sensors", "checkpoint", "tiles_in_flight", "retries", "report"},
                "aoi": {"bbox", "file", "inventory", "buffer_m"},
-               "catalog": {"url", "sign", "max_cloud"}, "store": {"url", "storage_options"},
+               "catalog": {"url", "sign", "max_cloud"}, "store": {"url", "storage_options", "keep_features"},
                "inventory": {"url"},
                "cluster": {f.name for f in fields(ClusterSpec)}}
     for sec, keys in allowed.items():
@@ -207,6 +208,7 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
                      buffer_m=buffer_m, sensors=tuple(sensors) if sensors else None, checkpoint=ckpt,
                      catalog=_get(cat, "url", str, "catalog", PLANETARY_COMPUTER), sign=sign, max_cloud=max_cloud,
                      inventory=inv_url, storage_options=dict(_get(st, "storage_options", dict, "store", {})),
+                     keep_features=_get(st, "keep_features", bool, "store", True),
                      tiles_in_flight=tif, retries=retries, report=rel(_get(run, "report", str, "run")),
                      cluster=cluster_spec)
 
@@ -339,9 +341,9 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources)  # GPU=1 where GPU workers exist
     # the features OBIA reads, kept beside the predictions: the inventory step gets elevations and its rules
     # from the store instead of building every cube again
-    kept = [f for f in obia.USED_FEATURES if f in data["feature"].values]
+    kept = [f for f in obia.USED_FEATURES if f in data["feature"].values] if cfg.keep_features else []
     core = data.sel(feature=kept).isel(y=slice(margin, data.sizes["y"] - margin),
-                                       x=slice(margin, data.sizes["x"] - margin))
+                                       x=slice(margin, data.sizes["x"] - margin)) if kept else None
     with store_lock if store_lock is not None else contextlib.nullcontext():
         wp = S.write(pred, year, S.Location.of(cfg.store, cfg.storage_options), run_id=run_id,
                      checkpoint={"model": str(pred.attrs.get("model")), "digest": digest},

@@ -235,26 +235,28 @@ def snow_zone(region: Region, feature: str = "snow_persistence") -> np.ndarray:
     return snow & (region.labels == Label.BACKGROUND)
 
 
-def margin_ring(labels: np.ndarray, reach_px: int = 10) -> np.ndarray:
-    """Ground just outside the glaciers (within `reach_px`): moraines and debris-strewn slopes that models
-    paint as debris-covered ice past the edge (issue 13: on the worst worlds all false debris lay within
-    100 m of a glacier, most within 20 m)."""
+def edge_band(labels: np.ndarray, reach_px: int = 10) -> np.ndarray:
+    """Both sides of the glacier edge, `reach_px` deep: the ground just outside (moraines and debris-strewn
+    slopes that models paint as debris-covered ice past the edge: issue 13's worst worlds had all their false
+    debris within 100 m of a glacier) and the ice just inside (the debris-covered margins). Weighting one side
+    alone moves the edge: the outside alone cost debris IoU on the margins."""
     ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
     size = 2 * reach_px + 1
-    near = ndimage.maximum_filter(ice.astype(np.uint8), size=size) > 0
-    return near & (labels == Label.BACKGROUND)
+    near_ice = ndimage.maximum_filter(ice.astype(np.uint8), size=size) > 0
+    near_ground = ndimage.maximum_filter((~ice & (labels != IGNORE)).astype(np.uint8), size=size) > 0
+    return (near_ice & (labels == Label.BACKGROUND)) | (near_ground & ice)
 
 
 def pixel_weights(region: Region, front: np.ndarray, front_loss_weight: float = 4.0,
                   snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0) -> np.ndarray:
     """Per-pixel loss weight: 1, plus `front_loss_weight` on the sea ice before calving fronts (`front`, from
     `front_zone`), `snow_loss_weight` on snow-covered ground off the glaciers (`snow_zone`) and
-    `margin_loss_weight` on the ground just outside them (`margin_ring`)."""
+    `margin_loss_weight` on both sides of their edges (`edge_band`)."""
     w = 1.0 + front_loss_weight * front
     if snow_loss_weight:
         w = w + snow_loss_weight * snow_zone(region)
     if margin_loss_weight:
-        w = w + margin_loss_weight * margin_ring(region.labels)
+        w = w + margin_loss_weight * edge_band(region.labels)
     return w.astype(np.float32)
 
 
@@ -305,7 +307,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     `class_weight_power`: the loss's class weights are inverse frequency to this power (`class_weights`).
     `snow_loss_weight`: extra loss weight, and as much extra draw weight, on snow-covered ground off the
     glaciers (`snow_zone`), the false glacier of high and dry regimes (issue 13). `margin_loss_weight`: extra
-    loss weight on the ground just outside the glaciers (`margin_ring`), where false debris lies."""
+    loss weight on both sides of the glacier edges (`edge_band`), where false debris and missed margins lie."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:

@@ -893,15 +893,23 @@ MUTATIONS: list[Mutation] = [
         path="glacier_stac/train.py",
         old="    return snow & (region.labels == Label.BACKGROUND)\n",
         new="    return snow & (region.labels != IGNORE)\n",
-        tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_the_ground_just_outside_them",),
+        tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges",),
     ),
     Mutation(
         name="margin-loss-weight-ignored",
         invariant="the ground just outside the glaciers weighs what was asked",
         path="glacier_stac/train.py",
-        old="        w = w + margin_loss_weight * margin_ring(region.labels)\n",
-        new="        w = w + margin_loss_weight * margin_ring(region.labels, reach_px=3)\n",
-        tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_the_ground_just_outside_them",),
+        old="        w = w + margin_loss_weight * edge_band(region.labels)\n",
+        new="        w = w + margin_loss_weight * edge_band(region.labels, reach_px=3)\n",
+        tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges",),
+    ),
+    Mutation(
+        name="edge-band-one-sided",
+        invariant="the edge band weighs both sides of the glacier edge alike (one side alone moves the edge)",
+        path="glacier_stac/train.py",
+        old="    return (near_ice & (labels == Label.BACKGROUND)) | (near_ground & ice)\n",
+        new="    return near_ice & (labels == Label.BACKGROUND)\n",
+        tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges",),
     ),
 ]
 

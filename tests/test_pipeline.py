@@ -48,6 +48,7 @@ def _bbox(world_dir: Path) -> list[float]:
     ({"cluster": {"kind": "yarn"}}, r"\[cluster\]: cluster kind must be one of .*'yarn'"),
     ({"cluster": {"workers": 0}}, r"\[cluster\]: cluster workers must be an integer >= 1, got 0"),
     ({"store": {"url": ""}}, "store.url is required"),
+    ({"store": {"keep_features": "yes"}}, "store.keep_features must be bool, got 'yes'"),
     ({"storage": {}}, r"unknown section\(s\) \['storage'\]"),
 ])
 def test_config_errors_name_the_key_and_value(tmp_path, patch, message):

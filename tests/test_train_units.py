@@ -129,10 +129,10 @@ def test_class_weights_follow_inverse_frequency_to_a_power():
     np.testing.assert_allclose(train.class_weights([r], 5).numpy(), train.class_weights([r], 5, 0.5).numpy())
 
 
-def test_loss_weights_rise_on_snow_off_glaciers_and_on_the_ground_just_outside_them():
+def test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges():
     """Issue 13's worst errors: snow off the glaciers called clean ice, ground just past the edge called
-    debris. Each zone gets its extra weight and nothing else does; a region without the snow feature
-    (optical-only) has no snow zone."""
+    debris (and, weighting that side alone, debris margins lost). Each zone gets its extra weight and nothing
+    else does; the band is as deep on both sides; a region without the snow feature has no snow zone."""
     lab = np.zeros((60, 60), np.uint8)
     lab[20:40, 20:40] = Label.CLEAN_ICE
     lab[20:40, 30:40] = Label.DEBRIS_ICE
@@ -145,14 +145,15 @@ def test_loss_weights_rise_on_snow_off_glaciers_and_on_the_ground_just_outside_t
     r = train.Region("a", feats, lab)
     zone = train.snow_zone(r)
     assert zone[:, 1:10].all() and not zone[:, 10:].any() and not zone[0, 0]
-    ring = train.margin_ring(lab, reach_px=5)
+    band = train.edge_band(lab, reach_px=5)
     yy, xx = np.mgrid[:60, :60]
     cheb = np.maximum(np.maximum(20 - yy, yy - 39), np.maximum(20 - xx, xx - 39))  # px outside the square
-    np.testing.assert_array_equal(ring, (cheb >= 1) & (cheb <= 5))
+    inside = np.minimum(np.minimum(yy - 20, 39 - yy), np.minimum(xx - 20, 39 - xx))  # px inside, 0 on the edge
+    np.testing.assert_array_equal(band, ((cheb >= 1) & (cheb <= 5)) | ((inside >= 0) & (inside <= 4)))
     front = np.zeros((60, 60), bool)
     w = train.pixel_weights(r, front, 4.0, snow_loss_weight=3.0, margin_loss_weight=2.0)
     assert w.dtype == np.float32
-    np.testing.assert_allclose(w, 1.0 + 3.0 * zone + 2.0 * train.margin_ring(lab))  # 10 px by default
+    np.testing.assert_allclose(w, 1.0 + 3.0 * zone + 2.0 * train.edge_band(lab))  # 10 px by default
     np.testing.assert_allclose(train.pixel_weights(r, front, 4.0), 1.0)  # both off by default
     optical = train.Region("b", feats.sel(feature=["B03"]), lab)
     assert not train.snow_zone(optical).any()
