@@ -18,15 +18,11 @@ years are never recomputed.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import json
 import logging
 import os
 import re
 import tempfile
-import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -39,6 +35,7 @@ import xarray as xr
 
 from glacier_stac import obia
 from glacier_stac.labels import VALID
+from glacier_stac.locking import locked
 
 log = logging.getLogger(__name__)
 
@@ -131,27 +128,6 @@ def _write_atomic(gdf: gpd.GeoDataFrame, path: Path, meta: dict) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-
-
-@contextlib.contextmanager
-def locked(path: Path, timeout_s: float = 600.0) -> Iterator[None]:
-    """An exclusive lock between processes on `<path>.lock` beside `path` (fcntl; released when the process
-    dies): the inventory's updates, and synthetic worlds being drawn."""
-    lock = path.with_name(path.name + ".lock")
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        deadline = time.monotonic() + timeout_s
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"{lock} is held by another update for over {timeout_s:.0f} s") from None
-                time.sleep(0.05)
-        yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock
 
 
 # --------------------------------------------------------------------------- inputs

@@ -123,7 +123,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         name="inventory-update-lock-removed",
         invariant="concurrent annual updates lose nothing (4)",
-        path="glacier_stac/inventory.py",
+        path="glacier_stac/locking.py",
         old="                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)\n",
         new="                pass\n",
         tests=("tests/test_inventory.py::test_two_processes_updating_at_once",),

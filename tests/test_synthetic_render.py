@@ -566,7 +566,7 @@ def test_generate_takes_turns_with_another_process_drawing_the_same_world(world,
     import threading
 
     import glacier_stac.synthetic.world as world_mod
-    from glacier_stac.inventory import locked
+    from glacier_stac.locking import locked
 
     config = WorldConfig(seed=5, size_km=4.0, years=YEARS, center_lon=world.config.center_lon,
                          center_lat=world.config.center_lat)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from glacier_stac import __version__, sensors
-from glacier_stac.inventory import locked
+from glacier_stac.locking import locked
 from glacier_stac.synthetic import render as R
 from glacier_stac.synthetic import stac_docs
 from glacier_stac.synthetic.world import World, WorldConfig
