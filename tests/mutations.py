@@ -395,7 +395,7 @@ MUTATIONS: list[Mutation] = [
         path="glacier_stac/infer.py",
         old='token=f"predict-tile-{ckpt.model}"',
         new='name=f"predict-tile-{ckpt.model}"',
-        tests=("tests/test_pipeline.py::test_run_maps_every_tile_year_and_writes_store_inventory_report",),
+        tests=("tests/test_pipeline.py::test_routed_tile_graphs_never_share_a_key",),
     ),
     Mutation(
         name="pipeline-redoes-done-tiles",

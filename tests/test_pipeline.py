@@ -337,6 +337,23 @@ def test_cpu_only_tiles_run_as_one_task_gpu_clusters_keep_the_routed_graph(world
     assert inner_threads.count("sync") == 1 and 3 in inner_threads, inner_threads  # one-task tiles' inner graphs
 
 
+def test_routed_tile_graphs_never_share_a_key(world_dir, rustac_url, tmp_path):
+    """On GPU clusters each tile's graph is submitted as it is (its predict task routed to a GPU worker), all to one
+    scheduler: two tiles whose model tasks had one key name would get one tile's prediction for both."""
+    from glacier_stac.models.checkpoint import load as load_checkpoint
+
+    cfg = pipeline.parse_config(_raw(rustac_url, tmp_path, years=(2022,), bbox=_bbox(world_dir)))
+    plan = pipeline.make_plan(cfg)
+    assert len(plan.tiles) >= 2
+    run_id = store.record_run(store.Location.of(cfg.store), {"config": cfg.describe()})
+    digest = load_checkpoint(cfg.checkpoint).digest()
+    graphs = [pipeline.tile_graph(u, 2022, cfg, catalog.open_catalog(rustac_url), run_id, plan.margin, digest,
+                                  {"GPU": 1}).__dask_graph__() for u in plan.tiles[:2]]
+    model = [{k for k in g if "predict-tile" in str(k)} for g in graphs]
+    assert all(model), "each routed graph has its model task"
+    assert not (model[0] & model[1]), f"two tiles share model task keys: {model[0] & model[1]}"
+
+
 def test_one_task_tiles_use_the_worker_threads_share_of_the_cores():
     """A one-task tile's inner graph runs on the cores the model plugin gives each worker thread (torch's
     share), so reading does not leave them idle; off a worker, one thread."""
