@@ -911,6 +911,24 @@ MUTATIONS: list[Mutation] = [
         new="    return near_ice & (labels == Label.BACKGROUND)\n",
         tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges",),
     ),
+    Mutation(
+        name="kept-features-read-on-the-client",
+        invariant="kept features cost no second read and nothing is read while a tile's graph is built",
+        path="glacier_stac/pipeline.py",
+        old="                                       x=slice(margin, data.sizes[\"x\"] - margin)) if kept else None\n",
+        new="                                       x=slice(margin, data.sizes[\"x\"] - margin)).compute() "
+            "if kept else None\n",
+        tests=("tests/test_pipeline.py::test_kept_features_cost_no_second_read",),
+    ),
+    Mutation(
+        name="kept-features-graph-optimised-apart",
+        invariant="kept features share the model's cube tasks (an optimised copy of their graph reads again)",
+        path="glacier_stac/pipeline.py",
+        old="                                       x=slice(margin, data.sizes[\"x\"] - margin)) if kept else None\n",
+        new="                                       x=slice(margin, data.sizes[\"x\"] - margin)) if kept else None\n"
+            "    core = core.copy(data=dask.optimize(core.data)[0]) if core is not None else None\n",
+        tests=("tests/test_pipeline.py::test_kept_features_cost_no_second_read",),
+    ),
 ]
 
 

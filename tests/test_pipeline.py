@@ -354,6 +354,40 @@ def test_routed_tile_graphs_never_share_a_key(world_dir, rustac_url, tmp_path):
     assert not (model[0] & model[1]), f"two tiles share model task keys: {model[0] & model[1]}"
 
 
+def test_kept_features_cost_no_second_read(world_dir, rustac_url, tmp_path, monkeypatch):
+    """The features kept beside the predictions are the cube blocks the model read (one graph per tile-year,
+    shared keys): keeping them adds no COG read, and nothing is read while the graph is built."""
+    import dask
+
+    from glacier_stac import reader
+    from glacier_stac.models.checkpoint import load as load_checkpoint
+
+    calls = []
+    real = reader.CogReader.read
+
+    def counted(self, window, **kw):
+        calls.append(1)
+        return real(self, window, **kw)
+
+    monkeypatch.setattr(reader.CogReader, "read", counted)
+    reads = {}
+    for keep in (False, True):
+        raw = _raw(rustac_url, tmp_path / str(keep), years=(2022,), bbox=_bbox(world_dir))
+        raw["store"]["keep_features"] = keep
+        cfg = pipeline.parse_config(raw)
+        plan = pipeline.make_plan(cfg)
+        run_id = store.record_run(store.Location.of(cfg.store), {"config": cfg.describe()})
+        task = pipeline.tile_graph(plan.tiles[0], 2022, cfg, catalog.open_catalog(rustac_url), run_id, plan.margin,
+                                   load_checkpoint(cfg.checkpoint).digest())
+        assert not calls, f"{len(calls)} reads while the tile's graph was built"
+        with dask.config.set(scheduler="sync"):
+            rec = dask.compute(task, optimize_graph=False)[0]
+        assert rec.valid_px > 0
+        reads[keep] = len(calls)
+        calls.clear()
+    assert reads[False] > 0 and reads[True] == reads[False], reads
+
+
 def test_one_task_tiles_use_the_worker_threads_share_of_the_cores():
     """A one-task tile's inner graph runs on the cores the model plugin gives each worker thread (torch's
     share), so reading does not leave them idle; off a worker, one thread."""
