@@ -920,15 +920,6 @@ MUTATIONS: list[Mutation] = [
             "if kept else None\n",
         tests=("tests/test_pipeline.py::test_kept_features_cost_no_second_read",),
     ),
-    Mutation(
-        name="kept-features-graph-optimised-apart",
-        invariant="kept features share the model's cube tasks (an optimised copy of their graph reads again)",
-        path="glacier_stac/pipeline.py",
-        old="                                       x=slice(margin, data.sizes[\"x\"] - margin)) if kept else None\n",
-        new="                                       x=slice(margin, data.sizes[\"x\"] - margin)) if kept else None\n"
-            "    core = core.copy(data=dask.optimize(core.data)[0]) if core is not None else None\n",
-        tests=("tests/test_pipeline.py::test_kept_features_cost_no_second_read",),
-    ),
 ]
 
 
