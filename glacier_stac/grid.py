@@ -225,6 +225,15 @@ def plan_tiles(outlines, buffer_m: float = 500.0, tile_px: int = TILE_PX,
     return pd.DataFrame(rows).sort_values(["crs", "iy", "ix"], ignore_index=True)
 
 
+def differing_dim(a, b) -> str | None:
+    """The first of y, x on which two xarray objects' grids differ (size or coordinates), None on one grid:
+    arrays meant to be read pixel by pixel together (features beside predictions) must share both."""
+    for dim in ("y", "x"):
+        if a.sizes.get(dim) != b.sizes.get(dim) or not np.allclose(a[dim].values, b[dim].values):
+            return dim
+    return None
+
+
 def pixel_centres(geobox: GeoBox) -> tuple[np.ndarray, np.ndarray]:
     """(y, x) pixel-centre coordinates, as xarray/rioxarray expect them."""
     c = geobox.coordinates

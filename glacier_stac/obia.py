@@ -56,6 +56,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 from shapely.geometry import MultiPolygon, Polygon, shape
 
+from glacier_stac.grid import differing_dim
 from glacier_stac.labels import CLASSES_VAR, NODATA_CLASS, PROBABILITY, VALID, Label
 
 log = logging.getLogger(__name__)
@@ -262,9 +263,8 @@ def _features(features: xr.DataArray | None, pred: xr.Dataset) -> dict[str, np.n
         return {f: v for f, v in kept.items() if np.isfinite(v).any()}
     if "feature" not in features.dims:
         raise ValueError(f"features must have a 'feature' dimension (feature, y, x), got {features.dims}")
-    for dim in ("y", "x"):
-        if features.sizes.get(dim) != pred.sizes[dim] or not np.allclose(features[dim].values, pred[dim].values):
-            raise ValueError(f"features and predictions are on different grids (their {dim} coordinates differ)")
+    if dim := differing_dim(features, pred):
+        raise ValueError(f"features and predictions are on different grids (their {dim} coordinates differ)")
     names = [str(f) for f in features["feature"].values]
     return {f: np.asarray(features.sel(feature=f).values, dtype=np.float32) for f in USED_FEATURES if f in names}
 

@@ -53,7 +53,7 @@ from odc.geo import geom
 from odc.geo.crs import CRS
 from odc.geo.geobox import GeoBox
 
-from glacier_stac.grid import RESOLUTION, TILE_PX, aligned_chunks, geobox_for, global_origin
+from glacier_stac.grid import RESOLUTION, TILE_PX, aligned_chunks, differing_dim, geobox_for, global_origin
 from glacier_stac.labels import BASE_CLASSES, CLASSES_VAR, GLACIER_PROBABILITY, NODATA_CLASS, PROBABILITY, VALID
 from glacier_stac.redact import redact
 from glacier_stac.version import __version__
@@ -683,10 +683,8 @@ def write(pred: xr.Dataset, year: int, loc: Location | str, *, run_id: str,
     if tile_px is None:
         tile_px = (store_grid(loc) or (res, TILE_PX))[1]
     names = [str(f) for f in features["feature"].values] if features is not None else []
-    if features is not None:
-        for dim in ("y", "x"):
-            if features.sizes.get(dim) != pred.sizes[dim] or not np.allclose(features[dim].values, pred[dim].values):
-                raise StoreError(f"the features to keep are not on the prediction's grid (their {dim} differ)")
+    if features is not None and (dim := differing_dim(features, pred)):
+        raise StoreError(f"the features to keep are not on the prediction's grid (their {dim} differ)")
     zone = ensure_zone(loc, CRS(str(crs)), resolution=res, tile_px=tile_px,
                        classes=[str(c) for c in pred["class"].values] if "class" in pred.coords else BASE_CLASSES,
                        features=names)

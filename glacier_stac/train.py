@@ -113,19 +113,20 @@ def classes_for(regions: Sequence[Region], classes: Sequence[str] | None = None)
 # --------------------------------------------------------------------------- sampling
 
 
+def near(mask: np.ndarray, reach_px: int) -> np.ndarray:
+    """Pixels within `reach_px` of `mask` (Chebyshev distance): a square dilation as a separable, fast maximum
+    filter."""
+    return ndimage.maximum_filter(mask.astype(np.uint8), size=2 * reach_px + 1) > 0
+
+
 def front_zone(labels: np.ndarray, reach_px: int = 8, sea_ice: np.ndarray | None = None) -> np.ndarray:
     """Ice-free, water-free pixels the model confuses with calving glacier ice: the sea ice, mélange
     and icebergs between a calving front and open water. The truth labels them background, so they are
     found as background within `reach_px` of both glacier ice and water (the fjord in front of a
     calving front); `sea_ice` (e.g. the generator's Surface.SEA_ICE) adds known sea ice anywhere."""
-    ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
+    ice = np.isin(labels, metrics.GLACIER)
     water = labels == Label.WATER
-    size = 2 * reach_px + 1  # a square dilation as a (separable, fast) maximum filter
-
-    def near(m: np.ndarray) -> np.ndarray:
-        return ndimage.maximum_filter(m.astype(np.uint8), size=size) > 0
-
-    zone = (labels == Label.BACKGROUND) & near(ice) & near(water)
+    zone = (labels == Label.BACKGROUND) & near(ice, reach_px) & near(water, reach_px)
     if sea_ice is not None:
         if sea_ice.shape != labels.shape:
             raise ValueError(f"sea_ice mask of shape {sea_ice.shape} does not match labels {labels.shape}")
@@ -141,7 +142,7 @@ def sample_weights(labels: np.ndarray, edge_weight: float = 4.0, debris_weight: 
     and mélange before calving fronts (`front_zone`: bright, cold and rough like glacier ice, so models
     paint the glacier out over them and the front lands ~1 km off). `front`: that zone when the caller
     already has it."""
-    ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
+    ice = np.isin(labels, metrics.GLACIER)
     edge = ndimage.binary_dilation(metrics.edges(ice), iterations=3)
     w = (1.0 + edge_weight * edge + debris_weight * np.isin(labels, (Label.DEBRIS_ICE, Label.ROCK_GLACIER))
          + front_weight * (front_zone(labels, sea_ice=sea_ice) if front is None else front))
@@ -240,11 +241,9 @@ def edge_band(labels: np.ndarray, reach_px: int = 10) -> np.ndarray:
     slopes that models paint as debris-covered ice past the edge: issue 13's worst worlds had all their false
     debris within 100 m of a glacier) and the ice just inside (the debris-covered margins). Weighting one side
     alone moves the edge: the outside alone cost debris IoU on the margins."""
-    ice = np.isin(labels, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
-    size = 2 * reach_px + 1
-    near_ice = ndimage.maximum_filter(ice.astype(np.uint8), size=size) > 0
-    near_ground = ndimage.maximum_filter((~ice & (labels != IGNORE)).astype(np.uint8), size=size) > 0
-    return (near_ice & (labels == Label.BACKGROUND)) | (near_ground & ice)
+    ice = np.isin(labels, metrics.GLACIER)
+    return ((near(ice, reach_px) & (labels == Label.BACKGROUND))
+            | (near(~ice & (labels != IGNORE), reach_px) & ice))
 
 
 def pixel_weights(region: Region, front: np.ndarray, front_loss_weight: float = 4.0,

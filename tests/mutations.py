@@ -907,8 +907,8 @@ MUTATIONS: list[Mutation] = [
         name="edge-band-one-sided",
         invariant="the edge band weighs both sides of the glacier edge alike (one side alone moves the edge)",
         path="glacier_stac/train.py",
-        old="    return (near_ice & (labels == Label.BACKGROUND)) | (near_ground & ice)\n",
-        new="    return near_ice & (labels == Label.BACKGROUND)\n",
+        old="            | (near(~ice & (labels != IGNORE), reach_px) & ice))\n",
+        new="            | (near(~ice & (labels != IGNORE), reach_px) & ice & False))\n",
         tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges",),
     ),
     Mutation(

@@ -360,7 +360,7 @@ def generate(config: WorldConfig, out_dir: str | Path, force: bool = False, prog
     """Build the world for `config` and write it, unless `out_dir` already holds that exact world.
 
     Processes drawing the same world (two trainings, a benchmark beside a test) take turns on a lock file
-    beside it (`<out_dir>.lock`, the inventory's lock): the second finds the first's complete world and
+    beside it (`<out_dir>.lock`, `locking.locked`): the second finds the first's complete world and
     reuses it, instead of writing over its half-written files."""
     root = Path(out_dir).expanduser().resolve()
     root.parent.mkdir(parents=True, exist_ok=True)
