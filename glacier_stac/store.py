@@ -601,20 +601,21 @@ def write_tile(loc: Location, zone: Zone, year: int, row: int, col: int, probabi
         raise StoreError(f"block at row {row} col {col} ({h}x{w}) straddles tile {key.id}; chunks must be cut on "
                          "the tile grid (grid.tile_chunks)")
     yi = zone.year_index(year)
-    g = zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3, path=zone.name)
-    i0, j0 = t0r - zone.row0, t0c - zone.col0
-    sl = (yi, slice(i0, i0 + zone.tile_px), slice(j0, j0 + zone.tile_px))
-    arrays = {name: g[name] for name in ("probability", "classes", "valid")}
-    arrays["probability"][sl] = _full_tile(encode_probability(probability), r_in, c_in, zone.tile_px, 255)
-    arrays["classes"][sl] = _full_tile(classes.astype(np.uint8), r_in, c_in, zone.tile_px, NODATA_CLASS)
-    arrays["valid"][sl] = _full_tile(valid.astype(bool), r_in, c_in, zone.tile_px, False)
+    packed = {}  # checked and packed before anything is written: a bad feature leaves no chunk behind
     for name, block in (features or {}).items():
         if block.shape != classes.shape:
             raise StoreError(f"feature {name!r} block {block.shape} does not match the tile's {classes.shape}")
-        packed = pack_feature(name, block)
-        arrays[name] = g[name]
-        arrays[name][sl] = _full_tile(packed, r_in, c_in, zone.tile_px,
-                                      FEATURE_FILL if packed.dtype == np.int16 else np.nan)
+        packed[name] = pack_feature(name, block)
+    g = zarr.open_group(loc.zarr_store(), mode="r+", zarr_format=3, path=zone.name)
+    i0, j0 = t0r - zone.row0, t0c - zone.col0
+    sl = (yi, slice(i0, i0 + zone.tile_px), slice(j0, j0 + zone.tile_px))
+    arrays = {name: g[name] for name in ("probability", "classes", "valid", *packed)}
+    arrays["probability"][sl] = _full_tile(encode_probability(probability), r_in, c_in, zone.tile_px, 255)
+    arrays["classes"][sl] = _full_tile(classes.astype(np.uint8), r_in, c_in, zone.tile_px, NODATA_CLASS)
+    arrays["valid"][sl] = _full_tile(valid.astype(bool), r_in, c_in, zone.tile_px, False)
+    for name, values in packed.items():
+        arrays[name][sl] = _full_tile(values, r_in, c_in, zone.tile_px,
+                                      FEATURE_FILL if values.dtype == np.int16 else np.nan)
     _sync_chunks(loc, zone, arrays, (yi, i0 // zone.tile_px, j0 // zone.tile_px))
     rec = TileRecord(tile=key.id, zone=zone.name, year=int(year), row=t0r, col=t0c, valid_px=int(valid.sum()),
                      run_id=run_id, items={k: sorted(redact(str(i)) for i in v if "://" not in str(i))

@@ -493,5 +493,9 @@ def test_kept_features_added_to_a_zone_written_without_them_and_bad_ones_refused
             feature=["classes", *feats["feature"].values[1:]]))
     with pytest.raises(store.StoreError, match="feature 'elevation' has values outside what its packing holds"):
         _write(pred, tmp_path / "range.zarr", features=feats.where(feats["feature"] != "elevation", 1e6))
+    zone = tmp_path / "range.zarr" / "EPSG32606"
+    left = [str(f.relative_to(zone)) for a in ("probability", "classes", "valid", "elevation", "ndsi")
+            for f in (zone / a).rglob("*") if f.is_file() and f.name != "zarr.json"]
+    assert not left, f"a refused feature left chunks behind: {left[:3]}"
     with pytest.raises(store.StoreError, match="not on the prediction's grid"):
         store.write(pred, 2024, path, run_id="x", tile_px=TILE, features=feats.isel(y=slice(1, None)))
