@@ -18,8 +18,8 @@ for the default model (unet). `--quick`: one seed per regime at 5 km (10 worlds)
 
 `--years`: the weather is drawn per year (seasonal snow, its snowline, clouds), and one world's scores
 can differ more between years than between the worlds of one year (dry-601's render twin, default of
-2026-12-01: glacier IoU 0.95 / 0.92 / 0.77 in 2021 / 2022 / 2023). Several years score each world once per year (a one-year world each, so the 2023
-rows equal the default run's) and add a group per year.
+2026-12-01: glacier IoU 0.95 / 0.92 / 0.77 in 2021 / 2022 / 2023). Several years score each world once per
+year (a one-year world each, so the 2023 rows equal the default run's) and add a group per year.
 
 Rock glaciers (issue 14): their IoU counts only worlds whose truth has them (continental and
 high-mountain-asia), as median and worst per regime, with the margin of the default model over the
