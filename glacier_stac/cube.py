@@ -268,15 +268,42 @@ def sar_features(power: Sequence[np.ndarray], out: np.ndarray) -> None:
     out[3] = n
 
 
+def warmest(values: Sequence[np.ndarray], valid: Sequence[np.ndarray], scale_offset: np.ndarray | None = None,
+            ) -> np.ndarray:
+    """Largest valid observation per band (float32, NaN where none); arguments as `composite`'s.
+
+    Why: melting ice and snow are pinned at 0 degC in every scene, while ground under seasonal snow is
+    as warm as bare rock in the scenes that see it bare. In a season of two or three thermal scenes the
+    median of such a pixel sits halfway between; its warmest observation says it was bare at least once.
+    """
+    t = len(values)
+    if t == 0:
+        raise ValueError("warmest needs at least one acquisition")
+    integer = values[0].dtype.kind in "iu"
+    best = np.full(values[0].shape, -np.inf, np.float32)
+    for v, ok in zip(values, valid, strict=True):
+        v = v.astype(np.float32, copy=False)
+        ok = ok & ((v != 0).all(axis=0) if integer else np.isfinite(v).all(axis=0))
+        np.fmax(best, np.where(ok, v, np.float32(-np.inf)), out=best)
+    seen = np.isfinite(best)
+    if scale_offset is not None:
+        so = np.asarray(scale_offset, dtype=np.float32)
+        best = best * so[:, 0, None, None] + so[:, 1, None, None]
+    return np.where(seen, best, np.float32(np.nan)).astype(np.float32)
+
+
 def thermal_features(lwir: Sequence[np.ndarray], mask: Sequence[np.ndarray], scaling: np.ndarray,
                      out: np.ndarray, usable: Callable[[np.ndarray], np.ndarray]) -> None:
-    """A thermal band into `out` (2, y, x): median surface temperature (K) of usable pixels, valid count.
+    """A thermal band into `out` (3, y, x): median and warmest (`warmest`) surface temperature (K) of
+    usable pixels, valid count.
 
     mask: per acquisition (1, y, x) quality values (Landsat QA_PIXEL), decoded by `usable`.
     """
     values, decoding = _for_median(lwir, scaling)
-    _, n = composite(values, [usable(q[0]) for q in mask], decoding, out=out[:1])
-    out[1] = n
+    ok = [usable(q[0]) for q in mask]
+    _, n = composite(values, ok, decoding, out=out[:1])
+    out[1:2] = warmest(values, ok, decoding)
+    out[2] = n
 
 
 # ------------------------------------------------------------- derived features that carry across regimes
@@ -376,6 +403,8 @@ class Derived:
 
 DERIVED: tuple[Derived, ...] = (
     Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi"), lst_anomaly),
+    # the warmest scene against the warmest scenes of bare ground: ~0 where the ground was seen bare once
+    Derived("lst_max_anomaly", ("lwir11_max", "elevation", "ndsi", "ndwi"), lst_anomaly),
     Derived("elev_above_snowline", ("elevation", "ndsi"), elevation_above_snowline),
 )
 

@@ -171,8 +171,8 @@ KERNELS: dict[str, KernelKind] = {
     "optical": KernelKind(data_bands=6, features=11, mask=True),
     # co-, cross-pol backscatter -> medians in dB, co-pol temporal variation, count
     "sar": KernelKind(data_bands=2, features=4, mask=False),
-    # surface temperature -> its median, count
-    "thermal": KernelKind(data_bands=1, features=2, mask=True),
+    # surface temperature -> its median, its warmest valid observation, count
+    "thermal": KernelKind(data_bands=1, features=3, mask=True),
     # elevation (static) -> elevation, slope, aspect sin/cos, hillshade
     "dem": KernelKind(data_bands=1, features=5, mask=False, static=True),
 }
@@ -264,7 +264,7 @@ LANDSAT = Sensor(
     name="landsat",
     collection="landsat-c2-l2",
     role="thermal: debris-covered ice is colder than rock",
-    features=("lwir11", "landsat_count"),
+    features=("lwir11", "lwir11_max", "landsat_count"),
     kernel="thermal",
     count_feature="landsat_count",
     cloud_cover=True,

@@ -201,8 +201,11 @@ def randomise(x: np.ndarray, features: Sequence[str], mean: Sequence[float], std
     g = rng.uniform(0.8, 1.2)
     for f in REFLECTANCE:
         shift(f, gain=g * rng.uniform(0.97, 1.03))
-    shift("lwir11", add=rng.uniform(-6.0, 6.0))
-    shift("lst_anomaly", gain=rng.uniform(0.6, 1.4))
+    dt, k = rng.uniform(-6.0, 6.0), rng.uniform(0.6, 1.4)  # one thermal offset and contrast for all its features
+    shift("lwir11", add=dt)
+    shift("lwir11_max", add=dt)
+    shift("lst_anomaly", gain=k)
+    shift("lst_max_anomaly", gain=k)
     for f in ("vv_db", "vh_db"):
         shift(f, add=rng.uniform(-1.5, 1.5))
     shift("elevation", add=rng.uniform(-1500.0, 1500.0))

@@ -920,6 +920,38 @@ MUTATIONS: list[Mutation] = [
             "if kept else None\n",
         tests=("tests/test_pipeline.py::test_kept_features_cost_no_second_read",),
     ),
+    Mutation(
+        name="warmest-counts-clouded-scenes",
+        invariant="a clouded or no-data observation is never a pixel's warmest",
+        path="glacier_stac/cube.py",
+        old="        ok = ok & ((v != 0).all(axis=0) if integer else np.isfinite(v).all(axis=0))\n",
+        new="        ok = (v != 0).all(axis=0) if integer else np.isfinite(v).all(axis=0)\n",
+        tests=("tests/test_cube_units.py::test_warmest_is_the_largest_usable_observation",),
+    ),
+    Mutation(
+        name="thermal-warmest-is-the-median",
+        invariant="the warmest scene keeps the one that saw seasonal-snow ground bare",
+        path="glacier_stac/cube.py",
+        old="    out[1:2] = warmest(values, ok, decoding)\n",
+        new="    out[1:2] = out[:1]\n",
+        tests=("tests/test_cube_units.py::test_thermal_features_keep_the_scene_that_saw_the_ground_bare",),
+    ),
+    Mutation(
+        name="randomise-warmest-own-offset",
+        invariant="one thermal calibration offset per patch for every thermal feature",
+        path="glacier_stac/train.py",
+        old="    shift(\"lwir11_max\", add=dt)\n",
+        new="    shift(\"lwir11_max\", add=rng.uniform(-6.0, 6.0))\n",
+        tests=("tests/test_train_randomise.py",),
+    ),
+    Mutation(
+        name="randomise-warm-anomaly-own-gain",
+        invariant="one thermal contrast gain per patch for both temperature anomalies",
+        path="glacier_stac/train.py",
+        old="    shift(\"lst_max_anomaly\", gain=k)\n",
+        new="    shift(\"lst_max_anomaly\", gain=rng.uniform(0.6, 1.4))\n",
+        tests=("tests/test_train_randomise.py",),
+    ),
 ]
 
 

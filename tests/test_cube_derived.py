@@ -56,6 +56,33 @@ def test_snow_and_water_are_not_ground() -> None:
     assert abs(np.median(anom[:, :100])) < 0.5
 
 
+def test_ground_seen_bare_once_reads_as_ground_in_its_warmest_scene() -> None:
+    """A glacier and a seasonal snow patch on rock, both at melting point in two of three scenes: their
+    medians read alike; from the warmest scene the patch reads as the ground it is, the glacier far below."""
+    rng = np.random.default_rng(0)
+    _, z, ndsi, ndwi, _ = _tile(0, 3000, 298.0, 0.005)
+    glacier = np.zeros(z.shape, bool)
+    glacier[20:80, 100:160] = True
+    patch = np.zeros(z.shape, bool)
+    patch[120:180, 100:160] = True
+    scenes = []
+    for k in range(3):
+        t = (298.0 - 0.005 * z + rng.normal(0, 1.0, z.shape)).astype(np.float32)
+        t[glacier] = 273.0
+        if k != 1:
+            t[patch] = 272.6
+        scenes.append(t[None])
+    ok = [np.ones(z.shape, bool)] * 3
+    med, _ = cube.composite(scenes, ok)
+    hot = cube.warmest(scenes, ok)[0]
+    ndsi[glacier | patch] = 0.9  # snow in the median optical composite too
+    median_anom = cube.lst_anomaly(med[0], z, ndsi, ndwi)
+    assert abs(np.median(median_anom[patch]) - np.median(median_anom[glacier])) < 1.5  # alike
+    warm_anom = next(d for d in cube.DERIVED if d.name == "lst_max_anomaly").kernel(hot, z, ndsi, ndwi)
+    assert abs(np.median(warm_anom[patch])) < 1.0
+    assert np.median(warm_anom[glacier]) < np.median(warm_anom[patch]) - 8.0
+
+
 def test_flat_or_empty_tiles() -> None:
     t, z, ndsi, ndwi, _ = _tile(1000, 1100, 290.0, 0.005)
     a, b = cube.lapse_fit(t, z, np.ones(t.shape, bool))
@@ -91,6 +118,8 @@ def test_tile_features_carry_the_derived_features_after_the_sensors() -> None:
     out = cube.tile_features(plan=plan, shape=(8, 8))
     assert out.shape[0] == len(cube.FEATURES)
     assert list(cube.FEATURES[-len(cube.DERIVED):]) == [d.name for d in cube.DERIVED]
-    assert cube.derived_for(["elevation", "ndsi"]) == (cube.DERIVED[1],)
+    assert [d.name for d in cube.derived_for(["elevation", "ndsi"])] == ["elev_above_snowline"]
+    assert [d.name for d in cube.derived_for(["lwir11_max", "elevation", "ndsi", "ndwi"])] == [
+        "lst_max_anomaly", "elev_above_snowline"]
     optical = cube.tile_features(plan=(cube.SensorTile(S.SENTINEL2),), shape=(8, 8))
     assert optical.shape[0] == len(S.SENTINEL2.features)  # no elevation: no derived feature

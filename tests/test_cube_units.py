@@ -56,6 +56,40 @@ def test_snow_persistence_counts_snow_over_usable_acquisitions_only():
     assert np.isnan(got[4])
 
 
+@pytest.mark.parametrize("kind", ["float", "dn"])
+def test_warmest_is_the_largest_usable_observation(kind):
+    """Clouded and no-data observations never count, however warm; a pixel without one is NaN, not 0;
+    DNs decode after the maximum exactly as decoded values would before it."""
+    rng = np.random.default_rng(3)
+    dn = rng.integers(0, 40000, (4, 1, 13, 11)).astype(np.uint16)
+    dn[:, :, 0, 0] = 0  # no data in any scene
+    valid = rng.random((4, 13, 11)) > 0.3
+    dn[0][:, ~valid[0]] = 65000  # a clouded observation is the warmest
+    scaling = np.tile([[0.00341802, 149.0]], (4, 1, 1))
+    decoded = cube.decode(dn, scaling)
+    ok = valid & np.isfinite(decoded).all(axis=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN slices
+        expect = np.nanmax(np.where(ok[:, None], decoded, np.nan), axis=0)
+    got = cube.warmest(list(dn), list(valid), scaling[0]) if kind == "dn" else cube.warmest(list(decoded), list(valid))
+    np.testing.assert_allclose(got, expect, rtol=1e-6, equal_nan=True)
+    assert np.isnan(got[:, ~ok.any(axis=0)]).all() and np.isnan(got[0, 0, 0])
+
+
+def test_thermal_features_keep_the_scene_that_saw_the_ground_bare():
+    """Seasonal snow on rock in two of three scenes: its median is the snow's 0 degC, like a glacier's;
+    its warmest observation is the rock's. A clouded warm scene is not an observation."""
+    kelvin = {"snow": 272.6, "ice": 273.0, "rock": 284.0, "cloud": 300.0}
+    pixels = [("ice", "ice", "ice"), ("snow", "rock", "snow"), ("ice", "ice", "cloud")]
+    dn = [np.array([[[round((kelvin[p[k]] - 149.0) / 0.00341802) for p in pixels]]], np.uint16) for k in range(3)]
+    qa = [np.array([[[1 if p[k] == "cloud" else 0 for p in pixels]]], np.uint16) for k in range(3)]
+    out = np.empty((3, 1, 3), np.float32)
+    cube.thermal_features(dn, qa, np.tile([[0.00341802, 149.0]], (3, 1, 1)), out, usable=lambda q: q == 0)
+    np.testing.assert_allclose(out[0, 0], [273.0, 272.6, 273.0], atol=0.01)  # medians: all at melting point
+    np.testing.assert_allclose(out[1, 0], [273.0, 284.0, 273.0], atol=0.01)  # warmest: the bare scene shows
+    np.testing.assert_array_equal(out[2, 0], [3, 3, 2])
+
+
 @pytest.mark.parametrize("t", [1, 2, 3, 4, 7, 8, 9, 15])
 @pytest.mark.parametrize("kind", ["float", "dn"])
 def test_composite_equals_nanmedian_for_any_scene_count(t, kind):
@@ -274,7 +308,7 @@ def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch, pc_token_endpoint)
     lb = landsat[0].bbox
     gb2 = grid.geobox_for(geom.box(lb[0] + 1, lb[1] + 1, lb[0] + 1.2, lb[1] + 1.2, "EPSG:4326"))
     c2 = cube.build({"landsat": landsat[:3]}, gb2, 2023, sensors=["landsat"])
-    assert list(c2.feature.values) == ["lwir11", "landsat_count"]
+    assert list(c2.feature.values) == ["lwir11", "lwir11_max", "landsat_count"]
     assert c2.rio.crs.to_epsg() == gb2.crs.epsg
     assert reads == [] and len(reader.process_state().errors) == n_errors, "building the cubes read pixels"
     # signing, when a read does happen, uses the loopback endpoint (so the lines above cannot hang)

@@ -6,15 +6,16 @@ import numpy as np
 
 from glacier_stac import train
 
-FEATS = ["B03", "B11", "ndsi", "lwir11", "lst_anomaly", "elevation", "vv_db"]
-MEAN = [0.3, 0.1, 0.2, 280.0, -2.0, 1500.0, -12.0]
-STD = [0.2, 0.1, 0.4, 8.0, 4.0, 800.0, 4.0]
+FEATS = ["B03", "B11", "ndsi", "lwir11", "lst_anomaly", "elevation", "vv_db", "lwir11_max", "lst_max_anomaly"]
+MEAN = [0.3, 0.1, 0.2, 280.0, -2.0, 1500.0, -12.0, 284.0, -2.0]
+STD = [0.2, 0.1, 0.4, 8.0, 4.0, 800.0, 4.0, 8.0, 4.0]
 
 
 def _patch(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     raw = np.stack([rng.uniform(0.05, 0.9, (16, 16)), rng.uniform(0.01, 0.3, (16, 16)), rng.uniform(-1, 1, (16, 16)),
                     rng.uniform(260, 300, (16, 16)), rng.uniform(-15, 2, (16, 16)), rng.uniform(0, 3000, (16, 16)),
-                    rng.uniform(-25, -5, (16, 16))]).astype(np.float32)
+                    rng.uniform(-25, -5, (16, 16)), rng.uniform(265, 305, (16, 16)),
+                    rng.uniform(-15, 5, (16, 16))]).astype(np.float32)
     m, s = np.asarray(MEAN, np.float32)[:, None, None], np.asarray(STD, np.float32)[:, None, None]
     return raw, (raw - m) / s
 
@@ -30,6 +31,10 @@ def test_randomise_shifts_levels_and_keeps_contrasts() -> None:
     assert np.std(ratio) < 0.1 and abs(np.median(ratio) - 1.0) > 1e-3, "one gain on a reflectance band"
     assert np.std(d[3]) < 1.0, "one thermal offset per patch"
     assert np.std(d[2]) < 0.1 and abs(np.median(d[2])) < 0.05, "band ratios are not shifted"
+    # the warmest scene is the same sensor: the same offset, and its anomaly the same contrast gain
+    assert abs(np.median(d[7]) - np.median(d[3])) < 0.2
+    gain = np.median(out[4] / raw[4])
+    assert abs(gain - 1.0) > 1e-3 and abs(np.median(out[8] / raw[8]) - gain) < 0.02
     assert not np.shares_memory(out, x)
 
 
