@@ -57,6 +57,9 @@ def main() -> None:
                     help="also train the optical-only counterpart on the same worlds, written here")
     ap.add_argument("--init", type=Path, default=None,
                     help="fine-tune this checkpoint (e.g. the shipped unet.pt) instead of random weights")
+    ap.add_argument("--init-features-only", action="store_true",
+                    help="with --init, no cube feature the checkpoint lacks: the control of a feature ablation "
+                         "(the same fine-tuning without the new features)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--subclass-branch", type=int, default=0, metavar="CHANNELS",
                     help="with --init a four-class checkpoint: train only a rock-glacier branch of this many channels "
@@ -78,6 +81,8 @@ def main() -> None:
     bad = [r for r in regimes if r not in REGIMES]
     if bad:
         raise SystemExit(f"unknown regimes {bad}; choose from {list(REGIMES)}")
+    if args.init_features_only and not args.init:
+        raise SystemExit("--init-features-only keeps the features of the --init checkpoint: give --init")
     if args.threads:
         import torch
 
@@ -124,7 +129,8 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
     # all features: the checkpoint's own, then the cube's features it lacks (derived ones, snow persistence),
     # whatever their place in the cube: the model picks features by name
     have = list(init.features) if init is not None else []
-    feats = ([*have, *(f for f in cube.FEATURES if f not in have)] if kind == "all"
+    new = [] if args.init_features_only else [f for f in cube.FEATURES if f not in have]
+    feats = ([*have, *new] if kind == "all"
              else None if init is not None else list(train.OPTICAL_FEATURES))
     required = (init.required_features if init is not None else ["elevation"] if kind == "all" else ["B03", "B11"])
     branch = ({"subclass_branch": args.subclass_branch, "subclass_levels": args.subclass_levels}

@@ -952,6 +952,14 @@ MUTATIONS: list[Mutation] = [
         new="    shift(\"lst_max_anomaly\", gain=rng.uniform(0.6, 1.4))\n",
         tests=("tests/test_train_randomise.py",),
     ),
+    Mutation(
+        name="warm-anomaly-from-the-median",
+        invariant="lst_max_anomaly is the warmest scene's anomaly, not the median's again",
+        path="glacier_stac/cube.py",
+        old="    Derived(\"lst_max_anomaly\", (\"lwir11_max\", \"elevation\", \"ndsi\", \"ndwi\"), lst_anomaly),\n",
+        new="    Derived(\"lst_max_anomaly\", (\"lwir11\", \"elevation\", \"ndsi\", \"ndwi\"), lst_anomaly),\n",
+        tests=("tests/test_cube_derived.py::test_tile_features_carry_the_derived_features_after_the_sensors",),
+    ),
 ]
 
 
