@@ -43,6 +43,14 @@ NAN = np.float32(np.nan)
 # --------------------------------------------------------------------------- pure functions on arrays
 
 
+def _observed(values: Sequence[np.ndarray], valid: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """Per acquisition, where it is an observation: `valid` and no band no-data (DN 0 for stored
+    numbers, NaN for floats). The one rule `composite` and `warmest` share."""
+    if values[0].dtype.kind in "iu":
+        return [ok & (v != 0).all(axis=0) for v, ok in zip(values, valid, strict=True)]
+    return [ok & np.isfinite(v).all(axis=0) for v, ok in zip(values, valid, strict=True)]
+
+
 def composite(values: Sequence[np.ndarray], valid: Sequence[np.ndarray], scale_offset: np.ndarray | None = None,
               out: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Median of valid observations per band (float32, NaN where none: never zero), and their count.
@@ -62,13 +70,12 @@ def composite(values: Sequence[np.ndarray], valid: Sequence[np.ndarray], scale_o
     nb, *shape = values[0].shape
     integer = values[0].dtype.kind in "iu"
     if integer:
-        ok = [valid[k] & (values[k] != 0).all(axis=0) for k in range(t)]
         top = values[0].dtype.type(np.iinfo(values[0].dtype).max)
         zero = values[0].dtype.type(0)
     else:
         values = [v.astype(np.float32, copy=False) for v in values]
-        ok = [valid[k] & np.isfinite(values[k]).all(axis=0) for k in range(t)]
         top, zero = np.float32(1e38), np.float32(-np.inf)  # finite top: lo + hi cannot overflow
+    ok = _observed(values, valid)
     n = np.zeros(shape, np.uint16)
     for o in ok:
         n += o
@@ -276,15 +283,11 @@ def warmest(values: Sequence[np.ndarray], valid: Sequence[np.ndarray], scale_off
     as warm as bare rock in the scenes that see it bare. In a season of two or three thermal scenes the
     median of such a pixel sits halfway between; its warmest observation says it was bare at least once.
     """
-    t = len(values)
-    if t == 0:
+    if len(values) == 0:  # a (time, band, y, x) array will do, as for `composite`
         raise ValueError("warmest needs at least one acquisition")
-    integer = values[0].dtype.kind in "iu"
     best = np.full(values[0].shape, -np.inf, np.float32)
-    for v, ok in zip(values, valid, strict=True):
-        v = v.astype(np.float32, copy=False)
-        ok = ok & ((v != 0).all(axis=0) if integer else np.isfinite(v).all(axis=0))
-        np.fmax(best, np.where(ok, v, np.float32(-np.inf)), out=best)
+    for v, ok in zip(values, _observed(values, valid), strict=True):
+        np.fmax(best, np.where(ok, v.astype(np.float32, copy=False), np.float32(-np.inf)), out=best)
     seen = np.isfinite(best)
     if scale_offset is not None:
         so = np.asarray(scale_offset, dtype=np.float32)

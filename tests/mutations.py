@@ -924,8 +924,8 @@ MUTATIONS: list[Mutation] = [
         name="warmest-counts-clouded-scenes",
         invariant="a clouded or no-data observation is never a pixel's warmest",
         path="glacier_stac/cube.py",
-        old="        ok = ok & ((v != 0).all(axis=0) if integer else np.isfinite(v).all(axis=0))\n",
-        new="        ok = (v != 0).all(axis=0) if integer else np.isfinite(v).all(axis=0)\n",
+        old="    for v, ok in zip(values, _observed(values, valid), strict=True):\n",
+        new="    for v, ok in zip(values, _observed(values, [np.ones(o.shape, bool) for o in valid]), strict=True):\n",
         tests=("tests/test_cube_units.py::test_warmest_is_the_largest_usable_observation",),
     ),
     Mutation(
