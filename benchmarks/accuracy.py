@@ -154,7 +154,14 @@ def main() -> None:
     ap.add_argument("--size-km", type=float, default=None, help="world size (default 8; --quick 5)")
     ap.add_argument("--years", default="", help="years, each its own weather (default 2023; --quick 2022): "
                                                 "every world is drawn once per year, as a one-year world")
+    ap.add_argument("--history", type=int, default=0, metavar="SEASONS",
+                    help="draw each world with this many seasons before the first scored year and join them into "
+                         "the cube's history features (cube.HISTORY), as an annual update over an archive reads")
+    ap.add_argument("--cold-start", action="store_true",
+                    help="with --history: the same worlds with no earlier season joined (a record's first year)")
     args = ap.parse_args()
+    if args.history < 0 or (args.cold_start and not args.history):
+        raise SystemExit("--history is a number of seasons >= 0, and --cold-start needs --history")
 
     models = [m.strip() for m in args.models.split(",") if m.strip()]
     regimes = [r.strip() for r in args.regimes.split(",") if r.strip()]
@@ -187,18 +194,23 @@ def main() -> None:
     rows: list[dict] = []
     skipped: list[str] = []
     t0 = time.perf_counter()
+    # one world per scored year; with --history one world over the earlier seasons and every scored year
+    spans = ([(y,) for y in years] if not args.history
+             else [tuple(range(min(years) - args.history, max(years) + 1))])
+    join = 0 if args.cold_start else args.history
     for regime in regimes:
-        for seed, year in itertools.product(seeds, years):
+        for seed, span in itertools.product(seeds, spans):
             for renderer in RENDERERS:
-                spec = WorldSpec(regime, seed, size, (year,), renderer)
+                spec = WorldSpec(regime, seed, size, span, renderer)
                 tw = time.perf_counter()
                 try:
-                    regions = world_regions(world_dir(spec, args.world))
+                    regions = world_regions(world_dir(spec, args.world), [y for y in years if y in span], history=join)
                 except RuntimeError as e:  # a seed whose world cannot form (no glacier): said, not scored
                     print(f"  {spec.name}: skipped ({e})", flush=True)
                     skipped.append(spec.name)
                     break
                 for r in regions:
+                    year = int(r.features.attrs["year"])
                     for name in models:
                         klass, valid = classify(name, r, paths)
                         pred = np.where(valid, klass, Label.BACKGROUND).astype(np.uint8)
@@ -259,6 +271,7 @@ def main() -> None:
     doc = {"held_out_seeds": list(seeds), "default": default, "optical": args.optical,
            "checkpoints": {m: str(p) if p is not None else None for m, p in paths.items()},
            "size_km": size, "years": list(years), "quick": args.quick,
+           "history": args.history, "seasons_joined": join,
            "regimes": regimes, "renderers": list(RENDERERS), "worlds": len({r["world"] for r in rows}),
            "skipped": skipped,
            "seconds": round(time.perf_counter() - t0, 1), "models": table, "per_world": rows,
@@ -268,7 +281,8 @@ def main() -> None:
     out.write_text(json.dumps(doc, indent=2) + "\n")
 
     print(f"\n{doc['worlds']} held-out worlds ({len(regimes)} regimes x seeds {list(seeds)} x {list(RENDERERS)}, "
-          f"{size:g} km, {list(years)}); median / worst\n")
+          f"{size:g} km, {list(years)}" + (f", worlds with {args.history} earlier seasons, {join} joined"
+                                           if args.history else "") + "); median / worst\n")
     print("| model | group | glacier IoU | debris IoU | false debris km2 (share) | front m | rock glacier IoU "
           "| false rock glacier km2 |")
     print("|---|---|---|---|---|---|---|---|")

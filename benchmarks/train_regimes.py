@@ -72,6 +72,9 @@ def main() -> None:
                     help="extra loss and draw weight on snow-covered ground off the glaciers (train.snow_zone)")
     ap.add_argument("--margin-loss-weight", type=float, default=0.0,
                     help="extra loss weight on both sides of the glacier edges (train.edge_band)")
+    ap.add_argument("--history", type=int, default=0, metavar="SEASONS",
+                    help="join up to this many earlier seasons of the world into the history features "
+                         "(cube.HISTORY; a world's first year has none, so training sees both)")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()
@@ -93,7 +96,7 @@ def main() -> None:
         for s in range(seed, seed + 5):
             try:
                 out = [r for rd in renderers for r in world_regions(world_dir(WorldSpec(regime, s, size, years, rd),
-                                                                              args.world))]
+                                                                              args.world), history=args.history)]
             except RuntimeError as e:
                 logging.warning("%s seed %d: %s; next seed", regime, s, e)
                 continue
@@ -143,7 +146,8 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         class_weight_power=args.class_weight_power, snow_loss_weight=args.snow_loss_weight,
         margin_loss_weight=args.margin_loss_weight,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
-              f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}; validation one "
+              f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}"
+              + (f" (up to {args.history} earlier seasons joined)" if args.history else "") + "; validation one "
               f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"
               + (f"; fine-tuned from {args.init.name} ({init.data})" if init is not None else "")),
         command="python benchmarks/train_regimes.py " + " ".join(sys.argv[1:]) + f" [{kind}]")

@@ -395,26 +395,74 @@ def elevation_above_snowline(elev: np.ndarray, ndsi: np.ndarray) -> np.ndarray:
     return (elev - np.float32(line)).astype(np.float32)
 
 
+def this_season(values: np.ndarray) -> np.ndarray:
+    """A history feature before earlier seasons join it (`with_history`): this season's own values."""
+    return values
+
+
 @dataclass(frozen=True)
 class Derived:
-    """A feature computed from other features of the same tile (after every sensor's kernel)."""
+    """A feature computed from other features of the same tile (after every sensor's kernel; a derived
+    feature may read one derived before it)."""
 
     name: str
     inputs: tuple[str, ...]
     kernel: Callable[..., np.ndarray]
 
 
+@dataclass(frozen=True)
+class History:
+    """A feature summarised over this season and the `HISTORY_YEARS` before it, pixel by pixel.
+
+    Why: one season cannot tell a glacier from snow that lay all that summer (snow in every optical scene,
+    at 0 degC in every thermal one), and such summers come in snowy years and dry regimes alike; ground seen
+    bare in any recent summer is no glacier, which is how inventories pick their scenes from several years.
+    `reduce` joins two seasons and skips a season without an observation (np.fmin / np.fmax skip NaN)."""
+
+    name: str
+    source: str
+    reduce: Callable[[np.ndarray, np.ndarray], np.ndarray]
+
+
+HISTORY_YEARS = 2  # earlier seasons a model with history features reads: glaciers barely move in two years
+HISTORY: tuple[History, ...] = (
+    # the least snowy season's persistence: below 1 where the ground melted out in any of them
+    History("snow_persistence_hist", "snow_persistence", np.fmin),
+    # the warmest season's anomaly: ~0 where the ground was seen bare (warm) in any of them
+    History("lst_max_anomaly_hist", "lst_max_anomaly", np.fmax),
+)
+
 DERIVED: tuple[Derived, ...] = (
     Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi"), lst_anomaly),
     # the warmest scene against the warmest scenes of bare ground: ~0 where the ground was seen bare once
     Derived("lst_max_anomaly", ("lwir11_max", "elevation", "ndsi", "ndwi"), lst_anomaly),
     Derived("elev_above_snowline", ("elevation", "ndsi"), elevation_above_snowline),
+    *(Derived(h.name, (h.source,), this_season) for h in HISTORY),
 )
 
 
 def derived_for(names: Sequence[str]) -> tuple[Derived, ...]:
-    """The derived features whose inputs are all among `names`."""
-    return tuple(d for d in DERIVED if set(d.inputs) <= set(names))
+    """The derived features whose inputs are all among `names` or derived before them, in `DERIVED` order."""
+    have, out = set(names), []
+    for d in DERIVED:
+        if set(d.inputs) <= have:
+            out.append(d)
+            have.add(d.name)
+    return tuple(out)
+
+
+def join_seasons(block: np.ndarray, earlier: Sequence[np.ndarray], names: Sequence[str],
+                 earlier_names: Sequence[str]) -> np.ndarray:
+    """`block` (feature, y, x) of this season with each `HISTORY` feature it holds reduced over the earlier
+    seasons' blocks (each (feature, y, x) named by `earlier_names`); the other features are untouched."""
+    out = block.copy()
+    for h in HISTORY:
+        if h.name not in names or h.source not in earlier_names:
+            continue
+        i, j = names.index(h.name), earlier_names.index(h.source)
+        for e in earlier:
+            out[i] = h.reduce(out[i], e[j])
+    return out
 
 
 # every feature a full cube holds, in order: each registered sensor's (its record says which), then the derived ones
@@ -481,8 +529,10 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
             if sensor.count_feature is not None:
                 view[sensor.features.index(sensor.count_feature)] = 0
         f, b = f + len(view), b + k
+    names = list(names)
     for d in derived:
         out[f] = d.kernel(*(out[names.index(i)] for i in d.inputs))
+        names.append(d.name)
         f += 1
     return out
 
@@ -608,7 +658,7 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
           sensors: str | Sequence[str | S.Sensor] | None = None, tile_px: int = TILE_PX,
           signer: str | Signer | None = None, max_acquisitions: int | None = 24, gdal_env: LayeredEnv | None = None,
-          state: ReaderState | None = None, on_read_error: str = "nodata") -> xr.DataArray:
+          state: ReaderState | None = None, on_read_error: str = "nodata", history: int = 0) -> xr.DataArray:
     """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
@@ -626,11 +676,18 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     (`reader.label_errors`, `cluster.read_errors`); it carries no URL. `on_read_error`: "nodata" records an
     unreadable asset and reads it as no-data (a notebook still gets its cube); "raise" fails the task with the
     asset and the reason, so that a run retries the tile and, if it keeps failing, records it failed, not done.
+
+    `history`: how many seasons before `year` the `HISTORY` features join (`history_for` says how many a
+    checkpoint reads); the search must hold those years (a year without scenes is skipped and the
+    `history_years` attribute lists the years joined). Earlier seasons read only the sensors those features
+    come from. With 0 (or items given per sensor) they hold this season's values.
     """
     if on_read_error not in ("nodata", "raise"):
         raise ValueError(f"on_read_error must be 'nodata' or 'raise', got {on_read_error!r}")
     if max_acquisitions is not None and max_acquisitions < 1:
         raise ValueError(f"max_acquisitions must be >= 1 or None, got {max_acquisitions}")
+    if history < 0:
+        raise ValueError(f"history must be >= 0 seasons, got {history}")
     global_origin(geobox)  # refuses a geobox off the global lattice
     if isinstance(items, SearchResult):
         if year is None:
@@ -695,4 +752,60 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)
     if missing:
         log.warning("cube %s: no items for %s; their features are NaN and counts 0", year, ", ".join(missing))
+    cube.attrs["history_years"] = []
+    if history and isinstance(items, SearchResult):
+        kw = dict(tile_px=tile_px, signer=signer, max_acquisitions=max_acquisitions, gdal_env=gdal_env,
+                  state=state, on_read_error=on_read_error)
+        cube = with_history(cube, items, geobox, [int(year) - k for k in range(1, history + 1)], wanted, kw)
     return cube
+
+
+def _join_task(block: np.ndarray, *earlier: np.ndarray, names: Sequence[str],
+               earlier_names: Sequence[str]) -> np.ndarray:
+    """Dask task: one tile's `join_seasons`."""
+    return join_seasons(block, earlier, names, earlier_names)
+
+
+def _inputs_of(names: Sequence[str]) -> set[str]:
+    """`names` and every feature they are derived from."""
+    by_name = {d.name: d for d in DERIVED}
+    out, todo = set(), list(names)
+    while todo:
+        n = todo.pop()
+        if n not in out:
+            out.add(n)
+            todo.extend(by_name[n].inputs if n in by_name else ())
+    return out
+
+
+def history_for(features: Sequence[str]) -> int:
+    """Seasons before the year a model reading `features` needs (`HISTORY_YEARS` if it reads a history feature)."""
+    return HISTORY_YEARS if {h.name for h in HISTORY} & set(features) else 0
+
+
+def with_history(cube: xr.DataArray, items: SearchResult, geobox: GeoBox, years: Sequence[int],
+                 wanted: Sequence[S.Sensor], kw: Mapping[str, Any]) -> xr.DataArray:
+    """`cube` with its `HISTORY` features joined over the earlier `years` that have scenes (lazy, tile by tile)."""
+    names = [str(f) for f in cube["feature"].values]
+    need = _inputs_of([h.source for h in HISTORY if h.name in names])
+    sensors = [s for s in wanted if need & set(s.features)]
+    earlier, used = [], []
+    for y in years:
+        found = items.for_year(y)
+        if not any(found.get(s.name) for s in sensors if s.per_acquisition):
+            continue
+        earlier.append(build(items, geobox, y, sensors=sensors, **kw))
+        used.append(y)
+    if not earlier:
+        log.info("cube %s: no scenes in the seasons %s; history features hold this season's", cube.attrs["year"],
+                 list(years))
+        return cube
+    enames = [str(f) for f in earlier[0]["feature"].values]
+    data = da.map_blocks(_join_task, cube.data, *(e.data for e in earlier), dtype=np.float32,
+                         chunks=cube.data.chunks, names=names, earlier_names=enames,
+                         name=f"history-{tokenize(cube.data.name, [e.data.name for e in earlier])}")
+    out = cube.copy(data=data)
+    out.attrs = {**cube.attrs, "history_years": used,
+                 "items": {**cube.attrs["items"], **{f"{k}/{y}": v for y, e in zip(used, earlier, strict=True)
+                                                     for k, v in e.attrs["items"].items()}}}
+    return out

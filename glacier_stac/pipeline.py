@@ -319,25 +319,29 @@ class TileOutcome:
 
 
 def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str,
-               resources: Mapping[str, float] | None = None, store_lock: threading.Lock | None = None):
+               resources: Mapping[str, float] | None = None, store_lock: threading.Lock | None = None,
+               history: int = 0):
     """The lazy work of one tile-year (search happens here, on the client): a Delayed returning a TileRecord.
 
     None when the catalog has no scenes over the tile for the year (recorded, not an error). `store_lock`:
     held around `store.write`, which may create the zone's arrays (two threads creating them at once
-    collide), when graphs are built in several threads.
+    collide), when graphs are built in several threads. `history`: the seasons before the year the
+    checkpoint's history features read (`cube.history_for`), searched and joined too.
     """
     from glacier_stac import catalog, cube, obia
     from glacier_stac.infer import predict_tile
 
     ctx = unit.geobox.pad(margin)
     aoi = catalog.load_aoi(ctx.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=unit.key.id)
-    found = catalog.search(aoi, [year], list(cfg.sensors) if cfg.sensors else None, catalog=cat,
-                           missing="record", max_cloud=cfg.max_cloud)
+    seasons = list(range(max(year - history, catalog.FIRST_YEAR), year + 1))  # none before the satellite era
+    found = catalog.search(aoi, seasons, list(cfg.sensors) if cfg.sensors else None,
+                           catalog=cat, missing="record", max_cloud=cfg.max_cloud)
     if not any(found.for_year(year).values()):
         return None
     # an unreadable asset fails the tile's task (retried, then recorded failed with its reason): a tile read
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
-    data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise")
+    data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise",
+                      history=history)
     pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources)  # GPU=1 where GPU workers exist
     # the features OBIA reads, kept beside the predictions: the inventory step gets elevations and its rules
     # from the store instead of building every cube again
@@ -478,7 +482,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     """Map every tile-year of the plan on `client`, in waves; then outlines and inventory per complete year."""
     from distributed import as_completed
 
-    from glacier_stac import catalog
+    from glacier_stac import catalog, cube
     from glacier_stac.models.checkpoint import load as load_checkpoint
 
     t0 = time.perf_counter()
@@ -487,7 +491,9 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
                  dashboard=getattr(client, "dashboard_link", None))
     loc = S.Location.of(cfg.store, cfg.storage_options)
     run_id = S.record_run(loc, {"config": cfg.describe()})
-    digest = load_checkpoint(cfg.checkpoint).digest()
+    ckpt = load_checkpoint(cfg.checkpoint)
+    digest = ckpt.digest()
+    history = cube.history_for(ckpt.features)  # earlier seasons its features read, searched per tile-year
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     resources = {"GPU": 1} if has_gpu_workers(client) else None
     total = len(plan.tiles) * len(plan.years)
@@ -512,7 +518,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
 
     def build(unit: TileUnit, year: int) -> tuple[Any, float]:
         t = time.perf_counter()
-        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock)
+        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock, history)
         return task, time.perf_counter() - t
 
     def top_up() -> None:

@@ -206,6 +206,7 @@ def randomise(x: np.ndarray, features: Sequence[str], mean: Sequence[float], std
     shift("lwir11_max", add=dt)
     shift("lst_anomaly", gain=k)
     shift("lst_max_anomaly", gain=k)
+    shift("lst_max_anomaly_hist", gain=k)  # the same contrast, seen in earlier seasons
     for f in ("vv_db", "vh_db"):
         shift(f, add=rng.uniform(-1.5, 1.5))
     shift("elevation", add=rng.uniform(-1500.0, 1500.0))

@@ -120,6 +120,7 @@ def test_tile_features_carry_the_derived_features_after_the_sensors() -> None:
     assert list(cube.FEATURES[-len(cube.DERIVED):]) == [d.name for d in cube.DERIVED]
     assert [d.name for d in cube.derived_for(["elevation", "ndsi"])] == ["elev_above_snowline"]
     assert [d.name for d in cube.derived_for(["lwir11_max", "elevation", "ndsi", "ndwi"])] == [
-        "lst_max_anomaly", "elev_above_snowline"]
+        "lst_max_anomaly", "elev_above_snowline", "lst_max_anomaly_hist"]  # a derived one from a derived one
     optical = cube.tile_features(plan=(cube.SensorTile(S.SENTINEL2),), shape=(8, 8))
-    assert optical.shape[0] == len(S.SENTINEL2.features)  # no elevation: no derived feature
+    # no elevation: no temperature anomaly, no snowline; only the optical history feature
+    assert optical.shape[0] == len(S.SENTINEL2.features) + 1

@@ -428,3 +428,35 @@ def test_dry_run_estimates_from_the_measured_figures_of_the_runs_checkpoint(worl
     assert d["cpu_hours_estimate"] == round(todo * (core_s * 2 / 3 * 2.0 + core_s / 3) / 3600, 2)
     assert d["cost_usd_estimate"] > 0 and d["estimate"]["limit"] in ("readers", "gpus", "network")
 
+
+
+def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_dir, rustac_url, client, tmp_path):
+    """A run searches and joins the seasons before each year that its checkpoint's history features read
+    (`cube.history_for`): a tile's stored classes equal one predict over the whole world's cube with those
+    seasons joined, and differ from the one without them."""
+    import torch
+
+    from glacier_stac.models import get_model
+    from glacier_stac.models.checkpoint import Checkpoint, save
+
+    feats = ["snow_persistence_hist", "lst_max_anomaly_hist", "elevation"]
+    torch.manual_seed(0)
+    ckpt = Checkpoint.from_model(get_model("cnn5", len(feats), 4), "cnn5", feats, [0.5, -2.0, 1000.0],
+                                 [0.5, 5.0, 800.0], required_features=["elevation"])
+    path = save(ckpt, tmp_path / "history.pt")
+    cfg = pipeline.parse_config(_raw(rustac_url, tmp_path, years=(2022,), bbox=_bbox(world_dir),
+                                     checkpoint=str(path)))
+    rep = pipeline.run_on(client, cfg)
+    assert rep.counts()["failed"] == 0, rep.to_dict()["failures"]
+    gb = WorldDir(world_dir).grid()
+    found = catalog.search(catalog.load_aoi(cfg.aoi), [2021, 2022], catalog=rustac_url, missing="record")
+    got = store.open_predictions(cfg.store, aoi=gb.extent, years=[2022])["classes"].sel(year=2022).values
+
+    def whole(history: int) -> np.ndarray:
+        data = cube.build(found, gb.pad(64), 2022, history=history)
+        return infer.predict(data, path)["classes"].values[64:-64, 64:-64]
+
+    joined, alone = whole(cube.history_for(feats)), whole(0)
+    assert (joined != alone).mean() > 0.001, "the earlier season must change this model's map, or nothing is tested"
+    agree = (got == joined).mean()
+    assert agree > 0.999, f"the run's classes agree with the joined cube's on {agree:.4%} of pixels"

@@ -16,16 +16,20 @@ from glacier_stac.testing.worlds import WorldDir
 from glacier_stac.train import Region
 
 
-def world_regions(world_dir: str | os.PathLike[str] | WorldDir, years: Sequence[int] | None = None) -> list[Region]:
-    """Regions of a generated world, one per year: searched through a real local STAC API, built as
-    cubes, computed, with the truth labels on the same grid."""
+def world_regions(world_dir: str | os.PathLike[str] | WorldDir, years: Sequence[int] | None = None,
+                  history: int = 0) -> list[Region]:
+    """Regions of a generated world, one per year (default every year of the world): searched through a real
+    local STAC API, built as cubes (`history` seasons before each year joined, where the world has them),
+    computed, with the truth labels on the same grid."""
     world = world_dir if isinstance(world_dir, WorldDir) else WorldDir(world_dir)
     geobox = world.grid()
-    years = list(world.years() if years is None else years)
+    have = list(world.years())
+    years = list(have if years is None else years)
+    searched = sorted({y for y in have if any(0 <= t - y <= history for t in years)} | set(years))
     with stac_server.serve(world.root) as url:
-        found = catalog.search(world.aoi(), years, catalog=catalog.open_catalog(url))
+        found = catalog.search(world.aoi(), searched, catalog=catalog.open_catalog(url))
     out = []
     for y in years:
-        feats = cubes.build(found, geobox, y).compute(scheduler="threads")
+        feats = cubes.build(found, geobox, y, history=history).compute(scheduler="threads")
         out.append(Region(f"{world.name}:{y}", feats, world.truth_labels(y, geobox)))
     return out
