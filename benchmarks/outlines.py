@@ -123,7 +123,8 @@ def run_chain(world_dir: Path, work: Path, ckpt, uncertainty: obia.Uncertainty =
     run_id = store.record_run(zarr_path, {"benchmark": "outlines", "world": world_dir.name})
     for y in years:
         t = time.perf_counter()
-        data = cube.build(found, geobox, y).compute(scheduler="threads")
+        # the earlier seasons of the world its history features read, as a run over an archive joins them
+        data = cube.build(found, geobox, y, history=cube.history_for(ckpt.features)).compute(scheduler="threads")
         seconds[f"cube_{y}"] = time.perf_counter() - t
         t = time.perf_counter()
         wp = store.write(predict(data, ckpt), y, zarr_path, run_id=run_id)

@@ -783,12 +783,17 @@ def history_for(features: Sequence[str]) -> int:
     return HISTORY_YEARS if {h.name for h in HISTORY} & set(features) else 0
 
 
+def history_sensors(names: Sequence[str], wanted: Sequence[S.Sensor]) -> list[S.Sensor]:
+    """The sensors among `wanted` whose earlier seasons the history features among `names` are made from."""
+    need = _inputs_of([h.source for h in HISTORY if h.name in names])
+    return [s for s in wanted if need & set(s.features)]
+
+
 def with_history(cube: xr.DataArray, items: SearchResult, geobox: GeoBox, years: Sequence[int],
                  wanted: Sequence[S.Sensor], kw: Mapping[str, Any]) -> xr.DataArray:
     """`cube` with its `HISTORY` features joined over the earlier `years` that have scenes (lazy, tile by tile)."""
     names = [str(f) for f in cube["feature"].values]
-    need = _inputs_of([h.source for h in HISTORY if h.name in names])
-    sensors = [s for s in wanted if need & set(s.features)]
+    sensors = history_sensors(names, wanted)
     earlier, used = [], []
     for y in years:
         found = items.for_year(y)

@@ -714,10 +714,15 @@ def dry_run(cfg: RunConfig, measured: Measured | None = None) -> dict:
     """
     from odc.geo.geom import unary_union
 
-    from glacier_stac import catalog
+    from glacier_stac import catalog, cube
     from glacier_stac import sensors as sensor_records
+    from glacier_stac.models.checkpoint import load as load_checkpoint
 
     plan = make_plan(cfg)
+    wanted = sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None)
+    ckpt_features = load_checkpoint(cfg.checkpoint).features
+    history = cube.history_for(ckpt_features)  # each tile-year also reads these seasons of some sensors
+    again = {s.name for s in cube.history_sensors(ckpt_features, wanted)} if history else set()
     measured = measured or measured_per_tile(cfg.checkpoint)
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     scenes: dict[str, int] = {}
@@ -730,15 +735,18 @@ def dry_run(cfg: RunConfig, measured: Measured | None = None) -> dict:
         for s in found.summary():
             scenes[s["sensor"]] = scenes.get(s["sensor"], 0) + int(s.get("items", 0))
     tile_px = sum(int(np.prod(u.geobox.shape)) for u in plan.tiles)
-    for rec in sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None):
+    for rec in wanted:
         n = scenes.get(rec.name, 0)
         per_px = sum(np.dtype(b.dtype).itemsize * (10.0 / b.resolution) ** 2 for b in rec.data_bands)
-        # each scene covers ~the tiles it overlaps; a tile-year reads its share of each acquisition
-        bytes_read += per_px * tile_px * len(plan.years) * min(n / max(len(plan.years), 1), 24) / 2
+        # each scene covers ~the tiles it overlaps; a tile-year reads its share of each acquisition, and of
+        # the earlier seasons' where the checkpoint's history features come from this sensor
+        seasons = 1 + (history if rec.name in again and rec.per_acquisition else 0)
+        bytes_read += per_px * tile_px * len(plan.years) * seasons * min(n / max(len(plan.years), 1), 24) / 2
     todo = plan.todo
     est = estimate(todo, measured, bytes_read * todo / max(len(plan.tiles) * len(plan.years), 1))
     return {"tiles": len(plan.tiles), "years": list(plan.years), "tile_years_todo": todo,
             "tile_years_done": len(plan.tiles) * len(plan.years) - todo, "pixels": plan.pixels(),
+            "history_seasons": history,
             "scenes": scenes, "bytes_to_read_estimate": int(bytes_read),
             "seconds_per_tile_measured": measured.seconds_per_tile, "cpu_hours_estimate": est["cpu_only_core_hours"],
             "cost_usd_estimate": est["cost_usd_reference_cluster"], "estimate": est,
