@@ -992,6 +992,14 @@ MUTATIONS: list[Mutation] = [
         new="",
         tests=("tests/test_train_randomise.py",),
     ),
+    Mutation(
+        name="dry-run-ignores-history-seasons",
+        invariant="the dry run prices the earlier seasons a history checkpoint reads",
+        path="glacier_stac/pipeline.py",
+        old="        seasons = 1 + (history if rec.name in again and rec.per_acquisition else 0)\n",
+        new="        seasons = 1\n",
+        tests=("tests/test_pipeline.py::test_the_dry_run_counts_the_seasons_a_history_checkpoint_reads",),
+    ),
 ]
 
 

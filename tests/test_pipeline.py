@@ -460,3 +460,24 @@ def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_di
     assert (joined != alone).mean() > 0.001, "the earlier season must change this model's map, or nothing is tested"
     agree = (got == joined).mean()
     assert agree > 0.999, f"the run's classes agree with the joined cube's on {agree:.4%} of pixels"
+
+
+def test_the_dry_run_counts_the_seasons_a_history_checkpoint_reads(world_dir, rustac_url, tmp_path):
+    """A checkpoint reading history features makes each tile-year read the seasons before it of the sensors
+    they come from: the dry run says how many and prices their bytes."""
+    import torch
+
+    from glacier_stac.models import get_model
+    from glacier_stac.models.checkpoint import Checkpoint, save
+
+    feats = ["snow_persistence_hist", "elevation"]
+    torch.manual_seed(0)
+    path = save(Checkpoint.from_model(get_model("cnn5", len(feats), 4), "cnn5", feats, [0.5, 1000.0],
+                                      [0.5, 800.0], required_features=["elevation"]), tmp_path / "history.pt")
+    raw = _raw(rustac_url, tmp_path / "dry", years=(2022,), bbox=_bbox(world_dir))
+    plain = pipeline.dry_run(pipeline.parse_config(raw), pipeline.Measured())
+    raw["run"]["checkpoint"] = str(path)
+    joined = pipeline.dry_run(pipeline.parse_config(raw), pipeline.Measured())
+    assert (plain["history_seasons"], joined["history_seasons"]) == (0, cube.HISTORY_YEARS)
+    # Sentinel-2 and Landsat are read for the year and the two before it; SAR and the DEM once
+    assert plain["bytes_to_read_estimate"] < joined["bytes_to_read_estimate"] < 3 * plain["bytes_to_read_estimate"]
