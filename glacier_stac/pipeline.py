@@ -722,7 +722,7 @@ def dry_run(cfg: RunConfig, measured: Measured | None = None) -> dict:
     wanted = sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None)
     ckpt_features = load_checkpoint(cfg.checkpoint).features
     history = cube.history_for(ckpt_features)  # each tile-year also reads these seasons of some sensors
-    again = {s.name for s in cube.history_sensors(ckpt_features, wanted)} if history else set()
+    again = {s.name for s in cube.history_sensors(ckpt_features, wanted)}  # none without history features
     measured = measured or measured_per_tile(cfg.checkpoint)
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     scenes: dict[str, int] = {}

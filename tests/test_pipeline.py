@@ -430,20 +430,24 @@ def test_dry_run_estimates_from_the_measured_figures_of_the_runs_checkpoint(worl
 
 
 
-def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_dir, rustac_url, client, tmp_path):
-    """A run searches and joins the seasons before each year that its checkpoint's history features read
-    (`cube.history_for`): a tile's stored classes equal one predict over the whole world's cube with those
-    seasons joined, and differ from the one without them."""
+def _history_checkpoint(feats: list[str], mean: list[float], std: list[float], path: Path) -> Path:
+    """A small cnn5 checkpoint with seeded weights reading `feats` (history features among them)."""
     import torch
 
     from glacier_stac.models import get_model
     from glacier_stac.models.checkpoint import Checkpoint, save
 
-    feats = ["snow_persistence_hist", "lst_max_anomaly_hist", "elevation"]
     torch.manual_seed(0)
-    ckpt = Checkpoint.from_model(get_model("cnn5", len(feats), 4), "cnn5", feats, [0.5, -2.0, 1000.0],
-                                 [0.5, 5.0, 800.0], required_features=["elevation"])
-    path = save(ckpt, tmp_path / "history.pt")
+    return save(Checkpoint.from_model(get_model("cnn5", len(feats), 4), "cnn5", feats, mean, std,
+                                      required_features=["elevation"]), path)
+
+
+def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_dir, rustac_url, client, tmp_path):
+    """A run searches and joins the seasons before each year that its checkpoint's history features read
+    (`cube.history_for`): a tile's stored classes equal one predict over the whole world's cube with those
+    seasons joined, and differ from the one without them."""
+    feats = ["snow_persistence_hist", "lst_max_anomaly_hist", "elevation"]
+    path = _history_checkpoint(feats, [0.5, -2.0, 1000.0], [0.5, 5.0, 800.0], tmp_path / "history.pt")
     cfg = pipeline.parse_config(_raw(rustac_url, tmp_path, years=(2022,), bbox=_bbox(world_dir),
                                      checkpoint=str(path)))
     rep = pipeline.run_on(client, cfg)
@@ -465,15 +469,8 @@ def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_di
 def test_the_dry_run_counts_the_seasons_a_history_checkpoint_reads(world_dir, rustac_url, tmp_path):
     """A checkpoint reading history features makes each tile-year read the seasons before it of the sensors
     they come from: the dry run says how many and prices their bytes."""
-    import torch
-
-    from glacier_stac.models import get_model
-    from glacier_stac.models.checkpoint import Checkpoint, save
-
-    feats = ["snow_persistence_hist", "elevation"]
-    torch.manual_seed(0)
-    path = save(Checkpoint.from_model(get_model("cnn5", len(feats), 4), "cnn5", feats, [0.5, 1000.0],
-                                      [0.5, 800.0], required_features=["elevation"]), tmp_path / "history.pt")
+    path = _history_checkpoint(["snow_persistence_hist", "elevation"], [0.5, 1000.0], [0.5, 800.0],
+                               tmp_path / "history.pt")
     raw = _raw(rustac_url, tmp_path / "dry", years=(2022,), bbox=_bbox(world_dir))
     plain = pipeline.dry_run(pipeline.parse_config(raw), pipeline.Measured())
     raw["run"]["checkpoint"] = str(path)
