@@ -91,25 +91,12 @@ def main() -> None:
 
         torch.set_num_threads(args.threads)
 
-    def draw(regime: str, seed: int, size: float, renderers: tuple[str, ...]) -> list[train.Region]:
-        """Regions of a seed's worlds; a seed whose world cannot form (no fjord glacier) gives way to the next."""
-        for s in range(seed, seed + 5):
-            try:
-                out = [r for rd in renderers for r in world_regions(world_dir(WorldSpec(regime, s, size, years, rd),
-                                                                              args.world), history=args.history)]
-            except RuntimeError as e:
-                logging.warning("%s seed %d: %s; next seed", regime, s, e)
-                continue
-            logging.info("%s seed %d: %d regions", regime, s, len(out))
-            return out
-        raise RuntimeError(f"no {regime} world formed for seeds {seed}..{seed + 4}")
-
-    tr, va = [], []
+    tr = []
     for regime in regimes:
         i = list(REGIMES).index(regime)  # a regime's seeds do not depend on which others are trained with
         for k in range(args.seeds):
-            tr += draw(regime, TRAIN_SEED0 + 10 * i + 5 * k, args.size_km, RENDERERS)
-        va += [(regime, r) for r in draw(regime, VAL_SEED0 + 10 * i, args.val_size_km, ("generator",))]
+            tr += draw(regime, TRAIN_SEED0 + 10 * i + 5 * k, args.size_km, years, RENDERERS, args.world, args.history)
+    va = validation_regions(regimes, args.val_size_km, years, args.world, args.history)
 
     if args.no_rock_glacier_class:  # not glaciers (RGI keeps them out), so a four-class model calls them background
         tr = [without_rock_glacier_class(r) for r in tr]
@@ -117,6 +104,29 @@ def main() -> None:
     jobs = [(args.features, args.out)] + ([("optical", args.optical_out)] if args.optical_out else [])
     for kind, out in jobs:  # the optical-only twin learns from the same regions (drawn once)
         fit(args, kind, out, regimes, years, tr, va)
+
+
+def draw(regime: str, seed: int, size: float, years: tuple[int, ...], renderers: tuple[str, ...], world: Path,
+         history: int) -> list[train.Region]:
+    """Regions of a seed's worlds; a seed whose world cannot form (no fjord glacier) gives way to the next."""
+    for s in range(seed, seed + 5):
+        try:
+            out = [r for rd in renderers
+                   for r in world_regions(world_dir(WorldSpec(regime, s, size, years, rd), world), history=history)]
+        except RuntimeError as e:
+            logging.warning("%s seed %d: %s; next seed", regime, s, e)
+            continue
+        logging.info("%s seed %d: %d regions", regime, s, len(out))
+        return out
+    raise RuntimeError(f"no {regime} world formed for seeds {seed}..{seed + 4}")
+
+
+def validation_regions(regimes: list[str], size: float, years: tuple[int, ...], world: Path, history: int,
+                       renderers: tuple[str, ...] = ("generator",)) -> list[tuple[str, train.Region]]:
+    """(regime, region) of the validation worlds: one world per regime (seeds 3001+) and renderer, every year."""
+    return [(regime, r) for regime in regimes
+            for r in draw(regime, VAL_SEED0 + 10 * list(REGIMES).index(regime), size, years, renderers, world,
+                          history)]
 
 
 def without_rock_glacier_class(region: train.Region) -> train.Region:

@@ -12,8 +12,8 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +29,7 @@ from torch import nn
 
 from glacier_stac import cube as cubes
 from glacier_stac import metrics
-from glacier_stac.infer import normalise, pick_device
+from glacier_stac.infer import classes_from_probability, normalise, pick_device
 from glacier_stac.labels import BASE_CLASSES, CLASSES, ROCK_GLACIER_NAMES, Label
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
@@ -474,6 +474,101 @@ def score(ckpt: Checkpoint, region: Region) -> dict:
     klass, valid = predict_labels(ckpt, region.features)
     res = abs(float(region.features.x[1] - region.features.x[0]))
     return metrics.evaluate(klass, region.labels, valid & (region.labels != IGNORE), res=res)
+
+
+# --------------------------------------------------------------------------- class priors
+
+PRIOR_SHIFTS = tuple(float(s) for s in np.round(np.arange(-2.0, 1.01, 0.25), 2))  # the grid fit_prior_shift tries
+
+
+@dataclass(frozen=True)
+class PriorFit:
+    """A class's log-prior shift chosen on validation regions, with every candidate's figures."""
+
+    klass: str
+    shift: float
+    criterion: dict[float, float]  # shift -> prior_criterion
+    figures: dict[float, dict[str, float]]  # shift -> median and worst glacier and debris IoU
+
+
+def shift_probability(prob: np.ndarray, index: int, shift: float) -> np.ndarray:
+    """(class, y, x) probabilities with class `index` weighed by e**shift and renormalised (NaN stays NaN):
+    what adding `shift` to that class's logit does (`shift_priors`)."""
+    p = prob.astype(np.float32, copy=True)
+    p[index] *= np.float32(np.exp(shift))
+    return p / p.sum(axis=0, keepdims=True)
+
+
+def prior_figures(glacier_iou: Sequence[float], debris_iou: Sequence[float]) -> dict[str, float]:
+    """Median and worst glacier and debris IoU over regions (NaN-aware: a region without debris has no
+    debris IoU) and their mean, the criterion a prior shift is chosen by: issue 13's four figures alike."""
+    g, d = np.asarray(glacier_iou, float), np.asarray(debris_iou, float)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {"iou_overall_median": float(np.nanmedian(g)), "iou_overall_worst": float(np.nanmin(g)),
+               "iou_debris_median": float(np.nanmedian(d)), "iou_debris_worst": float(np.nanmin(d))}
+    out["criterion"] = float(np.nanmean(list(out.values())))
+    return out
+
+
+def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], klass: str,
+                       shifts: Sequence[float] = PRIOR_SHIFTS, res: float = 10.0) -> PriorFit:
+    """The shift of class `klass`'s log-prior that maximises `prior_figures`' criterion over the regions'
+    (class, y, x) probabilities and truths; ties go to the shift nearest 0 (no change without evidence).
+
+    Why: class-weighted loss and debris-first patch sampling train a model on a world with more debris
+    than there is; its probabilities carry that prior, and it paints debris on the moraines beside the
+    tongues. Dividing the prior back out is the logit adjustment, its size measured on validation worlds."""
+    index = CLASSES.index(klass)
+    crit, figs = {}, {}
+    for s in shifts:
+        g, d = [], []
+        for prob, truth in zip(probs, truths, strict=True):
+            pred = classes_from_probability(shift_probability(prob, index, s) if s else prob)
+            m = metrics.summary(metrics.evaluate(pred, truth, truth != IGNORE, res=res))
+            g.append(m["iou_overall"])
+            d.append(m["iou_debris"])
+        figs[float(s)] = prior_figures(g, d)
+        crit[float(s)] = figs[float(s)]["criterion"]
+    best = max(crit, key=lambda s: (crit[s], -abs(s)))
+    return PriorFit(klass, best, crit, figs)
+
+
+def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "debris_ice",
+                    shifts: Sequence[float] = PRIOR_SHIFTS) -> PriorFit:
+    """`choose_prior_shift` over a checkpoint's probabilities on validation regions (predicted once each,
+    through the real inference path)."""
+    from glacier_stac.infer import predict
+
+    if klass not in ckpt.classes:
+        raise ValueError(f"checkpoint {ckpt.model!r} has no class {klass!r} (classes {ckpt.classes})")
+    probs = [predict(r.features, ckpt).compute(scheduler="threads")["probability"].values for r in regions]
+    res = abs(float(regions[0].features.x[1] - regions[0].features.x[0])) if regions else 10.0
+    return choose_prior_shift(probs, [r.labels for r in regions], klass, shifts, res=res)
+
+
+def shift_priors(ckpt: Checkpoint, shifts: Mapping[str, float]) -> Checkpoint:
+    """A checkpoint whose class head adds `shifts` (class name -> log-prior shift) to those classes' logits,
+    recorded (accumulated) in its metrics' `prior_shift`; the input is left as it was.
+
+    The shift lives in the weights (the head's bias), so every reader of the checkpoint, old or new, and
+    every probability it writes (`glacier_probability`, OBIA's thresholds) see the same calibrated model."""
+    bias = ckpt.state_dict.get("head.bias")
+    if bias is None:
+        raise ValueError(f"checkpoint model {ckpt.model!r} has no class head bias ('head.bias'): a prior shift "
+                         "needs the U-Net's head")
+    state = dict(ckpt.state_dict)
+    state["head.bias"] = bias.detach().clone()
+    done = dict(ckpt.metrics.get("prior_shift", {}))
+    for name, s in shifts.items():
+        if name not in ckpt.classes:
+            raise ValueError(f"prior shift for {name!r}: not a class of the checkpoint ({ckpt.classes})")
+        i = ckpt.classes.index(name)
+        if i >= bias.shape[0]:
+            raise ValueError(f"prior shift for {name!r}: a subclass has no head logit (shift its parent)")
+        state["head.bias"][i] += float(s)
+        done[name] = round(done.get(name, 0.0) + float(s), 6)
+    return replace(ckpt, state_dict=state, metrics={**ckpt.metrics, "prior_shift": done})
 
 
 def spatial_split(region: Region, fraction: float = 0.3, gap: int = 64) -> tuple[Region, Region]:

@@ -1000,6 +1000,38 @@ MUTATIONS: list[Mutation] = [
         new="        seasons = 1\n",
         tests=("tests/test_pipeline.py::test_the_dry_run_counts_the_seasons_a_history_checkpoint_reads",),
     ),
+    Mutation(
+        name="prior-shift-wrong-sign",
+        invariant="a prior shift moves the class's logit the way it says (the calibrated model is the one fitted)",
+        path="glacier_stac/train.py",
+        old="        state[\"head.bias\"][i] += float(s)\n",
+        new="        state[\"head.bias\"][i] -= float(s)\n",
+        tests=("tests/test_prior_shift.py::test_a_shifted_checkpoint_predicts_the_shifted_probabilities",),
+    ),
+    Mutation(
+        name="prior-shift-edits-the-input-checkpoint",
+        invariant="calibrating writes a new checkpoint; the one it was fitted on is left as it was",
+        path="glacier_stac/train.py",
+        old="    state[\"head.bias\"] = bias.detach().clone()\n",
+        new="    state[\"head.bias\"] = bias\n",
+        tests=("tests/test_prior_shift.py::test_a_shifted_checkpoint_predicts_the_shifted_probabilities",),
+    ),
+    Mutation(
+        name="prior-shift-ties-away-from-zero",
+        invariant="no shift without evidence: ties go to the shift nearest 0",
+        path="glacier_stac/train.py",
+        old="    best = max(crit, key=lambda s: (crit[s], -abs(s)))\n",
+        new="    best = max(crit, key=lambda s: (crit[s], abs(s)))\n",
+        tests=("tests/test_prior_shift.py",),
+    ),
+    Mutation(
+        name="prior-shift-criterion-median-only",
+        invariant="a prior shift is chosen by the worst region as well as the median",
+        path="glacier_stac/train.py",
+        old="\"iou_debris_worst\": float(np.nanmin(d))}\n",
+        new="\"iou_debris_worst\": float(np.nanmedian(d))}\n",
+        tests=("tests/test_prior_shift.py",),
+    ),
 ]
 
 

@@ -1,0 +1,117 @@
+"""The debris prior a class-weighted model carries, divided back out (issue 13's false debris).
+
+Training weighs the rare classes up, so the trained model's debris probability holds a larger prior than
+the world's. `train.shift_priors` adds a log-prior shift to a class's logit in the class head's bias;
+`train.choose_prior_shift` picks its size on validation regions by median and worst glacier and debris IoU.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+from test_models import _randomise_bn
+
+from glacier_stac import train
+from glacier_stac.infer import predict
+from glacier_stac.labels import CLASSES, Label
+from glacier_stac.models import get_model
+from glacier_stac.models.checkpoint import Checkpoint, load, save
+
+FEATS = ["B03", "B08", "B11"]
+
+
+def _cube(n: int = 48, seed: int = 0) -> xr.DataArray:
+    rng = np.random.default_rng(seed)
+    coords = {"feature": FEATS, "y": 4995.0 - 10.0 * np.arange(n), "x": 5.0 + 10.0 * np.arange(n)}
+    return xr.DataArray(rng.normal(0, 1, (len(FEATS), n, n)).astype(np.float32), dims=("feature", "y", "x"),
+                        coords=coords)
+
+
+@pytest.mark.parametrize("branch", [0, 8])
+def test_a_shifted_checkpoint_predicts_the_shifted_probabilities(branch: int, tmp_path) -> None:
+    """Through the real inference path, the calibrated checkpoint's probabilities are the original's with
+    debris weighed by e**shift and renormalised; the input checkpoint is untouched; the shift is recorded,
+    survives saving, and a second shift adds to the first (a plain U-Net, and one with a rock-glacier branch)."""
+    torch.manual_seed(0)
+    n_cls = len(CLASSES) if branch else 4
+    net = get_model("unet", len(FEATS), n_cls, **({"subclass_branch": branch} if branch else {}))
+    _randomise_bn(net)
+    torch.nn.init.normal_(net.head.weight, std=3.0)
+    kw = {"subclass_branch": branch} if branch else {}
+    ck = Checkpoint.from_model(net, "unet", FEATS, [0.0] * 3, [1.0] * 3, model_kwargs=kw,
+                               classes=list(CLASSES[:n_cls]))
+    before = ck.state_dict["head.bias"].clone()
+    shifted = train.shift_priors(ck, {"debris_ice": -1.5})
+    torch.testing.assert_close(ck.state_dict["head.bias"], before, atol=0, rtol=0)
+    cube = _cube()
+    p0 = predict(cube, ck).compute(scheduler="sync")["probability"].values
+    p1 = predict(cube, shifted).compute(scheduler="sync")["probability"].values
+    want = train.shift_probability(p0, Label.DEBRIS_ICE, -1.5)
+    np.testing.assert_allclose(p1, want, atol=2e-5)
+    assert (p1[Label.DEBRIS_ICE] < p0[Label.DEBRIS_ICE]).mean() > 0.99
+    again = load(save(train.shift_priors(shifted, {"debris_ice": 0.5}), tmp_path / "c.pt"))
+    assert again.metrics["prior_shift"] == {"debris_ice": -1.0}
+    p2 = predict(cube, again).compute(scheduler="sync")["probability"].values
+    np.testing.assert_allclose(p2, train.shift_probability(p0, Label.DEBRIS_ICE, -1.0), atol=2e-5)
+
+
+def test_shift_priors_names_what_it_cannot_shift() -> None:
+    net = get_model("unet", len(FEATS), len(CLASSES), subclass_branch=8)
+    ck = Checkpoint.from_model(net, "unet", FEATS, [0.0] * 3, [1.0] * 3, model_kwargs={"subclass_branch": 8},
+                               classes=list(CLASSES))
+    with pytest.raises(ValueError, match="'snow'.*not a class"):
+        train.shift_priors(ck, {"snow": -1.0})
+    with pytest.raises(ValueError, match="'rock_glacier'.*subclass has no head logit"):
+        train.shift_priors(ck, {"rock_glacier": -1.0})
+    cnn = Checkpoint.from_model(get_model("cnn5", 3, 4), "cnn5", FEATS, [0.0] * 3, [1.0] * 3)
+    with pytest.raises(ValueError, match="'cnn5' has no class head bias"):
+        train.shift_priors(cnn, {"debris_ice": -1.0})
+
+
+def _overpainting(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A glacier with a debris tongue; the model calls debris sure on the tongue and, less sure (0.6 against
+    0.4 background), on a 6 px band of moraine around it."""
+    truth = np.zeros((n, n), np.uint8)
+    truth[8:40, 8:56] = Label.CLEAN_ICE
+    truth[40:56, 20:44] = Label.DEBRIS_ICE
+    prob = np.zeros((4, n, n), np.float32)
+    prob[0] = 0.95
+    prob[1][truth == Label.CLEAN_ICE] = 0.95
+    prob[0][truth == Label.CLEAN_ICE] = 0.05
+    band = np.zeros((n, n), bool)
+    band[40:62, 14:50] = True
+    band &= truth == Label.BACKGROUND
+    prob[2][band], prob[0][band] = 0.6, 0.4
+    prob[2][truth == Label.DEBRIS_ICE], prob[0][truth == Label.DEBRIS_ICE] = 0.9, 0.05
+    prob[3] = 1 - prob[:3].sum(0)
+    return prob, truth
+
+
+def test_the_shift_chosen_undoes_an_overpainted_debris_prior() -> None:
+    """Debris painted on the moraine: a shift below log(0.4 / 0.6) takes it back off (and keeps the tongue,
+    sure at 0.9), so the chosen shift is the first on the grid that does, and the figures say why."""
+    prob, truth = _overpainting()
+    fit = train.choose_prior_shift([prob], [truth], "debris_ice", shifts=(0.0, -0.25, -0.5, -1.0, -4.0))
+    assert fit.shift == -0.5  # log(0.4/0.6) = -0.405: -0.25 is not enough; -1.0 ties, and is further from 0
+    assert fit.figures[0.0]["iou_debris_median"] < 0.5 and fit.figures[-0.5]["iou_debris_median"] == 1.0
+    assert fit.criterion[-0.5] == fit.criterion[-1.0] > fit.criterion[-4.0]  # -4 loses the tongue too
+
+
+def test_a_calibrated_model_is_left_as_it_is() -> None:
+    """Probabilities that already fit the truth: no shift does better, so none is chosen."""
+    prob, truth = _overpainting()
+    prob[2][(truth == Label.BACKGROUND)] = 0.0
+    prob[0][(truth == Label.BACKGROUND)] = 1.0
+    prob[3] = np.clip(1 - prob[:3].sum(0), 0, None)
+    fit = train.choose_prior_shift([prob], [truth], "debris_ice", shifts=(-1.0, -0.5, 0.0, 0.5))
+    assert fit.shift == 0.0 and fit.figures[0.0]["iou_debris_median"] == 1.0
+
+
+def test_the_criterion_weighs_the_worst_region_as_much_as_the_median() -> None:
+    """Issue 13's four figures alike; a region without debris has no debris IoU and does not count for it."""
+    f = train.prior_figures([0.9, 0.8, 0.95, 0.97], [0.7, 0.2, 0.9, float("nan")])
+    assert f["iou_overall_median"] == pytest.approx(0.925) and f["iou_overall_worst"] == 0.8
+    assert f["iou_debris_median"] == 0.7 and f["iou_debris_worst"] == 0.2
+    assert f["criterion"] == pytest.approx((0.925 + 0.8 + 0.7 + 0.2) / 4)
