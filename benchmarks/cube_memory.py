@@ -8,8 +8,13 @@ the same AOI, elsewhere), and one tile of the cube is computed under tracemalloc
 allocations, including the blocks the tile puts in the shared block cache; single-threaded, so the
 peak is one task's). Target: the peak with 16x the scenes is
 within 10 % of the peak with the scenes over the tile alone. For contrast, the same with every scene
-handed to every tile (footprint selection off), the behaviour this replaced. Writes
-benchmarks/results/cube_memory.json and prints a markdown table.
+handed to every tile (footprint selection off), the behaviour this replaced.
+
+History (`cube.build(history=2)`, what an annual update with the default checkpoint builds): the same world
+drawn over three seasons, one tile's peak for the season alone, with the two seasons before joined as built
+now (each earlier season keeps only the two features its join reads; the join runs inside the tile's own
+task), and, for contrast, with the earlier seasons kept whole (every feature held until the join, as before
+2026-12-02). Writes benchmarks/results/cube_memory.json and prints markdown tables.
 """
 
 from __future__ import annotations
@@ -28,7 +33,10 @@ from read_throughput import searched_world  # the same world, served and searche
 from shapely.affinity import translate
 from shapely.geometry import mapping, shape
 
-from glacier_stac import cube, reader, scenes
+from glacier_stac import catalog, cube, reader, scenes, stac_server
+from glacier_stac.demo import world_aoi, world_grid
+from glacier_stac.synthetic.world import WorldConfig
+from glacier_stac.synthetic.writer import generate
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -52,9 +60,10 @@ def padded(items: dict, factor: int) -> dict:
     return out
 
 
-def tile_peak(items: dict, geobox, year: int, tile: tuple[int, int]) -> tuple[float, float, int]:
-    """Peak traced MB and seconds computing one tile of the cube, and the scenes in the search result."""
-    data = cube.build(items, geobox, year)
+def tile_peak(items, geobox, year: int, tile: tuple[int, int], history: int = 0) -> tuple[float, float, int]:
+    """Peak traced MB and seconds computing one tile of the cube, and the scenes in the search result (per
+    sensor name, or a `SearchResult` with the seasons before `year` that `history` joins)."""
+    data = cube.build(items, geobox, year, history=history)
     ys, xs = (sum(c[:i]) for c, i in zip(data.chunks[1:], tile, strict=True))
     h, w = data.chunks[1][tile[0]], data.chunks[2][tile[1]]
     one = data.isel(y=slice(ys, ys + h), x=slice(xs, xs + w))
@@ -66,7 +75,32 @@ def tile_peak(items: dict, geobox, year: int, tile: tuple[int, int]) -> tuple[fl
     dt = time.perf_counter() - t0
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    return peak / 2**20, dt, sum(len(v) for k, v in items.items() if k != "copdem")
+    by_sensor = items.items if isinstance(items, catalog.SearchResult) else {k: {0: v} for k, v in items.items()}
+    return peak / 2**20, dt, sum(len(v) for k, by in by_sensor.items() if k != "copdem" for v in by.values())
+
+
+def history_rows(cache: Path, size_km: float) -> list[dict]:
+    """One tile's peak: the season alone, with two seasons before joined, and those seasons kept whole."""
+    cfg = WorldConfig(seed=501, size_km=size_km, years=(2020, 2021, 2022))
+    world_dir = generate(cfg, cache / f"read-{cfg.seed}-{int(cfg.size_km)}km-3seasons")
+    with stac_server.serve(world_dir) as url:
+        found = catalog.search(world_aoi(world_dir), list(cfg.years), catalog=catalog.open_catalog(url), max_cloud=None)
+    geobox, year, tile = world_grid(world_dir), cfg.years[-1], (1, 1)
+    rows = []
+    for label, history in (("season alone", 0), ("2 seasons before joined", 2)):
+        mb, dt, n = tile_peak(found, geobox, year, tile, history)
+        rows.append({"cube": label, "history": history, "peak_mb": mb, "seconds": dt, "scenes_in_search": n})
+    real = cube.earlier_seasons
+
+    def kept_whole(items, gb, years, names, wanted, kw):  # every feature of each earlier season
+        return [(y, cube.build(items, gb, y, sensors=cube.history_sensors(names, wanted), **kw))
+                for y, _ in real(items, gb, years, names, wanted, kw)]
+
+    with mock.patch.object(cube, "earlier_seasons", kept_whole):
+        mb, dt, n = tile_peak(found, geobox, year, tile, 2)
+    rows.append({"cube": "2 seasons before, kept whole (before 2026-12-02)", "history": 2, "peak_mb": mb,
+                 "seconds": dt, "scenes_in_search": n})
+    return rows
 
 
 def main() -> None:
@@ -92,8 +126,10 @@ def main() -> None:
     rows.append({"scenes_in_search": n, "factor": factors[-1], "footprint_selection": False, "peak_mb": mb,
                  "seconds": dt})
     growth = rows[len(factors) - 1]["peak_mb"] / rows[0]["peak_mb"]
+    hist = history_rows(args.world, 20)
     res = {"world": {"seed": 501, "size_km": 20, "year": year}, "tile_px": [1024, 1024],
            "rows": rows, "peak_growth_at_max_factor": growth, "target_growth": 1.1,
+           "history": {"world": {"seed": 501, "size_km": 20, "years": [2020, 2021, 2022]}, "rows": hist},
            "machine": {"python": platform.python_version()}, "quick": args.quick}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "cube_memory.json").write_text(json.dumps(res, indent=2) + "\n")
@@ -103,6 +139,9 @@ def main() -> None:
         print(f"| {r['scenes_in_search']} | {'yes' if r['footprint_selection'] else 'no (every scene to every tile)'}"
               f" | {r['peak_mb']:.0f} | {r['seconds']:.2f} |")
     print(f"\npeak growth with {factors[-1]}x the scenes: **{growth:.2f}** (target <= 1.1)")
+    print("\n| 2022 cube of a three-season world | peak MB for one 1024² tile | seconds |\n|---|---|---|")
+    for r in hist:
+        print(f"| {r['cube']} | {r['peak_mb']:.0f} | {r['seconds']:.2f} |")
 
 
 if __name__ == "__main__":

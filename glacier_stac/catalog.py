@@ -406,13 +406,15 @@ class SearchResult:
 def search(aoi: Any, years: Iterable[int], sensors: str | Sequence[str | S.Sensor] | None = None,
            catalog: Catalog | str | None = None, *, max_cloud: float | None = 80.0,
            season_months: tuple[int, int] | None = None, missing: str = "raise", allow_local: bool | None = None,
-           limit: int = 100) -> SearchResult:
+           limit: int = 100, more_years: Mapping[str, Iterable[int]] | None = None) -> SearchResult:
     """Search a STAC API for every sensor and year over an AOI.
 
     `sensors`: names or `Sensor` records (registered or not); default every registered sensor. Cloud
     cover is filtered by the server only when it advertises `query` or CQL2 `filter`;
     otherwise here, after the search. `missing="raise"` raises `NoItemsError` naming sensor, year
-    and AOI when one has no items; `missing="record"` records the gap and goes on.
+    and AOI when one has no items; `missing="record"` records the gap and goes on. `more_years`: sensor
+    name -> years searched for that sensor besides `years` (an annual update reads the seasons before the
+    year from the sensors its history features come from only).
     """
     if missing not in ("raise", "record"):
         raise ValueError(f"missing must be 'raise' or 'record', got {missing!r}")
@@ -421,6 +423,10 @@ def search(aoi: Any, years: Iterable[int], sensors: str | Sequence[str | S.Senso
     area = load_aoi(aoi)
     ys = check_years(years)
     sens = S.resolve(sensors)
+    extra = {k: check_years(v) for k, v in (more_years or {}).items()}
+    unknown = sorted(set(extra) - {s.name for s in sens})
+    if unknown:
+        raise ValueError(f"more_years names sensors {unknown} that are not searched ({[s.name for s in sens]})")
     cat = catalog if isinstance(catalog, Catalog) else open_catalog(catalog or PLANETARY_COMPUTER)
     local_ok = cat.local if allow_local is None else allow_local
     result = SearchResult(aoi=area, catalog=cat.name, signer=cat.signer)
@@ -428,7 +434,7 @@ def search(aoi: Any, years: Iterable[int], sensors: str | Sequence[str | S.Senso
     for sensor in sens:
         result.items[sensor.name] = {}
         windows = [(0, None)] if not sensor.per_acquisition else [
-            (y, season(y, area.hemisphere, season_months)) for y in ys]
+            (y, season(y, area.hemisphere, season_months)) for y in sorted(set(ys) | set(extra.get(sensor.name, ())))]
         for year, window in windows:
             kw: dict[str, Any] = dict(collections=[sensor.collection], intersects=intersects, limit=limit)
             if window is not None:

@@ -396,7 +396,7 @@ def elevation_above_snowline(elev: np.ndarray, ndsi: np.ndarray) -> np.ndarray:
 
 
 def this_season(values: np.ndarray) -> np.ndarray:
-    """A history feature before earlier seasons join it (`with_history`): this season's own values."""
+    """A history feature before earlier seasons join it (`build(history=)`): this season's own values."""
     return values
 
 
@@ -452,10 +452,11 @@ def derived_for(names: Sequence[str]) -> tuple[Derived, ...]:
 
 
 def join_seasons(block: np.ndarray, earlier: Sequence[np.ndarray], names: Sequence[str],
-                 earlier_names: Sequence[str]) -> np.ndarray:
+                 earlier_names: Sequence[str], out: np.ndarray | None = None) -> np.ndarray:
     """`block` (feature, y, x) of this season with each `HISTORY` feature it holds reduced over the earlier
-    seasons' blocks (each (feature, y, x) named by `earlier_names`); the other features are untouched."""
-    out = block.copy()
+    seasons' blocks (each (feature, y, x) named by `earlier_names`); the other features are untouched.
+    Into a copy, or into `out` (`out=block`: in place, as the tile task that made the block does)."""
+    out = block.copy() if out is None else out
     for h in HISTORY:
         if h.name not in names or h.source not in earlier_names:
             continue
@@ -606,11 +607,28 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     return Recipe(sensor, arrays, params=params, scaling=_scaling(sensor, items, data_keys) if decodes else None)
 
 
-def _tile_task(plan: tuple[SensorTile, ...], shape: tuple[int, int], *inputs: Any) -> np.ndarray:
+@dataclass(frozen=True)
+class TileOutput:
+    """What a tile task returns beyond its features: only the features at `keep` (an earlier season kept for
+    the history join: two of its ~20), and this season's `HISTORY` features joined over the last `seasons`
+    inputs (the earlier seasons' kept blocks, named `earlier_names`)."""
+
+    keep: tuple[int, ...] | None = None
+    names: tuple[str, ...] = ()
+    earlier_names: tuple[str, ...] = ()
+    seasons: int = 0
+
+
+def _tile_task(plan: tuple[SensorTile, ...], shape: tuple[int, int], post: TileOutput, *inputs: Any) -> np.ndarray:
     """One tile's task: each input is a list of (1, band, y, x) blocks, one per acquisition (passed on as
-    (band, y, x) views, never concatenated), or the DEM's haloed block."""
-    blocks = [[b[0] for b in x] if isinstance(x, list) else x for x in inputs]
-    return tile_features(*blocks, plan=plan, shape=shape)
+    (band, y, x) views, never concatenated), or the DEM's haloed block; then `post.seasons` earlier seasons'
+    blocks, joined into this one in place (the task owns the block it made: no copy of the tile)."""
+    n = len(inputs) - post.seasons
+    blocks = [[b[0] for b in x] if isinstance(x, list) else x for x in inputs[:n]]
+    out = tile_features(*blocks, plan=plan, shape=shape)
+    if post.seasons:
+        join_seasons(out, inputs[n:], post.names, post.earlier_names, out=out)
+    return out if post.keep is None else out[list(post.keep)]
 
 
 @dataclass(frozen=True)
@@ -638,9 +656,11 @@ class Recipe:
 
 
 def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
-                prefix: str) -> da.Array:
-    """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it."""
-    name = prefix + tokenize([(r.sensor.name, [a.name for a in r.arrays], r.over) for r in recipes], chunks)
+                prefix: str, post: TileOutput = TileOutput(), earlier: Sequence[da.Array] = ()) -> da.Array:
+    """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it (and the
+    same tile of each `earlier` season's cube, joined in the task: `post`)."""
+    name = prefix + tokenize([(r.sensor.name, [a.name for a in r.arrays], r.over) for r in recipes], chunks, post,
+                             [e.name for e in earlier])
     dsk: dict[Any, Any] = {}
     for i, h in enumerate(chunks[0]):
         for j, w in enumerate(chunks[1]):
@@ -649,16 +669,19 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
                 part, ins = r.for_tile(i, j)
                 plan.append(part)
                 inputs += ins
-            dsk[(name, 0, i, j)] = (_tile_task, tuple(plan), (h, w), *inputs)
-    deps = [a for r in recipes for a in r.arrays]
+            inputs += [(e.name, 0, i, j) for e in earlier]
+            dsk[(name, 0, i, j)] = (_tile_task, tuple(plan), (h, w), post, *inputs)
+    deps = [a for r in recipes for a in r.arrays] + list(earlier)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
-    return da.Array(graph, name, chunks=((n_features,), *chunks), dtype=np.float32)
+    n_out = n_features if post.keep is None else len(post.keep)
+    return da.Array(graph, name, chunks=((n_out,), *chunks), dtype=np.float32)
 
 
 def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: GeoBox, year: int | None = None, *,
           sensors: str | Sequence[str | S.Sensor] | None = None, tile_px: int = TILE_PX,
           signer: str | Signer | None = None, max_acquisitions: int | None = 24, gdal_env: LayeredEnv | None = None,
-          state: ReaderState | None = None, on_read_error: str = "nodata", history: int = 0) -> xr.DataArray:
+          state: ReaderState | None = None, on_read_error: str = "nodata", history: int = 0,
+          keep: Sequence[str] | None = None) -> xr.DataArray:
     """A lazy (feature, y, x) float32 cube for one year on `geobox`, one chunk per global tile.
 
     `items` is a `SearchResult` (then `year` picks the year) or a mapping sensor name -> items already
@@ -680,7 +703,9 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     `history`: how many seasons before `year` the `HISTORY` features join (`history_for` says how many a
     checkpoint reads); the search must hold those years (a year without scenes is skipped and the
     `history_years` attribute lists the years joined). Earlier seasons read only the sensors those features
-    come from. With 0 (or items given per sensor) they hold this season's values.
+    come from, keep only the features the join reads, and join inside this season's tile tasks. With 0 (or
+    items given per sensor) they hold this season's values. `keep`: only these features in the cube (each tile
+    computes its sensors' features and keeps these), in the cube's order.
     """
     if on_read_error not in ("nodata", "raise"):
         raise ValueError(f"on_read_error must be 'nodata' or 'raise', got {on_read_error!r}")
@@ -711,6 +736,9 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
         raise ValueError(f"sensors {[s.name for s in wanted]} yield features {twice} more than once; "
                          "give each sensor's record features of its own names")
     names += [d.name for d in derived_for(names)]
+    lost = sorted(set(keep or ()) - set(names))
+    if lost:
+        raise ValueError(f"keep: features {lost} are not made by sensors {[s.name for s in wanted]} ({names})")
     recipes: list[Recipe] = []
     missing, provenance, gaps, alternates = [], {}, {}, {}
     for sensor in wanted:
@@ -733,10 +761,19 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
                              over=scenes.items_per_tile(its, groups, geobox, chunks, max_acquisitions))
         recipes.append(recipe)
         provenance[sensor.name] = [i.id for i in its]
-    data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-")
+    earlier: list[tuple[int, xr.DataArray]] = []
+    if history and isinstance(items, SearchResult):
+        kw = dict(tile_px=tile_px, signer=signer, max_acquisitions=max_acquisitions, gdal_env=gdal_env,
+                  state=state, on_read_error=on_read_error)
+        earlier = earlier_seasons(items, geobox, [int(year) - k for k in range(1, history + 1)], names, wanted, kw)
+    post = TileOutput(keep=None if keep is None else tuple(i for i, n in enumerate(names) if n in keep),
+                      names=tuple(names), seasons=len(earlier),
+                      earlier_names=tuple(str(f) for f in earlier[0][1]["feature"].values) if earlier else ())
+    data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-", post, [e.data for _, e in earlier])
     y, x = pixel_centres(geobox)
+    out_names = names if post.keep is None else [names[i] for i in post.keep]
     cube = xr.DataArray(
-        data, dims=("feature", "y", "x"), coords={"feature": names, "y": y, "x": x}, name="features",
+        data, dims=("feature", "y", "x"), coords={"feature": out_names, "y": y, "x": x}, name="features",
         attrs={
             "year": -1 if year is None else int(year),
             "sensors": [s.name for s in wanted if s.name not in missing],
@@ -752,18 +789,12 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     cube = cube.rio.write_crs(geobox.crs.to_wkt()).rio.write_transform(geobox.affine)
     if missing:
         log.warning("cube %s: no items for %s; their features are NaN and counts 0", year, ", ".join(missing))
-    cube.attrs["history_years"] = []
-    if history and isinstance(items, SearchResult):
-        kw = dict(tile_px=tile_px, signer=signer, max_acquisitions=max_acquisitions, gdal_env=gdal_env,
-                  state=state, on_read_error=on_read_error)
-        cube = with_history(cube, items, geobox, [int(year) - k for k in range(1, history + 1)], wanted, kw)
+    cube.attrs["history_years"] = [y for y, _ in earlier]
+    cube.attrs["items"].update({f"{k}/{y}": v for y, e in earlier for k, v in e.attrs["items"].items()})
+    if history and isinstance(items, SearchResult) and not earlier:
+        log.info("cube %s: no scenes in the seasons %s; history features hold this season's", year,
+                 [int(year) - k for k in range(1, history + 1)])
     return cube
-
-
-def _join_task(block: np.ndarray, *earlier: np.ndarray, names: Sequence[str],
-               earlier_names: Sequence[str]) -> np.ndarray:
-    """Dask task: one tile's `join_seasons`."""
-    return join_seasons(block, earlier, names, earlier_names)
 
 
 def _inputs_of(names: Sequence[str]) -> set[str]:
@@ -789,28 +820,16 @@ def history_sensors(names: Sequence[str], wanted: Sequence[S.Sensor]) -> list[S.
     return [s for s in wanted if need & set(s.features)]
 
 
-def with_history(cube: xr.DataArray, items: SearchResult, geobox: GeoBox, years: Sequence[int],
-                 wanted: Sequence[S.Sensor], kw: Mapping[str, Any]) -> xr.DataArray:
-    """`cube` with its `HISTORY` features joined over the earlier `years` that have scenes (lazy, tile by tile)."""
-    names = [str(f) for f in cube["feature"].values]
+def earlier_seasons(items: SearchResult, geobox: GeoBox, years: Sequence[int], names: Sequence[str],
+                    wanted: Sequence[S.Sensor], kw: Mapping[str, Any]) -> list[tuple[int, xr.DataArray]]:
+    """(year, lazy cube) of each of `years` that has scenes, for the `HISTORY` features among `names`: only the
+    sensors those come from, and only the features the join reads (`HISTORY` sources) kept per tile."""
     sensors = history_sensors(names, wanted)
-    earlier, used = [], []
+    sources = [h.source for h in HISTORY if h.name in names]
+    out = []
     for y in years:
         found = items.for_year(y)
         if not any(found.get(s.name) for s in sensors if s.per_acquisition):
             continue
-        earlier.append(build(items, geobox, y, sensors=sensors, **kw))
-        used.append(y)
-    if not earlier:
-        log.info("cube %s: no scenes in the seasons %s; history features hold this season's", cube.attrs["year"],
-                 list(years))
-        return cube
-    enames = [str(f) for f in earlier[0]["feature"].values]
-    data = da.map_blocks(_join_task, cube.data, *(e.data for e in earlier), dtype=np.float32,
-                         chunks=cube.data.chunks, names=names, earlier_names=enames,
-                         name=f"history-{tokenize(cube.data.name, [e.data.name for e in earlier])}")
-    out = cube.copy(data=data)
-    out.attrs = {**cube.attrs, "history_years": used,
-                 "items": {**cube.attrs["items"], **{f"{k}/{y}": v for y, e in zip(used, earlier, strict=True)
-                                                     for k, v in e.attrs["items"].items()}}}
+        out.append((y, build(items, geobox, y, sensors=sensors, keep=sources, **kw)))
     return out

@@ -320,22 +320,27 @@ class TileOutcome:
 
 def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str,
                resources: Mapping[str, float] | None = None, store_lock: threading.Lock | None = None,
-               history: int = 0):
+               history: int = 0, history_sensors: Sequence[str] | None = None):
     """The lazy work of one tile-year (search happens here, on the client): a Delayed returning a TileRecord.
 
     None when the catalog has no scenes over the tile for the year (recorded, not an error). `store_lock`:
     held around `store.write`, which may create the zone's arrays (two threads creating them at once
     collide), when graphs are built in several threads. `history`: the seasons before the year the
-    checkpoint's history features read (`cube.history_for`), searched and joined too.
+    checkpoint's history features read (`cube.history_for`), searched and joined too, for the sensors
+    `history_sensors` names (`cube.history_sensors`; None: every sensor).
     """
     from glacier_stac import catalog, cube, obia
+    from glacier_stac import sensors as sensor_records
     from glacier_stac.infer import predict_tile
 
     ctx = unit.geobox.pad(margin)
     aoi = catalog.load_aoi(ctx.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=unit.key.id)
-    seasons = list(range(max(year - history, catalog.FIRST_YEAR), year + 1))  # none before the satellite era
-    found = catalog.search(aoi, seasons, list(cfg.sensors) if cfg.sensors else None,
-                           catalog=cat, missing="record", max_cloud=cfg.max_cloud)
+    before = list(range(max(year - history, catalog.FIRST_YEAR), year))  # none before the satellite era
+    wanted = list(cfg.sensors) if cfg.sensors else None
+    again = {n: before for n in (history_sensors if history_sensors is not None
+                                 else [s.name for s in sensor_records.resolve(wanted)])} if before else None
+    found = catalog.search(aoi, [year], wanted, catalog=cat, missing="record", max_cloud=cfg.max_cloud,
+                           more_years=again)
     if not any(found.for_year(year).values()):
         return None
     # an unreadable asset fails the tile's task (retried, then recorded failed with its reason): a tile read
@@ -483,6 +488,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     from distributed import as_completed
 
     from glacier_stac import catalog, cube
+    from glacier_stac import sensors as sensor_records
     from glacier_stac.models.checkpoint import load as load_checkpoint
 
     t0 = time.perf_counter()
@@ -494,6 +500,9 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     ckpt = load_checkpoint(cfg.checkpoint)
     digest = ckpt.digest()
     history = cube.history_for(ckpt.features)  # earlier seasons its features read, searched per tile-year
+    wanted = sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None)
+    # ... of only the sensors those come from (the static DEM is every season's)
+    again = [s.name for s in cube.history_sensors(ckpt.features, wanted) if s.per_acquisition]
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     resources = {"GPU": 1} if has_gpu_workers(client) else None
     total = len(plan.tiles) * len(plan.years)
@@ -518,7 +527,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
 
     def build(unit: TileUnit, year: int) -> tuple[Any, float]:
         t = time.perf_counter()
-        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock, history)
+        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock, history, again)
         return task, time.perf_counter() - t
 
     def top_up() -> None:

@@ -1032,6 +1032,30 @@ MUTATIONS: list[Mutation] = [
         new="\"iou_debris_worst\": float(np.nanmedian(d))}\n",
         tests=("tests/test_prior_shift.py",),
     ),
+    Mutation(
+        name="history-earlier-seasons-keep-everything",
+        invariant="a tile-year holds only the two features of each earlier season its join reads",
+        path="glacier_stac/cube.py",
+        old="        out.append((y, build(items, geobox, y, sensors=sensors, keep=sources, **kw)))\n",
+        new="        out.append((y, build(items, geobox, y, sensors=sensors, **kw)))\n",
+        tests=("tests/test_cube_history.py",),
+    ),
+    Mutation(
+        name="history-join-skipped-in-tile-task",
+        invariant="the tile task joins the earlier seasons it is handed",
+        path="glacier_stac/cube.py",
+        old="    if post.seasons:\n",
+        new="    if False:\n",
+        tests=("tests/test_cube_history.py",),
+    ),
+    Mutation(
+        name="pipeline-history-searches-every-sensor",
+        invariant="the seasons before the year are searched only for the sensors the history features come from",
+        path="glacier_stac/pipeline.py",
+        old="plan.margin, digest, resources, store_lock, history, again)",
+        new="plan.margin, digest, resources, store_lock, history)",
+        tests=("tests/test_pipeline.py::test_a_checkpoint_reading_history_features_gets_the_earlier_seasons",),
+    ),
 ]
 
 

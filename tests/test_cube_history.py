@@ -9,7 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from glacier_stac import catalog, cube
+from glacier_stac import catalog, cube, sensors
 from glacier_stac.demo import world_aoi, world_grid
 from glacier_stac.testing.predictions import Region
 
@@ -86,3 +86,44 @@ def test_a_first_season_has_no_history(seasons):
     got = first.compute(scheduler="threads")
     for h in cube.HISTORY:
         np.testing.assert_array_equal(got.sel(feature=h.name).values, got.sel(feature=h.source).values)
+
+
+def test_earlier_seasons_keep_only_what_the_join_reads(seasons):
+    """An earlier season's cube reads only the sensors the history features come from and keeps, tile by tile,
+    only the features the join reads (two of them, not the season's ~20: a tile-year holds two earlier seasons
+    until its own tile joins them), equal to those features of that season's full cube."""
+    names = [str(f) for f in seasons["2022"]["feature"].values]
+    earlier = cube.earlier_seasons(seasons["found"], seasons["gb"], [2021, 2020], names,
+                                   sensors.resolve(None), {})
+    assert [y for y, _ in earlier] == [2021]  # 2020 has no scenes: skipped
+    e = earlier[0][1]
+    sources = [h.source for h in cube.HISTORY]
+    assert [str(f) for f in e["feature"].values] == sources
+    assert e.data.chunks[0] == (len(sources),)
+    assert "sentinel-1" not in e.attrs["sensors"] and "sentinel-2" in e.attrs["sensors"]
+    np.testing.assert_array_equal(e.compute(scheduler="threads").values, seasons["2021"].sel(feature=sources).values)
+
+
+def test_keep_gives_those_features_of_the_full_cube(seasons):
+    kept = cube.build(seasons["found"], seasons["gb"], 2021, keep=["elevation", "ndsi"])
+    assert [str(f) for f in kept["feature"].values] == ["ndsi", "elevation"]  # the cube's order
+    np.testing.assert_array_equal(kept.compute(scheduler="threads").values,
+                                  seasons["2021"].sel(feature=["ndsi", "elevation"]).values)
+    with pytest.raises(ValueError, match=r"keep: features \['vv_hh'\] are not made by sensors"):
+        cube.build(seasons["found"], seasons["gb"], 2021, keep=["ndsi", "vv_hh"])
+
+
+def test_more_years_searches_those_sensors_only(world_dir, rustac_url):
+    """An annual update's search: every sensor for the year, and the seasons before it for the sensors its
+    history features come from only (`catalog.search(more_years=)`); a sensor not searched is named."""
+    aoi = world_aoi(world_dir)
+    found = catalog.search(aoi, [2022], catalog=catalog.open_catalog(rustac_url), missing="record",
+                           more_years={"sentinel-2": [2021], "landsat": [2021]})
+    both = catalog.search(aoi, [2021, 2022], catalog=catalog.open_catalog(rustac_url))
+    assert sorted(found.items["sentinel-2"]) == sorted(found.items["landsat"]) == [2021, 2022]
+    assert sorted(found.items["sentinel-1"]) == [2022]
+    for s in ("sentinel-2", "landsat"):
+        assert [i.id for i in found.items[s][2021]] == [i.id for i in both.items[s][2021]]
+    with pytest.raises(ValueError, match=r"more_years names sensors \['sentinel-3'\] that are not searched"):
+        catalog.search(aoi, [2022], ["sentinel-2"], catalog=catalog.open_catalog(rustac_url),
+                       more_years={"sentinel-3": [2021]})

@@ -442,16 +442,27 @@ def _history_checkpoint(feats: list[str], mean: list[float], std: list[float], p
                                       required_features=["elevation"]), path)
 
 
-def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_dir, rustac_url, client, tmp_path):
+def test_a_checkpoint_reading_history_features_gets_the_earlier_seasons(world_dir, rustac_url, client, tmp_path,
+                                                                        monkeypatch):
     """A run searches and joins the seasons before each year that its checkpoint's history features read
-    (`cube.history_for`): a tile's stored classes equal one predict over the whole world's cube with those
-    seasons joined, and differ from the one without them."""
+    (`cube.history_for`), of the sensors those come from only (no SAR, and the static DEM once): a tile's
+    stored classes equal one predict over the whole world's cube with those seasons joined, and differ from
+    the one without them."""
     feats = ["snow_persistence_hist", "lst_max_anomaly_hist", "elevation"]
     path = _history_checkpoint(feats, [0.5, -2.0, 1000.0], [0.5, 5.0, 800.0], tmp_path / "history.pt")
     cfg = pipeline.parse_config(_raw(rustac_url, tmp_path, years=(2022,), bbox=_bbox(world_dir),
                                      checkpoint=str(path)))
+    searches, real_search = [], catalog.search
+
+    def search(*args, **kw):  # the real search, its arguments noted
+        searches.append((args[1], kw.get("more_years")))
+        return real_search(*args, **kw)
+
+    monkeypatch.setattr(catalog, "search", search)
     rep = pipeline.run_on(client, cfg)
     assert rep.counts()["failed"] == 0, rep.to_dict()["failures"]
+    assert searches and all(s == ([2022], {"sentinel-2": [2020, 2021], "landsat": [2020, 2021]}) for s in searches)
+    monkeypatch.setattr(catalog, "search", real_search)
     gb = WorldDir(world_dir).grid()
     found = catalog.search(catalog.load_aoi(cfg.aoi), [2021, 2022], catalog=rustac_url, missing="record")
     got = store.open_predictions(cfg.store, aoi=gb.extent, years=[2022])["classes"].sel(year=2022).values
