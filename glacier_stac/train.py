@@ -250,16 +250,34 @@ def edge_band(labels: np.ndarray, reach_px: int = 10) -> np.ndarray:
             | (near(~ice & (labels != IGNORE), reach_px) & ice))
 
 
+def forefield_zone(region: Region, reach_px: int = 10, feature: str = "lst_max_anomaly",
+                   warm_k: float = -1.0) -> np.ndarray:
+    """Ice-free ground within `reach_px` of a glacier that reads nearly as warm as bare ground at its elevation
+    (`feature` above `warm_k` K): fresh forefield and moraines, debris-coloured but with no ice beneath, where
+    models paint debris-covered ice past the edge (issue 13: a third of the worst world's false debris read
+    warmer than -0.5 K, where 3 % of true debris does). Empty when the region lacks the feature."""
+    if feature not in region.features.feature.values:
+        return np.zeros(region.labels.shape, bool)
+    with np.errstate(invalid="ignore"):
+        warm = region.features.sel(feature=feature).values > warm_k  # NaN (no thermal): not warm
+    ice = np.isin(region.labels, metrics.GLACIER)
+    return warm & near(ice, reach_px) & (region.labels == Label.BACKGROUND)
+
+
 def pixel_weights(region: Region, front: np.ndarray, front_loss_weight: float = 4.0,
-                  snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0) -> np.ndarray:
+                  snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0,
+                  forefield_loss_weight: float = 0.0) -> np.ndarray:
     """Per-pixel loss weight: 1, plus `front_loss_weight` on the sea ice before calving fronts (`front`, from
-    `front_zone`), `snow_loss_weight` on snow-covered ground off the glaciers (`snow_zone`) and
-    `margin_loss_weight` on both sides of their edges (`edge_band`)."""
+    `front_zone`), `snow_loss_weight` on snow-covered ground off the glaciers (`snow_zone`),
+    `margin_loss_weight` on both sides of their edges (`edge_band`) and `forefield_loss_weight` on the warm
+    ice-free ground beside them (`forefield_zone`)."""
     w = 1.0 + front_loss_weight * front
     if snow_loss_weight:
         w = w + snow_loss_weight * snow_zone(region)
     if margin_loss_weight:
         w = w + margin_loss_weight * edge_band(region.labels)
+    if forefield_loss_weight:
+        w = w + forefield_loss_weight * forefield_zone(region)
     return w.astype(np.float32)
 
 
@@ -291,7 +309,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           progress: bool = True, domain_randomisation: bool = False,
           classes: Sequence[str] | None = None, init: Checkpoint | None = None, freeze_init: bool = False,
           front_loss_weight: float = 4.0, class_weight_power: float = 0.5,
-          snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0) -> tuple[Checkpoint, list[dict]]:
+          snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0,
+          forefield_loss_weight: float = 0.0) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
@@ -310,7 +329,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     `class_weight_power`: the loss's class weights are inverse frequency to this power (`class_weights`).
     `snow_loss_weight`: extra loss weight, and as much extra draw weight, on snow-covered ground off the
     glaciers (`snow_zone`), the false glacier of high and dry regimes (issue 13). `margin_loss_weight`: extra
-    loss weight on both sides of the glacier edges (`edge_band`), where false debris and missed margins lie."""
+    loss weight on both sides of the glacier edges (`edge_band`), where false debris and missed margins lie.
+    `forefield_loss_weight`: extra loss weight on the warm ice-free ground beside the glaciers (`forefield_zone`)."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -349,7 +369,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     cw = class_weights(train_regions, len(names), class_weight_power).to(dev)
     loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
     fronts = [front_zone(r.labels) for r in train_regions]  # weights the loss and the draw
-    pixel_w = [pixel_weights(r, f, front_loss_weight, snow_loss_weight, margin_loss_weight)
+    pixel_w = [pixel_weights(r, f, front_loss_weight, snow_loss_weight, margin_loss_weight, forefield_loss_weight)
                for r, f in zip(train_regions, fronts, strict=True)]
     draw_w = [sample_weights(r.labels, front=f) + (snow_loss_weight * snow_zone(r) if snow_loss_weight else 0)
               for r, f in zip(train_regions, fronts, strict=True)]

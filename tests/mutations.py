@@ -1056,6 +1056,22 @@ MUTATIONS: list[Mutation] = [
         new="plan.margin, digest, resources, store_lock, history)",
         tests=("tests/test_pipeline.py::test_a_checkpoint_reading_history_features_gets_the_earlier_seasons",),
     ),
+    Mutation(
+        name="forefield-zone-cold-ground",
+        invariant="the forefield weight falls on warm ice-free ground beside the glaciers, not on the cold",
+        path="glacier_stac/train.py",
+        old="        warm = region.features.sel(feature=feature).values > warm_k  # NaN (no thermal): not warm\n",
+        new="        warm = region.features.sel(feature=feature).values < warm_k  # NaN (no thermal): not warm\n",
+        tests=("tests/test_train_units.py::test_forefield_zone_is_warm_ice_free_ground_beside_the_glaciers",),
+    ),
+    Mutation(
+        name="forefield-weight-ignored",
+        invariant="the forefield loss weight reaches the pixel weights",
+        path="glacier_stac/train.py",
+        old="        w = w + forefield_loss_weight * forefield_zone(region)\n",
+        new="        w = w + 0 * forefield_zone(region)\n",
+        tests=("tests/test_train_units.py::test_forefield_zone_is_warm_ice_free_ground_beside_the_glaciers",),
+    ),
 ]
 
 

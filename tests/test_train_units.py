@@ -157,3 +157,26 @@ def test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges
     np.testing.assert_allclose(train.pixel_weights(r, front, 4.0), 1.0)  # both off by default
     optical = train.Region("b", feats.sel(feature=["B03"]), lab)
     assert not train.snow_zone(optical).any()
+
+
+def test_forefield_zone_is_warm_ice_free_ground_beside_the_glaciers():
+    """Ground within reach of a glacier that reads as warm as bare ground (no ice beneath) gets the extra
+    weight; cold ground there (debris-like, ice under it perhaps), warm ground far off, ice itself and pixels
+    without thermal do not; a region without the feature has no zone."""
+    lab = np.zeros((60, 60), np.uint8)
+    lab[20:40, 20:40] = Label.DEBRIS_ICE
+    anom = np.zeros((60, 60), np.float32)  # as warm as bare ground everywhere ...
+    anom[20:40, 20:40] = -3.0  # ... but on the debris-covered ice
+    anom[40:45, 20:40] = -2.0  # a cold apron below the tongue: not the zone
+    anom[15:20, 25] = np.nan  # no thermal: not the zone
+    feats = xr.DataArray(np.stack([np.zeros_like(anom), anom]), dims=("feature", "y", "x"),
+                         coords={"feature": ["B03", "lst_max_anomaly"]})
+    r = train.Region("a", feats, lab)
+    zone = train.forefield_zone(r, reach_px=5)
+    near = train.near(lab == Label.DEBRIS_ICE, 5) & (lab == Label.BACKGROUND)
+    np.testing.assert_array_equal(zone, near & (anom > -1.0))
+    assert zone[15:20, 20:25].all() and not zone[40:45, 20:40].any() and not zone[15:20, 25].any()
+    assert not zone[:10].any() and not zone[lab == Label.DEBRIS_ICE].any()
+    w = train.pixel_weights(r, np.zeros((60, 60), bool), 4.0, forefield_loss_weight=3.0)
+    np.testing.assert_allclose(w, 1.0 + 3.0 * train.forefield_zone(r))
+    assert not train.forefield_zone(train.Region("b", feats.sel(feature=["B03"]), lab)).any()
