@@ -52,6 +52,8 @@ def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     warnings.filterwarnings("ignore", category=RuntimeWarning)
     ckpt = load(args.checkpoint)
+    if args.klass not in ckpt.classes:
+        raise SystemExit(f"--class {args.klass!r}: not a class of {args.checkpoint} ({ckpt.classes})")
     if ckpt.metrics.get("prior_shift"):
         raise SystemExit(f"{args.checkpoint} is calibrated already ({ckpt.metrics['prior_shift']}): "
                          "fit on the uncalibrated checkpoint")

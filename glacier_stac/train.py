@@ -507,8 +507,7 @@ class PriorFit:
 
     klass: str
     shift: float
-    criterion: dict[float, float]  # shift -> prior_criterion
-    figures: dict[float, dict[str, float]]  # shift -> median and worst glacier and debris IoU
+    figures: dict[float, dict[str, float]]  # shift -> `prior_figures`: median and worst IoU and the criterion
 
 
 def shift_probability(prob: np.ndarray, index: int, shift: float) -> np.ndarray:
@@ -540,7 +539,7 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     than there is; its probabilities carry that prior, and it paints debris on the moraines beside the
     tongues. Dividing the prior back out is the logit adjustment, its size measured on validation worlds."""
     index = CLASSES.index(klass)
-    crit, figs = {}, {}
+    figs = {}
     for s in shifts:
         g, d = [], []
         for prob, truth in zip(probs, truths, strict=True):
@@ -549,9 +548,8 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
             g.append(m["iou_overall"])
             d.append(m["iou_debris"])
         figs[float(s)] = prior_figures(g, d)
-        crit[float(s)] = figs[float(s)]["criterion"]
-    best = max(crit, key=lambda s: (crit[s], -abs(s)))
-    return PriorFit(klass, best, crit, figs)
+    best = max(figs, key=lambda s: (figs[s]["criterion"], -abs(s)))
+    return PriorFit(klass, best, figs)
 
 
 def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "debris_ice",

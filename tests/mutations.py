@@ -1020,8 +1020,8 @@ MUTATIONS: list[Mutation] = [
         name="prior-shift-ties-away-from-zero",
         invariant="no shift without evidence: ties go to the shift nearest 0",
         path="glacier_stac/train.py",
-        old="    best = max(crit, key=lambda s: (crit[s], -abs(s)))\n",
-        new="    best = max(crit, key=lambda s: (crit[s], abs(s)))\n",
+        old="    best = max(figs, key=lambda s: (figs[s][\"criterion\"], -abs(s)))\n",
+        new="    best = max(figs, key=lambda s: (figs[s][\"criterion\"], abs(s)))\n",
         tests=("tests/test_prior_shift.py",),
     ),
     Mutation(

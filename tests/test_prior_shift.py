@@ -96,7 +96,8 @@ def test_the_shift_chosen_undoes_an_overpainted_debris_prior() -> None:
     fit = train.choose_prior_shift([prob], [truth], "debris_ice", shifts=(0.0, -0.25, -0.5, -1.0, -4.0))
     assert fit.shift == -0.5  # log(0.4/0.6) = -0.405: -0.25 is not enough; -1.0 ties, and is further from 0
     assert fit.figures[0.0]["iou_debris_median"] < 0.5 and fit.figures[-0.5]["iou_debris_median"] == 1.0
-    assert fit.criterion[-0.5] == fit.criterion[-1.0] > fit.criterion[-4.0]  # -4 loses the tongue too
+    crit = {k: f["criterion"] for k, f in fit.figures.items()}
+    assert crit[-0.5] == crit[-1.0] > crit[-4.0]  # -4 loses the tongue too
 
 
 def test_a_calibrated_model_is_left_as_it_is() -> None:
