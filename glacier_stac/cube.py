@@ -312,10 +312,10 @@ def thermal_features(lwir: Sequence[np.ndarray], mask: Sequence[np.ndarray], sca
 # ------------------------------------------------------------- derived features that carry across regimes
 # Raw surface temperature and elevation mean different things in different climates: at 5000 m in High
 # Asia sunlit rock is colder than debris-covered ice at 4000 m, while in a 0-3000 m maritime range it is
-# always warmer. Relative to the tile's own bare ground and snowline they mean the same everywhere.
-# Both are fitted per tile (10 km, `grid.TILE_PX`) over the tile alone: a lapse line and a snowline vary
-# over tens of kilometres, so the step between neighbouring tiles' fits is small (a few tenths of a kelvin,
-# tens of metres) next to the contrasts the features carry (debris 3-15 K below rock); it is not seam-free.
+# always warmer. Relative to the area's own bare ground and snowline they mean the same everywhere.
+# Both are fitted per tile (10 km, `grid.TILE_PX`) on a sample of the tile pooled with its neighbours'
+# (`AreaFit`): a lapse line and a snowline vary over tens of kilometres, and a tile that the area of interest
+# or a halo cuts to a sliver has too few, too narrow pixels for a fit of its own.
 
 LAPSE_DEFAULT = -0.0065  # K per metre, used when a tile's bare ground spans too little height to fit one
 MIN_FIT_PIXELS = 500
@@ -355,17 +355,41 @@ def lapse_fit(temp: np.ndarray, elev: np.ndarray, ground: np.ndarray, max_sample
     return a, b
 
 
-def lst_anomaly(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray) -> np.ndarray:
-    """Surface temperature minus that of bare ground at the same elevation (K), from the tile's lapse fit.
+FIT_STRIDE = 2  # every other row and column: a tile's fit sample is a quarter of its pixels, so pooled
+# samples weigh each tile by its area
 
-    Bare ground: snow-free (NDSI < 0.2), not water (NDWI < 0.2). Debris-covered ice reads a few kelvin
-    below zero in every regime; NaN where there is no temperature or the tile has too little bare ground.
-    """
-    fit = lapse_fit(lwir, elev, (ndsi < 0.2) & (ndwi < 0.2))
+
+def lapse_sample(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray) -> np.ndarray:
+    """(2, n) temperature and elevation of the bare ground a lapse fit reads: snow-free (NDSI < 0.2), not water
+    (NDWI < 0.2), on the `FIT_STRIDE` lattice."""
+    lat = (slice(None, None, FIT_STRIDE),) * lwir.ndim
+    t, z = lwir[lat], elev[lat]
+    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.isfinite(z)
+    return np.stack([t[ok], z[ok]]).astype(np.float32)
+
+
+def lapse_solve(sample: np.ndarray) -> tuple[float, float] | None:
+    """The robust lapse line through a (pooled) `lapse_sample`; None with too few pixels."""
+    return lapse_fit(sample[0], sample[1], np.ones(sample.shape[1], bool))
+
+
+def lapse_apply(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray,
+                fit: tuple[float, float] | None) -> np.ndarray:
+    """Surface temperature minus the fitted bare ground's at the same elevation (K); NaN without a fit."""
     if fit is None:
         return np.full(lwir.shape, NAN)
     a, b = fit
     return (lwir - (np.float32(a) + np.float32(b) * elev)).astype(np.float32)
+
+
+def lst_anomaly(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray) -> np.ndarray:
+    """Surface temperature minus that of bare ground at the same elevation (K), from a lapse fit over these
+    pixels alone (the cube pools the fit over neighbouring tiles: `DERIVED`).
+
+    Bare ground: snow-free (NDSI < 0.2), not water (NDWI < 0.2). Debris-covered ice reads a few kelvin
+    below zero in every regime; NaN where there is no temperature or too little bare ground.
+    """
+    return lapse_apply(lwir, elev, ndsi, ndwi, lapse_solve(lapse_sample(lwir, elev, ndsi, ndwi)))
 
 
 def snowline(elev: np.ndarray, ndsi: np.ndarray, bin_m: float = 25.0) -> float | None:
@@ -387,12 +411,29 @@ def snowline(elev: np.ndarray, ndsi: np.ndarray, bin_m: float = 25.0) -> float |
     return float(edges[int(np.argmin(err))])
 
 
-def elevation_above_snowline(elev: np.ndarray, ndsi: np.ndarray) -> np.ndarray:
-    """Elevation relative to the tile's snowline (m): the ELA's stand-in, comparable across regimes."""
-    line = snowline(elev, ndsi)
+def snowline_sample(elev: np.ndarray, ndsi: np.ndarray) -> np.ndarray:
+    """(2, n) elevation and NDSI of the observed pixels on the `FIT_STRIDE` lattice, for a snowline fit."""
+    lat = (slice(None, None, FIT_STRIDE),) * elev.ndim
+    z, v = elev[lat], ndsi[lat]
+    ok = np.isfinite(z) & np.isfinite(v)
+    return np.stack([z[ok], v[ok]]).astype(np.float32)
+
+
+def snowline_solve(sample: np.ndarray) -> float | None:
+    """The snowline of a (pooled) `snowline_sample`; None without pixels."""
+    return snowline(sample[0], sample[1])
+
+
+def snowline_apply(elev: np.ndarray, ndsi: np.ndarray, line: float | None) -> np.ndarray:
+    """Elevation relative to a fitted snowline (m); NaN without one."""
     if line is None:
         return np.full(elev.shape, NAN)
     return (elev - np.float32(line)).astype(np.float32)
+
+
+def elevation_above_snowline(elev: np.ndarray, ndsi: np.ndarray) -> np.ndarray:
+    """Elevation relative to these pixels' snowline (m): the ELA's stand-in, comparable across regimes."""
+    return snowline_apply(elev, ndsi, snowline_solve(snowline_sample(elev, ndsi)))
 
 
 def this_season(values: np.ndarray) -> np.ndarray:
@@ -401,13 +442,33 @@ def this_season(values: np.ndarray) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class AreaFit:
+    """How a derived feature's parameters are fitted over an area (a lapse line, a snowline) and applied.
+
+    Why apart from the kernel: the cube takes `sample` of each tile, pools it with the samples of the tiles
+    around it, `solve`s the pooled sample and `apply`s the result, so a tile cut to a sliver (an area's edge,
+    an inference halo) gets the fit of the ground around it and neighbouring tiles step little at their seam.
+    `sample` and `apply` read the feature's inputs (`apply` then the parameters; None: NaN)."""
+
+    sample: Callable[..., np.ndarray]
+    solve: Callable[[np.ndarray], Any]
+    apply: Callable[..., np.ndarray]
+
+
+@dataclass(frozen=True)
 class Derived:
     """A feature computed from other features of the same tile (after every sensor's kernel; a derived
-    feature may read one derived before it)."""
+    feature may read one derived before it). One with a `fit` reads sensors' features only: its sample is
+    taken before any derived feature is computed. `kernel` computes it on arrays alone (fitted on them)."""
 
     name: str
     inputs: tuple[str, ...]
     kernel: Callable[..., np.ndarray]
+    fit: AreaFit | None = None
+
+
+LAPSE = AreaFit(lapse_sample, lapse_solve, lapse_apply)
+SNOWLINE = AreaFit(snowline_sample, snowline_solve, snowline_apply)
 
 
 @dataclass(frozen=True)
@@ -433,10 +494,10 @@ HISTORY: tuple[History, ...] = (
 )
 
 DERIVED: tuple[Derived, ...] = (
-    Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi"), lst_anomaly),
+    Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi"), lst_anomaly, LAPSE),
     # the warmest scene against the warmest scenes of bare ground: ~0 where the ground was seen bare once
-    Derived("lst_max_anomaly", ("lwir11_max", "elevation", "ndsi", "ndwi"), lst_anomaly),
-    Derived("elev_above_snowline", ("elevation", "ndsi"), elevation_above_snowline),
+    Derived("lst_max_anomaly", ("lwir11_max", "elevation", "ndsi", "ndwi"), lst_anomaly, LAPSE),
+    Derived("elev_above_snowline", ("elevation", "ndsi"), elevation_above_snowline, SNOWLINE),
     *(Derived(h.name, (h.source,), this_season) for h in HISTORY),
 )
 
@@ -501,11 +562,13 @@ class SensorTile:
     params: Mapping[str, Any] = field(default_factory=dict)
 
 
-def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tuple[int, int]) -> np.ndarray:
+def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tuple[int, int],
+                  derive_here: bool = True) -> np.ndarray:
     """All features of one tile, (feature, y, x) float32, written once into one array.
 
     `plan` lists one `SensorTile` per sensor in feature order; a sensor with no blocks has no items
-    over this tile: NaN features and a zero count.
+    over this tile: NaN features and a zero count. The derived features are fitted on this tile alone, or,
+    with `derive_here=False`, left NaN for `derive` (the cube fits them pooled over neighbouring tiles).
     """
     sensors = [p.sensor for p in plan]
     names = [f for s in sensors for f in s.features]
@@ -530,12 +593,35 @@ def tile_features(*blocks: np.ndarray, plan: tuple[SensorTile, ...], shape: tupl
             if sensor.count_feature is not None:
                 view[sensor.features.index(sensor.count_feature)] = 0
         f, b = f + len(view), b + k
-    names = list(names)
-    for d in derived:
-        out[f] = d.kernel(*(out[names.index(i)] for i in d.inputs))
-        names.append(d.name)
-        f += 1
+    if derive_here:
+        derive(out, [*names, *(d.name for d in derived)])
+    else:
+        out[f:] = np.nan
     return out
+
+
+def derive(block: np.ndarray, names: Sequence[str], fits: Mapping[str, Any] | None = None) -> None:
+    """Fill the derived features among `names` (the rows of `block`, (feature, y, x)) in place, in `DERIVED`
+    order: a fitted one with its parameters in `fits` (pooled over neighbouring tiles: `pooled_fits`), or,
+    without `fits`, fitted on this block alone."""
+    for d in DERIVED:
+        if d.name not in names:
+            continue
+        args = [block[names.index(i)] for i in d.inputs]
+        fitted = d.fit is not None and fits is not None
+        block[names.index(d.name)] = d.fit.apply(*args, fits[d.name]) if fitted else d.kernel(*args)
+
+
+def fit_samples(block: np.ndarray, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """What each fitted derived feature among `names` samples from one tile's block (its sensors' rows)."""
+    return {d.name: d.fit.sample(*(block[names.index(i)] for i in d.inputs))
+            for d in DERIVED if d.fit is not None and d.name in names}
+
+
+def pooled_fits(samples: Sequence[Mapping[str, np.ndarray]]) -> dict[str, Any]:
+    """Each fitted derived feature's parameters from the samples of a tile and its neighbours, pooled."""
+    by_name = {d.name: d for d in DERIVED}
+    return {n: by_name[n].fit.solve(np.concatenate([s[n] for s in samples], axis=1)) for n in samples[0]}
 
 
 # --------------------------------------------------------------------------- the Dask wiring
@@ -609,26 +695,52 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
 
 @dataclass(frozen=True)
 class TileOutput:
-    """What a tile task returns beyond its features: only the features at `keep` (an earlier season kept for
-    the history join: two of its ~20), and this season's `HISTORY` features joined over the last `seasons`
-    inputs (the earlier seasons' kept blocks, named `earlier_names`)."""
+    """What a tile's cube task returns: only the features at `keep` (an earlier season kept for the history
+    join: two of its ~20) and this season's `HISTORY` features joined over the last `seasons` inputs (the
+    earlier seasons' kept blocks, named `earlier_names`); `names` are the cube's features."""
 
     keep: tuple[int, ...] | None = None
     names: tuple[str, ...] = ()
     earlier_names: tuple[str, ...] = ()
     seasons: int = 0
 
+    @property
+    def carried(self) -> tuple[str, ...]:
+        """The features a tile's read task hands on: all, or those kept and what the derived ones among them
+        are computed from (fitted after the neighbours' samples are in)."""
+        if self.keep is None:
+            return self.names
+        need = _inputs_of([self.names[k] for k in self.keep])
+        return tuple(n for n in self.names if n in need)
+
 
 def _tile_task(plan: tuple[SensorTile, ...], shape: tuple[int, int], post: TileOutput, *inputs: Any) -> np.ndarray:
-    """One tile's task: each input is a list of (1, band, y, x) blocks, one per acquisition (passed on as
-    (band, y, x) views, never concatenated), or the DEM's haloed block; then `post.seasons` earlier seasons'
-    blocks, joined into this one in place (the task owns the block it made: no copy of the tile)."""
-    n = len(inputs) - post.seasons
-    blocks = [[b[0] for b in x] if isinstance(x, list) else x for x in inputs[:n]]
-    out = tile_features(*blocks, plan=plan, shape=shape)
+    """One tile's read task: each input is a list of (1, band, y, x) blocks, one per acquisition (passed on as
+    (band, y, x) views, never concatenated), or the DEM's haloed block. Its sensors' features, the derived
+    ones left NaN for `_derive_task`; only the `post.carried` ones."""
+    blocks = [[b[0] for b in x] if isinstance(x, list) else x for x in inputs]
+    out = tile_features(*blocks, plan=plan, shape=shape, derive_here=False)
+    carried = post.carried
+    return out if carried == post.names else out[[post.names.index(n) for n in carried]]
+
+
+def _samples_task(post: TileOutput, block: np.ndarray) -> dict[str, np.ndarray]:
+    """A tile's samples for the fitted derived features (a quarter of its bare pixels: small)."""
+    return fit_samples(block, post.carried)
+
+
+def _derive_task(post: TileOutput, block: np.ndarray, samples: list[dict[str, np.ndarray]], *earlier: np.ndarray,
+                 ) -> np.ndarray:
+    """One tile's cube task: its derived features fitted on its own and its neighbours' `samples`, then
+    `post.seasons` earlier seasons' blocks joined, both in place: the read task's block is this task's alone
+    (a retry recomputes the derived rows from the sensors' rows and joins again, np.fmin / np.fmax alike)."""
+    names = post.carried
+    derive(block, names, pooled_fits(samples))
     if post.seasons:
-        join_seasons(out, inputs[n:], post.names, post.earlier_names, out=out)
-    return out if post.keep is None else out[list(post.keep)]
+        join_seasons(block, earlier, names, post.earlier_names, out=block)
+    if post.keep is None:
+        return block
+    return block[[names.index(post.names[k]) for k in post.keep]]
 
 
 @dataclass(frozen=True)
@@ -657,10 +769,15 @@ class Recipe:
 
 def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
                 prefix: str, post: TileOutput = TileOutput(), earlier: Sequence[da.Array] = ()) -> da.Array:
-    """The cube as one graph layer: a task per tile over the chunks of the acquisitions that meet it (and the
-    same tile of each `earlier` season's cube, joined in the task: `post`)."""
-    name = prefix + tokenize([(r.sensor.name, [a.name for a in r.arrays], r.over) for r in recipes], chunks, post,
-                             [e.name for e in earlier])
+    """The cube's graph: per tile a read task over the chunks of the acquisitions that meet it, a task sampling
+    it for the fitted derived features, and the cube task fitting them on the samples of the tile and the
+    tiles around it (and joining the same tile of each `earlier` season's cube: `post`)."""
+    token = tokenize([(r.sensor.name, [a.name for a in r.arrays], r.over) for r in recipes], chunks, post,
+                     [e.name for e in earlier])
+    name, reads, samples = prefix + token, prefix + "read-" + token, "fit-samples-" + token
+    ny, nx = len(chunks[0]), len(chunks[1])
+    dsk_read: dict[Any, Any] = {}
+    dsk_sample: dict[Any, Any] = {}
     dsk: dict[Any, Any] = {}
     for i, h in enumerate(chunks[0]):
         for j, w in enumerate(chunks[1]):
@@ -669,10 +786,16 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
                 part, ins = r.for_tile(i, j)
                 plan.append(part)
                 inputs += ins
-            inputs += [(e.name, 0, i, j) for e in earlier]
-            dsk[(name, 0, i, j)] = (_tile_task, tuple(plan), (h, w), post, *inputs)
-    deps = [a for r in recipes for a in r.arrays] + list(earlier)
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=deps)
+            dsk_read[(reads, 0, i, j)] = (_tile_task, tuple(plan), (h, w), post, *inputs)
+            dsk_sample[(samples, i, j)] = (_samples_task, post, (reads, 0, i, j))
+            near = [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))
+                    for b in range(max(j - 1, 0), min(j + 2, nx))]
+            dsk[(name, 0, i, j)] = (_derive_task, post, (reads, 0, i, j), near, *[(e.name, 0, i, j) for e in earlier])
+    read_graph = HighLevelGraph.from_collections(reads, dsk_read, dependencies=[a for r in recipes for a in r.arrays])
+    read = da.Array(read_graph, reads, chunks=((len(post.carried) or n_features,), *chunks), dtype=np.float32)
+    sample_graph = HighLevelGraph.from_collections(samples, dsk_sample, dependencies=[read])
+    sampled = da.Array(sample_graph, samples, chunks=((1,) * ny, (1,) * nx), dtype=object)
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=[read, sampled, *earlier])
     n_out = n_features if post.keep is None else len(post.keep)
     return da.Array(graph, name, chunks=((n_out,), *chunks), dtype=np.float32)
 

@@ -369,8 +369,8 @@ MUTATIONS: list[Mutation] = [
         name="lst-anomaly-fits-snow-too",
         invariant="derived features: the lapse line is fitted on snow-free, water-free ground only",
         path="glacier_stac/cube.py",
-        old="fit = lapse_fit(lwir, elev, (ndsi < 0.2) & (ndwi < 0.2))",
-        new="fit = lapse_fit(lwir, elev, np.isfinite(ndsi))",
+        old="    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.isfinite(z)",
+        new="    ok = np.isfinite(ndsi[lat]) & np.isfinite(t) & np.isfinite(z)",
         tests=("tests/test_cube_derived.py::test_snow_and_water_are_not_ground",),
     ),
     Mutation(
@@ -956,9 +956,29 @@ MUTATIONS: list[Mutation] = [
         name="warm-anomaly-from-the-median",
         invariant="lst_max_anomaly is the warmest scene's anomaly, not the median's again",
         path="glacier_stac/cube.py",
-        old="    Derived(\"lst_max_anomaly\", (\"lwir11_max\", \"elevation\", \"ndsi\", \"ndwi\"), lst_anomaly),\n",
-        new="    Derived(\"lst_max_anomaly\", (\"lwir11\", \"elevation\", \"ndsi\", \"ndwi\"), lst_anomaly),\n",
+        old="    Derived(\"lst_max_anomaly\", (\"lwir11_max\", \"elevation\", \"ndsi\", \"ndwi\"), "
+            "lst_anomaly, LAPSE),\n",
+        new="    Derived(\"lst_max_anomaly\", (\"lwir11\", \"elevation\", \"ndsi\", \"ndwi\"), "
+            "lst_anomaly, LAPSE),\n",
         tests=("tests/test_cube_derived.py::test_tile_features_carry_the_derived_features_after_the_sensors",),
+    ),
+    Mutation(
+        name="derived-fit-on-the-tile-alone",
+        invariant="a tile's lapse line and snowline are fitted on its own and its neighbours' samples pooled",
+        path="glacier_stac/cube.py",
+        old="near = [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))\n"
+            "                    for b in range(max(j - 1, 0), min(j + 2, nx))]",
+        new="near = [(samples, i, j)]",
+        tests=("tests/test_cube_world.py::test_a_sliver_tile_gets_the_fit_of_the_ground_around_it",),
+    ),
+    Mutation(
+        name="derived-fit-pools-one-sample",
+        invariant="every neighbouring tile's sample enters the pooled fit, not only the first one's",
+        path="glacier_stac/cube.py",
+        old="    return {n: by_name[n].fit.solve(np.concatenate([s[n] for s in samples], axis=1)) for n in samples[0]}",
+        new="    return {n: by_name[n].fit.solve(np.concatenate([s[n] for s in samples[:1]], axis=1))"
+            " for n in samples[0]}",
+        tests=("tests/test_cube_world.py::test_a_sliver_tile_gets_the_fit_of_the_ground_around_it",),
     ),
     Mutation(
         name="history-not-joined",

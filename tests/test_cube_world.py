@@ -281,11 +281,33 @@ def test_a_tile_gathers_only_the_scenes_over_it(world_dir, found):
     deps = c.data.__dask_graph__().get_all_dependencies()
     tiles = [k for k in deps if k[0] == c.data.name]
     assert len(tiles) == c.data.npartitions
-    times = {d[1] for k in tiles for d in deps[k] if str(d[0]).startswith("fetch_raster_window")}
+    reads = {d for k in tiles for d in deps[k] if str(d[0]).startswith("cube-")}  # each tile's read task
+    assert len(reads) == len(tiles)
+    times = {d[1] for k in reads for d in deps[k] if str(d[0]).startswith("fetch_raster_window")}
     assert times == {0, 1, 2}, times  # the fourth acquisition (index 3) is no tile's input
     near = cube.build({"sentinel-2": items}, gb, YEAR, sensors=["sentinel-2"])
     window = dict(x=slice(0, 300), y=slice(0, 300))
     np.testing.assert_array_equal(c.isel(window).values, near.isel(window).values)
+
+
+def test_a_sliver_tile_gets_the_fit_of_the_ground_around_it(world_dir, found):
+    """The area's edge cuts global tiles into slivers (26 x 40 px here: too few bare pixels for a lapse line of
+    their own). Each tile's lapse lines and snowline are fitted on its own and its neighbours' samples pooled:
+    with 2 x 2 tiles every tile's neighbourhood is the whole area, so the derived features equal one fit over the
+    whole cube, with no step at the seams."""
+    gb = world_grid(world_dir)
+    c = cube.build(found, gb, YEAR, tile_px=380)
+    assert c.data.chunks[1:] == ((26, 374), (360, 40))
+    v = c.values
+    ix = list(c["feature"].values).index
+    elev, ndsi, ndwi = v[ix("elevation")], v[ix("ndsi")], v[ix("ndwi")]
+    for name, source in (("lst_anomaly", "lwir11"), ("lst_max_anomaly", "lwir11_max")):
+        whole = cube.lst_anomaly(v[ix(source)], elev, ndsi, ndwi)
+        assert np.isfinite(whole).mean() > 0.5
+        np.testing.assert_allclose(v[ix(name)], whole, atol=1e-3, err_msg=name)
+    np.testing.assert_allclose(v[ix("elev_above_snowline")], cube.elevation_above_snowline(elev, ndsi), atol=1e-3)
+    again = cube.build(found, gb, YEAR, tile_px=380).values  # built again: the pooled fit is deterministic
+    np.testing.assert_array_equal(again, v)
 
 
 def test_one_acquisition_over_two_scene_tiles_counts_once(world_dir, found):
