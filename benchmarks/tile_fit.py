@@ -1,14 +1,14 @@
-"""What the per-tile fits of the derived features cost in accuracy: the same worlds scored with each tile's own
-fits (as the cube computes them) and with one fit over the whole world.
+"""What fitting the derived features per tile alone cost in accuracy: the same worlds scored with the cube's
+fits (each tile's sample pooled with its neighbours', `cube.AreaFit`) and with each tile fitted on its own
+pixels (the cube before 2026-12-02).
 
     python benchmarks/tile_fit.py [--seeds 701,702] [--regimes dry,arctic] [--checkpoint PATH] [--out PATH]
 
-Why: `lst_anomaly`, `lst_max_anomaly` and `elev_above_snowline` are fitted per global tile (`cube.lapse_fit`,
-`cube.snowline`), over the tile alone. Where an area of interest ends inside a tile it keeps a sliver of it
-(the 8 km worlds here are cut into up to four pieces, e.g. 177 x 119 px), and a sliver's lapse line or snowline
-is fitted on a few hundred bare pixels of a narrow height range: the anomaly steps by kelvins at the cut.
-Scoring the features refitted over the whole world with the same checkpoint (no retraining) bounds what a
-seam-free fit (pooling each tile's neighbours) would gain. Writes results/tile_fit.json.
+Why: `lst_anomaly`, `lst_max_anomaly` and `elev_above_snowline` are fitted per global tile (a lapse line, a
+snowline). Where an area of interest ends inside a tile it keeps a sliver of it (the 8 km worlds here are cut
+into up to four pieces, e.g. 177 x 119 px; a pipeline tile's halo into eight strips), and a sliver fitted
+alone has a few hundred bare pixels of a narrow height range: its anomaly stepped by kelvins at the cut. The
+same checkpoint scores both (no retraining). Writes results/tile_fit.json.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from glacier_stac.cube import elevation_above_snowline, lst_anomaly
+from glacier_stac import cube
 from glacier_stac.grid import TILE_PX, tile_chunks
 from glacier_stac.infer import predict
 from glacier_stac.synthetic.config import REGIMES
@@ -33,14 +33,17 @@ from accuracy import CHECKPOINTS, RESULTS, score  # noqa: E402
 KEYS = ("iou_overall", "iou_debris", "false_debris_share")
 
 
-def refit_whole(features: np.ndarray, names: list[str]) -> np.ndarray:
-    """The tile-fitted derived features of one world's (feature, y, x) block, refitted over all of it."""
-    ix = names.index
+def fit_alone(features: np.ndarray, names: list[str], chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> np.ndarray:
+    """One world's (feature, y, x) block with its fitted derived features refitted on each tile alone."""
     out = features.copy()
-    elev, ndsi, ndwi = features[ix("elevation")], features[ix("ndsi")], features[ix("ndwi")]
-    out[ix("lst_anomaly")] = lst_anomaly(features[ix("lwir11")], elev, ndsi, ndwi)
-    out[ix("lst_max_anomaly")] = lst_anomaly(features[ix("lwir11_max")], elev, ndsi, ndwi)
-    out[ix("elev_above_snowline")] = elevation_above_snowline(elev, ndsi)
+    y0 = 0
+    for h in chunks[0]:
+        x0 = 0
+        for w in chunks[1]:
+            block = out[:, y0:y0 + h, x0:x0 + w]  # a view: derive writes into `out`
+            cube.derive(block, names)
+            x0 += w
+        y0 += h
     return out
 
 
@@ -84,28 +87,31 @@ def main() -> None:
                 region = world_regions(wd)[0]
                 feats = region.features
                 names = [str(n) for n in feats["feature"].values]
-                row = {"world": spec.name, "tiles": [list(c) for c in tile_chunks(wd.grid(), TILE_PX)]}
-                for fit, values in (("tile", feats.values), ("whole", refit_whole(feats.values, names))):
+                chunks = tile_chunks(wd.grid(), TILE_PX)
+                row = {"world": spec.name, "tiles": [list(c) for c in chunks]}
+                for fit, values in (("pooled", feats.values), ("alone", fit_alone(feats.values, names, chunks))):
                     o = predict(feats.copy(data=values), args.checkpoint).compute(scheduler="threads")
                     pred = np.where(o["valid"].values, o["classes"].values, 0).astype(np.uint8)
                     s = score(pred, region.labels)
                     row[fit] = {k: s[k] for k in KEYS}
                 rows.append(row)
-                print(f"  {spec.name} tiles {row['tiles']}: debris IoU {row['tile']['iou_debris']:.3f} -> "
-                      f"{row['whole']['iou_debris']:.3f}", flush=True)
+                print(f"  {spec.name} tiles {row['tiles']}: debris IoU alone {row['alone']['iou_debris']:.3f}, "
+                      f"pooled {row['pooled']['iou_debris']:.3f}", flush=True)
 
     split = [r for r in rows if len(r["tiles"][0]) * len(r["tiles"][1]) > 1]
-    paired = {k: {"whole_better_worlds": sum((r["whole"][k] < r["tile"][k]) if k == "false_debris_share"
-                                             else (r["whole"][k] > r["tile"][k]) for r in split),
-                  "mean_diff": float(np.nanmean([r["whole"][k] - r["tile"][k] for r in split])) if split else 0.0}
+    paired = {k: {"pooled_better_worlds": sum((r["pooled"][k] < r["alone"][k]) if k == "false_debris_share"
+                                              else (r["pooled"][k] > r["alone"][k]) for r in split),
+                  "pooled_worse_worlds": sum((r["pooled"][k] > r["alone"][k]) if k == "false_debris_share"
+                                             else (r["pooled"][k] < r["alone"][k]) for r in split),
+                  "mean_diff": float(np.nanmean([r["pooled"][k] - r["alone"][k] for r in split])) if split else 0.0}
               for k in KEYS}
     result = {"checkpoint": str(args.checkpoint), "seeds": seeds, "regimes": regimes, "year": args.year,
               "size_km": args.size_km, "worlds": len(rows), "worlds_split": len(split),
-              "tile": summary(rows, "tile"), "whole": summary(rows, "whole"), "paired_on_split_worlds": paired,
+              "alone": summary(rows, "alone"), "pooled": summary(rows, "pooled"), "paired_on_split_worlds": paired,
               "per_world": rows}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
-    for fit in ("tile", "whole"):
+    for fit in ("alone", "pooled"):
         print(fit, {k: round(v, 3) for k, v in result[fit].items()})
     print("paired on", len(split), "worlds cut into several tiles:", paired)
     print("wrote", args.out)

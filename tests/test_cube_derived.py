@@ -124,3 +124,25 @@ def test_tile_features_carry_the_derived_features_after_the_sensors() -> None:
     optical = cube.tile_features(plan=(cube.SensorTile(S.SENTINEL2),), shape=(8, 8))
     # no elevation: no temperature anomaly, no snowline; only the optical history feature
     assert optical.shape[0] == len(S.SENTINEL2.features) + 1
+
+
+def test_fitted_derived_features_read_sensor_features_only() -> None:
+    """A fitted feature's sample is taken from the read task's block, before any derived row is filled."""
+    derived = {d.name for d in cube.DERIVED}
+    fitted = [d for d in cube.DERIVED if d.fit is not None]
+    assert {d.name for d in fitted} == {"lst_anomaly", "lst_max_anomaly", "elev_above_snowline"}
+    for d in fitted:
+        assert not set(d.inputs) & derived, d.name
+
+
+def test_pooled_samples_fit_as_the_whole_does() -> None:
+    """Two halves' samples pooled give the lapse line of the whole, and `derive` applies it in place."""
+    t, z, ndsi, ndwi, _ = _tile(0, 3000, 298.0, 0.005, n=400)
+    halves = [(t[:, :200], z[:, :200], ndsi[:, :200], ndwi[:, :200]), (t[:, 200:], z[:, 200:], ndsi[:, 200:],
+                                                                          ndwi[:, 200:])]
+    fits = cube.pooled_fits([{"lst_anomaly": cube.lapse_sample(*h)} for h in halves])
+    whole = cube.lapse_solve(cube.lapse_sample(t, z, ndsi, ndwi))
+    assert fits["lst_anomaly"] == pytest.approx(whole, rel=1e-4)
+    block = np.stack([t, z, ndsi, ndwi, np.full(t.shape, np.nan, np.float32)])
+    cube.derive(block, ["lwir11", "elevation", "ndsi", "ndwi", "lst_anomaly"], fits)
+    np.testing.assert_allclose(block[4], cube.lst_anomaly(t, z, ndsi, ndwi), atol=1e-3)
