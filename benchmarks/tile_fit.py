@@ -1,6 +1,6 @@
 """What fitting the derived features per tile alone cost in accuracy: the same worlds scored with the cube's
-fits (each tile's sample pooled with its neighbours', `cube.AreaFit`) and with each tile fitted on its own
-pixels (the cube before 2026-12-02).
+fits (a tile the area cuts pools its sample with its neighbours', `cube.AreaFit`; the 8 km worlds hold no whole
+tile) and with each tile fitted on its own pixels (the cube before 2026-12-02).
 
     python benchmarks/tile_fit.py [--seeds 701,702] [--regimes dry,arctic] [--checkpoint PATH] [--out PATH]
 

@@ -313,9 +313,10 @@ def thermal_features(lwir: Sequence[np.ndarray], mask: Sequence[np.ndarray], sca
 # Raw surface temperature and elevation mean different things in different climates: at 5000 m in High
 # Asia sunlit rock is colder than debris-covered ice at 4000 m, while in a 0-3000 m maritime range it is
 # always warmer. Relative to the area's own bare ground and snowline they mean the same everywhere.
-# Both are fitted per tile (10 km, `grid.TILE_PX`) on a sample of the tile pooled with its neighbours'
-# (`AreaFit`): a lapse line and a snowline vary over tens of kilometres, and a tile that the area of interest
-# or a halo cuts to a sliver has too few, too narrow pixels for a fit of its own.
+# Both are fitted per tile (10 km, `grid.TILE_PX`): a lapse line and a snowline vary over tens of kilometres,
+# so the step between two whole tiles' fits is small (a few tenths of a kelvin, tens of metres) next to the
+# contrasts the features carry (debris 3-15 K below rock). A tile that the area of interest or a halo cuts to a
+# sliver has too few, too narrow pixels for a fit of its own: it pools its sample with its neighbours' (`AreaFit`).
 
 LAPSE_DEFAULT = -0.0065  # K per metre, used when a tile's bare ground spans too little height to fit one
 MIN_FIT_PIXELS = 500
@@ -445,9 +446,9 @@ def this_season(values: np.ndarray) -> np.ndarray:
 class AreaFit:
     """How a derived feature's parameters are fitted over an area (a lapse line, a snowline) and applied.
 
-    Why apart from the kernel: the cube takes `sample` of each tile, pools it with the samples of the tiles
-    around it, `solve`s the pooled sample and `apply`s the result, so a tile cut to a sliver (an area's edge,
-    an inference halo) gets the fit of the ground around it and neighbouring tiles step little at their seam.
+    Why apart from the kernel: the cube takes `sample` of each tile and `solve`s it, for a tile the area cuts
+    (an area's edge, an inference halo) pooled with the samples of the tiles around it, then `apply`s the result:
+    a sliver gets the fit of the ground around it, while a whole tile reads no neighbour.
     `sample` and `apply` read the feature's inputs (`apply` then the parameters; None: NaN)."""
 
     sample: Callable[..., np.ndarray]
@@ -768,10 +769,12 @@ class Recipe:
 
 
 def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
-                prefix: str, post: TileOutput = TileOutput(), earlier: Sequence[da.Array] = ()) -> da.Array:
+                prefix: str, post: TileOutput = TileOutput(), earlier: Sequence[da.Array] = (),
+                tile_px: int = TILE_PX) -> da.Array:
     """The cube's graph: per tile a read task over the chunks of the acquisitions that meet it, a task sampling
-    it for the fitted derived features, and the cube task fitting them on the samples of the tile and the
-    tiles around it (and joining the same tile of each `earlier` season's cube: `post`)."""
+    it for the fitted derived features, and the cube task fitting them (and joining the same tile of each
+    `earlier` season's cube: `post`). A whole tile (`tile_px` square) fits on its own sample and needs no
+    neighbour; one the area cuts pools its sample with the tiles' around it (`AreaFit`)."""
     token = tokenize([(r.sensor.name, [a.name for a in r.arrays], r.over) for r in recipes], chunks, post,
                      [e.name for e in earlier])
     name, reads, samples = prefix + token, prefix + "read-" + token, "fit-samples-" + token
@@ -789,7 +792,8 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
             dsk_read[(reads, 0, i, j)] = (_tile_task, tuple(plan), (h, w), post, *inputs)
             dsk_sample[(samples, i, j)] = (_samples_task, post, (reads, 0, i, j))
             near = [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))
-                    for b in range(max(j - 1, 0), min(j + 2, nx))]
+                    for b in range(max(j - 1, 0), min(j + 2, nx))] if (h, w) != (tile_px, tile_px) else [
+                        (samples, i, j)]
             dsk[(name, 0, i, j)] = (_derive_task, post, (reads, 0, i, j), near, *[(e.name, 0, i, j) for e in earlier])
     read_graph = HighLevelGraph.from_collections(reads, dsk_read, dependencies=[a for r in recipes for a in r.arrays])
     read = da.Array(read_graph, reads, chunks=((len(post.carried) or n_features,), *chunks), dtype=np.float32)
@@ -892,7 +896,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     post = TileOutput(keep=None if keep is None else tuple(i for i, n in enumerate(names) if n in keep),
                       names=tuple(names), seasons=len(earlier),
                       earlier_names=tuple(str(f) for f in earlier[0][1]["feature"].values) if earlier else ())
-    data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-", post, [e.data for _, e in earlier])
+    data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-", post, [e.data for _, e in earlier], tile_px)
     y, x = pixel_centres(geobox)
     out_names = names if post.keep is None else [names[i] for i in post.keep]
     cube = xr.DataArray(

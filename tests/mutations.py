@@ -972,6 +972,14 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_cube_world.py::test_a_sliver_tile_gets_the_fit_of_the_ground_around_it",),
     ),
     Mutation(
+        name="derived-fit-whole-tiles-pool-too",
+        invariant="a whole tile fits its derived features on itself: computing it reads no neighbour",
+        path="glacier_stac/cube.py",
+        old="for b in range(max(j - 1, 0), min(j + 2, nx))] if (h, w) != (tile_px, tile_px) else [",
+        new="for b in range(max(j - 1, 0), min(j + 2, nx))] if True else [",
+        tests=("tests/test_cube_world.py::test_a_whole_tile_fits_on_itself_and_a_cut_one_on_its_neighbours_too",),
+    ),
+    Mutation(
         name="derived-fit-pools-one-sample",
         invariant="every neighbouring tile's sample enters the pooled fit, not only the first one's",
         path="glacier_stac/cube.py",

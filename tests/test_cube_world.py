@@ -310,6 +310,29 @@ def test_a_sliver_tile_gets_the_fit_of_the_ground_around_it(world_dir, found):
     np.testing.assert_array_equal(again, v)
 
 
+def test_a_whole_tile_fits_on_itself_and_a_cut_one_on_its_neighbours_too(world_dir, found):
+    """With 200 px tiles the area holds two whole tiles (rows 106-306) and cut ones around them: a whole tile's
+    fit reads its own pixels only (computing it reads no neighbour); a cut one's its neighbourhood's."""
+    gb = world_grid(world_dir)
+    c = cube.build(found, gb, YEAR, tile_px=200)
+    assert c.data.chunks[1:] == ((106, 200, 94), (200, 200))
+    v = c.values
+    ix = list(c["feature"].values).index
+    names = ("lwir11", "elevation", "ndsi", "ndwi")
+
+    def own(rows: slice, cols: slice) -> np.ndarray:
+        return cube.lst_anomaly(*(v[ix(n)][rows, cols] for n in names))
+
+    whole = (slice(106, 306), slice(0, 200))
+    np.testing.assert_allclose(v[ix("lst_anomaly")][whole], own(*whole), atol=1e-3)
+    cut = (slice(0, 106), slice(0, 200))  # its neighbours: the tiles of rows 0-306
+    np.testing.assert_allclose(v[ix("lst_anomaly")][cut], own(slice(0, 306), slice(0, 400))[cut], atol=1e-3)
+    assert np.nanmax(np.abs(v[ix("lst_anomaly")][cut] - own(*cut))) > 0.01  # alone it would fit otherwise
+    deps = c.data.__dask_graph__().get_all_dependencies()
+    key = (c.data.name, 0, 1, 0)
+    assert len([d for d in deps[key] if str(d[0]).startswith("fit-samples-")]) == 1
+
+
 def test_one_acquisition_over_two_scene_tiles_counts_once(world_dir, found):
     """The same pass delivered as two overlapping scene tiles (MGRS/WRS overlap) is one observation."""
     gb = world_grid(world_dir).crop((300, 300))
