@@ -296,17 +296,23 @@ def warmest(values: Sequence[np.ndarray], valid: Sequence[np.ndarray], scale_off
 
 
 def thermal_features(lwir: Sequence[np.ndarray], mask: Sequence[np.ndarray], scaling: np.ndarray,
-                     out: np.ndarray, usable: Callable[[np.ndarray], np.ndarray]) -> None:
-    """A thermal band into `out` (3, y, x): median and warmest (`warmest`) surface temperature (K) of
-    usable pixels, valid count.
+                     out: np.ndarray, usable: Callable[[np.ndarray], np.ndarray],
+                     snowy: Callable[[np.ndarray], np.ndarray]) -> None:
+    """A thermal band into `out` (4, y, x): median and warmest (`warmest`) surface temperature (K) of
+    usable pixels, how many of those the mask flags snow or ice, valid count.
 
-    mask: per acquisition (1, y, x) quality values (Landsat QA_PIXEL), decoded by `usable`.
+    mask: per acquisition (1, y, x) quality values (Landsat QA_PIXEL), decoded by `usable` and `snowy`.
+    Why the snow count: ground the optical composite calls bare may lie under snow in a thermal scene of another
+    date (at 0 degC); the lapse fit of the derived anomalies must not take it for bare ground.
     """
     values, decoding = _for_median(lwir, scaling)
     ok = [usable(q[0]) for q in mask]
     _, n = composite(values, ok, decoding, out=out[:1])
     out[1:2] = warmest(values, ok, decoding)
-    out[2] = n
+    out[2] = 0
+    for q, good in zip(mask, ok, strict=True):
+        out[2] += snowy(q[0]) & good
+    out[3] = n
 
 
 # ------------------------------------------------------------- derived features that carry across regimes
@@ -360,12 +366,16 @@ FIT_STRIDE = 2  # every other row and column: a tile's fit sample is a quarter o
 # samples weigh each tile by its area
 
 
-def lapse_sample(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray) -> np.ndarray:
+def lapse_sample(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray,
+                 snow: np.ndarray | None = None) -> np.ndarray:
     """(2, n) temperature and elevation of the bare ground a lapse fit reads: snow-free (NDSI < 0.2), not water
-    (NDWI < 0.2), on the `FIT_STRIDE` lattice."""
+    (NDWI < 0.2), on the `FIT_STRIDE` lattice; and, given the thermal scenes' `snow` count, snow-free in every
+    one of them (optical and thermal scenes are of other dates: snow in one reads 0 degC, not ground)."""
     lat = (slice(None, None, FIT_STRIDE),) * lwir.ndim
     t, z = lwir[lat], elev[lat]
     ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.isfinite(z)
+    if snow is not None:
+        ok &= snow[lat] == 0
     return np.stack([t[ok], z[ok]]).astype(np.float32)
 
 
@@ -374,7 +384,7 @@ def lapse_solve(sample: np.ndarray) -> tuple[float, float] | None:
     return lapse_fit(sample[0], sample[1], np.ones(sample.shape[1], bool))
 
 
-def lapse_apply(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray,
+def lapse_apply(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray, snow: np.ndarray | None,
                 fit: tuple[float, float] | None) -> np.ndarray:
     """Surface temperature minus the fitted bare ground's at the same elevation (K); NaN without a fit."""
     if fit is None:
@@ -383,14 +393,16 @@ def lapse_apply(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.n
     return (lwir - (np.float32(a) + np.float32(b) * elev)).astype(np.float32)
 
 
-def lst_anomaly(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray) -> np.ndarray:
+def lst_anomaly(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray,
+                snow: np.ndarray | None = None) -> np.ndarray:
     """Surface temperature minus that of bare ground at the same elevation (K), from a lapse fit over these
     pixels alone (the cube pools the fit over neighbouring tiles: `DERIVED`).
 
-    Bare ground: snow-free (NDSI < 0.2), not water (NDWI < 0.2). Debris-covered ice reads a few kelvin
-    below zero in every regime; NaN where there is no temperature or too little bare ground.
+    Bare ground: snow-free (NDSI < 0.2), not water (NDWI < 0.2), and with `snow` (the thermal scenes flagging
+    snow or ice, `landsat_snow`) snow-free in every thermal scene. Debris-covered ice reads a few kelvin below
+    zero in every regime; NaN where there is no temperature or too little bare ground.
     """
-    return lapse_apply(lwir, elev, ndsi, ndwi, lapse_solve(lapse_sample(lwir, elev, ndsi, ndwi)))
+    return lapse_apply(lwir, elev, ndsi, ndwi, snow, lapse_solve(lapse_sample(lwir, elev, ndsi, ndwi, snow)))
 
 
 def snowline(elev: np.ndarray, ndsi: np.ndarray, bin_m: float = 25.0) -> float | None:
@@ -495,9 +507,9 @@ HISTORY: tuple[History, ...] = (
 )
 
 DERIVED: tuple[Derived, ...] = (
-    Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi"), lst_anomaly, LAPSE),
+    Derived("lst_anomaly", ("lwir11", "elevation", "ndsi", "ndwi", "landsat_snow"), lst_anomaly, LAPSE),
     # the warmest scene against the warmest scenes of bare ground: ~0 where the ground was seen bare once
-    Derived("lst_max_anomaly", ("lwir11_max", "elevation", "ndsi", "ndwi"), lst_anomaly, LAPSE),
+    Derived("lst_max_anomaly", ("lwir11_max", "elevation", "ndsi", "ndwi", "landsat_snow"), lst_anomaly, LAPSE),
     Derived("elev_above_snowline", ("elevation", "ndsi"), elevation_above_snowline, SNOWLINE),
     *(Derived(h.name, (h.source,), this_season) for h in HISTORY),
 )
@@ -689,6 +701,8 @@ def _sensor_inputs(sensor: S.Sensor, items: Sequence[pystac.Item], data_keys: li
     if sensor.mask_band is not None:
         arrays.append(_stack(items, sensor, [sensor.mask_band.key], geobox, chunks, read).data)
         params["usable"] = sensor.usable  # the mask band's decoder (SCL classes, QA bits)
+        if S.KERNELS[sensor.kernel].snow:
+            params["snowy"] = sensor.snowy  # and where it flags snow or ice
     # stored integer DNs are decoded after compositing, with each item's scale/offset
     decodes = any(np.dtype(sensor.band(k).dtype).kind in "iu" for k in data_keys)
     return Recipe(sensor, arrays, params=params, scaling=_scaling(sensor, items, data_keys) if decodes else None)

@@ -105,6 +105,12 @@ class Sensor:
         mask = self.mask_band
         return None if mask is None else QUALITY[mask.quality]
 
+    @property
+    def snowy(self) -> Callable[[np.ndarray], np.ndarray] | None:
+        """Its mask band's snow decoder: stored mask values -> True where it flags snow or ice (None: no mask)."""
+        mask = self.mask_band
+        return None if mask is None else SNOW_QUALITY[mask.quality]
+
     def band(self, key: str) -> Band:
         for b in self.bands:
             if b.key == key:
@@ -164,6 +170,7 @@ class KernelKind:
     features: int  # features it writes, the count last when `mask` or per acquisition
     mask: bool  # it needs a mask band (with a `quality`)
     static: bool = False  # one layer for every year (the DEM): no season, no composite, no count
+    snow: bool = False  # it counts the usable scenes its mask band flags snow or ice (`Sensor.snowy` decodes)
 
 
 KERNELS: dict[str, KernelKind] = {
@@ -171,8 +178,8 @@ KERNELS: dict[str, KernelKind] = {
     "optical": KernelKind(data_bands=6, features=11, mask=True),
     # co-, cross-pol backscatter -> medians in dB, co-pol temporal variation, count
     "sar": KernelKind(data_bands=2, features=4, mask=False),
-    # surface temperature -> its median, its warmest valid observation, count
-    "thermal": KernelKind(data_bands=1, features=3, mask=True),
+    # surface temperature -> its median, its warmest valid observation, scenes flagged snow or ice, count
+    "thermal": KernelKind(data_bands=1, features=4, mask=True, snow=True),
     # elevation (static) -> elevation, slope, aspect sin/cos, hillshade
     "dem": KernelKind(data_bands=1, features=5, mask=False, static=True),
 }
@@ -217,8 +224,23 @@ def landsat_qa_valid(qa: np.ndarray) -> np.ndarray:
     return (qa & mask) == 0
 
 
+LANDSAT_QA_SNOW_BIT = 5  # Collection 2 QA_PIXEL: snow (CFMask)
+
+
+def scl_snow(scl: np.ndarray) -> np.ndarray:
+    """True where Sentinel-2's scene classification says snow or ice."""
+    return scl == SCL["snow"]
+
+
+def landsat_qa_snow(qa: np.ndarray) -> np.ndarray:
+    """True where Landsat C2 QA_PIXEL flags snow (snow and ice alike)."""
+    return (qa.astype(np.uint16) & np.uint16(1 << LANDSAT_QA_SNOW_BIT)) > 0
+
+
 # a mask band's `quality` -> its decoder (stored values -> usable); Landsat OLI's QA_PIXEL is "qa-bits" too
 QUALITY: dict[str, Callable[[np.ndarray], np.ndarray]] = {"scl": scl_valid, "qa-bits": landsat_qa_valid}
+# ... and -> where it flags snow or ice
+SNOW_QUALITY: dict[str, Callable[[np.ndarray], np.ndarray]] = {"scl": scl_snow, "qa-bits": landsat_qa_snow}
 
 S1_NODATA = -32768.0
 
@@ -264,7 +286,7 @@ LANDSAT = Sensor(
     name="landsat",
     collection="landsat-c2-l2",
     role="thermal: debris-covered ice is colder than rock",
-    features=("lwir11", "lwir11_max", "landsat_count"),
+    features=("lwir11", "lwir11_max", "landsat_snow", "landsat_count"),
     kernel="thermal",
     count_feature="landsat_count",
     cloud_cover=True,

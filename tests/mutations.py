@@ -956,9 +956,9 @@ MUTATIONS: list[Mutation] = [
         name="warm-anomaly-from-the-median",
         invariant="lst_max_anomaly is the warmest scene's anomaly, not the median's again",
         path="glacier_stac/cube.py",
-        old="    Derived(\"lst_max_anomaly\", (\"lwir11_max\", \"elevation\", \"ndsi\", \"ndwi\"), "
+        old="    Derived(\"lst_max_anomaly\", (\"lwir11_max\", \"elevation\", \"ndsi\", \"ndwi\", \"landsat_snow\"), "
             "lst_anomaly, LAPSE),\n",
-        new="    Derived(\"lst_max_anomaly\", (\"lwir11\", \"elevation\", \"ndsi\", \"ndwi\"), "
+        new="    Derived(\"lst_max_anomaly\", (\"lwir11\", \"elevation\", \"ndsi\", \"ndwi\", \"landsat_snow\"), "
             "lst_anomaly, LAPSE),\n",
         tests=("tests/test_cube_derived.py::test_tile_features_carry_the_derived_features_after_the_sensors",),
     ),
@@ -978,6 +978,30 @@ MUTATIONS: list[Mutation] = [
         old="for b in range(max(j - 1, 0), min(j + 2, nx))] if (h, w) != (tile_px, tile_px) else [",
         new="for b in range(max(j - 1, 0), min(j + 2, nx))] if True else [",
         tests=("tests/test_cube_world.py::test_a_whole_tile_fits_on_itself_and_a_cut_one_on_its_neighbours_too",),
+    ),
+    Mutation(
+        name="lapse-fit-takes-ground-under-thermal-snow",
+        invariant="ground a thermal scene saw under snow (QA) is not bare ground for the lapse fit",
+        path="glacier_stac/cube.py",
+        old="        ok &= snow[lat] == 0\n",
+        new="        ok &= snow[lat] >= 0\n",
+        tests=("tests/test_cube_derived.py::test_ground_under_snow_in_a_thermal_scene_is_not_bare_ground",),
+    ),
+    Mutation(
+        name="thermal-snow-counts-unusable-scenes",
+        invariant="the thermal snow count is of usable scenes only (a clouded scene's flags say nothing)",
+        path="glacier_stac/cube.py",
+        old="        out[2] += snowy(q[0]) & good\n",
+        new="        out[2] += snowy(q[0])\n",
+        tests=("tests/test_cube_derived.py::test_thermal_kernel_counts_the_usable_scenes_flagged_snow",),
+    ),
+    Mutation(
+        name="cube-thermal-snow-never-decoded",
+        invariant="the cube counts the thermal scenes whose mask flags snow (the lapse fit leaves them out)",
+        path="glacier_stac/cube.py",
+        old="            params[\"snowy\"] = sensor.snowy  # and where it flags snow or ice\n",
+        new="            params[\"snowy\"] = lambda q: np.zeros(q.shape, bool)\n",
+        tests=("tests/test_cube_world.py::test_thermal_snow_counts_the_scenes_whose_qa_flags_snow",),
     ),
     Mutation(
         name="derived-fit-pools-one-sample",

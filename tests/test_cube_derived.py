@@ -119,7 +119,7 @@ def test_tile_features_carry_the_derived_features_after_the_sensors() -> None:
     assert out.shape[0] == len(cube.FEATURES)
     assert list(cube.FEATURES[-len(cube.DERIVED):]) == [d.name for d in cube.DERIVED]
     assert [d.name for d in cube.derived_for(["elevation", "ndsi"])] == ["elev_above_snowline"]
-    assert [d.name for d in cube.derived_for(["lwir11_max", "elevation", "ndsi", "ndwi"])] == [
+    assert [d.name for d in cube.derived_for(["lwir11_max", "elevation", "ndsi", "ndwi", "landsat_snow"])] == [
         "lst_max_anomaly", "elev_above_snowline", "lst_max_anomaly_hist"]  # a derived one from a derived one
     optical = cube.tile_features(plan=(cube.SensorTile(S.SENTINEL2),), shape=(8, 8))
     # no elevation: no temperature anomaly, no snowline; only the optical history feature
@@ -143,6 +143,41 @@ def test_pooled_samples_fit_as_the_whole_does() -> None:
     fits = cube.pooled_fits([{"lst_anomaly": cube.lapse_sample(*h)} for h in halves])
     whole = cube.lapse_solve(cube.lapse_sample(t, z, ndsi, ndwi))
     assert fits["lst_anomaly"] == pytest.approx(whole, rel=1e-4)
-    block = np.stack([t, z, ndsi, ndwi, np.full(t.shape, np.nan, np.float32)])
-    cube.derive(block, ["lwir11", "elevation", "ndsi", "ndwi", "lst_anomaly"], fits)
-    np.testing.assert_allclose(block[4], cube.lst_anomaly(t, z, ndsi, ndwi), atol=1e-3)
+    block = np.stack([t, z, ndsi, ndwi, np.zeros(t.shape, np.float32), np.full(t.shape, np.nan, np.float32)])
+    cube.derive(block, ["lwir11", "elevation", "ndsi", "ndwi", "landsat_snow", "lst_anomaly"], fits)
+    np.testing.assert_allclose(block[5], cube.lst_anomaly(t, z, ndsi, ndwi), atol=1e-3)
+
+
+def test_ground_under_snow_in_a_thermal_scene_is_not_bare_ground() -> None:
+    """The optical composite calls the top fifth bare (NDSI -0.2), but the thermal scene saw it under snow at
+    0 degC (its QA flags snow): given the thermal scenes' snow count, the lapse line is the rock's, bare ground
+    reads 0 and debris its 6 K below; without it the snow drags the line down and bare ground reads kelvins warm."""
+    t, z, ndsi, ndwi, debris = _tile(0, 3000, 298.0, 0.005)
+    snow = np.zeros(t.shape, np.float32)
+    snow[:, -40:] = 1
+    t[:, -40:] = 272.6
+    bare = ~debris & (snow == 0)
+    with_mask = cube.lst_anomaly(t, z, ndsi, ndwi, snow)
+    assert np.median(with_mask[debris]) == pytest.approx(-6.0, abs=0.8)
+    assert abs(np.median(with_mask[bare])) < 0.5
+    assert np.median(cube.lst_anomaly(t, z, ndsi, ndwi)[bare]) > 2.0  # the failure the mask removes
+
+
+def test_thermal_kernel_counts_the_usable_scenes_flagged_snow() -> None:
+    """Two scenes: the first flags snow on the left half, the second is clouded there (its snow bit set too, but
+    the pixel is unusable): the count is of usable scenes only."""
+    shape = (4, 6)
+    lwir = [np.full((1, *shape), 40000, np.uint16), np.full((1, *shape), 41000, np.uint16)]
+    qa1 = np.full(shape, 1 << 6, np.uint16)
+    qa1[:, :3] |= np.uint16(1 << S.LANDSAT_QA_SNOW_BIT)
+    qa2 = np.full(shape, 1 << 6, np.uint16)
+    qa2[:, :3] = np.uint16((1 << 3) | (1 << S.LANDSAT_QA_SNOW_BIT))  # cloud, and flagged snow
+    out = np.empty((4, *shape), np.float32)
+    scaling = np.array([[[0.00341802, 149.0]], [[0.00341802, 149.0]]])
+    cube.thermal_features(lwir, [qa1[None], qa2[None]], scaling, out=out, usable=S.LANDSAT.usable,
+                          snowy=S.LANDSAT.snowy)
+    names = S.LANDSAT.features
+    np.testing.assert_array_equal(out[names.index("landsat_snow")][:, :3], 1)
+    np.testing.assert_array_equal(out[names.index("landsat_snow")][:, 3:], 0)
+    np.testing.assert_array_equal(out[names.index("landsat_count")][:, :3], 1)
+    assert S.SENTINEL2.snowy(np.array([11, 4], np.uint8)).tolist() == [True, False]

@@ -44,7 +44,8 @@ def test_ground_bare_in_any_earlier_season_is_in_the_history_features():
 def test_history_features_are_in_every_cube_and_read_by_name():
     assert {"snow_persistence_hist", "lst_max_anomaly_hist"} <= set(cube.FEATURES)
     # derived from a derived feature: lst_max_anomaly_hist needs lst_max_anomaly, itself derived
-    names = [d.name for d in cube.derived_for(["lwir11_max", "elevation", "ndsi", "ndwi", "snow_persistence"])]
+    names = [d.name for d in cube.derived_for(["lwir11_max", "landsat_snow", "elevation", "ndsi", "ndwi",
+                                                "snow_persistence"])]
     assert names.index("lst_max_anomaly") < names.index("lst_max_anomaly_hist")
     assert cube.history_for(["B03", "lst_max_anomaly_hist"]) == cube.HISTORY_YEARS
     assert cube.history_for(["B03", "lst_max_anomaly"]) == 0

@@ -82,12 +82,15 @@ def test_thermal_features_keep_the_scene_that_saw_the_ground_bare():
     kelvin = {"snow": 272.6, "ice": 273.0, "rock": 284.0, "cloud": 300.0}
     pixels = [("ice", "ice", "ice"), ("snow", "rock", "snow"), ("ice", "ice", "cloud")]
     dn = [np.array([[[round((kelvin[p[k]] - 149.0) / 0.00341802) for p in pixels]]], np.uint16) for k in range(3)]
-    qa = [np.array([[[1 if p[k] == "cloud" else 0 for p in pixels]]], np.uint16) for k in range(3)]
-    out = np.empty((3, 1, 3), np.float32)
-    cube.thermal_features(dn, qa, np.tile([[0.00341802, 149.0]], (3, 1, 1)), out, usable=lambda q: q == 0)
+    qa = [np.array([[[1 if p[k] == "cloud" else 2 if p[k] in ("snow", "ice") else 0 for p in pixels]]], np.uint16)
+          for k in range(3)]
+    out = np.empty((4, 1, 3), np.float32)
+    cube.thermal_features(dn, qa, np.tile([[0.00341802, 149.0]], (3, 1, 1)), out, usable=lambda q: q != 1,
+                          snowy=lambda q: q == 2)
     np.testing.assert_allclose(out[0, 0], [273.0, 272.6, 273.0], atol=0.01)  # medians: all at melting point
     np.testing.assert_allclose(out[1, 0], [273.0, 284.0, 273.0], atol=0.01)  # warmest: the bare scene shows
-    np.testing.assert_array_equal(out[2, 0], [3, 3, 2])
+    np.testing.assert_array_equal(out[2, 0], [3, 2, 2])  # usable scenes flagged snow or ice
+    np.testing.assert_array_equal(out[3, 0], [3, 3, 2])
 
 
 @pytest.mark.parametrize("t", [1, 2, 3, 4, 7, 8, 9, 15])
@@ -308,7 +311,7 @@ def test_real_pc_items_give_a_correct_lazy_graph(monkeypatch, pc_token_endpoint)
     lb = landsat[0].bbox
     gb2 = grid.geobox_for(geom.box(lb[0] + 1, lb[1] + 1, lb[0] + 1.2, lb[1] + 1.2, "EPSG:4326"))
     c2 = cube.build({"landsat": landsat[:3]}, gb2, 2023, sensors=["landsat"])
-    assert list(c2.feature.values) == ["lwir11", "lwir11_max", "landsat_count"]
+    assert list(c2.feature.values) == ["lwir11", "lwir11_max", "landsat_snow", "landsat_count"]
     assert c2.rio.crs.to_epsg() == gb2.crs.epsg
     assert reads == [] and len(reader.process_state().errors) == n_errors, "building the cubes read pixels"
     # signing, when a read does happen, uses the loopback endpoint (so the lines above cannot hang)

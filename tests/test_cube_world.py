@@ -113,6 +113,21 @@ def test_composites_exclude_cloudy_pixels(world_dir, found):
     np.testing.assert_allclose(got[sel], clear_med[sel], atol=1e-4)
 
 
+def test_thermal_snow_counts_the_scenes_whose_qa_flags_snow(world_dir, found):
+    """`landsat_snow`: per pixel, the usable Landsat scenes whose QA_PIXEL flags snow or ice (bit 5), as read
+    straight from the COGs; the bare-ground lapse fit leaves those pixels out."""
+    gb = world_grid(world_dir)
+    items = found.items["landsat"][YEAR]
+    c = cube.build({"landsat": items}, gb, YEAR, sensors=["landsat"]).compute(scheduler="threads")
+    qa = np.stack([_read_on_grid(it.assets["qa_pixel"].href, gb) for it in items])
+    qa = np.nan_to_num(qa, nan=1).astype(np.uint16)  # outside a scene: its fill (bit 0)
+    usable = (qa & 0b11111) == 0  # fill, dilated cloud, cirrus, cloud, shadow: written out, not taken from sensors
+    snow = usable & ((qa & (1 << 5)) > 0)
+    assert snow.any() and (~snow & usable).any(), "the test world's thermal scenes need snow and bare pixels"
+    np.testing.assert_array_equal(c.sel(feature="landsat_snow").values, snow.sum(0))
+    np.testing.assert_array_equal(c.sel(feature="landsat_count").values, usable.sum(0))
+
+
 def test_sensors_align_on_one_pixel(world_dir, found, tmp_path):
     """A marker planted at one map position in every sensor's native grid lands on the same cube pixel."""
     gb = world_grid(world_dir)
@@ -302,7 +317,7 @@ def test_a_sliver_tile_gets_the_fit_of_the_ground_around_it(world_dir, found):
     ix = list(c["feature"].values).index
     elev, ndsi, ndwi = v[ix("elevation")], v[ix("ndsi")], v[ix("ndwi")]
     for name, source in (("lst_anomaly", "lwir11"), ("lst_max_anomaly", "lwir11_max")):
-        whole = cube.lst_anomaly(v[ix(source)], elev, ndsi, ndwi)
+        whole = cube.lst_anomaly(v[ix(source)], elev, ndsi, ndwi, v[ix("landsat_snow")])
         assert np.isfinite(whole).mean() > 0.5
         np.testing.assert_allclose(v[ix(name)], whole, atol=1e-3, err_msg=name)
     np.testing.assert_allclose(v[ix("elev_above_snowline")], cube.elevation_above_snowline(elev, ndsi), atol=1e-3)
@@ -318,7 +333,7 @@ def test_a_whole_tile_fits_on_itself_and_a_cut_one_on_its_neighbours_too(world_d
     assert c.data.chunks[1:] == ((106, 200, 94), (200, 200))
     v = c.values
     ix = list(c["feature"].values).index
-    names = ("lwir11", "elevation", "ndsi", "ndwi")
+    names = ("lwir11", "elevation", "ndsi", "ndwi", "landsat_snow")
 
     def own(rows: slice, cols: slice) -> np.ndarray:
         return cube.lst_anomaly(*(v[ix(n)][rows, cols] for n in names))
