@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from dask.array.core import slices_from_chunks
 
 from glacier_stac import cube
 from glacier_stac.grid import TILE_PX, tile_chunks
@@ -36,14 +37,8 @@ KEYS = ("iou_overall", "iou_debris", "false_debris_share")
 def fit_alone(features: np.ndarray, names: list[str], chunks: tuple[tuple[int, ...], tuple[int, ...]]) -> np.ndarray:
     """One world's (feature, y, x) block with its fitted derived features refitted on each tile alone."""
     out = features.copy()
-    y0 = 0
-    for h in chunks[0]:
-        x0 = 0
-        for w in chunks[1]:
-            block = out[:, y0:y0 + h, x0:x0 + w]  # a view: derive writes into `out`
-            cube.derive(block, names)
-            x0 += w
-        y0 += h
+    for window in slices_from_chunks(chunks):
+        cube.derive(out[(slice(None), *window)], names)  # a view: derive writes into `out`
     return out
 
 

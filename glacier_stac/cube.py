@@ -782,9 +782,8 @@ class Recipe:
                           params=self.params), inputs
 
 
-def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], n_features: int,
-                prefix: str, post: TileOutput = TileOutput(), earlier: Sequence[da.Array] = (),
-                tile_px: int = TILE_PX) -> da.Array:
+def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[int, ...]], prefix: str,
+                post: TileOutput, earlier: Sequence[da.Array] = (), tile_px: int = TILE_PX) -> da.Array:
     """The cube's graph: per tile a read task over the chunks of the acquisitions that meet it, a task sampling
     it for the fitted derived features, and the cube task fitting them (and joining the same tile of each
     `earlier` season's cube: `post`). A whole tile (`tile_px` square) fits on its own sample and needs no
@@ -805,16 +804,16 @@ def _tile_graph(recipes: Sequence[Recipe], chunks: tuple[tuple[int, ...], tuple[
                 inputs += ins
             dsk_read[(reads, 0, i, j)] = (_tile_task, tuple(plan), (h, w), post, *inputs)
             dsk_sample[(samples, i, j)] = (_samples_task, post, (reads, 0, i, j))
-            near = [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))
-                    for b in range(max(j - 1, 0), min(j + 2, nx))] if (h, w) != (tile_px, tile_px) else [
-                        (samples, i, j)]
+            whole = (h, w) == (tile_px, tile_px)
+            near = [(samples, i, j)] if whole else [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))
+                                                    for b in range(max(j - 1, 0), min(j + 2, nx))]
             dsk[(name, 0, i, j)] = (_derive_task, post, (reads, 0, i, j), near, *[(e.name, 0, i, j) for e in earlier])
     read_graph = HighLevelGraph.from_collections(reads, dsk_read, dependencies=[a for r in recipes for a in r.arrays])
-    read = da.Array(read_graph, reads, chunks=((len(post.carried) or n_features,), *chunks), dtype=np.float32)
+    read = da.Array(read_graph, reads, chunks=((len(post.carried),), *chunks), dtype=np.float32)
     sample_graph = HighLevelGraph.from_collections(samples, dsk_sample, dependencies=[read])
     sampled = da.Array(sample_graph, samples, chunks=((1,) * ny, (1,) * nx), dtype=object)
     graph = HighLevelGraph.from_collections(name, dsk, dependencies=[read, sampled, *earlier])
-    n_out = n_features if post.keep is None else len(post.keep)
+    n_out = len(post.names) if post.keep is None else len(post.keep)
     return da.Array(graph, name, chunks=((n_out,), *chunks), dtype=np.float32)
 
 
@@ -910,7 +909,7 @@ def build(items: SearchResult | Mapping[str, Sequence[pystac.Item]], geobox: Geo
     post = TileOutput(keep=None if keep is None else tuple(i for i, n in enumerate(names) if n in keep),
                       names=tuple(names), seasons=len(earlier),
                       earlier_names=tuple(str(f) for f in earlier[0][1]["feature"].values) if earlier else ())
-    data = _tile_graph(recipes, chunks, len(names), f"cube-{year}-", post, [e.data for _, e in earlier], tile_px)
+    data = _tile_graph(recipes, chunks, f"cube-{year}-", post, [e.data for _, e in earlier], tile_px)
     y, x = pixel_centres(geobox)
     out_names = names if post.keep is None else [names[i] for i in post.keep]
     cube = xr.DataArray(

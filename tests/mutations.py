@@ -966,17 +966,16 @@ MUTATIONS: list[Mutation] = [
         name="derived-fit-on-the-tile-alone",
         invariant="a tile's lapse line and snowline are fitted on its own and its neighbours' samples pooled",
         path="glacier_stac/cube.py",
-        old="near = [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))\n"
-            "                    for b in range(max(j - 1, 0), min(j + 2, nx))]",
-        new="near = [(samples, i, j)]",
+        old="near = [(samples, i, j)] if whole else [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))",
+        new="near = [(samples, i, j)] if True else [(samples, a, b) for a in range(max(i - 1, 0), min(i + 2, ny))",
         tests=("tests/test_cube_world.py::test_a_sliver_tile_gets_the_fit_of_the_ground_around_it",),
     ),
     Mutation(
         name="derived-fit-whole-tiles-pool-too",
         invariant="a whole tile fits its derived features on itself: computing it reads no neighbour",
         path="glacier_stac/cube.py",
-        old="for b in range(max(j - 1, 0), min(j + 2, nx))] if (h, w) != (tile_px, tile_px) else [",
-        new="for b in range(max(j - 1, 0), min(j + 2, nx))] if True else [",
+        old="            whole = (h, w) == (tile_px, tile_px)\n",
+        new="            whole = False\n",
         tests=("tests/test_cube_world.py::test_a_whole_tile_fits_on_itself_and_a_cut_one_on_its_neighbours_too",),
     ),
     Mutation(
