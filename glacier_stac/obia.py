@@ -64,7 +64,8 @@ log = logging.getLogger(__name__)
 CROSS = np.array([[0, 1, 0], [1, 1, 1], [0, 1, 0]], dtype=bool)  # 4-connectivity: one polygon per object
 GEOD = Geod(ellps="WGS84")
 # features of the cube (glacier_stac.cube.FEATURES) the rules and attributes read, when present
-USED_FEATURES = ("elevation", "slope", "aspect_sin", "aspect_cos", "ndsi", "lwir11", "vv_db", "vh_db", "vv_cv")
+USED_FEATURES = ("elevation", "slope", "aspect_sin", "aspect_cos", "ndsi", "lwir11", "landsat_snow", "vv_db", "vh_db",
+                 "vv_cv")
 TERM_LAND, TERM_MARINE, TERM_LAKE, TERM_UNKNOWN = 0, 1, 2, 9  # RGI 7.0 term_type codes
 
 
@@ -267,6 +268,16 @@ def _features(features: xr.DataArray | None, pred: xr.Dataset) -> dict[str, np.n
         raise ValueError(f"features and predictions are on different grids (their {dim} coordinates differ)")
     names = [str(f) for f in features["feature"].values]
     return {f: np.asarray(features.sel(feature=f).values, dtype=np.float32) for f in USED_FEATURES if f in names}
+
+
+def thermal_ground(background: np.ndarray, snow: np.ndarray | None) -> np.ndarray:
+    """The bare ground a thermal reference reads: predicted background that no usable thermal scene saw under
+    snow or ice (`snow`: the cube's `landsat_snow` count; absent, all background). The optical composite and the
+    thermal scenes are of other dates: ground under snow in a Landsat scene reads ~0 degC, not rock, and drags
+    the reference down where debris sits, as the cube's lapse fits found (`cube.lapse_sample`)."""
+    if snow is None:
+        return background
+    return background & ~(snow > 0)
 
 
 def thermal_anomaly(lwir: np.ndarray, elevation: np.ndarray, ground: np.ndarray, band_m: float = 100.0,
@@ -677,7 +688,7 @@ def outlines(pred: xr.Dataset, features: xr.DataArray | None = None, rules: Rule
     feats = _features(features, pred)
     anomaly = None
     if "lwir11" in feats and "elevation" in feats:
-        ground = valid & ~cand & (classes == Label.BACKGROUND)
+        ground = thermal_ground(valid & ~cand & (classes == Label.BACKGROUND), feats.get("landsat_snow"))
         anomaly = thermal_anomaly(feats["lwir11"], feats["elevation"], ground, rules.thermal_band_m)
         feats["thermal_anomaly"] = anomaly
 

@@ -89,7 +89,7 @@ FEATURE_PACKING = {
     "elevation": Packing(0.5, 0.0, "m"), "slope": Packing(0.01, 0.0, "degree"),
     "aspect_sin": Packing(1e-4), "aspect_cos": Packing(1e-4), "ndsi": Packing(1e-4), "ndwi": Packing(1e-4),
     "lwir11": Packing(0.01, 250.0, "K"), "vv_db": Packing(0.01, 0.0, "dB"), "vh_db": Packing(0.01, 0.0, "dB"),
-    "vv_cv": Packing(1e-3),
+    "vv_cv": Packing(1e-3), "landsat_snow": Packing(1.0, 0.0, "1"),
 }
 
 

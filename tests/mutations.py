@@ -1123,6 +1123,22 @@ MUTATIONS: list[Mutation] = [
         new="        w = w + 0 * forefield_zone(region)\n",
         tests=("tests/test_train_units.py::test_forefield_zone_is_warm_ice_free_ground_beside_the_glaciers",),
     ),
+    Mutation(
+        name="obia-thermal-ground-under-snow",
+        invariant="OBIA's thermal reference leaves out ground a thermal scene saw under snow",
+        path="glacier_stac/obia.py",
+        old="    return background & ~(snow > 0)\n",
+        new="    return background\n",
+        tests=("tests/test_obia_rules.py::test_ground_a_thermal_scene_saw_under_snow_is_no_thermal_reference",),
+    ),
+    Mutation(
+        name="obia-snow-count-not-read",
+        invariant="OBIA reads (and the pipeline keeps) the thermal scenes' snow count",
+        path="glacier_stac/obia.py",
+        old='"lwir11", "landsat_snow", "vv_db"',
+        new='"lwir11", "vv_db"',
+        tests=("tests/test_obia_rules.py::test_ground_a_thermal_scene_saw_under_snow_is_no_thermal_reference",),
+    ),
 ]
 
 

@@ -86,6 +86,23 @@ def test_unknown_temperature_is_no_reason_to_drop_gentle_debris():
     assert len(obia.outlines(_ds(lab), _features(lab, 35.0, np.nan))) == 0  # steep, nothing else for it
 
 
+def test_ground_a_thermal_scene_saw_under_snow_is_no_thermal_reference():
+    """Most of the bare ground lay under snow in a Landsat scene (it reads 272 K, not rock's 280 K): the
+    reference at that elevation would sink below the debris, and the cold tongue (-4 K against rock) would read
+    warm and be dropped as a rock face. Leaving out the ground the thermal scenes flag (`landsat_snow`) keeps it;
+    the same snowy readings without the count drop it (the failure the count prevents)."""
+    lab, prob = _tongue(0.3)
+    feats = _features(lab, 35.0, -4.0)
+    snow = np.zeros(lab.shape, np.float32)
+    snow[:, :] = (lab == 0) & (np.arange(80)[None, :] < 56)  # 70 % of the ground, left of x = 56
+    lwir = feats.sel(feature="lwir11").values
+    snowy = feats.copy(data=np.concatenate([feats.values[:2], np.where(snow > 0, 272.0, lwir)[None]]))
+    counted = xr.concat([snowy, snowy.isel(feature=[0]).copy(data=snow[None]).assign_coords(feature=["landsat_snow"])],
+                        dim="feature")
+    assert len(obia.outlines(_ds(lab, prob), counted)) == 2
+    assert len(obia.outlines(_ds(lab, prob), snowy)) == 1  # the snowy ground as reference: debris reads warm
+
+
 def _holed(ring_prob: float) -> gpd.GeoDataFrame:
     lab = np.zeros((60, 60), np.uint8)
     lab[5:55, 5:55] = Label.CLEAN_ICE
