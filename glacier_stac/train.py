@@ -358,7 +358,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     if patch % net.divisor:
         raise ValueError(f"patch {patch} px is not a multiple of {model}'s divisor {net.divisor}")
     if init is not None:
-        _load_grown(net, init.state_dict)
+        _load_grown(net, init.state_dict, len(init.features))
         added = feats[len(init.features):]  # appended features: their own normalisation, zero weights
         extra = normalisation(train_regions, added) if added else ([], [])
         mean, std = list(init.mean) + extra[0], list(init.std) + extra[1]
@@ -455,15 +455,18 @@ def _fresh_modules(net: nn.Module, state: dict[str, torch.Tensor]) -> list[nn.Mo
     return out
 
 
-def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
+def _load_grown(net: nn.Module, state: dict[str, torch.Tensor], n_features: int | None = None) -> None:
     """Load weights into `net`; a tensor whose first dimension grew (a head with more classes) keeps the
     old rows and its own fresh ones for the rest, one whose first dimension shrank (a head without the
     trailing classes: the four-class twin of a five-class model, issue 14) keeps the rows of the classes
     it still has; one whose second dimension grew (the first layer, with
     input features appended) keeps the old columns and gets zeros for the new ones, so the grown model
-    computes what the old one did until training gives the new features weight. Any other mismatch is an
-    error naming the tensor."""
+    computes what the old one did until training gives the new features weight (`n_features`: the state's
+    feature count; the new columns go after its features, wherever the model's `feature_columns` puts them:
+    the rock-glacier branch reads the features between the decoder's output and its context). Any other
+    mismatch is an error naming the tensor."""
     own = net.state_dict()
+    columns = net.feature_columns() if hasattr(net, "feature_columns") else {}
     for k, v in state.items():
         if k not in own:
             raise ValueError(f"checkpoint tensor {k!r} is not in the model")
@@ -474,8 +477,11 @@ def _load_grown(net: nn.Module, state: dict[str, torch.Tensor]) -> None:
             own[k][:n] = v[:n]
         elif (own[k].dim() == v.dim() >= 2 and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:]
               and own[k].shape[1] > v.shape[1]):
+            end = columns[k] + n_features if k in columns and n_features is not None else v.shape[1]
+            grown = own[k].shape[1] - v.shape[1]
             own[k] = torch.zeros_like(own[k])
-            own[k][:, : v.shape[1]] = v
+            own[k][:, :end] = v[:, :end]
+            own[k][:, end + grown:] = v[:, end:]
         else:
             raise ValueError(f"checkpoint tensor {k!r} of shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
     net.load_state_dict(own)
@@ -587,6 +593,68 @@ def shift_priors(ckpt: Checkpoint, shifts: Mapping[str, float]) -> Checkpoint:
         state["head.bias"][i] += float(s)
         done[name] = round(done.get(name, 0.0) + float(s), 6)
     return replace(ckpt, state_dict=state, metrics={**ckpt.metrics, "prior_shift": done})
+
+
+def soup(ckpts: Sequence[Checkpoint], weights: Sequence[float] | None = None) -> Checkpoint:
+    """The weighted average of checkpoints fine-tuned from one parent (a "model soup", Wortsman et al. 2022):
+    two fine-tunes of the same model sit in one basin, and their mean is often better than either out of
+    their training distribution; it costs nothing at inference, unlike an ensemble.
+
+    Every checkpoint must be the same model (architecture, kwargs, classes) on the same normalisation; one may
+    read features another lacks (a feature added since): the input convolutions' columns are matched by
+    feature name, and a checkpoint without a feature counts its column as 0 (it ignored that input). The
+    result reads the union of features in the first's order then the others'; its provenance is the last's."""
+    if not ckpts:
+        raise ValueError("a soup needs at least one checkpoint")
+    w = [1.0 / len(ckpts)] * len(ckpts) if weights is None else [float(x) for x in weights]
+    if len(w) != len(ckpts) or any(x < 0 for x in w) or not np.isclose(sum(w), 1.0):
+        raise ValueError(f"soup weights must be one non-negative weight per checkpoint summing to 1, got {w}")
+    first = ckpts[0]
+    for c in ckpts[1:]:
+        for what in ("model", "model_kwargs", "classes", "nan_fill", "divisor"):
+            if getattr(c, what) != getattr(first, what):
+                raise ValueError(f"soup: checkpoints differ in {what} ({getattr(first, what)!r} vs "
+                                 f"{getattr(c, what)!r}): only fine-tunes of one model can be averaged")
+        if set(c.state_dict) != set(first.state_dict):
+            raise ValueError("soup: checkpoints have different parameters (not one architecture)")
+    features = list(dict.fromkeys(f for c in ckpts for f in c.features))
+    for c in ckpts:
+        if c.features != [f for f in features if f in c.features]:
+            raise ValueError(f"soup: features in another order ({c.features} against {features})")
+    norm: dict[str, tuple[float, float]] = {}
+    for c in ckpts:
+        for f, m, sd in zip(c.features, c.mean, c.std, strict=True):
+            if f in norm and not np.allclose(norm[f], (m, sd)):
+                raise ValueError(f"soup: feature {f!r} is normalised differently ({norm[f]} vs {(m, sd)})")
+            norm.setdefault(f, (m, sd))
+
+    net = get_model(first.model, len(features), len(first.classes), **first.model_kwargs)
+    columns = net.feature_columns() if hasattr(net, "feature_columns") else {}
+
+    def widened(c: Checkpoint, key: str, value: torch.Tensor) -> torch.Tensor:
+        """A weight that reads the features with a column per soup feature (0 for those `c` does not read)."""
+        if key not in columns or len(c.features) == len(features):
+            return value
+        at = columns[key]
+        out = value.new_zeros((value.shape[0], value.shape[1] - len(c.features) + len(features), *value.shape[2:]))
+        out[:, :at] = value[:, :at]
+        out[:, [at + features.index(f) for f in c.features]] = value[:, at:at + len(c.features)]
+        out[:, at + len(features):] = value[:, at + len(c.features):]
+        return out
+
+    state = {}
+    for key, ref in first.state_dict.items():
+        parts = [widened(c, key, c.state_dict[key]) for c in ckpts]
+        if any(p.shape != parts[0].shape for p in parts):
+            raise ValueError(f"soup: parameter {key!r} has shapes {[tuple(p.shape) for p in parts]}")
+        state[key] = (sum(x * p.double() for x, p in zip(w, parts, strict=True)).to(ref.dtype)
+                      if ref.is_floating_point() else parts[-1].clone())
+    last = ckpts[-1]
+    req = [f for c in ckpts for f in (c.required_features or [])]
+    return replace(last, state_dict=state, features=features, mean=[norm[f][0] for f in features],
+                   std=[norm[f][1] for f in features],
+                   required_features=list(dict.fromkeys(req)) if all(c.required_features for c in ckpts) else None,
+                   metrics={"soup": {"weights": w}})
 
 
 def spatial_split(region: Region, fraction: float = 0.3, gap: int = 64) -> tuple[Region, Region]:

@@ -1139,6 +1139,31 @@ MUTATIONS: list[Mutation] = [
         new='"lwir11", "vv_db"',
         tests=("tests/test_obia_rules.py::test_ground_a_thermal_scene_saw_under_snow_is_no_thermal_reference",),
     ),
+    Mutation(
+        name="grown-branch-features-at-end",
+        invariant="a feature added to a model with a rock-glacier branch gets its column beside the branch's "
+                  "other features, not at the weight's end",
+        path="glacier_stac/models/unet.py",
+        old="            cols[\"subclass.0.0.weight\"] = self.head.in_channels\n",
+        new="            pass\n",
+        tests=("tests/test_rock_glacier_classes.py::test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was",),
+    ),
+    Mutation(
+        name="soup-columns-by-position",
+        invariant="a soup matches a part's feature columns by name",
+        path="glacier_stac/train.py",
+        old="        out[:, [at + features.index(f) for f in c.features]] = value[:, at:at + len(c.features)]\n",
+        new="        out[:, at:at + len(c.features)] = value[:, at:at + len(c.features)]\n",
+        tests=("tests/test_soup.py::test_a_part_without_a_feature_ignores_it_in_the_soup",),
+    ),
+    Mutation(
+        name="soup-equal-weights",
+        invariant="a soup averages its parts by the weights given",
+        path="glacier_stac/train.py",
+        old="        state[key] = (sum(x * p.double() for x, p in zip(w, parts, strict=True)).to(ref.dtype)\n",
+        new="        state[key] = (sum(p.double() / len(parts) for p in parts).to(ref.dtype)\n",
+        tests=("tests/test_soup.py",),
+    ),
 ]
 
 

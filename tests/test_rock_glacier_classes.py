@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import xarray as xr
+from test_models import _randomise_bn
 
 from glacier_stac import metrics, train
 from glacier_stac.baselines import ndsi_threshold
@@ -192,16 +193,21 @@ def test_four_class_twin_of_a_five_class_model_keeps_its_classes(model: str) -> 
         torch.testing.assert_close(four(x), five(x)[:, :4], atol=1e-5, rtol=1e-5)
 
 
-@pytest.mark.parametrize("model", ["cnn5", "unet"])
-def test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was(model: str) -> None:
+@pytest.mark.parametrize(("model", "kw"), [("cnn5", {}), ("unet", {}),
+                                          ("unet", {"subclass_branch": 8, "subclass_levels": 2})])
+def test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was(model: str, kw: dict) -> None:
     """Derived features appended to a shipped model's inputs (issue 13) start with zero weight: the grown
-    model's probabilities equal the old model's on the old features, whatever the new features hold."""
+    model's probabilities equal the old model's on the old features, whatever the new features hold (the
+    rock-glacier branch too, which reads the features between the decoder's output and its context)."""
     import torch
 
     torch.manual_seed(0)
-    old = get_model(model, len(FEATS), 5).eval()
-    grown = get_model(model, len(FEATS) + 2, 5)
-    train._load_grown(grown, old.state_dict())
+    old = get_model(model, len(FEATS), 5, **kw).eval()
+    if kw:
+        _randomise_bn(old)
+        torch.nn.init.normal_(old.subclass[-1].weight, std=2.0)  # a branch that says something
+    grown = get_model(model, len(FEATS) + 2, 5, **kw)
+    train._load_grown(grown, old.state_dict(), len(FEATS))
     grown.eval()
     x = torch.randn(2, len(FEATS), 32, 32)
     extra = 5 * torch.randn(2, 2, 32, 32)

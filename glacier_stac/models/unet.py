@@ -54,6 +54,12 @@ class UNetBase(nn.Module):
             self.dec.append(conv_block(2 * ch_hi, ch_hi))
         self.head = nn.Conv2d(chans[0], n_classes, 1)
 
+    def feature_columns(self) -> dict[str, int]:
+        """The weights that read the input features, each with the column of its first feature: a checkpoint
+        grown by a feature (`train._load_grown`) or averaged with one that lacks it (`train.soup`) puts that
+        feature's column there by name, not at the tensor's end."""
+        return {"down.0.0.weight": 0}
+
     def bottleneck(self, x: torch.Tensor) -> torch.Tensor:
         return x
 
@@ -114,6 +120,12 @@ class UNet(UNetBase):
             nn.init.constant_(self.subclass[-1].bias, -2.0)  # rare: start near "not the subclass"
             ops = ops + [("conv", 3), ("conv", 3)]
         self.receptive_field = receptive_field(ops, self.divisor)
+
+    def feature_columns(self) -> dict[str, int]:
+        cols = super().feature_columns()
+        if self.subclass is not None:  # the branch reads [decoder output, input features, coarser context]
+            cols["subclass.0.0.weight"] = self.head.in_channels
+        return cols
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.subclass is None:
