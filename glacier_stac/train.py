@@ -455,6 +455,18 @@ def _fresh_modules(net: nn.Module, state: dict[str, torch.Tensor]) -> list[nn.Mo
     return out
 
 
+def widen_features(value: torch.Tensor, at: int, places: Sequence[int], n_features: int) -> torch.Tensor:
+    """A weight (out, in, ...) whose input columns `at`.. read `len(places)` features, rewritten to read
+    `n_features`: old feature i's column moves to `at + places[i]`, the other features' columns are 0 (the model
+    computes what it did, whatever they hold), the columns after the features follow them."""
+    n_old = len(places)
+    out = value.new_zeros((value.shape[0], value.shape[1] - n_old + n_features, *value.shape[2:]))
+    out[:, :at] = value[:, :at]
+    out[:, [at + i for i in places]] = value[:, at:at + n_old]
+    out[:, at + n_features:] = value[:, at + n_old:]
+    return out
+
+
 def _load_grown(net: nn.Module, state: dict[str, torch.Tensor], n_features: int | None = None) -> None:
     """Load weights into `net`; a tensor whose first dimension grew (a head with more classes) keeps the
     old rows and its own fresh ones for the rest, one whose first dimension shrank (a head without the
@@ -477,11 +489,10 @@ def _load_grown(net: nn.Module, state: dict[str, torch.Tensor], n_features: int 
             own[k][:n] = v[:n]
         elif (own[k].dim() == v.dim() >= 2 and own[k].shape[0] == v.shape[0] and own[k].shape[2:] == v.shape[2:]
               and own[k].shape[1] > v.shape[1]):
-            end = columns[k] + n_features if k in columns and n_features is not None else v.shape[1]
-            grown = own[k].shape[1] - v.shape[1]
-            own[k] = torch.zeros_like(own[k])
-            own[k][:, :end] = v[:, :end]
-            own[k][:, end + grown:] = v[:, end:]
+            # appended features: the old ones keep their places (a model without `feature_columns`: the
+            # weight's first columns), the new ones' columns come after them at 0
+            at, n_old = (columns[k], n_features) if k in columns and n_features is not None else (0, v.shape[1])
+            own[k] = widen_features(v, at, range(n_old), n_old + own[k].shape[1] - v.shape[1])
         else:
             raise ValueError(f"checkpoint tensor {k!r} of shape {tuple(v.shape)} does not fit {tuple(own[k].shape)}")
     net.load_state_dict(own)
@@ -635,12 +646,7 @@ def soup(ckpts: Sequence[Checkpoint], weights: Sequence[float] | None = None) ->
         """A weight that reads the features with a column per soup feature (0 for those `c` does not read)."""
         if key not in columns or len(c.features) == len(features):
             return value
-        at = columns[key]
-        out = value.new_zeros((value.shape[0], value.shape[1] - len(c.features) + len(features), *value.shape[2:]))
-        out[:, :at] = value[:, :at]
-        out[:, [at + features.index(f) for f in c.features]] = value[:, at:at + len(c.features)]
-        out[:, at + len(features):] = value[:, at + len(c.features):]
-        return out
+        return widen_features(value, columns[key], [features.index(f) for f in c.features], len(features))
 
     state = {}
     for key, ref in first.state_dict.items():

@@ -516,8 +516,8 @@ MUTATIONS: list[Mutation] = [
     Mutation("appended-features-start-random", "features appended to a fine-tuned model start with zero weight: "
              "the grown model begins where the checkpoint was (issue 13)",
              "glacier_stac/train.py",
-             "            own[k] = torch.zeros_like(own[k])\n",
-             "",
+             "    out = value.new_zeros((value.shape[0], value.shape[1] - n_old + n_features, *value.shape[2:]))\n",
+             "    out = torch.randn((value.shape[0], value.shape[1] - n_old + n_features, *value.shape[2:]))\n",
              ("tests/test_rock_glacier_classes.py::test_fine_tuning_with_appended_features_starts_where_the_checkpoint_was",)),
     Mutation("twin-head-starts-fresh", "the four-class twin fine-tuned from a five-class checkpoint keeps the "
              "checkpoint's rows for the classes it has: both arms of issue 14's comparison start from the same weights",
@@ -1152,8 +1152,8 @@ MUTATIONS: list[Mutation] = [
         name="soup-columns-by-position",
         invariant="a soup matches a part's feature columns by name",
         path="glacier_stac/train.py",
-        old="        out[:, [at + features.index(f) for f in c.features]] = value[:, at:at + len(c.features)]\n",
-        new="        out[:, at:at + len(c.features)] = value[:, at:at + len(c.features)]\n",
+        old="[features.index(f) for f in c.features], len(features))\n",
+        new="list(range(len(c.features))), len(features))\n",
         tests=("tests/test_soup.py::test_a_part_without_a_feature_ignores_it_in_the_soup",),
     ),
     Mutation(
