@@ -25,7 +25,10 @@ def main() -> None:
     ap.add_argument("--weights", default="", help="comma-separated, summing to 1 (default: equal)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    try:
+        weights = [float(w) for w in args.weights.split(",")] if args.weights else None
+    except ValueError:
+        raise SystemExit(f"--weights {args.weights!r}: write numbers summing to 1, e.g. 0.5,0.5") from None
     try:
         soup = train.soup([load(p) for p in args.parts], weights)
     except (ValueError, FileNotFoundError) as e:
