@@ -72,6 +72,9 @@ def main() -> None:
                     help="extra loss and draw weight on snow-covered ground off the glaciers (train.snow_zone)")
     ap.add_argument("--margin-loss-weight", type=float, default=0.0,
                     help="extra loss weight on both sides of the glacier edges (train.edge_band)")
+    ap.add_argument("--bare-snow-loss-weight", type=float, default=0.0,
+                    help="extra loss and draw weight on off-glacier snow every Landsat scene saw bare "
+                         "(train.thermal_bare_snow_zone)")
     ap.add_argument("--forefield-loss-weight", type=float, default=0.0,
                     help="extra loss weight on warm ice-free ground beside the glaciers (train.forefield_zone)")
     ap.add_argument("--history", type=int, default=0, metavar="SEASONS",
@@ -157,6 +160,7 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         freeze_init=bool(args.subclass_branch), domain_randomisation=not args.no_randomise,
         class_weight_power=args.class_weight_power, snow_loss_weight=args.snow_loss_weight,
         margin_loss_weight=args.margin_loss_weight, forefield_loss_weight=args.forefield_loss_weight,
+        bare_snow_loss_weight=args.bare_snow_loss_weight,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}"
               + (f" (up to {args.history} earlier seasons joined)" if args.history else "") + "; validation one "

@@ -240,6 +240,20 @@ def snow_zone(region: Region, feature: str = "snow_persistence") -> np.ndarray:
     return snow & (region.labels == Label.BACKGROUND)
 
 
+def thermal_bare_snow_zone(region: Region) -> np.ndarray:
+    """The part of `snow_zone` that every usable Landsat scene saw snow-free (`landsat_count` > 0,
+    `landsat_snow` 0): the optics and the SAR saw snow, the thermal saw bare ground. A glacier's
+    accumulation area is snow in the thermal scenes too, so this ground is not glacier; models miss it
+    where a single optical scene saw snow high above the snowline (issue 13: most of the false glacier
+    on the never-used seeds 801-802). Empty when the region lacks the thermal snow count."""
+    have = set(region.features.feature.values)
+    if not {"landsat_snow", "landsat_count"} <= have:
+        return np.zeros(region.labels.shape, bool)
+    seen = np.nan_to_num(region.features.sel(feature="landsat_count").values) > 0
+    bare = np.nan_to_num(region.features.sel(feature="landsat_snow").values, nan=1.0) == 0
+    return snow_zone(region) & seen & bare
+
+
 def edge_band(labels: np.ndarray, reach_px: int = 10) -> np.ndarray:
     """Both sides of the glacier edge, `reach_px` deep: the ground just outside (moraines and debris-strewn
     slopes that models paint as debris-covered ice past the edge: issue 13's worst worlds had all their false
@@ -266,14 +280,17 @@ def forefield_zone(region: Region, reach_px: int = 10, feature: str = "lst_max_a
 
 def pixel_weights(region: Region, front: np.ndarray, front_loss_weight: float = 4.0,
                   snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0,
-                  forefield_loss_weight: float = 0.0) -> np.ndarray:
+                  forefield_loss_weight: float = 0.0, bare_snow_loss_weight: float = 0.0) -> np.ndarray:
     """Per-pixel loss weight: 1, plus `front_loss_weight` on the sea ice before calving fronts (`front`, from
     `front_zone`), `snow_loss_weight` on snow-covered ground off the glaciers (`snow_zone`),
+    `bare_snow_loss_weight` more on the part of it the thermal saw bare (`thermal_bare_snow_zone`),
     `margin_loss_weight` on both sides of their edges (`edge_band`) and `forefield_loss_weight` on the warm
     ice-free ground beside them (`forefield_zone`)."""
     w = 1.0 + front_loss_weight * front
     if snow_loss_weight:
         w = w + snow_loss_weight * snow_zone(region)
+    if bare_snow_loss_weight:
+        w = w + bare_snow_loss_weight * thermal_bare_snow_zone(region)
     if margin_loss_weight:
         w = w + margin_loss_weight * edge_band(region.labels)
     if forefield_loss_weight:
@@ -310,7 +327,7 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
           classes: Sequence[str] | None = None, init: Checkpoint | None = None, freeze_init: bool = False,
           front_loss_weight: float = 4.0, class_weight_power: float = 0.5,
           snow_loss_weight: float = 0.0, margin_loss_weight: float = 0.0,
-          forefield_loss_weight: float = 0.0) -> tuple[Checkpoint, list[dict]]:
+          forefield_loss_weight: float = 0.0, bare_snow_loss_weight: float = 0.0) -> tuple[Checkpoint, list[dict]]:
     """Train a registered model; returns the best checkpoint (by validation glacier IoU) and history.
 
     `domain_randomisation` perturbs each training patch (`randomise`) so absolute levels specific to
@@ -330,7 +347,8 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     `snow_loss_weight`: extra loss weight, and as much extra draw weight, on snow-covered ground off the
     glaciers (`snow_zone`), the false glacier of high and dry regimes (issue 13). `margin_loss_weight`: extra
     loss weight on both sides of the glacier edges (`edge_band`), where false debris and missed margins lie.
-    `forefield_loss_weight`: extra loss weight on the warm ice-free ground beside the glaciers (`forefield_zone`)."""
+    `forefield_loss_weight`: extra loss weight on the warm ice-free ground beside the glaciers (`forefield_zone`).
+    `bare_snow_loss_weight`: extra loss and draw weight on the snow the thermal saw bare (`thermal_bare_snow_zone`)."""
     if not train_regions:
         raise ValueError("no training regions")
     if not val_regions:
@@ -369,10 +387,15 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     cw = class_weights(train_regions, len(names), class_weight_power).to(dev)
     loss_fn = nn.CrossEntropyLoss(weight=cw, ignore_index=IGNORE, reduction="none")
     fronts = [front_zone(r.labels) for r in train_regions]  # weights the loss and the draw
-    pixel_w = [pixel_weights(r, f, front_loss_weight, snow_loss_weight, margin_loss_weight, forefield_loss_weight)
+    pixel_w = [pixel_weights(r, f, front_loss_weight, snow_loss_weight, margin_loss_weight, forefield_loss_weight,
+                             bare_snow_loss_weight)
                for r, f in zip(train_regions, fronts, strict=True)]
     draw_w = [sample_weights(r.labels, front=f) + (snow_loss_weight * snow_zone(r) if snow_loss_weight else 0)
+              + (bare_snow_loss_weight * thermal_bare_snow_zone(r) if bare_snow_loss_weight else 0)
               for r, f in zip(train_regions, fronts, strict=True)]
+    if bare_snow_loss_weight and progress:
+        log.info("thermal-bare snow: %d px in %d training regions", sum(int(thermal_bare_snow_zone(r).sum())
+                                                                          for r in train_regions), len(train_regions))
     fresh = _fresh_modules(net, init.state_dict) if freeze_init else []
     if freeze_init:
         if not fresh:

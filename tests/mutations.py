@@ -896,6 +896,22 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_train_units.py::test_loss_weights_rise_on_snow_off_glaciers_and_on_both_sides_of_their_edges",),
     ),
     Mutation(
+        name="bare-snow-zone-ignores-thermal-snow",
+        invariant="the thermal-bare snow weight falls only where every thermal scene saw the ground snow-free",
+        path="glacier_stac/train.py",
+        old="    return snow_zone(region) & seen & bare\n",
+        new="    return snow_zone(region) & seen\n",
+        tests=("tests/test_train_units.py::test_thermal_bare_snow_zone_is_off_glacier_snow_every_thermal_scene_saw_bare",),
+    ),
+    Mutation(
+        name="bare-snow-weight-ignored",
+        invariant="the thermal-bare snow loss weight reaches the pixel weights",
+        path="glacier_stac/train.py",
+        old="        w = w + bare_snow_loss_weight * thermal_bare_snow_zone(region)\n",
+        new="        w = w + 0 * thermal_bare_snow_zone(region)\n",
+        tests=("tests/test_train_units.py::test_thermal_bare_snow_zone_is_off_glacier_snow_every_thermal_scene_saw_bare",),
+    ),
+    Mutation(
         name="margin-loss-weight-ignored",
         invariant="the ground just outside the glaciers weighs what was asked",
         path="glacier_stac/train.py",

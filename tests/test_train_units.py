@@ -180,3 +180,32 @@ def test_forefield_zone_is_warm_ice_free_ground_beside_the_glaciers():
     w = train.pixel_weights(r, np.zeros((60, 60), bool), 4.0, forefield_loss_weight=3.0)
     np.testing.assert_allclose(w, 1.0 + 3.0 * train.forefield_zone(r))
     assert not train.forefield_zone(train.Region("b", feats.sel(feature=["B03"]), lab)).any()
+
+
+def test_thermal_bare_snow_zone_is_off_glacier_snow_every_thermal_scene_saw_bare():
+    """Issue 13's false glacier on never-used seeds: snow in the optics that every Landsat scene saw bare.
+    The zone is that snow off the glaciers only: not snow a thermal scene also saw, not ground no thermal
+    scene saw, not snow on the glaciers; its weight goes on top of the snow zone's; a region without the
+    thermal snow count has no zone."""
+    lab = np.zeros((40, 40), np.uint8)
+    lab[20:40, 20:40] = Label.CLEAN_ICE
+    snow = np.zeros((40, 40), np.float32)
+    snow[:20, :] = 1.0  # optical snow on the upper half, off the glacier ...
+    snow[20:40, 20:40] = 1.0  # ... and on the glacier
+    count = np.full((40, 40), 2.0, np.float32)
+    count[:20, :5] = 0  # no usable thermal scene: not the zone
+    lsnow = np.zeros((40, 40), np.float32)
+    lsnow[:20, 30:] = 1  # a thermal scene saw snow there too: not the zone
+    lsnow[5, 10] = np.nan  # unknown: not the zone
+    feats = xr.DataArray(np.stack([snow, count, lsnow]), dims=("feature", "y", "x"),
+                         coords={"feature": ["snow_persistence", "landsat_count", "landsat_snow"]})
+    r = train.Region("a", feats, lab)
+    zone = train.thermal_bare_snow_zone(r)
+    expect = np.zeros((40, 40), bool)
+    expect[:20, 5:30] = True
+    expect[5, 10] = False
+    np.testing.assert_array_equal(zone, expect)
+    front = np.zeros((40, 40), bool)
+    w = train.pixel_weights(r, front, 4.0, snow_loss_weight=2.0, bare_snow_loss_weight=5.0)
+    np.testing.assert_allclose(w, 1.0 + 2.0 * train.snow_zone(r) + 5.0 * expect)
+    assert not train.thermal_bare_snow_zone(train.Region("b", feats.sel(feature=["snow_persistence"]), lab)).any()
