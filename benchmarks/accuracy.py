@@ -81,10 +81,8 @@ def score(pred: np.ndarray, truth: np.ndarray, res: float = 10.0) -> dict[str, f
     """The headline numbers of one world plus false debris: predicted debris outside every true glacier."""
     s = metrics.summary(metrics.evaluate(pred, truth, truth != train.IGNORE, res=res))
     glacier = np.isin(truth, (Label.CLEAN_ICE, Label.DEBRIS_ICE))
-    false_debris = (pred == Label.DEBRIS_ICE) & ~glacier & (truth != train.IGNORE)
     px_km2 = res * res / 1e6
-    s["false_debris_km2"] = float(false_debris.sum() * px_km2)
-    s["false_debris_share"] = float(false_debris.sum() / max(glacier.sum(), 1))
+    s["false_debris_km2"] = s["false_debris_share"] * float(glacier.sum() * px_km2)
     s["glacier_km2"] = float(glacier.sum() * px_km2)
     s["debris_km2"] = float((truth == Label.DEBRIS_ICE).sum() * px_km2)
     rock = truth == Label.ROCK_GLACIER

@@ -65,12 +65,14 @@ def main() -> None:
     va = validation_regions(list(REGIMES), args.val_size_km, years, args.world, args.history, renderers)
     logging.info("%d validation regions; fitting the %s prior", len(va), args.klass)
     fit = train.fit_prior_shift(ckpt, [r for _, r in va], args.klass)
-    print(f"| {args.klass} log-prior shift | glacier IoU median / worst | debris IoU median / worst | criterion |")
-    print("|---|---|---|---|")
+    print(f"| {args.klass} log-prior shift | glacier IoU median / worst | debris IoU median / worst | "
+          "false debris median / worst | criterion |")
+    print("|---|---|---|---|---|")
     for s, f in fit.figures.items():
         mark = " **chosen**" if s == fit.shift else ""
         print(f"| {s:+.2f}{mark} | {f['iou_overall_median']:.3f} / {f['iou_overall_worst']:.3f} | "
-              f"{f['iou_debris_median']:.3f} / {f['iou_debris_worst']:.3f} | {f['criterion']:.4f} |")
+              f"{f['iou_debris_median']:.3f} / {f['iou_debris_worst']:.3f} | "
+              f"{f['false_debris_share_median']:.1%} / {f['false_debris_share_worst']:.1%} | {f['criterion']:.4f} |")
     record = {"checkpoint": str(args.checkpoint), "class": args.klass, "shift": fit.shift,
               "renderers": list(renderers), "regions": [r.name for _, r in va],
               "command": "python benchmarks/calibrate_priors.py " + " ".join(sys.argv[1:]),

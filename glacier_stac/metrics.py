@@ -88,6 +88,9 @@ def evaluate(pred: np.ndarray, true: np.ndarray, valid: np.ndarray | None = None
     # about water the model may have painted elsewhere
     twater = true == Label.WATER
     out["front_m"] = mean_edge_distance(fronts(pg, twater), fronts(tg, twater), res)
+    # predicted debris on ground the truth calls ice-free, per unit of true glacier area (issue 13): the
+    # moraines and forefield beside the tongues that look like debris-covered ice
+    out["false_debris_share"] = float(((p == Label.DEBRIS_ICE) & ~tg).sum() / max(int(tg.sum()), 1))
     out["valid_fraction"] = float(valid.mean())
     return out
 
@@ -102,4 +105,5 @@ def summary(scores: dict) -> dict[str, float]:
         "f1_overall": scores["overall"]["f1"],
         "boundary_m": scores["boundary_m"],
         "front_m": scores["front_m"],
+        "false_debris_share": scores["false_debris_share"],
     }

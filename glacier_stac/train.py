@@ -558,15 +558,21 @@ def shift_probability(prob: np.ndarray, index: int, shift: float) -> np.ndarray:
     return p / p.sum(axis=0, keepdims=True)
 
 
-def prior_figures(glacier_iou: Sequence[float], debris_iou: Sequence[float]) -> dict[str, float]:
+def prior_figures(glacier_iou: Sequence[float], debris_iou: Sequence[float],
+                  false_debris: Sequence[float] = ()) -> dict[str, float]:
     """Median and worst glacier and debris IoU over regions (NaN-aware: a region without debris has no
-    debris IoU) and their mean, the criterion a prior shift is chosen by: issue 13's four figures alike."""
+    debris IoU) and their mean, the criterion a prior shift is chosen by: issue 13's four figures alike.
+    `false_debris` (shares of glacier area, `metrics.evaluate`) is reported beside them, median and worst,
+    and left out of the criterion: it falls with every shift against debris, whatever the IoU pays."""
     g, d = np.asarray(glacier_iou, float), np.asarray(debris_iou, float)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         out = {"iou_overall_median": float(np.nanmedian(g)), "iou_overall_worst": float(np.nanmin(g)),
                "iou_debris_median": float(np.nanmedian(d)), "iou_debris_worst": float(np.nanmin(d))}
     out["criterion"] = float(np.nanmean(list(out.values())))
+    if len(false_debris):
+        out["false_debris_share_median"] = float(np.median(false_debris))
+        out["false_debris_share_worst"] = float(np.max(false_debris))
     return out
 
 
@@ -581,13 +587,14 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     index = CLASSES.index(klass)
     figs = {}
     for s in shifts:
-        g, d = [], []
+        g, d, fd = [], [], []
         for prob, truth in zip(probs, truths, strict=True):
             pred = classes_from_probability(shift_probability(prob, index, s) if s else prob)
             m = metrics.summary(metrics.evaluate(pred, truth, truth != IGNORE, res=res))
             g.append(m["iou_overall"])
             d.append(m["iou_debris"])
-        figs[float(s)] = prior_figures(g, d)
+            fd.append(m["false_debris_share"])
+        figs[float(s)] = prior_figures(g, d, fd)
     best = max(figs, key=lambda s: (figs[s]["criterion"], -abs(s)))
     return PriorFit(klass, best, figs)
 

@@ -912,6 +912,14 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_train_units.py::test_thermal_bare_snow_zone_is_off_glacier_snow_every_thermal_scene_saw_bare",),
     ),
     Mutation(
+        name="false-debris-counts-clean-ice",
+        invariant="false debris is predicted debris on ground the truth calls ice-free, not a class error on ice",
+        path="glacier_stac/metrics.py",
+        old="((p == Label.DEBRIS_ICE) & ~tg).sum()",
+        new="((p == Label.DEBRIS_ICE) & (t != Label.DEBRIS_ICE)).sum()",
+        tests=("tests/test_metrics.py::test_false_debris_is_predicted_debris_off_every_glacier_per_glacier_area",),
+    ),
+    Mutation(
         name="margin-loss-weight-ignored",
         invariant="the ground just outside the glaciers weighs what was asked",
         path="glacier_stac/train.py",

@@ -40,6 +40,22 @@ def test_debris_class_and_invalid_pixels_ignored():
     assert metrics.evaluate(p, t, valid)["overall"]["iou"] == 1.0
 
 
+def test_false_debris_is_predicted_debris_off_every_glacier_per_glacier_area():
+    """Issue 13's false debris: debris painted on ice-free ground, as a share of the true glacier area;
+    debris put on true clean ice or on invalid pixels is not counted."""
+    t = square()  # 400 px of glacier
+    p = t.copy()
+    p[30:32, 10:30] = Label.DEBRIS_ICE  # 40 px of moraine below the glacier called debris
+    p[10:15, 10:30] = Label.DEBRIS_ICE  # clean ice called debris: a class error, not false debris
+    s = metrics.evaluate(p, t)
+    assert s["false_debris_share"] == pytest.approx(40 / 400)
+    assert metrics.summary(s)["false_debris_share"] == s["false_debris_share"]
+    valid = np.ones_like(t, bool)
+    valid[31:32] = False
+    assert metrics.evaluate(p, t, valid)["false_debris_share"] == pytest.approx(20 / 400)
+    assert metrics.evaluate(t, t)["false_debris_share"] == 0.0
+
+
 def test_front_distance():
     t = np.zeros((30, 30), np.uint8)
     t[:, :15] = Label.CLEAN_ICE

@@ -98,6 +98,10 @@ def test_the_shift_chosen_undoes_an_overpainted_debris_prior() -> None:
     assert fit.figures[0.0]["iou_debris_median"] < 0.5 and fit.figures[-0.5]["iou_debris_median"] == 1.0
     crit = {k: f["criterion"] for k, f in fit.figures.items()}
     assert crit[-0.5] == crit[-1.0] > crit[-4.0]  # -4 loses the tongue too
+    glacier = np.isin(truth, (Label.CLEAN_ICE, Label.DEBRIS_ICE)).sum()
+    moraine = (prob[2] == np.float32(0.6)).sum()
+    assert fit.figures[0.0]["false_debris_share_worst"] == pytest.approx(moraine / glacier)  # reported ...
+    assert fit.figures[-0.5]["false_debris_share_worst"] == 0.0 == fit.figures[-0.5]["false_debris_share_median"]
 
 
 def test_a_calibrated_model_is_left_as_it_is() -> None:
@@ -116,3 +120,6 @@ def test_the_criterion_weighs_the_worst_region_as_much_as_the_median() -> None:
     assert f["iou_overall_median"] == pytest.approx(0.925) and f["iou_overall_worst"] == 0.8
     assert f["iou_debris_median"] == 0.7 and f["iou_debris_worst"] == 0.2
     assert f["criterion"] == pytest.approx((0.925 + 0.8 + 0.7 + 0.2) / 4)
+    g = train.prior_figures([0.9, 0.8, 0.95, 0.97], [0.7, 0.2, 0.9, float("nan")], [0.01, 0.05, 0.02, 0.0])
+    assert g["criterion"] == f["criterion"]  # ... and kept out of the criterion
+    assert g["false_debris_share_median"] == pytest.approx(0.015) and g["false_debris_share_worst"] == 0.05
