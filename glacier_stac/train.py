@@ -390,12 +390,12 @@ def train(train_regions: Sequence[Region], val_regions: Sequence[Region], *, mod
     pixel_w = [pixel_weights(r, f, front_loss_weight, snow_loss_weight, margin_loss_weight, forefield_loss_weight,
                              bare_snow_loss_weight)
                for r, f in zip(train_regions, fronts, strict=True)]
+    bare = ([thermal_bare_snow_zone(r) for r in train_regions] if bare_snow_loss_weight
+            else [np.zeros(r.labels.shape, bool) for r in train_regions])
     draw_w = [sample_weights(r.labels, front=f) + (snow_loss_weight * snow_zone(r) if snow_loss_weight else 0)
-              + (bare_snow_loss_weight * thermal_bare_snow_zone(r) if bare_snow_loss_weight else 0)
-              for r, f in zip(train_regions, fronts, strict=True)]
+              + bare_snow_loss_weight * b for r, f, b in zip(train_regions, fronts, bare, strict=True)]
     if bare_snow_loss_weight and progress:
-        log.info("thermal-bare snow: %d px in %d training regions", sum(int(thermal_bare_snow_zone(r).sum())
-                                                                          for r in train_regions), len(train_regions))
+        log.info("thermal-bare snow: %d px in %d training regions", sum(int(b.sum()) for b in bare), len(bare))
     fresh = _fresh_modules(net, init.state_dict) if freeze_init else []
     if freeze_init:
         if not fresh:
