@@ -44,7 +44,7 @@ import numpy as np
 
 from glacier_stac import metrics, train
 from glacier_stac.baselines import ndsi_threshold
-from glacier_stac.infer import predict
+from glacier_stac.infer import dihedral_views, predict
 from glacier_stac.labels import Label
 from glacier_stac.synthetic.config import REGIMES
 from glacier_stac.testing.regime_worlds import RENDERERS, WorldSpec, world_dir
@@ -68,13 +68,30 @@ WORST = {"iou_overall": np.nanmin, "iou_debris": np.nanmin, "false_debris_km2": 
          "false_rock_glacier_km2": np.nanmax}
 
 
-def classify(name: str, region: train.Region, paths: dict[str, Path | None]) -> tuple[np.ndarray, np.ndarray]:
+def classify(name: str, region: train.Region, paths: dict[str, Path | None],
+             views: int = 1) -> tuple[np.ndarray, np.ndarray]:
     path = paths[name]
     if path is None:
         out = ndsi_threshold(region.features).compute(scheduler="threads")
     else:
-        out = predict(region.features, path).compute(scheduler="threads")
+        out = predict(region.features, path, views=views).compute(scheduler="threads")
     return out["classes"].values, out["valid"].values
+
+
+def view_counts(spec: str, models: list[str]) -> dict[str, int]:
+    """`--views`: one count for every model ("4") or per model ("unet=1,unet_v8=8"; unnamed models 1)."""
+    out = dict.fromkeys(models, 1)
+    try:
+        for item in (v.strip() for v in spec.split(",") if v.strip()):
+            name, eq, n = item.rpartition("=")
+            if eq and name not in out:
+                raise SystemExit(f"--views {item!r}: {name!r} is not a scored model ({', '.join(models)})")
+            for m in ([name] if eq else models):
+                out[m] = int(n)
+                dihedral_views(out[m])
+    except ValueError as e:
+        raise SystemExit(f"--views {spec!r}: {e}") from None
+    return out
 
 
 def score(pred: np.ndarray, truth: np.ndarray, res: float = 10.0) -> dict[str, float]:
@@ -155,6 +172,9 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=0, metavar="SEASONS",
                     help="draw each world with this many seasons before the first scored year and join them into "
                          "the cube's history features (cube.HISTORY), as an annual update over an archive reads")
+    ap.add_argument("--views", default="1", metavar="N|NAME=N,...",
+                    help="test-time views each model's patches are averaged over (infer.dihedral_views: 1, 2, 4, 8): "
+                         "one count for every model, or per model (the same checkpoint can join twice with --extra)")
     ap.add_argument("--cold-start", action="store_true",
                     help="with --history: the same worlds with no earlier season joined (a record's first year)")
     args = ap.parse_args()
@@ -173,6 +193,7 @@ def main() -> None:
             raise SystemExit(f"--extra {pair!r}: write NAME=PATH with a name not already scored")
         paths[name] = Path(path)
         models.append(name)
+    views = view_counts(args.views, models)
     missing = [str(p) for p in paths.values() if p is not None and not p.exists()]
     if missing:
         raise SystemExit(f"checkpoints missing: {missing}; train them with `glacier-stac train` "
@@ -210,7 +231,7 @@ def main() -> None:
                 for r in regions:
                     year = int(r.features.attrs["year"])
                     for name in models:
-                        klass, valid = classify(name, r, paths)
+                        klass, valid = classify(name, r, paths, views[name])
                         pred = np.where(valid, klass, Label.BACKGROUND).astype(np.uint8)
                         rows.append({"world": spec.name, "regime": regime, "renderer": renderer, "seed": seed,
                                      "year": year,
@@ -269,7 +290,7 @@ def main() -> None:
     doc = {"held_out_seeds": list(seeds), "default": default, "optical": args.optical,
            "checkpoints": {m: str(p) if p is not None else None for m, p in paths.items()},
            "size_km": size, "years": list(years), "quick": args.quick,
-           "history": args.history, "seasons_joined": join,
+           "history": args.history, "seasons_joined": join, "views": views,
            "regimes": regimes, "renderers": list(RENDERERS), "worlds": len({r["world"] for r in rows}),
            "skipped": skipped,
            "seconds": round(time.perf_counter() - t0, 1), "models": table, "per_world": rows,

@@ -414,8 +414,35 @@ def process_models() -> ModelCache:
     return ModelCache()
 
 
-def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: torch.device) -> np.ndarray:
-    """Softmax class probabilities for a (B, F, P, P) float32 batch of normalised inputs."""
+VIEWS = (1, 2, 4, 8)  # test-time views a prediction may average (`dihedral_views`)
+
+
+def dihedral_views(n: int) -> tuple[tuple[int, bool], ...]:
+    """The first `n` of the eight symmetries of a square as (quarter turns, then flip x): identity, the x
+    flip, the y flip (a half turn + x flip), the half turn, then the four that swap rows and columns.
+    Why these: training augments with exactly these flips and 90-degree turns (`train.augment`), so
+    each view is an input the model learned, and averaging them cancels the part of an edge decision
+    that depends only on which way the patch faces (see `benchmarks/results/accuracy-views.json`)."""
+    if n not in VIEWS:
+        raise ValueError(f"views must be one of {VIEWS}, got {n!r}")
+    return ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))[:n]
+
+
+def _view(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    x = torch.rot90(x, turns, dims=(-2, -1)) if turns else x
+    return torch.flip(x, dims=(-1,)) if flip else x
+
+
+def _unview(x: torch.Tensor, turns: int, flip: bool) -> torch.Tensor:
+    x = torch.flip(x, dims=(-1,)) if flip else x
+    return torch.rot90(x, -turns, dims=(-2, -1)) if turns else x
+
+
+def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: torch.device,
+                          views: int = 1) -> np.ndarray:
+    """Softmax class probabilities for a (B, F, P, P) float32 batch of normalised inputs, averaged over
+    `views` dihedral views of each patch (`dihedral_views`; 1: the patch as it is)."""
+    todo = dihedral_views(views)
     # serialise forwards when one already fills the machine (torch on every core, or the one GPU);
     # with a per-thread share of the cores (inside a multi-threaded Dask worker) they run side by side
     serialise = device.type == "cuda" or torch.get_num_threads() >= (os.cpu_count() or 1)
@@ -428,11 +455,18 @@ def forward_probabilities(model: torch.nn.Module, batch: np.ndarray, device: tor
             # pinned host memory: the copy runs as DMA; fp16 autocast keeps probabilities within 1e-3
             # of fp32 (benchmarks/gpu_check.py checks it)
             x = torch.from_numpy(batch).pin_memory().to(device, non_blocking=True)
-            with torch.autocast("cuda", dtype=torch.float16):
-                logits = model(x.contiguous(memory_format=torch.channels_last))
         else:
-            logits = model(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last))
-        return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            x = torch.from_numpy(batch)
+        prob = None
+        for turns, flip in todo:
+            xv = _view(x, turns, flip).contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cuda", dtype=torch.float16) if device.type == "cuda" else contextlib.nullcontext():
+                logits = model(xv)
+            p = _unview(torch.softmax(logits.float(), dim=1), turns, flip)
+            prob = p if prob is None else prob.add_(p)
+        if len(todo) > 1:
+            prob = prob.div_(len(todo))
+        return prob.cpu().numpy()
 
 
 ACTIVATION_BYTES_PER_PX = 640  # fp32 U-Net (base 16) forward, peak bytes per input pixel (measured: 1136^2 -> 0.62 GB)
@@ -576,8 +610,9 @@ def predict_block(block: np.ndarray, origin: tuple[int, int], core: tuple[int, i
 def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, halo: tuple[int, int],
                 starts: tuple[np.ndarray, np.ndarray], batch_size: int | None, block_id=None,
                 models: ModelCache | None = None,
-                extent: Extent | None = None) -> np.ndarray:
-    """Dask task: global position of this block from its id, then `predict_block` with the cached model."""
+                extent: Extent | None = None, views: int = 1) -> np.ndarray:
+    """Dask task: global position of this block from its id, then `predict_block` with the cached model
+    (each patch averaged over `views` dihedral views)."""
     model, ckpt, dev = (models if models is not None else process_models()).get(ref, device)
     iy, ix = block_id[1], block_id[2]
     h, w = block.shape[1] - 2 * halo[0], block.shape[2] - 2 * halo[1]
@@ -585,7 +620,7 @@ def _block_task(block: np.ndarray, ref, device: str | None, grid: PatchGrid, hal
     if batch_size is None:
         batch_size = device_batch_size(dev, grid.max_patch)
     return predict_block(block, origin, (halo[0], halo[1], h, w), grid, ckpt,
-                         lambda b: forward_probabilities(model, b, dev), batch_size, extent)
+                         lambda b: forward_probabilities(model, b, dev, views), batch_size, extent)
 
 
 def _side(d: int, halo: int, n: int) -> slice:
@@ -764,7 +799,7 @@ def _resolve(checkpoint: Checkpoint | str | Path) -> tuple[Checkpoint, object]:
 def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: int | None = None,
             patch: int | None = None, batch_size: int | None = None, device: str | None = None, blend: int = 0,
             margin: int | None = None, resources: Mapping[str, float] | None = None,
-            models: ModelCache | None = None, fold: int | None = None) -> xr.Dataset:
+            models: ModelCache | None = None, fold: int | None = None, views: int = 1) -> xr.Dataset:
     """Lazy class probabilities for a (feature, y, x) cube.
 
     Returns a Dataset with `probability` (class, y, x) float32 (NaN where invalid),
@@ -774,9 +809,11 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
     `resources`: the Dask resources each model task asks for, e.g. {"GPU": 1} on a cluster with GPU
     workers (`cluster.has_gpu_workers`); `models`: the model cache (None: each process's own).
     `batch_size` None picks it for the device (`device_batch_size`); `fold` (None: the default) the
-    thickest region-edge remainder a neighbouring patch grows over (`PatchGrid`, 0: none).
+    thickest region-edge remainder a neighbouring patch grows over (`PatchGrid`, 0: none). `views`: test-time
+    views each patch's probabilities are averaged over (`dihedral_views`: 1, 2, 4 or 8; each costs one forward).
     """
     _check_cube(cube)
+    dihedral_views(views)  # a bad count fails here, before the graph is built
     ckpt, ref = _resolve(checkpoint)
     idx = ckpt.check_features(cube["feature"].values)
     cube = cube.transpose("feature", "y", "x")
@@ -802,7 +839,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
              ckpt.model, pl.grid.patch, pl.grid.stride, pl.grid.margin, pl.grid.blend, pl.halo,
              pl.computed_over_output)
     task = functools.partial(_block_task, device=device, grid=pl.grid, halo=pl.halo, starts=starts,
-                             batch_size=batch_size, models=models,
+                             batch_size=batch_size, models=models, views=views,
                              extent=Extent(pl.start[0], pl.start[0] + cube.sizes["y"], pl.start[1],
                                            pl.start[1] + cube.sizes["x"]))
     prob = _haloed_map(task, data, ref, pl.halo, n_cls, f"predict-{ckpt.model}", annotations)
@@ -813,7 +850,7 @@ def predict(cube: xr.DataArray, checkpoint: Checkpoint | str | Path, *, halo: in
         prob, cube, ckpt.classes,
         {"model": ckpt.model, "checkpoint_created": ckpt.created, "patch": pl.grid.patch,
          "stride": pl.grid.stride, "margin": pl.grid.margin, "blend": pl.grid.blend, "fold": pl.grid.fold,
-         "halo_y": hy, "halo_x": hx, "computed_over_output": pl.computed_over_output})
+         "halo_y": hy, "halo_x": hx, "computed_over_output": pl.computed_over_output, "views": views})
 
 
 def prediction_dataset(prob: da.Array, cube: xr.DataArray, classes: Sequence[str], attrs: dict) -> xr.Dataset:
@@ -850,7 +887,7 @@ def tile_margin(checkpoint: Checkpoint | str | Path) -> int:
 
 def predict_tile(context: xr.DataArray, checkpoint: Checkpoint | str | Path, *, margin: int,
                  batch_size: int = 4, device: str | None = None, resources: Mapping[str, float] | None = None,
-                 models: ModelCache | None = None) -> xr.Dataset:
+                 models: ModelCache | None = None, views: int = 1) -> xr.Dataset:
     """Lazy prediction of one tile core from a cube of the tile plus `margin` pixels of context each side.
 
     Why: a pipeline that works tile by tile reads each tile's context once and pushes exactly one
@@ -860,6 +897,7 @@ def predict_tile(context: xr.DataArray, checkpoint: Checkpoint | str | Path, *, 
     result equals `predict` over any larger cube (chunk invariance holds across both).
     """
     _check_cube(context)
+    dihedral_views(views)
     ckpt, ref = _resolve(checkpoint)
     grid = make_grid(ckpt)
     if margin < grid.margin:
@@ -880,6 +918,7 @@ def predict_tile(context: xr.DataArray, checkpoint: Checkpoint | str | Path, *, 
     annotations = {"resources": dict(resources)} if resources else {}
     with dask.annotate(**annotations):
         prob = da.map_blocks(_block_task, data, ref, device, grid, (margin, margin), starts, batch_size, models=models,
+                             views=views,
                              dtype=np.float32, chunks=((n_cls,), (h,), (w,)), token=f"predict-tile-{ckpt.model}",
                              meta=np.empty((0, 0, 0), dtype=np.float32))
     core = context.isel(y=slice(margin, margin + h), x=slice(margin, margin + w))
@@ -887,4 +926,4 @@ def predict_tile(context: xr.DataArray, checkpoint: Checkpoint | str | Path, *, 
     return prediction_dataset(prob, core, ckpt.classes,
                               {"model": ckpt.model, "checkpoint_created": ckpt.created, "patch": grid.patch,
                                "stride": grid.stride, "margin": grid.margin, "blend": 0, "halo_y": margin,
-                               "halo_x": margin, "computed_over_output": computed / (h * w)})
+                               "halo_x": margin, "computed_over_output": computed / (h * w), "views": views})

@@ -64,6 +64,7 @@ class RunConfig:
     buffer_m: float = 500.0
     sensors: tuple[str, ...] | None = None
     checkpoint: str = str(DEFAULT_CHECKPOINT)
+    views: int = 1  # test-time views each patch is averaged over (infer.dihedral_views): accuracy for forwards
     catalog: str = PLANETARY_COMPUTER
     sign: str = "auto"  # "auto" (Planetary Computer URLs are signed), "planetary-computer" or "none"
     max_cloud: float = 80.0
@@ -123,7 +124,7 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
     for sec in raw:
         if not isinstance(raw[sec], Mapping):
             raise ConfigError(f"[{sec}] must be a table, got {raw[sec]!r}")
-    allowed = {"run": {"years", "sensors", "checkpoint", "tiles_in_flight", "retries", "report"},
+    allowed = {"run": {"years", "sensors", "checkpoint", "views", "tiles_in_flight", "retries", "report"},
                "aoi": {"bbox", "file", "inventory", "buffer_m"},
                "catalog": {"url", "sign", "max_cloud"}, "store": {"url", "storage_options", "keep_features"},
                "inventory": {"url"},
@@ -170,6 +171,9 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
         ckpt = rel(ckpt)
     if "://" not in ckpt and not Path(ckpt).is_file():
         raise ConfigError(f"run.checkpoint {ckpt!r} is not a file")
+    views = _get(run, "views", int, "run", 1)
+    if views not in (1, 2, 4, 8):  # infer.VIEWS (not imported here: reading a config needs no torch)
+        raise ConfigError(f"run.views must be 1, 2, 4 or 8 (test-time views per patch), got {views!r}")
     tif = _get(run, "tiles_in_flight", int, "run", 4)
     retries = _get(run, "retries", int, "run", 2)
     if tif < 1:
@@ -205,7 +209,7 @@ def parse_config(raw: Mapping[str, Any], base: Path | None = None) -> RunConfig:
     if inv_url is not None and not inv_url.endswith(".parquet"):
         inv_url = str(Path(inv_url) / "inventory.parquet")
     return RunConfig(years=years, store=rel(url), aoi=rel(file) if file else bbox, reference=rel(ref),
-                     buffer_m=buffer_m, sensors=tuple(sensors) if sensors else None, checkpoint=ckpt,
+                     buffer_m=buffer_m, sensors=tuple(sensors) if sensors else None, checkpoint=ckpt, views=views,
                      catalog=_get(cat, "url", str, "catalog", PLANETARY_COMPUTER), sign=sign, max_cloud=max_cloud,
                      inventory=inv_url, storage_options=dict(_get(st, "storage_options", dict, "store", {})),
                      keep_features=_get(st, "keep_features", bool, "store", True),
@@ -347,7 +351,8 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
     data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise",
                       history=history)
-    pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources)  # GPU=1 where GPU workers exist
+    # GPU=1 where GPU workers exist
+    pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources, views=cfg.views)
     # the features OBIA reads, kept beside the predictions: the inventory step gets elevations and its rules
     # from the store instead of building every cube again
     kept = [f for f in obia.USED_FEATURES if f in data["feature"].values] if cfg.keep_features else []

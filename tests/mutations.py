@@ -1188,6 +1188,30 @@ MUTATIONS: list[Mutation] = [
         new="        state[key] = (sum(p.double() / len(parts) for p in parts).to(ref.dtype)\n",
         tests=("tests/test_soup.py",),
     ),
+    Mutation(
+        name="views-not-turned-back",
+        invariant="each test-time view's probabilities are turned back onto the patch before they are averaged",
+        path="glacier_stac/infer.py",
+        old="            p = _unview(torch.softmax(logits.float(), dim=1), turns, flip)\n",
+        new="            p = torch.softmax(logits.float(), dim=1)\n",
+        tests=("tests/test_infer.py::test_all_eight_views_make_the_prediction_turn_with_its_input",),
+    ),
+    Mutation(
+        name="views-count-ignored-by-predict",
+        invariant="predict averages the number of views it is asked for",
+        path="glacier_stac/infer.py",
+        old="lambda b: forward_probabilities(model, b, dev, views)",
+        new="lambda b: forward_probabilities(model, b, dev)",
+        tests=("tests/test_infer.py::test_predict_averages_the_views_of_each_patch_whatever_the_chunking",),
+    ),
+    Mutation(
+        name="views-repeat-one-view",
+        invariant="the views are distinct symmetries of the patch",
+        path="glacier_stac/infer.py",
+        old="    return ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))[:n]\n",
+        new="    return ((0, False),) * n\n",
+        tests=("tests/test_infer.py::test_dihedral_views_are_distinct_symmetries_and_bad_counts_are_refused",),
+    ),
 ]
 
 

@@ -470,3 +470,55 @@ def test_region_predict_reads_each_block_inside_its_model_task_and_borrows_only_
         assert a.base is None and min(a.shape[1:]) < 64, a.shape
     np.testing.assert_array_equal(prob.compute(), infer.predict(cube.chunk({"y": 192, "x": 192}), ck,
                                                                 patch=64).probability.values)
+
+
+def test_dihedral_views_are_distinct_symmetries_and_bad_counts_are_refused():
+    x = torch.arange(12.0).reshape(1, 1, 3, 4)  # not square: a turn shows in the shape too
+    for n in infer.VIEWS:
+        seen = {tuple(infer._view(x, t, f).flatten().tolist()) + tuple(infer._view(x, t, f).shape)
+                for t, f in infer.dihedral_views(n)}
+        assert len(seen) == n
+        for t, f in infer.dihedral_views(n):
+            assert torch.equal(infer._unview(infer._view(x, t, f), t, f), x)
+    for bad in (0, 3, 16):
+        with pytest.raises(ValueError, match=f"views must be one of .*got {bad}"):
+            infer.dihedral_views(bad)
+    with pytest.raises(ValueError, match="views must be one of"):
+        infer.predict(make_cube(), make_ckpt(), views=5)
+
+
+def test_all_eight_views_make_the_prediction_turn_with_its_input():
+    """Averaged over the eight views, turning or mirroring a patch turns or mirrors its probabilities (and
+    over four, mirroring does); one view of a (random, unsymmetric) network does neither."""
+    ck = context_ckpt()
+    model = get_model("unet", len(FEATS), 4, base=8)
+    model.load_state_dict(ck.state_dict)
+    model.eval()
+    x = np.random.default_rng(3).normal(size=(2, len(FEATS), 64, 64)).astype(np.float32)
+    dev = torch.device("cpu")
+
+    def moved(a, t, f):
+        return infer._view(torch.from_numpy(np.ascontiguousarray(a)), t, f).numpy()
+
+    for views, moves in ((8, infer.dihedral_views(8)), (4, infer.dihedral_views(4))):
+        p = infer.forward_probabilities(model, x, dev, views)
+        np.testing.assert_allclose(p.sum(axis=1), 1.0, atol=1e-5)
+        for t, f in moves[1:]:
+            q = infer.forward_probabilities(model, moved(x, t, f), dev, views)
+            np.testing.assert_allclose(q, moved(p, t, f), atol=1e-5)
+    p1 = infer.forward_probabilities(model, x, dev, 1)
+    q1 = infer.forward_probabilities(model, moved(x, 0, True), dev, 1)
+    assert np.abs(q1 - moved(p1, 0, True)).max() > 1e-3
+
+
+def test_predict_averages_the_views_of_each_patch_whatever_the_chunking():
+    ck = context_ckpt()
+    cube = make_cube(h=150, w=140, chunk=64)
+    one = infer.predict(cube, ck).compute(scheduler="sync")
+    four = infer.predict(cube, ck, views=4).compute(scheduler="sync")
+    four_b = infer.predict(cube.chunk({"y": 100, "x": 70}), ck, views=4).compute(scheduler="sync")
+    assert four.attrs["views"] == 4 and one.attrs["views"] == 1
+    np.testing.assert_allclose(four["probability"].values, four_b["probability"].values, atol=1e-5)
+    assert np.array_equal(np.isnan(four["probability"].values), np.isnan(one["probability"].values))
+    ok = np.isfinite(one["probability"].values)
+    assert np.abs(four["probability"].values[ok] - one["probability"].values[ok]).max() > 1e-3
