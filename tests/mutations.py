@@ -1208,9 +1208,25 @@ MUTATIONS: list[Mutation] = [
         name="views-repeat-one-view",
         invariant="the views are distinct symmetries of the patch",
         path="glacier_stac/infer.py",
-        old="    return ((0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))[:n]\n",
-        new="    return ((0, False),) * n\n",
+        old="(0, False), (0, True), (2, True), (2, False), (1, False), (1, True), (3, False), (3, True))[:n]",
+        new="(0, False),) * n",
         tests=("tests/test_infer.py::test_dihedral_views_are_distinct_symmetries_and_bad_counts_are_refused",),
+    ),
+    Mutation(
+        name="views-count-ignored-by-predict-tile",
+        invariant="a tile predicted alone averages the views the run asks for, as the whole predict does",
+        path="glacier_stac/infer.py",
+        old="                             views=views,\n",
+        new="\n",
+        tests=("tests/test_pipeline.py::test_predict_tile_equals_predict_over_a_larger_cube",),
+    ),
+    Mutation(
+        name="run-views-not-read",
+        invariant="run.views in a run config reaches the run",
+        path="glacier_stac/pipeline.py",
+        old="checkpoint=ckpt, views=views,",
+        new="checkpoint=ckpt,",
+        tests=("tests/test_pipeline.py::test_run_views_reach_the_config_for_every_count_infer_takes",),
     ),
 ]
 

@@ -41,6 +41,7 @@ def _bbox(world_dir: Path) -> list[float]:
     ({"run": {"years": "twenty"}}, "run.years must be"),
     ({"run": {"years": [2035]}}, "run.years: .*2035"),
     ({"run": {"yeras": [2021]}}, r"unknown key\(s\) \['run.yeras'\]"),
+    ({"run": {"years": [2021], "views": 3}}, "run.views must be 1, 2, 4 or 8 .*got 3"),
     ({"run": {"years": [2021], "checkpoint": "/nope.pt"}}, "run.checkpoint '/nope.pt' is not a file"),
     ({"aoi": {"bbox": [1, 2, 3]}}, r"aoi.bbox must be \[minx, miny, maxx, maxy\]"),
     ({"aoi": {"bbox": "1,2,3,4", "file": "x.gpkg"}}, "give exactly one of aoi.bbox, aoi.file, aoi.inventory"),
@@ -99,6 +100,22 @@ def test_predict_tile_equals_predict_over_a_larger_cube():
     assert np.allclose(tile["probability"].values, whole, atol=1e-5)
     with pytest.raises(ValueError, match="less than the"):
         infer.predict_tile(ctx.isel(y=slice(1, -1), x=slice(1, -1)), ckpt, margin=m - 1)
+    # test-time views turn each patch: the tile's patch is the whole predict's, so they agree with views too
+    whole2 = infer.predict(big, ckpt, views=2)["probability"][:, 100:1124, 100:1124].values
+    tile2 = infer.predict_tile(ctx, ckpt, margin=m, views=2)
+    assert tile2.attrs["views"] == 2
+    assert np.allclose(tile2["probability"].values, whole2, atol=1e-5)
+    # and the views changed something (this model is saturated on noise: compared in log probability)
+    assert np.abs(np.log(tile2["probability"].values + 1e-30) - np.log(whole + 1e-30)).max() > 1e-2
+
+
+def test_run_views_reach_the_config_for_every_count_infer_takes(tmp_path):
+    raw = {"run": {"years": [2021], "checkpoint": CNN5}, "aoi": {"bbox": "-147.1,61.1,-147.0,61.2"},
+           "store": {"url": str(tmp_path / "s.zarr")}}
+    assert pipeline.parse_config(raw).views == 1
+    for n in infer.VIEWS:
+        raw["run"]["views"] = n
+        assert pipeline.parse_config(raw).views == n
 
 
 def _arrays(path: Path) -> dict[str, str]:
