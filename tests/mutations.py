@@ -1228,6 +1228,26 @@ MUTATIONS: list[Mutation] = [
         new="checkpoint=ckpt,",
         tests=("tests/test_pipeline.py::test_run_views_reach_the_config_for_every_count_infer_takes",),
     ),
+    Mutation(
+        name="lit-anomaly-without-the-sun",
+        invariant="the lit anomaly's bare ground is fitted on slope and aspect too, so shade reads as ground",
+        path="glacier_stac/cube.py",
+        old="    return np.stack([elev, np.cos(s), np.sin(s) * aspect_cos, np.sin(s) * aspect_sin])\n",
+        new="    return np.stack([elev, np.zeros_like(s), np.zeros_like(s), np.zeros_like(s)])\n",
+        tests=("tests/test_cube_derived.py::test_shaded_ground_reads_as_ground_once_the_fit_knows_the_sun",),
+    ),
+    Mutation(
+        name="lit-anomaly-samples-thermal-snow",
+        invariant="ground a thermal scene saw under snow is not in the lit anomaly's bare-ground sample",
+        path="glacier_stac/cube.py",
+        old="""    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.all(np.isfinite(x), axis=0)
+    if snow is not None:
+        ok &= snow[lat] == 0
+""",
+        new="""    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.all(np.isfinite(x), axis=0)
+""",
+        tests=("tests/test_cube_derived.py::test_lit_anomaly_on_flat_empty_snowy_and_pooled_tiles",),
+    ),
 ]
 
 

@@ -130,7 +130,8 @@ def test_fitted_derived_features_read_sensor_features_only() -> None:
     """A fitted feature's sample is taken from the read task's block, before any derived row is filled."""
     derived = {d.name for d in cube.DERIVED}
     fitted = [d for d in cube.DERIVED if d.fit is not None]
-    assert {d.name for d in fitted} == {"lst_anomaly", "lst_max_anomaly", "elev_above_snowline"}
+    assert {d.name for d in fitted} == {"lst_anomaly", "lst_max_anomaly", "elev_above_snowline", "lst_lit_anomaly",
+                                        "lst_max_lit_anomaly"}
     for d in fitted:
         assert not set(d.inputs) & derived, d.name
 
@@ -181,3 +182,57 @@ def test_thermal_kernel_counts_the_usable_scenes_flagged_snow() -> None:
     np.testing.assert_array_equal(out[names.index("landsat_snow")][:, 3:], 0)
     np.testing.assert_array_equal(out[names.index("landsat_count")][:, :3], 1)
     assert S.SENTINEL2.snowy(np.array([11, 4], np.uint8)).tolist() == [True, False]
+
+
+def _sunlit_tile(sun_azimuth: float = 130.0, sun_elevation: float = 50.0, n: int = 240, seed: int = 2):
+    """Ridges and valleys rising eastwards; rock 9 K warmer per unit of illumination (as the generator draws it),
+    a debris-covered tongue 6 K below rock of its height and light. Returns temperature, the terrain features,
+    NDSI, NDWI, the debris mask and the illumination."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:n + 2, 0:n + 2].astype(np.float32)
+    elev = 1500 + 6.0 * xx + 180 * np.sin(yy / 9.0) * np.cos(xx / 13.0) + rng.normal(0, 2, yy.shape)
+    slope, asin, acos, _ = cube.terrain(elev, 10.0)
+    *_, cos_i = cube.terrain(elev, 10.0, sun_azimuth, sun_elevation)
+    z = elev[1:-1, 1:-1]
+    t = 300.0 - 0.0065 * z + 9.0 * (cos_i - 0.6) + rng.normal(0, 0.5, z.shape)
+    debris = np.zeros(z.shape, bool)
+    debris[100:140, :60] = True
+    t[debris] -= 6.0
+    ndsi, ndwi = np.full(z.shape, -0.2, np.float32), np.full(z.shape, -0.1, np.float32)
+    return t.astype(np.float32), z.astype(np.float32), slope, asin, acos, ndsi, ndwi, debris, cos_i
+
+
+def test_shaded_ground_reads_as_ground_once_the_fit_knows_the_sun() -> None:
+    """Against bare ground of the same height alone, shade reads several kelvin cold, like debris; against
+    bare ground of the same height, slope and aspect it reads ~0 and debris keeps its -6 K. The sun is learnt
+    from the temperatures: the fitted illumination terms point to the azimuth the tile was lit from."""
+    t, z, slope, asin, acos, ndsi, ndwi, debris, cos_i = _sunlit_tile()
+    shade = ~debris & (cos_i < 0.35)
+    assert shade.sum() > 1000
+    plain = cube.lst_anomaly(t, z, ndsi, ndwi)
+    lit = cube.lst_lit_anomaly(t, z, slope, asin, acos, ndsi, ndwi)
+    assert np.median(plain[shade]) < -2.0  # the old anomaly: shade as cold as thin debris
+    assert abs(np.median(lit[shade])) < 0.5 and abs(np.median(lit[~debris])) < 0.3
+    assert np.median(lit[debris]) == pytest.approx(-6.0, abs=0.6)
+    fit = cube.terrain_lapse_solve(cube.terrain_lapse_sample(t, z, slope, asin, acos, ndsi, ndwi))
+    assert fit[1] == pytest.approx(-0.0065, abs=5e-4)
+    assert np.degrees(np.arctan2(fit[4], fit[3])) % 360 == pytest.approx(130.0, abs=10.0)
+
+
+def test_lit_anomaly_on_flat_empty_snowy_and_pooled_tiles() -> None:
+    t, z, slope, asin, acos, ndsi, ndwi, debris, _ = _sunlit_tile()
+    none = np.full(t.shape, np.nan, np.float32)
+    assert np.isnan(cube.lst_lit_anomaly(none, z, slope, asin, acos, ndsi, ndwi)).all()
+    snow = np.full(t.shape, 0.9, np.float32)
+    assert np.isnan(cube.lst_lit_anomaly(t, z, slope, asin, acos, snow, ndwi)).all()  # no bare ground
+    flat = np.full(z.shape, 1000.0, np.float32) + (z - z.mean()) * 0.01  # a few metres of relief
+    fit = cube.terrain_lapse_solve(cube.terrain_lapse_sample(t, flat, slope, asin, acos, ndsi, ndwi))
+    assert fit[1] == cube.LAPSE_DEFAULT
+    thermal_snow = np.zeros(t.shape, np.float32)
+    thermal_snow[:, :120] = 1  # snow in a thermal scene: not bare ground, so not in the sample
+    args = (t, z, slope, asin, acos, ndsi, ndwi)
+    assert cube.terrain_lapse_sample(*args, thermal_snow).shape[1] < 0.6 * cube.terrain_lapse_sample(*args).shape[1]
+    halves = [tuple(a[:, :120] for a in args), tuple(a[:, 120:] for a in args)]
+    pooled = cube.pooled_fits([{"lst_lit_anomaly": cube.terrain_lapse_sample(*h)} for h in halves])
+    whole = cube.terrain_lapse_solve(cube.terrain_lapse_sample(*args))
+    np.testing.assert_allclose(pooled["lst_lit_anomaly"], whole, rtol=1e-4, atol=1e-6)
