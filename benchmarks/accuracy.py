@@ -2,7 +2,7 @@
 
     python benchmarks/accuracy.py [--quick] [--models ndsi,unet] [--regimes arctic,southern]
         [--extra unet_rg=/tmp/unet_rg.pt,optical_rg=/tmp/optical_rg.pt --default unet_rg --optical optical_rg]
-        [--seeds 601,602,603] [--years 2021,2022,2023]
+        [--seeds 601,602,603] [--years 2021,2022,2023] [--views 4 | --views unet_v4=4]
 
 For each regime (maritime, continental, high-mountain-asia, arctic, southern, dry) and held-out seed, a
 generator world and its `synthetic render` twin (the same DEM and truth outlines drawn again by the
@@ -25,6 +25,8 @@ Rock glaciers (issue 14): their IoU counts only worlds whose truth has them (con
 high-mountain-asia), as median and worst per regime, with the margin of the default model over the
 optical-only one (`--optical`); predicted rock glacier where the truth has none is `false_rock_glacier_km2`.
 Checkpoints that are not shipped (candidates) join with `--extra NAME=PATH` and can be made the default.
+`--views`: test-time views each model's patches are averaged over (`infer.dihedral_views`), for every model or
+per model, so one checkpoint can be scored with 1 and 4 views side by side (`--extra u4=PATH --views u4=4`).
 `--twin NAME` names the default's four-class twin (the same training with rock glaciers as background,
 `train_regimes.py --no-rock-glacier-class`): the checks then include issue 14's "glacier and debris
 figures no worse than without the class" (median and worst glacier and debris IoU, worst false-debris
