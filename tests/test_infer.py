@@ -399,9 +399,9 @@ def test_folded_edge_remainders_same_bytes_whatever_the_chunking(monkeypatch):
     seen: list[int] = []  # model input pixels, forward by forward
     real_forward = infer.forward_probabilities
 
-    def counting(model, batch, device):
-        seen.append(batch.shape[0] * batch.shape[2] * batch.shape[3])
-        return real_forward(model, batch, device)
+    def counting(model, batch, device, views=1):
+        seen.append(batch.shape[0] * batch.shape[2] * batch.shape[3] * views)
+        return real_forward(model, batch, device, views)
 
     monkeypatch.setattr(infer, "forward_probabilities", counting)
     probs, blocks = [], []
