@@ -1006,8 +1006,8 @@ MUTATIONS: list[Mutation] = [
         name="lapse-fit-takes-ground-under-thermal-snow",
         invariant="ground a thermal scene saw under snow (QA) is not bare ground for the lapse fit",
         path="glacier_stac/cube.py",
-        old="        ok &= snow[lat] == 0\n",
-        new="        ok &= snow[lat] >= 0\n",
+        old="np.isfinite(t) & np.isfinite(z)\n    if snow is not None:\n        ok &= snow[lat] == 0\n",
+        new="np.isfinite(t) & np.isfinite(z)\n    if snow is not None:\n        ok &= snow[lat] >= 0\n",
         tests=("tests/test_cube_derived.py::test_ground_under_snow_in_a_thermal_scene_is_not_bare_ground",),
     ),
     Mutation(
