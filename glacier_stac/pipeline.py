@@ -336,6 +336,7 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
     from glacier_stac import catalog, cube, obia
     from glacier_stac import sensors as sensor_records
     from glacier_stac.infer import predict_tile
+    from glacier_stac.models.checkpoint import load as load_checkpoint
 
     ctx = unit.geobox.pad(margin)
     aoi = catalog.load_aoi(ctx.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=unit.key.id)
@@ -349,8 +350,13 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
         return None
     # an unreadable asset fails the tile's task (retried, then recorded failed with its reason): a tile read
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
+    # only what the model and OBIA read: a derived feature no one reads (the lit anomalies for a checkpoint without
+    # them: ~0.9 s a tile each) is not computed; one the checkpoint lacks is left for predict to name
+    made = [f for s in sensor_records.resolve(wanted) for f in s.features]
+    made += [d.name for d in cube.derived_for(made)]
+    reads = set(load_checkpoint(cfg.checkpoint).features) | (set(obia.USED_FEATURES) if cfg.keep_features else set())
     data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise",
-                      history=history)
+                      history=history, keep=[f for f in made if f in reads])
     # GPU=1 where GPU workers exist
     pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources, views=cfg.views)
     # the features OBIA reads, kept beside the predictions: the inventory step gets elevations and its rules
