@@ -328,6 +328,14 @@ LAPSE_DEFAULT = -0.0065  # K per metre, used when a tile's bare ground spans too
 MIN_FIT_PIXELS = 500
 
 
+def biweight(residuals: np.ndarray) -> np.ndarray:
+    """Tukey biweight weights of a fit's residuals (scale: the MAD): 0 for points far off the fit."""
+    r = residuals
+    scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-3
+    u = r / (4.685 * scale)
+    return np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+
+
 def lapse_fit(temp: np.ndarray, elev: np.ndarray, ground: np.ndarray, max_samples: int = 200_000,
               ) -> tuple[float, float] | None:
     """Robust (Tukey biweight IRLS) line temp = a + b * elev over the `ground` pixels; None with too few.
@@ -353,10 +361,7 @@ def lapse_fit(temp: np.ndarray, elev: np.ndarray, ground: np.ndarray, max_sample
         var = (w * (z - zm) ** 2).sum()
         b = float(np.clip((w * (z - zm) * (t - tm)).sum() / max(var, 1e-9), -0.015, 0.005))
         a = float(tm - b * zm)
-        r = t - (a + b * z)
-        scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-3
-        u = r / (4.685 * scale)
-        w = np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        w = biweight(t - (a + b * z))
         if w.sum() < MIN_FIT_PIXELS // 5:
             break
     return a, b
@@ -366,16 +371,22 @@ FIT_STRIDE = 2  # every other row and column: a tile's fit sample is a quarter o
 # samples weigh each tile by its area
 
 
-def lapse_sample(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray,
-                 snow: np.ndarray | None = None) -> np.ndarray:
-    """(2, n) temperature and elevation of the bare ground a lapse fit reads: snow-free (NDSI < 0.2), not water
-    (NDWI < 0.2), on the `FIT_STRIDE` lattice; and, given the thermal scenes' `snow` count, snow-free in every
-    one of them (optical and thermal scenes are of other dates: snow in one reads 0 degC, not ground)."""
-    lat = (slice(None, None, FIT_STRIDE),) * lwir.ndim
-    t, z = lwir[lat], elev[lat]
-    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.isfinite(z)
+def bare_ground(ndsi: np.ndarray, ndwi: np.ndarray, snow: np.ndarray | None, lat: tuple[slice, ...]) -> np.ndarray:
+    """The bare ground a temperature fit reads, on the lattice `lat`: snow-free (NDSI < 0.2), not water
+    (NDWI < 0.2) and, given the thermal scenes' `snow` count, snow-free in every one of them (optical and thermal
+    scenes are of other dates: snow in one reads 0 degC, not ground)."""
+    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2)
     if snow is not None:
         ok &= snow[lat] == 0
+    return ok
+
+
+def lapse_sample(lwir: np.ndarray, elev: np.ndarray, ndsi: np.ndarray, ndwi: np.ndarray,
+                 snow: np.ndarray | None = None) -> np.ndarray:
+    """(2, n) temperature and elevation of the `bare_ground` a lapse fit reads, on the `FIT_STRIDE` lattice."""
+    lat = (slice(None, None, FIT_STRIDE),) * lwir.ndim
+    t, z = lwir[lat], elev[lat]
+    ok = bare_ground(ndsi, ndwi, snow, lat) & np.isfinite(t) & np.isfinite(z)
     return np.stack([t[ok], z[ok]]).astype(np.float32)
 
 
@@ -437,10 +448,7 @@ def terrain_lapse_fit(temp: np.ndarray, terms: np.ndarray, max_samples: int = 20
     for _ in range(8):
         sw = np.sqrt(w)
         coef = np.linalg.lstsq(design * sw[:, None], t * sw, rcond=None)[0]
-        r = t - design @ coef
-        scale = 1.4826 * float(np.median(np.abs(r - np.median(r)))) + 1e-3
-        u = r / (4.685 * scale)
-        w = np.where(np.abs(u) < 1, (1 - u * u) ** 2, 0.0)
+        w = biweight(t - design @ coef)
         if w.sum() < MIN_FIT_PIXELS // 5:
             break
     return np.insert(coef, 1, LAPSE_DEFAULT) if fixed else coef
@@ -453,9 +461,7 @@ def terrain_lapse_sample(lwir: np.ndarray, elev: np.ndarray, slope: np.ndarray, 
     lat = (slice(None, None, FIT_STRIDE),) * lwir.ndim
     t = lwir[lat]
     x = terrain_terms(elev[lat], slope[lat], aspect_sin[lat], aspect_cos[lat])
-    ok = (ndsi[lat] < 0.2) & (ndwi[lat] < 0.2) & np.isfinite(t) & np.all(np.isfinite(x), axis=0)
-    if snow is not None:
-        ok &= snow[lat] == 0
+    ok = bare_ground(ndsi, ndwi, snow, lat) & np.isfinite(t) & np.all(np.isfinite(x), axis=0)
     return np.concatenate([t[ok][None], x[:, ok]]).astype(np.float32)
 
 

@@ -322,21 +322,34 @@ class TileOutcome:
     graph_s: float = 0.0  # on the client: search and building the tile's graph (workers may idle meanwhile)
 
 
+def cube_features(cfg: RunConfig, checkpoint_features: Sequence[str]) -> list[str]:
+    """The features a tile's cube computes: those its sensors make that the checkpoint or OBIA reads. A derived
+    feature no one reads (the lit anomalies for a checkpoint without them: ~0.9 s a tile each) is not computed;
+    one the checkpoint lacks is left for predict to name."""
+    from glacier_stac import cube, obia
+    from glacier_stac import sensors as sensor_records
+
+    made = [f for s in sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None) for f in s.features]
+    made += [d.name for d in cube.derived_for(made)]
+    reads = set(checkpoint_features) | (set(obia.USED_FEATURES) if cfg.keep_features else set())
+    return [f for f in made if f in reads]
+
+
 def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, margin: int, digest: str,
                resources: Mapping[str, float] | None = None, store_lock: threading.Lock | None = None,
-               history: int = 0, history_sensors: Sequence[str] | None = None):
+               history: int = 0, history_sensors: Sequence[str] | None = None, keep: Sequence[str] | None = None):
     """The lazy work of one tile-year (search happens here, on the client): a Delayed returning a TileRecord.
 
     None when the catalog has no scenes over the tile for the year (recorded, not an error). `store_lock`:
     held around `store.write`, which may create the zone's arrays (two threads creating them at once
     collide), when graphs are built in several threads. `history`: the seasons before the year the
     checkpoint's history features read (`cube.history_for`), searched and joined too, for the sensors
-    `history_sensors` names (`cube.history_sensors`; None: every sensor).
+    `history_sensors` names (`cube.history_sensors`; None: every sensor). `keep`: the features the tile's cube
+    computes (`cube_features`; None: every one).
     """
     from glacier_stac import catalog, cube, obia
     from glacier_stac import sensors as sensor_records
     from glacier_stac.infer import predict_tile
-    from glacier_stac.models.checkpoint import load as load_checkpoint
 
     ctx = unit.geobox.pad(margin)
     aoi = catalog.load_aoi(ctx.extent.to_crs("EPSG:4326").geom.__geo_interface__, name=unit.key.id)
@@ -350,13 +363,8 @@ def tile_graph(unit: TileUnit, year: int, cfg: RunConfig, cat, run_id: str, marg
         return None
     # an unreadable asset fails the tile's task (retried, then recorded failed with its reason): a tile read
     # as no-data where an asset failed would be recorded done, and a rerun would never retry it
-    # only what the model and OBIA read: a derived feature no one reads (the lit anomalies for a checkpoint without
-    # them: ~0.9 s a tile each) is not computed; one the checkpoint lacks is left for predict to name
-    made = [f for s in sensor_records.resolve(wanted) for f in s.features]
-    made += [d.name for d in cube.derived_for(made)]
-    reads = set(load_checkpoint(cfg.checkpoint).features) | (set(obia.USED_FEATURES) if cfg.keep_features else set())
     data = cube.build(found, ctx, year, sensors=list(cfg.sensors) if cfg.sensors else None, on_read_error="raise",
-                      history=history, keep=[f for f in made if f in reads])
+                      history=history, keep=keep)
     # GPU=1 where GPU workers exist
     pred = predict_tile(data, cfg.checkpoint, margin=margin, resources=resources, views=cfg.views)
     # the features OBIA reads, kept beside the predictions: the inventory step gets elevations and its rules
@@ -514,6 +522,7 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
     wanted = sensor_records.resolve(list(cfg.sensors) if cfg.sensors else None)
     # ... of only the sensors those come from (the static DEM is every season's)
     again = [s.name for s in cube.history_sensors(ckpt.features, wanted) if s.per_acquisition]
+    keep = cube_features(cfg, ckpt.features)
     cat = catalog.open_catalog(cfg.catalog, signer=None if cfg.sign == "none" else cfg.sign)
     resources = {"GPU": 1} if has_gpu_workers(client) else None
     total = len(plan.tiles) * len(plan.years)
@@ -538,7 +547,8 @@ def run_on(client, cfg: RunConfig, *, plan: Plan | None = None,
 
     def build(unit: TileUnit, year: int) -> tuple[Any, float]:
         t = time.perf_counter()
-        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock, history, again)
+        task = tile_graph(unit, year, cfg, cat, run_id, plan.margin, digest, resources, store_lock, history, again,
+                          keep)
         return task, time.perf_counter() - t
 
     def top_up() -> None:
