@@ -1230,6 +1230,14 @@ MUTATIONS: list[Mutation] = [
         tests=("tests/test_pipeline.py::test_run_views_reach_the_config_for_every_count_infer_takes",),
     ),
     Mutation(
+        name="tile-cube-computes-unread-features",
+        invariant="a run's tile cube computes only the features the checkpoint and OBIA read",
+        path="glacier_stac/pipeline.py",
+        old="    return [f for f in made if f in reads]\n",
+        new="    return made\n",
+        tests=("tests/test_pipeline.py::test_a_tile_cube_computes_only_the_features_the_checkpoint_and_obia_read",),
+    ),
+    Mutation(
         name="lit-anomaly-without-the-sun",
         invariant="the lit anomaly's bare ground is fitted on slope and aspect too, so shade reads as ground",
         path="glacier_stac/cube.py",

@@ -506,3 +506,19 @@ def test_the_dry_run_counts_the_seasons_a_history_checkpoint_reads(world_dir, ru
     assert (plain["history_seasons"], joined["history_seasons"]) == (0, cube.HISTORY_YEARS)
     # Sentinel-2 and Landsat are read for the year and the two before it; SAR and the DEM once
     assert plain["bytes_to_read_estimate"] < joined["bytes_to_read_estimate"] < 3 * plain["bytes_to_read_estimate"]
+
+
+def test_a_tile_cube_computes_only_the_features_the_checkpoint_and_obia_read(tmp_path):
+    from glacier_stac import obia
+
+    raw = {"run": {"years": [2021], "checkpoint": CNN5}, "aoi": {"bbox": "-147.1,61.1,-147.0,61.2"},
+           "store": {"url": str(tmp_path / "s.zarr")}}
+    cfg = pipeline.parse_config(raw)
+    feats = ["B03", "lst_max_anomaly", "lst_max_anomaly_hist", "not_made_by_any_sensor"]
+    keep = pipeline.cube_features(cfg, feats)
+    assert set(keep) == {"B03", "lst_max_anomaly", "lst_max_anomaly_hist"} | set(obia.USED_FEATURES)
+    assert "lst_lit_anomaly" not in keep and "lst_max_lit_anomaly" not in keep  # no one reads them
+    raw["store"]["keep_features"] = False
+    assert pipeline.cube_features(pipeline.parse_config(raw), feats) == ["B03", "lst_max_anomaly",
+                                                                        "lst_max_anomaly_hist"]
+    assert "lst_lit_anomaly" in pipeline.cube_features(cfg, [*feats, "lst_lit_anomaly"])
