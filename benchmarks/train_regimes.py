@@ -127,10 +127,12 @@ def draw(regime: str, seed: int, size: float, years: tuple[int, ...], renderers:
 
 
 def validation_regions(regimes: list[str], size: float, years: tuple[int, ...], world: Path, history: int,
-                       renderers: tuple[str, ...] = ("generator",)) -> list[tuple[str, train.Region]]:
-    """(regime, region) of the validation worlds: one world per regime (seeds 3001+) and renderer, every year."""
-    return [(regime, r) for regime in regimes
-            for r in draw(regime, VAL_SEED0 + 10 * list(REGIMES).index(regime), size, years, renderers, world,
+                       renderers: tuple[str, ...] = ("generator",), seed0: int = VAL_SEED0,
+                       per_regime: int = 1) -> list[tuple[str, train.Region]]:
+    """(regime, region) of the validation worlds: `per_regime` worlds per regime (seeds `seed0` + 10 i + 5 k;
+    3001+ by default) and renderer, every year."""
+    return [(regime, r) for regime in regimes for k in range(per_regime)
+            for r in draw(regime, seed0 + 10 * list(REGIMES).index(regime) + 5 * k, size, years, renderers, world,
                           history)]
 
 

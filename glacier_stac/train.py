@@ -548,6 +548,8 @@ class PriorFit:
     klass: str
     shift: float
     figures: dict[float, dict[str, float]]  # shift -> `prior_figures`: median and worst IoU and the criterion
+    max_false_debris: float | None = None  # the cap on worst false debris the shift was chosen under
+    cap_met: bool = True  # False: no shift kept false debris within the cap; the least was taken
 
 
 def shift_probability(prob: np.ndarray, index: int, shift: float) -> np.ndarray:
@@ -577,13 +579,19 @@ def prior_figures(glacier_iou: Sequence[float], debris_iou: Sequence[float],
 
 
 def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], klass: str,
-                       shifts: Sequence[float] = PRIOR_SHIFTS, res: float = 10.0) -> PriorFit:
+                       shifts: Sequence[float] = PRIOR_SHIFTS, res: float = 10.0,
+                       max_false_debris: float | None = None) -> PriorFit:
     """The shift of class `klass`'s log-prior that maximises `prior_figures`' criterion over the regions'
     (class, y, x) probabilities and truths; ties go to the shift nearest 0 (no change without evidence).
+    With `max_false_debris` (a share of glacier area, issue 13's 2 %), only shifts whose worst region keeps
+    false debris within it compete; when none does, the one with the least worst false debris is taken and
+    the fit says the cap was not met.
 
     Why: class-weighted loss and debris-first patch sampling train a model on a world with more debris
     than there is; its probabilities carry that prior, and it paints debris on the moraines beside the
-    tongues. Dividing the prior back out is the logit adjustment, its size measured on validation worlds."""
+    tongues. Dividing the prior back out is the logit adjustment, its size measured on validation worlds.
+    The IoU criterion alone keeps the debris a little wide (the figures pay little for a moraine rim that
+    an inventory pays for in false glacier area), so the cap states the inventory's limit outright."""
     index = CLASSES.index(klass)
     figs = {}
     for s in shifts:
@@ -595,12 +603,18 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
             d.append(m["iou_debris"])
             fd.append(m["false_debris_share"])
         figs[float(s)] = prior_figures(g, d, fd)
-    best = max(figs, key=lambda s: (figs[s]["criterion"], -abs(s)))
-    return PriorFit(klass, best, figs)
+    if max_false_debris is None:
+        return PriorFit(klass, max(figs, key=lambda s: (figs[s]["criterion"], -abs(s))), figs)
+    within = [s for s in figs if figs[s]["false_debris_share_worst"] <= max_false_debris]
+    if within:
+        best = max(within, key=lambda s: (figs[s]["criterion"], -abs(s)))
+    else:
+        best = min(figs, key=lambda s: (figs[s]["false_debris_share_worst"], -figs[s]["criterion"], abs(s)))
+    return PriorFit(klass, best, figs, max_false_debris, bool(within))
 
 
 def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "debris_ice",
-                    shifts: Sequence[float] = PRIOR_SHIFTS) -> PriorFit:
+                    shifts: Sequence[float] = PRIOR_SHIFTS, max_false_debris: float | None = None) -> PriorFit:
     """`choose_prior_shift` over a checkpoint's probabilities on validation regions (predicted once each,
     through the real inference path)."""
     from glacier_stac.infer import predict
@@ -609,7 +623,8 @@ def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "d
         raise ValueError(f"checkpoint {ckpt.model!r} has no class {klass!r} (classes {ckpt.classes})")
     probs = [predict(r.features, ckpt).compute(scheduler="threads")["probability"].values for r in regions]
     res = abs(float(regions[0].features.x[1] - regions[0].features.x[0])) if regions else 10.0
-    return choose_prior_shift(probs, [r.labels for r in regions], klass, shifts, res=res)
+    return choose_prior_shift(probs, [r.labels for r in regions], klass, shifts, res=res,
+                              max_false_debris=max_false_debris)
 
 
 def shift_priors(ckpt: Checkpoint, shifts: Mapping[str, float]) -> Checkpoint:

@@ -123,3 +123,39 @@ def test_the_criterion_weighs_the_worst_region_as_much_as_the_median() -> None:
     g = train.prior_figures([0.9, 0.8, 0.95, 0.97], [0.7, 0.2, 0.9, float("nan")], [0.01, 0.05, 0.02, 0.0])
     assert g["criterion"] == f["criterion"]  # ... and kept out of the criterion
     assert g["false_debris_share_median"] == pytest.approx(0.015) and g["false_debris_share_worst"] == 0.05
+
+
+def _rim_over_doubtful_debris(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """A debris tongue whose lower half the model doubts (0.65 debris, 0.35 background) beside a two-pixel
+    moraine rim it is surer of (0.7 against 0.3), and one moraine pixel it is certain of (0.99): every shift
+    that takes the rim off takes the doubtful tongue off too, so the IoU criterion keeps both."""
+    prob, truth = _overpainting(n)
+    prob[2][truth == Label.BACKGROUND], prob[0][truth == Label.BACKGROUND] = 0.0, 0.95
+    doubtful = np.zeros((n, n), bool)
+    doubtful[48:56, 20:44] = True
+    prob[2][doubtful], prob[0][doubtful] = 0.65, 0.35
+    rim = np.zeros((n, n), bool)
+    rim[56:58, 20:44] = True
+    prob[2][rim], prob[0][rim] = 0.7, 0.3
+    prob[2][60, 2], prob[0][60, 2] = 0.99, 0.005
+    prob[3] = np.clip(1 - prob[:3].sum(0), 0, None)
+    return prob, truth
+
+
+def test_a_false_debris_cap_trades_doubtful_debris_for_the_rim() -> None:
+    """Uncapped, the criterion keeps the rim (its IoU pays less for it than for the doubtful half tongue);
+    with issue 13's 2 % cap only shifts below log(0.3 / 0.7) compete, and the best of them is taken; a cap no
+    shift meets takes the least false debris and says so."""
+    prob, truth = _rim_over_doubtful_debris()
+    shifts = (0.0, -0.5, -1.0, -4.0)
+    free = train.choose_prior_shift([prob], [truth], "debris_ice", shifts=shifts)
+    assert free.shift == 0.0 and free.cap_met and free.max_false_debris is None
+    assert free.figures[0.0]["false_debris_share_worst"] > 0.02
+    capped = train.choose_prior_shift([prob], [truth], "debris_ice", shifts=shifts, max_false_debris=0.02)
+    assert capped.shift == -1.0 and capped.cap_met and capped.max_false_debris == 0.02
+    assert capped.figures[-1.0]["false_debris_share_worst"] <= 0.02 < capped.figures[-0.5]["false_debris_share_worst"]
+    assert capped.figures[-1.0]["criterion"] > capped.figures[-4.0]["criterion"]  # -4 loses the sure tongue too
+    unmet = train.choose_prior_shift([prob], [truth], "debris_ice", shifts=shifts, max_false_debris=0.0)
+    assert not unmet.cap_met and unmet.shift == -1.0  # the certain pixel outlives every shift: of the least
+    assert unmet.figures[-4.0]["false_debris_share_worst"] == unmet.figures[-1.0]["false_debris_share_worst"] > 0
+    # false debris (-1 and -4), the better criterion
