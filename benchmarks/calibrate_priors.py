@@ -84,9 +84,9 @@ def main() -> None:
     if args.max_false_debris is not None and not 0.0 <= args.max_false_debris < 1.0:
         raise SystemExit(f"--max-false-debris {args.max_false_debris}: a share of the glacier area, 0 <= x < 1 "
                          "(0.02 for 2 %)")
-    if args.per_regime not in (1, 2):
-        raise SystemExit(f"--per-regime {args.per_regime}: 1 or 2 (a third world's seed, seed0 + 10 i + 10, is the "
-                         "next regime's first); give more --seed0 values for more worlds")
+    if args.per_regime not in (1, 2):  # validation_regions' rule, said before any world is drawn
+        raise SystemExit(f"--per-regime {args.per_regime}: 1 or 2 (seed0 + 10 i + 10 is the next regime's first "
+                         "seed); give more --seed0 values for more worlds")
     try:
         seed0s = [int(s) for s in args.seed0.split(",")]
     except ValueError:

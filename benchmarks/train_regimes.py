@@ -131,6 +131,8 @@ def validation_regions(regimes: list[str], size: float, years: tuple[int, ...], 
                        per_regime: int = 1) -> list[tuple[str, train.Region]]:
     """(regime, region) of the validation worlds: `per_regime` worlds per regime (seeds `seed0` + 10 i + 5 k;
     3001+ by default) and renderer, every year."""
+    if per_regime not in (1, 2):
+        raise ValueError(f"per_regime {per_regime}: 1 or 2 (seed0 + 10 i + 10 is the next regime's first seed)")
     return [(regime, r) for regime in regimes for k in range(per_regime)
             for r in draw(regime, seed0 + 10 * list(REGIMES).index(regime) + 5 * k, size, years, renderers, world,
                           history)]
