@@ -2,7 +2,8 @@
 
 Training weighs the rare classes up, so the trained model's debris probability holds a larger prior than
 the world's. `train.shift_priors` adds a log-prior shift to a class's logit in the class head's bias;
-`train.choose_prior_shift` picks its size on validation regions by median and worst glacier and debris IoU.
+`train.choose_prior_shift` picks its size on validation regions by median and worst glacier and debris IoU,
+among the shifts that keep false debris within a cap when one is given.
 """
 
 from __future__ import annotations
