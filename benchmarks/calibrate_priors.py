@@ -63,7 +63,9 @@ def main() -> None:
     ap.add_argument("--seed0", default=str(VAL_SEED0),
                     help="the worlds' first seeds, comma-separated (seed0 + 10 i + 5 k for regime i, world k); the "
                          "validation worlds by default, or a calibration set no model trained or was chosen on")
-    ap.add_argument("--per-regime", type=int, default=1, metavar="WORLDS")
+    ap.add_argument("--per-regime", type=int, default=1, choices=(1, 2),
+                    help="worlds per regime and seed0 (a third's seed, seed0 + 10 i + 10, is the next regime's "
+                         "first: give more --seed0 values for more worlds)")
     ap.add_argument("--max-false-debris", type=float, default=None, metavar="SHARE",
                     help="choose among the shifts whose worst region keeps false debris (predicted debris outside "
                          "every glacier) within SHARE of the glacier area (issue 13: 0.02); default: no cap")
@@ -84,9 +86,6 @@ def main() -> None:
     if args.max_false_debris is not None and not 0.0 <= args.max_false_debris < 1.0:
         raise SystemExit(f"--max-false-debris {args.max_false_debris}: a share of the glacier area, 0 <= x < 1 "
                          "(0.02 for 2 %)")
-    if args.per_regime not in (1, 2):  # validation_regions' rule, said before any world is drawn
-        raise SystemExit(f"--per-regime {args.per_regime}: 1 or 2 (seed0 + 10 i + 10 is the next regime's first "
-                         "seed); give more --seed0 values for more worlds")
     try:
         seed0s = [int(s) for s in args.seed0.split(",")]
     except ValueError:

@@ -603,9 +603,8 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
             d.append(m["iou_debris"])
             fd.append(m["false_debris_share"])
         figs[float(s)] = prior_figures(g, d, fd)
-    if max_false_debris is None:
-        return PriorFit(klass, max(figs, key=lambda s: (figs[s]["criterion"], -abs(s))), figs)
-    within = [s for s in figs if figs[s]["false_debris_share_worst"] <= max_false_debris]
+    within = [s for s in figs
+              if max_false_debris is None or figs[s]["false_debris_share_worst"] <= max_false_debris]
     if within:
         best = max(within, key=lambda s: (figs[s]["criterion"], -abs(s)))
     else:
