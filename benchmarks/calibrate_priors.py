@@ -55,6 +55,10 @@ def main() -> None:
     ap.add_argument("--class", dest="klass", default="debris_ice")
     ap.add_argument("--years", default="2021,2022")
     ap.add_argument("--history", type=int, default=2, metavar="SEASONS")
+    ap.add_argument("--score-years", default=None, metavar="YEARS",
+                    help="the years scored, comma-separated (default every year of --years): `--years "
+                         "2021,2022,2023 --score-years 2023 --history 2` scores the last season with the two before "
+                         "joined, after two years of retreat, as an annual update runs")
     ap.add_argument("--val-size-km", type=float, default=5.0)
     ap.add_argument("--world", type=Path, default=Path(".cache/train-regimes"))
     ap.add_argument("--renderers", default=",".join(RENDERERS),
@@ -90,9 +94,15 @@ def main() -> None:
         seed0s = [int(s) for s in args.seed0.split(",")]
     except ValueError:
         raise SystemExit(f"--seed0 {args.seed0!r}: integers, comma-separated") from None
+    try:
+        scored = None if args.score_years is None else tuple(int(y) for y in args.score_years.split(","))
+    except ValueError:
+        raise SystemExit(f"--score-years {args.score_years!r}: years, comma-separated") from None
+    if scored is not None and not set(scored) <= set(years):
+        raise SystemExit(f"--score-years {args.score_years}: not among --years {args.years}")
     va = [v for s0 in seed0s for v in validation_regions(list(REGIMES), args.val_size_km, years, args.world,
                                                           args.history, renderers, seed0=s0,
-                                                          per_regime=args.per_regime)]
+                                                          per_regime=args.per_regime, scored=scored)]
     logging.info("%d validation regions; fitting the %s prior", len(va), args.klass)
     fit = train.fit_prior_shift(ckpt, [r for _, r in va], args.klass, max_false_debris=args.max_false_debris)
     if not fit.cap_met:
@@ -113,7 +123,9 @@ def main() -> None:
               "figures": {str(s): f for s, f in fit.figures.items()}}
     RESULTS.mkdir(exist_ok=True)
     cap = "" if args.max_false_debris is None else f"-fd{args.max_false_debris:g}"
-    report = RESULTS / f"calibrate_priors-{args.checkpoint.stem}-{args.klass}{cap}-{'-'.join(renderers)}.json"
+    when = "" if scored is None else f"-{'-'.join(map(str, scored))}h{args.history}"  # one season's scores
+    report = RESULTS / (f"calibrate_priors-{args.checkpoint.stem}-{args.klass}{cap}{when}-{'-'.join(renderers)}"
+                        ".json")
     report.write_text(json.dumps(record, indent=1))
     print(report)
     if args.out is None:

@@ -80,6 +80,10 @@ def main() -> None:
     ap.add_argument("--history", type=int, default=0, metavar="SEASONS",
                     help="join up to this many earlier seasons of the world into the history features "
                          "(cube.HISTORY; a world's first year has none, so training sees both)")
+    ap.add_argument("--train-years", default=None, metavar="YEARS",
+                    help="the years of the training worlds trained on, comma-separated (default every --years): "
+                         "`--years 2021,2022,2023 --train-years 2021,2023 --history 2` trains on a first season and "
+                         "on the third with the two before joined, after two years of retreat, as annual updates run")
     ap.add_argument("--no-rock-glacier-class", action="store_true",
                     help="rock glaciers as background: the four-class twin of issue 14's 'no worse than without'")
     args = ap.parse_args()
@@ -89,6 +93,9 @@ def main() -> None:
     bad = [r for r in regimes if r not in REGIMES]
     if bad:
         raise SystemExit(f"unknown regimes {bad}; choose from {list(REGIMES)}")
+    trained = None if args.train_years is None else tuple(int(y) for y in args.train_years.split(","))
+    if trained is not None and not set(trained) <= set(years):
+        raise SystemExit(f"--train-years {args.train_years}: not among --years {args.years}")
     if args.init_features_only and not args.init:
         raise SystemExit("--init-features-only keeps the features of the --init checkpoint: give --init")
     if args.threads:
@@ -100,7 +107,8 @@ def main() -> None:
     for regime in regimes:
         i = list(REGIMES).index(regime)  # a regime's seeds do not depend on which others are trained with
         for k in range(args.seeds):
-            tr += draw(regime, TRAIN_SEED0 + 10 * i + 5 * k, args.size_km, years, RENDERERS, args.world, args.history)
+            tr += draw(regime, TRAIN_SEED0 + 10 * i + 5 * k, args.size_km, years, RENDERERS, args.world, args.history,
+                       trained)
     va = validation_regions(regimes, args.val_size_km, years, args.world, args.history)
 
     if args.no_rock_glacier_class:  # not glaciers (RGI keeps them out), so a four-class model calls them background
@@ -112,12 +120,13 @@ def main() -> None:
 
 
 def draw(regime: str, seed: int, size: float, years: tuple[int, ...], renderers: tuple[str, ...], world: Path,
-         history: int) -> list[train.Region]:
-    """Regions of a seed's worlds; a seed whose world cannot form (no fjord glacier) gives way to the next."""
+         history: int, scored: tuple[int, ...] | None = None) -> list[train.Region]:
+    """Regions of a seed's worlds, one per year of `scored` (default every year), the `history` seasons before each
+    joined; a seed whose world cannot form (no fjord glacier) gives way to the next."""
     for s in range(seed, seed + 5):
         try:
             out = [r for rd in renderers
-                   for r in world_regions(world_dir(WorldSpec(regime, s, size, years, rd), world), history=history)]
+                   for r in world_regions(world_dir(WorldSpec(regime, s, size, years, rd), world), scored, history)]
         except RuntimeError as e:
             logging.warning("%s seed %d: %s; next seed", regime, s, e)
             continue
@@ -128,14 +137,14 @@ def draw(regime: str, seed: int, size: float, years: tuple[int, ...], renderers:
 
 def validation_regions(regimes: list[str], size: float, years: tuple[int, ...], world: Path, history: int,
                        renderers: tuple[str, ...] = ("generator",), seed0: int = VAL_SEED0,
-                       per_regime: int = 1) -> list[tuple[str, train.Region]]:
+                       per_regime: int = 1, scored: tuple[int, ...] | None = None) -> list[tuple[str, train.Region]]:
     """(regime, region) of the validation worlds: `per_regime` worlds per regime (seeds `seed0` + 10 i + 5 k;
-    3001+ by default) and renderer, every year."""
+    3001+ by default) and renderer, each year of `scored` (default every year)."""
     if per_regime not in (1, 2):
         raise ValueError(f"per_regime {per_regime}: 1 or 2 (seed0 + 10 i + 10 is the next regime's first seed)")
     return [(regime, r) for regime in regimes for k in range(per_regime)
             for r in draw(regime, seed0 + 10 * list(REGIMES).index(regime) + 5 * k, size, years, renderers, world,
-                          history)]
+                          history, scored)]
 
 
 def without_rock_glacier_class(region: train.Region) -> train.Region:
@@ -167,6 +176,7 @@ def fit(args: argparse.Namespace, kind: str, out: Path, regimes: list[str], year
         bare_snow_loss_weight=args.bare_snow_loss_weight,
         data=(f"synthetic worlds of regimes {regimes}, seeds {TRAIN_SEED0}+ x {args.seeds} per regime, "
               f"renderers {list(RENDERERS)}, {args.size_km:g} km, years {list(years)}"
+              + (f", trained on {args.train_years}" if args.train_years else "")
               + (f" (up to {args.history} earlier seasons joined)" if args.history else "") + "; validation one "
               f"{args.val_size_km:g} km generator world per regime (seeds {VAL_SEED0}+)"
               + (f"; fine-tuned from {args.init.name} ({init.data})" if init is not None else "")),
