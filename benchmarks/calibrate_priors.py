@@ -139,7 +139,8 @@ def main() -> None:
         shutil.copyfile(card_in, card)
     with card.open("a") as f:
         f.write(f"\n## Prior shift\n\n`{args.klass}` log-prior shifted by {fit.shift:+.2f} in the class head's bias "
-                f"(`train.shift_priors`), chosen on {len(va)} regions (seeds {args.seed0}+, {', '.join(renderers)}) by "
+                f"(`train.shift_priors`), chosen on {len(va)} regions (seeds {args.seed0}+, {', '.join(renderers)}; "
+                f"{args.score_years or args.years} with up to {args.history} seasons before joined) by "
                 f"`{record['command']}` (the best mean of median and worst glacier and debris IoU"
                 + ("" if fit.max_false_debris is None else
                    f" among the shifts whose worst region keeps false debris within {fit.max_false_debris:.1%} of "
