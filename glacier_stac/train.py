@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 import warnings
 from collections.abc import Mapping, Sequence
@@ -30,7 +31,7 @@ from torch import nn
 from glacier_stac import cube as cubes
 from glacier_stac import metrics
 from glacier_stac.infer import classes_from_probability, normalise, pick_device
-from glacier_stac.labels import BASE_CLASSES, CLASSES, ROCK_GLACIER_NAMES, Label
+from glacier_stac.labels import BASE_CLASSES, CLASSES, PARENT, ROCK_GLACIER_NAMES, Label
 from glacier_stac.models import get_model
 from glacier_stac.models.checkpoint import Checkpoint
 from glacier_stac.sensors import SENTINEL2
@@ -593,6 +594,9 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     The IoU criterion alone keeps the debris a little wide (the figures pay little for a moraine rim that
     an inventory pays for in false glacier area), so the cap states the inventory's limit outright."""
     index = CLASSES.index(klass)
+    if index in PARENT:
+        raise ValueError(f"prior fit for {klass!r}: a subclass's shift moves its odds within the parent, and this "
+                         "criterion (glacier and debris IoU) does not see it; shift it with `shift_priors`")
     figs = {}
     for s in shifts:
         g, d, fd = [], [], []
@@ -626,12 +630,23 @@ def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "d
                               max_false_debris=max_false_debris)
 
 
+def _subclass_bias(ckpt: Checkpoint) -> str:
+    """State-dict key of the subclass branch's output bias (the logit of subclass-within-parent,
+    `models.unet.UNet.subclass`'s last layer): the rock-glacier prior lives there, as the others in the head."""
+    keys = [k for k in ckpt.state_dict if re.fullmatch(r"subclass\.\d+\.bias", k)]
+    if not keys:
+        raise ValueError(f"checkpoint model {ckpt.model!r} has no subclass branch: its subclass has no logit to shift")
+    return max(keys, key=lambda k: int(k.split(".")[1]))
+
+
 def shift_priors(ckpt: Checkpoint, shifts: Mapping[str, float]) -> Checkpoint:
     """A checkpoint whose class head adds `shifts` (class name -> log-prior shift) to those classes' logits,
     recorded (accumulated) in its metrics' `prior_shift`; the input is left as it was.
 
     The shift lives in the weights (the head's bias), so every reader of the checkpoint, old or new, and
-    every probability it writes (`glacier_probability`, OBIA's thresholds) see the same calibrated model."""
+    every probability it writes (`glacier_probability`, OBIA's thresholds) see the same calibrated model.
+    A subclass of a branch (rock glaciers inside background) shifts its logit within the parent: its odds
+    against the parent's remainder move by e**shift and the parent's total stays as the head gave it."""
     bias = ckpt.state_dict.get("head.bias")
     if bias is None:
         raise ValueError(f"checkpoint model {ckpt.model!r} has no class head bias ('head.bias'): a prior shift "
@@ -643,9 +658,11 @@ def shift_priors(ckpt: Checkpoint, shifts: Mapping[str, float]) -> Checkpoint:
         if name not in ckpt.classes:
             raise ValueError(f"prior shift for {name!r}: not a class of the checkpoint ({ckpt.classes})")
         i = ckpt.classes.index(name)
-        if i >= bias.shape[0]:
-            raise ValueError(f"prior shift for {name!r}: a subclass has no head logit (shift its parent)")
-        state["head.bias"][i] += float(s)
+        if i < bias.shape[0]:
+            state["head.bias"][i] += float(s)
+        else:  # a subclass (`labels.PARENT`): its logit within the parent is the branch's last bias
+            key = _subclass_bias(ckpt)
+            state[key] = state[key].detach().clone() + float(s)
         done[name] = round(done.get(name, 0.0) + float(s), 6)
     return replace(ckpt, state_dict=state, metrics={**ckpt.metrics, "prior_shift": done})
 

@@ -64,11 +64,40 @@ def test_shift_priors_names_what_it_cannot_shift() -> None:
                                classes=list(CLASSES))
     with pytest.raises(ValueError, match="'snow'.*not a class"):
         train.shift_priors(ck, {"snow": -1.0})
-    with pytest.raises(ValueError, match="'rock_glacier'.*subclass has no head logit"):
-        train.shift_priors(ck, {"rock_glacier": -1.0})
     cnn = Checkpoint.from_model(get_model("cnn5", 3, 4), "cnn5", FEATS, [0.0] * 3, [1.0] * 3)
     with pytest.raises(ValueError, match="'cnn5' has no class head bias"):
         train.shift_priors(cnn, {"debris_ice": -1.0})
+
+
+def test_a_subclass_shift_moves_its_odds_within_the_parent_alone(tmp_path) -> None:
+    """Rock glaciers are a subclass of background read by a branch: shifting them by -1 divides their odds
+    against the rest of background by e, through the real inference path; background + rock glacier and
+    every other class keep the head's probabilities; the branch of the input checkpoint is untouched."""
+    torch.manual_seed(1)
+    net = get_model("unet", len(FEATS), len(CLASSES), subclass_branch=8)
+    _randomise_bn(net)
+    torch.nn.init.normal_(net.subclass[-1].weight, std=2.0)
+    ck = Checkpoint.from_model(net, "unet", FEATS, [0.0] * 3, [1.0] * 3, model_kwargs={"subclass_branch": 8},
+                               classes=list(CLASSES))
+    key = "subclass.1.bias"
+    before = ck.state_dict[key].clone()
+    shifted = load(save(train.shift_priors(ck, {"rock_glacier": -1.0}), tmp_path / "rg.pt"))
+    torch.testing.assert_close(ck.state_dict[key], before, atol=0, rtol=0)
+    torch.testing.assert_close(shifted.state_dict["head.bias"], ck.state_dict["head.bias"], atol=0, rtol=0)
+    assert shifted.metrics["prior_shift"] == {"rock_glacier": -1.0}
+    cube = _cube()
+    p0 = predict(cube, ck).compute(scheduler="sync")["probability"].values.astype(np.float64)
+    p1 = predict(cube, shifted).compute(scheduler="sync")["probability"].values.astype(np.float64)
+    bg, rg = Label.BACKGROUND, Label.ROCK_GLACIER
+    np.testing.assert_allclose(p1[bg] + p1[rg], p0[bg] + p0[rg], atol=2e-5)
+    others = [c for c in range(len(CLASSES)) if c not in (bg, rg)]
+    np.testing.assert_allclose(p1[others], p0[others], atol=2e-5)
+    ok = (p0[rg] > 1e-4) & (p0[bg] > 1e-4) & (p1[rg] > 1e-4) & (p1[bg] > 1e-4)
+    assert ok.mean() > 0.5
+    odds0, odds1 = np.log(p0[rg][ok] / p0[bg][ok]), np.log(p1[rg][ok] / p1[bg][ok])
+    np.testing.assert_allclose(odds1 - odds0, -1.0, atol=2e-3)
+    with pytest.raises(ValueError, match="'rock_glacier'.*subclass"):
+        train.choose_prior_shift([p0.astype(np.float32)], [np.zeros(p0.shape[1:], np.uint8)], "rock_glacier")
 
 
 def _overpainting(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
