@@ -79,6 +79,10 @@ def main() -> None:
     ckpt = load(args.checkpoint)
     if args.klass not in ckpt.classes:
         raise SystemExit(f"--class {args.klass!r}: not a class of {args.checkpoint} ({ckpt.classes})")
+    try:
+        train.fittable_prior(args.klass)  # before any world is drawn or predicted
+    except ValueError as e:
+        raise SystemExit(f"--class {args.klass!r}: {e}") from None
     if args.klass in ckpt.metrics.get("prior_shift", {}):
         raise SystemExit(f"{args.checkpoint}: its {args.klass} prior is shifted already "
                          f"({ckpt.metrics['prior_shift']}): fit on a checkpoint whose {args.klass} prior is not")

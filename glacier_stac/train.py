@@ -579,6 +579,17 @@ def prior_figures(glacier_iou: Sequence[float], debris_iou: Sequence[float],
     return out
 
 
+def fittable_prior(klass: str) -> int:
+    """The index of class `klass` if `choose_prior_shift` can fit its prior; a subclass (`labels.PARENT`) is
+    refused by name: its shift moves its odds within the parent, which glacier and debris IoU do not see.
+    Callers that must predict or draw worlds first check here before that work."""
+    index = CLASSES.index(klass)
+    if index in PARENT:
+        raise ValueError(f"prior fit for {klass!r}: a subclass's shift moves its odds within the parent, and this "
+                         "criterion (glacier and debris IoU) does not see it; shift it with `shift_priors`")
+    return index
+
+
 def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], klass: str,
                        shifts: Sequence[float] = PRIOR_SHIFTS, res: float = 10.0,
                        max_false_debris: float | None = None) -> PriorFit:
@@ -593,10 +604,7 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     tongues. Dividing the prior back out is the logit adjustment, its size measured on validation worlds.
     The IoU criterion alone keeps the debris a little wide (the figures pay little for a moraine rim that
     an inventory pays for in false glacier area), so the cap states the inventory's limit outright."""
-    index = CLASSES.index(klass)
-    if index in PARENT:
-        raise ValueError(f"prior fit for {klass!r}: a subclass's shift moves its odds within the parent, and this "
-                         "criterion (glacier and debris IoU) does not see it; shift it with `shift_priors`")
+    index = fittable_prior(klass)
     figs = {}
     for s in shifts:
         g, d, fd = [], [], []
@@ -624,6 +632,7 @@ def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "d
 
     if klass not in ckpt.classes:
         raise ValueError(f"checkpoint {ckpt.model!r} has no class {klass!r} (classes {ckpt.classes})")
+    fittable_prior(klass)
     probs = [predict(r.features, ckpt).compute(scheduler="threads")["probability"].values for r in regions]
     res = abs(float(regions[0].features.x[1] - regions[0].features.x[0])) if regions else 10.0
     return choose_prior_shift(probs, [r.labels for r in regions], klass, shifts, res=res,
