@@ -579,14 +579,15 @@ def prior_figures(glacier_iou: Sequence[float], debris_iou: Sequence[float],
     return out
 
 
-def fittable_prior(klass: str) -> int:
-    """The index of class `klass` if `choose_prior_shift` can fit its prior; a subclass (`labels.PARENT`) is
-    refused by name: its shift moves its odds within the parent, which glacier and debris IoU do not see.
-    Callers that must predict or draw worlds first check here before that work."""
+def fittable_prior(klass: str, max_false_debris: float | None = None) -> int:
+    """The index of class `klass` if `fit_prior_shift` can fit its prior: a head class by `choose_prior_shift`,
+    a subclass (`labels.PARENT`) by `choose_subclass_shift`, which has no false-debris cap (a subclass's shift
+    cannot move debris), so a cap asked for one is refused by name. Callers that must predict or draw worlds
+    first check here before that work."""
     index = CLASSES.index(klass)
-    if index in PARENT:
-        raise ValueError(f"prior fit for {klass!r}: a subclass's shift moves its odds within the parent, and this "
-                         "criterion (glacier and debris IoU) does not see it; shift it with `shift_priors`")
+    if index in PARENT and max_false_debris is not None:
+        raise ValueError(f"prior fit for {klass!r}: a subclass's shift moves its odds within the parent and cannot "
+                         "move debris; a false-debris cap does not apply to it")
     return index
 
 
@@ -597,14 +598,18 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     (class, y, x) probabilities and truths; ties go to the shift nearest 0 (no change without evidence).
     With `max_false_debris` (a share of glacier area, issue 13's 2 %), only shifts whose worst region keeps
     false debris within it compete; when none does, the one with the least worst false debris is taken and
-    the fit says the cap was not met.
+    the fit says the cap was not met. A subclass is refused: its shift moves its odds within the parent, which
+    glacier and debris IoU do not see (`choose_subclass_shift` fits it).
 
     Why: class-weighted loss and debris-first patch sampling train a model on a world with more debris
     than there is; its probabilities carry that prior, and it paints debris on the moraines beside the
     tongues. Dividing the prior back out is the logit adjustment, its size measured on validation worlds.
     The IoU criterion alone keeps the debris a little wide (the figures pay little for a moraine rim that
     an inventory pays for in false glacier area), so the cap states the inventory's limit outright."""
-    index = fittable_prior(klass)
+    index = CLASSES.index(klass)
+    if index in PARENT:
+        raise ValueError(f"prior fit for {klass!r}: a subclass's shift moves its odds within the parent, and this "
+                         "criterion (glacier and debris IoU) does not see it; fit it with `choose_subclass_shift`")
     figs = {}
     for s in shifts:
         g, d, fd = [], [], []
@@ -624,17 +629,77 @@ def choose_prior_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray]
     return PriorFit(klass, best, figs, max_false_debris, bool(within))
 
 
+def shift_subclass_probability(prob: np.ndarray, index: int, shift: float) -> np.ndarray:
+    """(class, y, x) probabilities with subclass `index`'s odds against the rest of its parent (`labels.PARENT`)
+    weighed by e**shift, their sum and every other class kept: what `shift_priors` does to a branch's bias."""
+    par = int(PARENT[Label(index)])
+    p = prob.astype(np.float32, copy=True)
+    total = p[par] + p[index]
+    sub = p[index] * np.float32(np.exp(shift))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        p[index] = np.where(sub + p[par] > 0, total * sub / (sub + p[par]), 0.0)
+    p[par] = total - p[index]
+    return p
+
+
+def subclass_figures(iou: Sequence[float], inter_px: Sequence[int], union_px: Sequence[int],
+                     false_km2: Sequence[float]) -> dict[str, float]:
+    """Median and worst subclass IoU over the regions that hold it (NaN elsewhere), its IoU pooled over every
+    region (intersections over unions summed, so what is invented where there is none counts), and their
+    mean, the criterion; false area (km², predicted where the truth has none) reported beside them."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        out = {"iou_median": float(np.nanmedian(iou)), "iou_worst": float(np.nanmin(iou)),
+               "iou_pooled": float(np.sum(inter_px) / max(int(np.sum(union_px)), 1))}
+    out["criterion"] = float(np.nanmean(list(out.values())))
+    out["false_km2_median"] = float(np.median(false_km2))
+    out["false_km2_worst"] = float(np.max(false_km2))
+    out["false_km2_total"] = float(np.sum(false_km2))
+    return out
+
+
+def choose_subclass_shift(probs: Sequence[np.ndarray], truths: Sequence[np.ndarray], klass: str = "rock_glacier",
+                          shifts: Sequence[float] = PRIOR_SHIFTS, res: float = 10.0) -> PriorFit:
+    """The shift of subclass `klass`'s logit within its parent (a branch's bias, `shift_priors`) that maximises
+    `subclass_figures`' criterion over the regions; ties go to the shift nearest 0.
+
+    Why: a subclass's shift cannot move glacier or debris (it only splits its parent), so `choose_prior_shift`'s
+    criterion is blind to it; the subclass's own IoU where it occurs, with its pooled IoU so that rock glacier
+    invented in ranges that have none (the maritime demo's) costs as much as rock glacier missed, is not."""
+    index = CLASSES.index(klass)
+    if index not in PARENT:
+        raise ValueError(f"subclass prior fit for {klass!r}: not a subclass (labels.PARENT); fit it with "
+                         "`choose_prior_shift`")
+    px_km2 = res * res / 1e6
+    figs = {}
+    for s in shifts:
+        iou, inter, union, false = [], [], [], []
+        for prob, truth in zip(probs, truths, strict=True):
+            pred = classes_from_probability(shift_subclass_probability(prob, index, s) if s else prob) == index
+            ok, true = truth != IGNORE, truth == index
+            i, u = int((pred & true & ok).sum()), int(((pred | true) & ok).sum())
+            inter.append(i)
+            union.append(u)
+            iou.append(i / u if true.any() else float("nan"))
+            false.append(float((pred & ~true & ok).sum()) * px_km2)
+        figs[float(s)] = subclass_figures(iou, inter, union, false)
+    best = max(figs, key=lambda s: (figs[s]["criterion"], -abs(s)))
+    return PriorFit(klass, best, figs)
+
+
 def fit_prior_shift(ckpt: Checkpoint, regions: Sequence[Region], klass: str = "debris_ice",
                     shifts: Sequence[float] = PRIOR_SHIFTS, max_false_debris: float | None = None) -> PriorFit:
-    """`choose_prior_shift` over a checkpoint's probabilities on validation regions (predicted once each,
-    through the real inference path)."""
+    """`choose_prior_shift` (a subclass: `choose_subclass_shift`) over a checkpoint's probabilities on validation
+    regions (predicted once each, through the real inference path)."""
     from glacier_stac.infer import predict
 
     if klass not in ckpt.classes:
         raise ValueError(f"checkpoint {ckpt.model!r} has no class {klass!r} (classes {ckpt.classes})")
-    fittable_prior(klass)
+    index = fittable_prior(klass, max_false_debris)
     probs = [predict(r.features, ckpt).compute(scheduler="threads")["probability"].values for r in regions]
     res = abs(float(regions[0].features.x[1] - regions[0].features.x[0])) if regions else 10.0
+    if index in PARENT:
+        return choose_subclass_shift(probs, [r.labels for r in regions], klass, shifts, res=res)
     return choose_prior_shift(probs, [r.labels for r in regions], klass, shifts, res=res,
                               max_false_debris=max_false_debris)
 

@@ -96,8 +96,55 @@ def test_a_subclass_shift_moves_its_odds_within_the_parent_alone(tmp_path) -> No
     assert ok.mean() > 0.5
     odds0, odds1 = np.log(p0[rg][ok] / p0[bg][ok]), np.log(p1[rg][ok] / p1[bg][ok])
     np.testing.assert_allclose(odds1 - odds0, -1.0, atol=2e-3)
+    # the chooser's simulation of a shift is what the shifted checkpoint predicts
+    np.testing.assert_allclose(train.shift_subclass_probability(p0, rg, -1.0), p1, atol=2e-5)
     with pytest.raises(ValueError, match="'rock_glacier'.*subclass"):
         train.choose_prior_shift([p0.astype(np.float32)], [np.zeros(p0.shape[1:], np.uint8)], "rock_glacier")
+
+
+def _rock_glacier_worlds(n: int = 48) -> tuple[list[np.ndarray], list[np.ndarray]]:
+    """Two worlds: one with a rock glacier the branch is fairly sure of (0.7 against 0.3 background), one
+    without any where it invents a patch it is less sure of (0.6 against 0.4)."""
+    probs, truths = [], []
+    for sure, has in ((0.7, True), (0.6, False)):
+        truth = np.zeros((n, n), np.uint8)
+        prob = np.zeros((len(CLASSES), n, n), np.float32)
+        prob[Label.BACKGROUND] = 0.9
+        prob[Label.CLEAN_ICE] = 0.1
+        patch = (slice(8, 24), slice(8, 24)) if has else (slice(30, 38), slice(30, 38))
+        prob[Label.CLEAN_ICE][patch] = 0.0
+        prob[Label.ROCK_GLACIER][patch], prob[Label.BACKGROUND][patch] = sure, 1.0 - sure
+        if has:
+            truth[patch] = Label.ROCK_GLACIER
+        probs.append(prob)
+        truths.append(truth)
+    return probs, truths
+
+
+def test_a_subclass_shift_is_chosen_by_its_own_iou_and_what_it_invents() -> None:
+    """The rock-glacier shift is chosen by rock-glacier IoU where they occur and pooled over every world:
+    unshifted, the patch invented in the world without any costs the pooled IoU; -0.5 (below log(0.6 / 0.4))
+    takes it off and keeps the sure one (log(0.7 / 0.3) = 0.85); -1 loses that too. Glacier never moves."""
+    probs, truths = _rock_glacier_worlds()
+    fit = train.choose_subclass_shift(probs, truths, "rock_glacier", shifts=(0.0, -0.5, -1.0), res=10.0)
+    assert fit.shift == -0.5
+    f0, f5, f1 = fit.figures[0.0], fit.figures[-0.5], fit.figures[-1.0]
+    assert f0["iou_median"] == f0["iou_worst"] == 1.0  # where they occur, unshifted is perfect ...
+    assert f0["iou_pooled"] == pytest.approx(256 / (256 + 64))  # ... but 64 px are invented elsewhere
+    assert f0["false_km2_worst"] == pytest.approx(64 * 100 / 1e6) and f5["false_km2_total"] == 0.0
+    assert f5["criterion"] == 1.0 > f0["criterion"] > f1["criterion"]
+    assert f1["iou_worst"] == 0.0
+    for s in (0.0, -0.5, -1.0):  # the split inside background never turns a pixel into glacier or out of it
+        for prob in probs:
+            shifted = train.shift_subclass_probability(prob, Label.ROCK_GLACIER, s)
+            np.testing.assert_allclose(shifted[Label.CLEAN_ICE], prob[Label.CLEAN_ICE])
+            np.testing.assert_allclose(shifted[Label.BACKGROUND] + shifted[Label.ROCK_GLACIER],
+                                       prob[Label.BACKGROUND] + prob[Label.ROCK_GLACIER], atol=1e-6)
+    with pytest.raises(ValueError, match="'debris_ice'.*not a subclass"):
+        train.choose_subclass_shift(probs, truths, "debris_ice")
+    assert train.fittable_prior("rock_glacier") == Label.ROCK_GLACIER
+    with pytest.raises(ValueError, match="'rock_glacier'.*false-debris cap"):
+        train.fittable_prior("rock_glacier", max_false_debris=0.02)
 
 
 def _overpainting(n: int = 64) -> tuple[np.ndarray, np.ndarray]:
