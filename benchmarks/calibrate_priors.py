@@ -157,8 +157,9 @@ def main() -> None:
     if card_in.exists() and card_in != card:
         shutil.copyfile(card_in, card)
     with card.open("a") as f:
-        f.write(f"\n## Prior shift\n\n`{args.klass}` log-prior shifted by {fit.shift:+.2f} in the class head's bias "
-                f"(`train.shift_priors`), chosen on {len(va)} regions (seeds {args.seed0}+, {', '.join(renderers)}; "
+        f.write(f"\n## Prior shift\n\n`{args.klass}` log-prior shifted by {fit.shift:+.2f} in "
+                + ("its branch's output bias (its odds within background) " if subclass else "the class head's bias ")
+                + f"(`train.shift_priors`), chosen on {len(va)} regions (seeds {args.seed0}+, {', '.join(renderers)}; "
                 f"{args.score_years or args.years} with up to {args.history} seasons before joined) by "
                 f"`{record['command']}` ("
                 + ("the best mean of its median, worst and pooled IoU, invented area counted"
