@@ -52,6 +52,31 @@ from glacier_stac.testing.regime_worlds import RENDERERS
 RESULTS = Path(__file__).parent / "results"
 
 
+def figure_rows(klass: str, subclass: bool, fit: train.PriorFit) -> list[str]:
+    """Every candidate shift's figures as Markdown rows, the chosen one marked: a subclass's own IoU and the area it
+    invents (`train.subclass_figures`), or glacier and debris IoU with false debris (`train.prior_figures`)."""
+    if subclass:
+        head = (f"| {klass} shift within its parent | IoU median / worst (where it occurs) | pooled IoU | "
+                "false km² median / worst / total |")
+
+        def cells(f: dict[str, float]) -> str:
+            return (f"{f['iou_median']:.3f} / {f['iou_worst']:.3f} | {f['iou_pooled']:.3f} | "
+                    f"{f['false_km2_median']:.3f} / {f['false_km2_worst']:.3f} / {f['false_km2_total']:.2f}")
+    else:
+        head = (f"| {klass} log-prior shift | glacier IoU median / worst | debris IoU median / worst | "
+                "false debris median / worst |")
+
+        def cells(f: dict[str, float]) -> str:
+            return (f"{f['iou_overall_median']:.3f} / {f['iou_overall_worst']:.3f} | "
+                    f"{f['iou_debris_median']:.3f} / {f['iou_debris_worst']:.3f} | "
+                    f"{f['false_debris_share_median']:.1%} / {f['false_debris_share_worst']:.1%}")
+    rows = [head + " criterion |", "|---|---|---|---|---|"]
+    for s, f in fit.figures.items():
+        mark = " **chosen**" if s == fit.shift else ""
+        rows.append(f"| {s:+.2f}{mark} | {cells(f)} | {f['criterion']:.4f} |")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--checkpoint", type=Path, required=True)
@@ -116,25 +141,7 @@ def main() -> None:
     if not fit.cap_met:
         logging.warning("no shift keeps the worst false debris within %.1f%%: the least (%+.2f) is taken",
                         100 * args.max_false_debris, fit.shift)
-    if subclass:
-        print(f"| {args.klass} shift within its parent | IoU median / worst (where it occurs) | pooled IoU | "
-              "false km² median / worst / total | criterion |")
-        print("|---|---|---|---|---|")
-        for s, f in fit.figures.items():
-            mark = " **chosen**" if s == fit.shift else ""
-            print(f"| {s:+.2f}{mark} | {f['iou_median']:.3f} / {f['iou_worst']:.3f} | {f['iou_pooled']:.3f} | "
-                  f"{f['false_km2_median']:.3f} / {f['false_km2_worst']:.3f} / {f['false_km2_total']:.2f} | "
-                  f"{f['criterion']:.4f} |")
-    else:
-        print(f"| {args.klass} log-prior shift | glacier IoU median / worst | debris IoU median / worst | "
-              "false debris median / worst | criterion |")
-        print("|---|---|---|---|---|")
-        for s, f in fit.figures.items():
-            mark = " **chosen**" if s == fit.shift else ""
-            print(f"| {s:+.2f}{mark} | {f['iou_overall_median']:.3f} / {f['iou_overall_worst']:.3f} | "
-                  f"{f['iou_debris_median']:.3f} / {f['iou_debris_worst']:.3f} | "
-                  f"{f['false_debris_share_median']:.1%} / {f['false_debris_share_worst']:.1%} | "
-                  f"{f['criterion']:.4f} |")
+    print("\n".join(figure_rows(args.klass, subclass, fit)))
     record = {"checkpoint": str(args.checkpoint), "class": args.klass, "shift": fit.shift,
               "max_false_debris": fit.max_false_debris, "cap_met": fit.cap_met,
               "renderers": list(renderers), "regions": [r.name for _, r in va],
